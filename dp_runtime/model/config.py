@@ -1,0 +1,137 @@
+"""PolicyConfig: everything needed to rebuild a policy, as plain JSON-able data."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+
+IMAGE_RANGES = ("minus_one_one", "zero_one", "imagenet")
+
+
+def default_scheduler_config(num_train_timesteps: int = 100) -> dict[str, Any]:
+    """The reference Diffusion Policy noise scheduler (a diffusers config dict)."""
+    return {
+        "num_train_timesteps": num_train_timesteps,
+        "beta_start": 0.0001,
+        "beta_end": 0.02,
+        "beta_schedule": "squaredcos_cap_v2",
+        "clip_sample": True,
+        "set_alpha_to_one": True,
+        "steps_offset": 0,
+        "prediction_type": "epsilon",
+    }
+
+
+@dataclass
+class ImageSpec:
+    key: str
+    shape: tuple[int, int, int]  # (H, W, C), uint8 HWC as cameras publish
+    topic: str = ""
+
+
+@dataclass
+class LowDimSpec:
+    key: str
+    size: int
+    topic: str = ""
+    names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EncoderConfig:
+    base_width: int = 64
+    pool: str = "avg"  # "avg" | "spatial_softmax"
+    num_kp: int = 32
+    feature_dim: int | None = None
+    share: bool = False  # one encoder for all cameras
+
+
+@dataclass
+class UnetConfig:
+    down_dims: tuple[int, ...] = (256, 512, 1024)
+    kernel_size: int = 5
+    n_groups: int = 8
+    diffusion_step_embed_dim: int = 256
+    cond_predict_scale: bool = True
+
+
+@dataclass
+class PolicyConfig:
+    images: list[ImageSpec]
+    low_dims: list[LowDimSpec]
+    action_dim: int
+    action_names: list[str] = field(default_factory=list)
+    horizon: int = 16
+    n_obs_steps: int = 2
+    n_action_steps: int = 8
+    num_inference_steps: int = 16
+    obs_interval_s: float = 0.1  # time between observation-history frames
+    image_range: str = "minus_one_one"
+    scheduler: dict[str, Any] = field(default_factory=default_scheduler_config)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    unet: UnetConfig = field(default_factory=UnetConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler["num_train_timesteps"])
+
+    @property
+    def action_slice(self) -> tuple[int, int]:
+        """The executed part of the predicted horizon (same in all three reference codebases)."""
+        start = self.n_obs_steps - 1
+        return start, start + self.n_action_steps
+
+    def validate(self) -> None:
+        if not self.images and not self.low_dims:
+            raise ConfigError("policy config has no observation keys (images or low_dims)")
+        keys = [s.key for s in self.images] + [s.key for s in self.low_dims]
+        if len(set(keys)) != len(keys):
+            raise ConfigError(f"observation keys must be unique, got {keys}")
+        for k in keys:
+            if not k or "." in k:
+                raise ConfigError(f"observation key {k!r} must be non-empty and contain no '.'")
+        for s in self.images:
+            if len(s.shape) != 3 or s.shape[2] not in (1, 3):
+                raise ConfigError(f"image {s.key!r} shape must be (H, W, C) with C in (1, 3), got {s.shape}")
+        if self.action_dim < 1:
+            raise ConfigError(f"action_dim must be >= 1, got {self.action_dim}")
+        if self.action_names and len(self.action_names) != self.action_dim:
+            raise ConfigError(f"action_names has {len(self.action_names)} names, action_dim is {self.action_dim}")
+        if self.horizon % (2 ** (len(self.unet.down_dims) - 1)):
+            raise ConfigError(f"horizon {self.horizon} must be divisible by "
+                              f"{2 ** (len(self.unet.down_dims) - 1)} for down_dims {self.unet.down_dims}")
+        start, end = self.action_slice
+        if end > self.horizon:
+            raise ConfigError(f"n_obs_steps - 1 + n_action_steps = {end} exceeds horizon {self.horizon}")
+        if self.image_range not in IMAGE_RANGES:
+            raise ConfigError(f"image_range must be one of {IMAGE_RANGES}, got {self.image_range!r}")
+        if self.scheduler.get("prediction_type", "epsilon") != "epsilon":
+            raise ConfigError("only prediction_type 'epsilon' is supported, got "
+                              f"{self.scheduler.get('prediction_type')!r}")
+        if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
+            raise ConfigError(f"num_inference_steps {self.num_inference_steps} must be in "
+                              f"[1, {self.num_train_timesteps}]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PolicyConfig":
+        try:
+            d = dict(d)
+            d["images"] = [ImageSpec(key=i["key"], shape=tuple(i["shape"]), topic=i.get("topic", ""))
+                           for i in d.get("images", [])]
+            d["low_dims"] = [LowDimSpec(**i) for i in d.get("low_dims", [])]
+            d["encoder"] = EncoderConfig(**d.get("encoder", {}))
+            unet = dict(d.get("unet", {}))
+            if "down_dims" in unet:
+                unet["down_dims"] = tuple(unet["down_dims"])
+            d["unet"] = UnetConfig(**unet)
+            return cls(**d)
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"policy config is malformed: {e}") from e

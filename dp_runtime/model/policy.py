@@ -1,0 +1,144 @@
+"""DiffusionPolicy: observation encoder + ConditionalUnet1D + normalizer, sampled with DDIM.
+
+Data path: raw observation history (uint8 images, float32 low-dim) ->
+normalize/preprocess -> per-frame features -> global condition (B, To*D) ->
+DDIM denoising from the given noise -> unnormalized action trajectory (B, horizon, A).
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+from torch import nn
+from torch.nn import functional as F
+
+from ..obs_spec import validate_obs
+from .config import PolicyConfig
+from .encoder import ResNet18GN
+from .normalizer import Normalizer
+from .unet import ConditionalUnet1D
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SHARED_ENCODER_KEY = "rgb"
+
+
+class ImagePreprocess(nn.Module):
+    """uint8 (N, H, W, C) -> float (N, C, H, W) in the range the encoder was trained on."""
+
+    def __init__(self, image_range: str, channels: int):
+        super().__init__()
+        self.image_range = image_range
+        if image_range == "imagenet":
+            mean = torch.tensor(IMAGENET_MEAN[:channels]).reshape(1, channels, 1, 1)
+            std = torch.tensor(IMAGENET_STD[:channels]).reshape(1, channels, 1, 1)
+        else:
+            mean, std = torch.zeros(1, channels, 1, 1), torch.ones(1, channels, 1, 1)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        x = img.permute(0, 3, 1, 2).float() / 255.0
+        if self.image_range == "minus_one_one":
+            return x * 2.0 - 1.0
+        if self.image_range == "imagenet":
+            return (x - self.mean) / self.std
+        return x
+
+
+class ObsEncoder(nn.Module):
+    """Observation history dict -> global condition (B, n_obs_steps * feature_dim)."""
+
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        self.image_keys = [s.key for s in cfg.images]
+        self.low_dim_keys = [s.key for s in cfg.low_dims]
+        self.share = cfg.encoder.share
+        e = cfg.encoder
+        self.preprocess = nn.ModuleDict({
+            s.key: ImagePreprocess(cfg.image_range, s.shape[2]) for s in cfg.images})
+
+        def make(channels: int) -> ResNet18GN:
+            return ResNet18GN(e.base_width, e.pool, e.num_kp, e.feature_dim, in_channels=channels)
+
+        if cfg.images and self.share:
+            self.key_model_map = nn.ModuleDict({SHARED_ENCODER_KEY: make(cfg.images[0].shape[2])})
+        else:
+            self.key_model_map = nn.ModuleDict({s.key: make(s.shape[2]) for s in cfg.images})
+        img_dim = sum(m.out_dim for m in self.key_model_map.values())
+        if self.share:
+            img_dim *= len(cfg.images)
+        self.feature_dim = img_dim + sum(s.size for s in cfg.low_dims)
+
+    def forward(self, obs: Mapping[str, torch.Tensor], normalizer: Normalizer) -> torch.Tensor:
+        feats = []
+        batch = None
+        for key in self.image_keys:
+            img = obs[key]  # (B, To, H, W, C) uint8
+            batch, steps = img.shape[0], img.shape[1]
+            x = self.preprocess[key](img.reshape(batch * steps, *img.shape[2:]))
+            net = self.key_model_map[SHARED_ENCODER_KEY if self.share else key]
+            feats.append(net(x).reshape(batch, steps, -1))
+        for key in self.low_dim_keys:
+            feats.append(normalizer.normalize(key, obs[key].float()))
+        x = torch.cat(feats, dim=-1)
+        return x.reshape(x.shape[0], -1)
+
+
+class DiffusionPolicy(nn.Module):
+    def __init__(self, cfg: PolicyConfig, normalizer_stats: dict | None = None):
+        super().__init__()
+        self.cfg = cfg
+        sizes = {s.key: s.size for s in cfg.low_dims}
+        sizes["action"] = cfg.action_dim
+        self.normalizer = Normalizer(sizes, normalizer_stats)
+        self.obs_encoder = ObsEncoder(cfg)
+        u = cfg.unet
+        self.model = ConditionalUnet1D(
+            input_dim=cfg.action_dim, global_cond_dim=self.obs_encoder.feature_dim * cfg.n_obs_steps,
+            diffusion_step_embed_dim=u.diffusion_step_embed_dim, down_dims=list(u.down_dims),
+            kernel_size=u.kernel_size, n_groups=u.n_groups, cond_predict_scale=u.cond_predict_scale)
+
+    # -- pieces the exporter traces --------------------------------------------------
+    def encode(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.obs_encoder(obs, self.normalizer)
+
+    def unnormalize_action(self, naction: torch.Tensor) -> torch.Tensor:
+        return self.normalizer.unnormalize("action", naction)
+
+    # -- reference inference path ----------------------------------------------------
+    def ddim_scheduler(self, num_inference_steps: int | None = None) -> DDIMScheduler:
+        sched = DDIMScheduler.from_config(self.cfg.scheduler)
+        sched.set_timesteps(num_inference_steps or self.cfg.num_inference_steps)
+        return sched
+
+    def check_obs(self, obs: Mapping[str, np.ndarray | torch.Tensor]) -> int:
+        as_np = {k: (v.cpu().numpy() if torch.is_tensor(v) else v) for k, v in obs.items()}
+        return validate_obs(as_np, {s.key: s.shape for s in self.cfg.images},
+                            {s.key: s.size for s in self.cfg.low_dims}, self.cfg.n_obs_steps)
+
+    @torch.no_grad()
+    def sample(self, obs: Mapping[str, torch.Tensor], noise: torch.Tensor,
+               num_inference_steps: int | None = None) -> torch.Tensor:
+        """Denoise ``noise`` (B, horizon, A) with diffusers' DDIMScheduler -> raw actions (B, horizon, A)."""
+        self.check_obs(obs)
+        cond = self.encode({k: torch.as_tensor(v) for k, v in obs.items()})
+        sched = self.ddim_scheduler(num_inference_steps)
+        x = noise
+        for t in sched.timesteps:
+            eps = self.model(x, t, global_cond=cond)
+            x = sched.step(eps, t, x).prev_sample
+        return self.unnormalize_action(x)
+
+    # -- training --------------------------------------------------------------------
+    def compute_loss(self, obs: Mapping[str, torch.Tensor], action: torch.Tensor,
+                     scheduler: DDPMScheduler) -> torch.Tensor:
+        """Epsilon-prediction MSE on raw actions (B, horizon, A)."""
+        cond = self.encode(obs)
+        x0 = self.normalizer.normalize("action", action)
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        noisy = scheduler.add_noise(x0, noise, t)
+        return F.mse_loss(self.model(noisy, t, global_cond=cond), noise)

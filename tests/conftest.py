@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny policy trained once per test session by our own trainer."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from dp_runtime.synthetic import reaching_dataset, tiny_config
+from dp_runtime.train import TrainConfig, train
+
+torch.set_num_threads(2)
+TINY_STEPS = int(os.environ.get("DP_TEST_TRAIN_STEPS", "600"))
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    return tiny_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_cfg):
+    return reaching_dataset(tiny_cfg, 512, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory, tiny_cfg, tiny_data) -> Path:
+    out = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    return train(tiny_cfg, tiny_data, out, TrainConfig(steps=TINY_STEPS, batch_size=64, lr=3e-3))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_ckpt) -> Path:
+    from dp_runtime.export import export_bundle
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    export_bundle(tiny_ckpt, out, seed=0, parity_samples=3)
+    return out
