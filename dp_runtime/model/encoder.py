@@ -46,10 +46,11 @@ class SpatialSoftmax(nn.Module):
         b, _, h, w = x.shape
         maps = self.nets(x).flatten(2) / self.temperature
         attn = torch.softmax(maps, dim=-1)
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=x.device),
-                                torch.linspace(-1, 1, w, device=x.device), indexing="ij")
-        ex = (attn * xs.reshape(1, 1, -1)).sum(-1)
-        ey = (attn * ys.reshape(1, 1, -1)).sum(-1)
+        # Pixel-centre coordinates in [-1, 1]; arange exports cleanly to ONNX, linspace does not.
+        xs = torch.arange(w, device=x.device, dtype=x.dtype) * (2.0 / max(w - 1, 1)) - 1.0
+        ys = torch.arange(h, device=x.device, dtype=x.dtype) * (2.0 / max(h - 1, 1)) - 1.0
+        ex = (attn.reshape(b, self.num_kp, h, w) * xs.reshape(1, 1, 1, w)).sum((-1, -2))
+        ey = (attn.reshape(b, self.num_kp, h, w) * ys.reshape(1, 1, h, 1)).sum((-1, -2))
         return torch.stack([ex, ey], dim=-1).reshape(b, self.num_kp * 2)
 
 

@@ -1,0 +1,129 @@
+"""Inference backends: ONNX Runtime sessions or TorchScript modules, same two-graph interface."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from ..errors import BundleError
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+class Backend(Protocol):
+    name: str
+    provider: str
+
+    def encode(self, obs: Sequence[np.ndarray]) -> np.ndarray: ...
+
+    def step(self, sample: np.ndarray, t: np.ndarray, prev_t: np.ndarray,
+             cond: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def cuda_driver_present() -> bool:
+    """True when the NVIDIA driver library loads; avoids ORT's noisy failed CUDA start on CPU hosts."""
+    import ctypes
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        return True
+    except OSError:
+        return False
+
+
+def ort_provider_chain(device: str) -> list[str]:
+    """Providers to ask ORT for, best first; 'auto' takes what is available, CPU last."""
+    import onnxruntime as ort
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "auto":
+        wanted = ["CUDAExecutionProvider"] if cuda_driver_present() else []
+    elif device in ("cuda", "tensorrt"):
+        wanted = [PROVIDERS[device]] + (["CUDAExecutionProvider"] if device == "tensorrt" else [])
+    else:
+        raise BundleError(f"device must be auto, cpu, cuda or tensorrt, got {device!r}")
+    return [p for p in wanted if p in available] + ["CPUExecutionProvider"]
+
+
+def default_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+class OrtBackend:
+    name = "onnxruntime"
+
+    def __init__(self, encoder: Path, step: Path, device: str = "auto", threads: int | None = None):
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or default_threads()
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        chain = ort_provider_chain(device)
+        try:
+            self.enc = ort.InferenceSession(str(encoder), opts, providers=chain)
+            self.stp = ort.InferenceSession(str(step), opts, providers=chain)
+        except Exception as e:  # ORT raises its own untyped errors for bad graphs
+            raise BundleError(f"ONNX Runtime cannot load {encoder.name}/{step.name}: {e}") from e
+        self.provider = self.stp.get_providers()[0]
+        if device in ("cuda", "tensorrt") and self.provider == "CPUExecutionProvider":
+            raise BundleError(f"device={device!r} asked for, but ONNX Runtime could not start "
+                              f"{PROVIDERS[device]} (available: {ort.get_available_providers()}); "
+                              "use device=auto to fall back to CPU")
+        if device == "auto" and self.provider == "CPUExecutionProvider" and len(chain) > 1:
+            log.warning("CUDA provider listed but not usable; running on CPUExecutionProvider")
+        self.enc_inputs = [i.name for i in self.enc.get_inputs()]
+
+    def encode(self, obs: Sequence[np.ndarray]) -> np.ndarray:
+        return self.enc.run(None, dict(zip(self.enc_inputs, obs)))[0]
+
+    def step(self, sample, t, prev_t, cond):
+        prev, act = self.stp.run(None, {"sample": sample, "timestep": t, "prev_timestep": prev_t,
+                                        "cond": cond})
+        return prev, act
+
+
+class TorchScriptBackend:
+    name = "torchscript"
+
+    def __init__(self, encoder: Path, step: Path, device: str = "auto", threads: int | None = None):
+        import torch
+        from .manifest import scan_torchscript
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "tensorrt":
+            raise BundleError("device 'tensorrt' is only available with backend onnxruntime")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BundleError("device='cuda' asked for, but torch sees no CUDA device")
+        self.torch = torch
+        self.device = torch.device(device)
+        try:
+            self.enc = torch.jit.load(str(encoder), map_location=self.device).eval()
+            self.stp = torch.jit.load(str(step), map_location=self.device).eval()
+        except Exception as e:  # torch.jit raises RuntimeError with its own text
+            raise BundleError(f"TorchScript cannot load {encoder.name}/{step.name}: {e}") from e
+        scan_torchscript(self.enc, encoder.name)
+        scan_torchscript(self.stp, step.name)
+        if self.device.type == "cpu" and threads:
+            torch.set_num_threads(threads)
+        self.provider = f"torch:{self.device.type}"
+
+    def encode(self, obs):
+        with self.torch.inference_mode():
+            return self.enc(*[self.torch.from_numpy(o).to(self.device) for o in obs]).cpu().numpy()
+
+    def step(self, sample, t, prev_t, cond):
+        th = self.torch
+        with th.inference_mode():
+            prev, act = self.stp(*[th.from_numpy(x).to(self.device) for x in (sample, t, prev_t, cond)])
+        return prev.cpu().numpy(), act.cpu().numpy()

@@ -1,0 +1,131 @@
+"""PolicyEngine: a verified bundle plus a backend; one ``predict`` per action chunk.
+
+The engine does no policy math: it validates inputs against the manifest,
+feeds the encoder graph once, then loops the DDIM step graph over the
+timesteps recorded in the manifest.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import BundleError, ShapeError
+from ..obs_spec import validate_obs
+from .backends import Backend, OrtBackend, TorchScriptBackend
+from .manifest import (BACKEND_FORMATS, read_manifest, scan_onnx, verify_hashes, verify_norm_inventory)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    actions: np.ndarray  # (horizon, A) float32, or (B, horizon, A) for batched input
+    latency_s: float
+    noise_seed: int | None
+
+
+class PolicyEngine:
+    def __init__(self, manifest: dict[str, Any], backend: Backend, num_inference_steps: int | None = None):
+        self.manifest = manifest
+        self.backend = backend
+        pol = manifest["policy"]
+        self.image_shapes = {i["key"]: tuple(i["shape"]) for i in pol["images"]}
+        self.low_dim_sizes = {i["key"]: int(i["size"]) for i in pol["low_dims"]}
+        self.keys = list(self.image_shapes) + list(self.low_dim_sizes)
+        self.n_obs_steps = int(pol["n_obs_steps"])
+        self.horizon = int(pol["horizon"])
+        self.action_dim = int(pol["action_dim"])
+        self.n_action_steps = int(pol["n_action_steps"])
+        self.action_start = self.n_obs_steps - 1
+        ddim = manifest["ddim"]
+        if num_inference_steps and num_inference_steps != ddim["num_inference_steps"]:
+            from ..export.graphs import ddim_schedule
+            ts, prev = ddim_schedule(ddim["config"], num_inference_steps)
+        else:
+            ts, prev = ddim["timesteps"], ddim["prev_timesteps"]
+        self.schedule = [(np.array([t], np.int64), np.array([p], np.int64)) for t, p in zip(ts, prev)]
+        self._rng = np.random.default_rng()
+
+    @property
+    def provider(self) -> str:
+        return self.backend.provider
+
+    def make_noise(self, batch: int, seed: int | None) -> np.ndarray:
+        rng = np.random.default_rng(seed) if seed is not None else self._rng
+        return rng.standard_normal((batch, self.horizon, self.action_dim)).astype(np.float32)
+
+    def predict(self, obs_history: Mapping[str, np.ndarray], noise: np.ndarray | None = None,
+                seed: int | None = None) -> Prediction:
+        """obs_history: images (To, H, W, C) uint8 and low-dim (To, D) float32, or batched with a
+        leading B. Returns the unnormalized trajectory (horizon, A) (or (B, horizon, A))."""
+        first = next(iter(self.image_shapes), None)
+        probe_key, unbatched_ndim = (first, 4) if first else (next(iter(self.low_dim_sizes)), 2)
+        if probe_key not in obs_history:
+            raise ShapeError(f"observation is missing key(s) [{probe_key!r}]; expected {self.keys}")
+        batched = np.asarray(obs_history[probe_key]).ndim != unbatched_ndim
+        obs = {k: np.asarray(v) if batched else np.asarray(v)[None] for k, v in obs_history.items()}
+        obs = {k: (v.astype(np.float32) if k in self.low_dim_sizes and v.dtype == np.float64 else v)
+               for k, v in obs.items()}
+        batch = validate_obs(obs, self.image_shapes, self.low_dim_sizes, self.n_obs_steps)
+        if noise is None:
+            noise = self.make_noise(batch, seed)
+        noise = np.asarray(noise, dtype=np.float32)
+        if not batched and noise.ndim == 2:
+            noise = noise[None]
+        if noise.shape != (batch, self.horizon, self.action_dim):
+            raise ShapeError(f"noise: expected float32 ({batch}, {self.horizon}, {self.action_dim}), "
+                             f"got {noise.shape}")
+        t0 = time.perf_counter()
+        cond = self.backend.encode([np.ascontiguousarray(obs[k]) for k in self.keys])
+        x, actions = noise, None
+        for t, prev in self.schedule:
+            x, actions = self.backend.step(x, t, prev, cond)
+        latency = time.perf_counter() - t0
+        actions = np.asarray(actions, dtype=np.float32)
+        if not np.all(np.isfinite(actions)):
+            raise ShapeError("policy produced non-finite actions")
+        return Prediction(actions if batched else actions[0], latency, seed)
+
+    def executed_slice(self, actions: np.ndarray) -> np.ndarray:
+        """The actions to execute: indices [n_obs_steps-1, n_obs_steps-1+n_action_steps)."""
+        return actions[..., self.action_start:self.action_start + self.n_action_steps, :]
+
+    def warm_up(self) -> float:
+        obs = {k: np.zeros((self.n_obs_steps, *s), np.uint8) for k, s in self.image_shapes.items()}
+        obs.update({k: np.zeros((self.n_obs_steps, n), np.float32) for k, n in self.low_dim_sizes.items()})
+        return self.predict(obs, seed=0).latency_s
+
+
+def load_bundle(path: str | Path, backend: str = "auto", device: str = "auto",
+                num_inference_steps: int | None = None, threads: int | None = None,
+                warm_up: bool = True) -> PolicyEngine:
+    """Verify a bundle (hashes, norm inventory, graph scans) and open it on a backend."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    verify_norm_inventory(manifest)
+    if backend == "auto":
+        backend = "onnxruntime" if "onnx" in manifest["graphs"] else "torchscript"
+    if backend not in BACKEND_FORMATS:
+        raise BundleError(f"backend must be auto, onnxruntime or torchscript, got {backend!r}")
+    fmt = BACKEND_FORMATS[backend]
+    graphs = manifest["graphs"].get(fmt)
+    if not graphs:
+        raise BundleError(f"{path}: bundle has no {fmt} graphs (has {sorted(manifest['graphs'])})")
+    verify_hashes(path, manifest)
+    enc, step = path / graphs["encoder"], path / graphs["step"]
+    if fmt == "onnx":
+        scan_onnx(enc)
+        scan_onnx(step)
+        impl: Backend = OrtBackend(enc, step, device, threads)
+    else:
+        impl = TorchScriptBackend(enc, step, device, threads)
+    engine = PolicyEngine(manifest, impl, num_inference_steps)
+    if warm_up:
+        engine.warm_up()
+    log.info("loaded bundle %s: backend=%s provider=%s", path, backend, engine.provider)
+    return engine
