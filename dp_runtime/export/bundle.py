@@ -86,14 +86,15 @@ def _export_torchscript(enc: EncoderGraph, step: DenoiseStepGraph, policy: Diffu
 
 
 def parity(policy: DiffusionPolicy, engines: dict[str, PolicyEngine], samples: int, seed: int,
-           progress: Callable[[str], None]) -> dict[str, float]:
+           progress: Callable[[str], None], steps: int) -> dict[str, float]:
     """Max abs error of each engine vs the torch policy stepping diffusers' DDIMScheduler."""
     rng = np.random.default_rng(seed)
     errors = {name: 0.0 for name in engines}
     for i in range(samples):
         obs = example_inputs(policy, 1, rng)
         noise = rng.standard_normal((1, policy.cfg.horizon, policy.cfg.action_dim)).astype(np.float32)
-        ref = policy.sample({k: torch.from_numpy(v) for k, v in obs.items()}, torch.from_numpy(noise)).numpy()
+        ref = policy.sample({k: torch.from_numpy(v) for k, v in obs.items()}, torch.from_numpy(noise),
+                            num_inference_steps=steps).numpy()
         for name, engine in engines.items():
             got = engine.predict(obs, noise=noise).actions
             errors[name] = max(errors[name], float(np.abs(got - ref).max()))
@@ -180,7 +181,7 @@ def export_bundle(checkpoint: str | Path | Checkpoint, out: str | Path, steps: i
                 impl = TorchScriptBackend(tmp / FILES[fmt][0], tmp / FILES[fmt][1], device="cpu")
             graphs[fmt] = {"encoder": FILES[fmt][0], "step": FILES[fmt][1]}
             engines[fmt] = PolicyEngine(manifest_stub, impl)
-        errors = parity(policy, engines, parity_samples, seed, say)
+        errors = parity(policy, engines, parity_samples, seed, say, steps)
         bad = {k: v for k, v in errors.items() if not v <= tolerance}
         if bad:
             raise ParityError(f"export parity failed: max abs error {bad} exceeds {tolerance} "

@@ -64,9 +64,10 @@ def running_stats_keys(state_dict_keys: Iterable[str]) -> list[tuple[str, str]]:
 def norm_inventory(module: nn.Module) -> list[dict]:
     """All normalization layers of ``module`` for the bundle manifest."""
     out = []
+    norm_types = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm, nn.RMSNorm)
     for name, m in module.named_modules():
         kind = type(m).__name__
-        if "Norm" in kind or _keeps_running_stats(m):
+        if isinstance(m, norm_types) or _keeps_running_stats(m):
             out.append({"name": name, "type": kind, "running_stats": _keeps_running_stats(m)})
     return out
 

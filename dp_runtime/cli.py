@@ -1,0 +1,114 @@
+"""Command-line entry points: dp-export, dp-inspect, dp-train, dp-replay, dp-dataset, dp-demo, dp-bench."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import DpRuntimeError
+
+
+def _run(fn) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return fn() or 0
+    except DpRuntimeError as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="dp-export", description="Export an EMA checkpoint to a bundle.")
+    p.add_argument("checkpoint", help="checkpoint file (dp_runtime .safetensors)")
+    p.add_argument("-o", "--out", required=True, help="bundle directory to write")
+    p.add_argument("--steps", type=int, default=None, help="DDIM inference steps (default: from config)")
+    p.add_argument("--formats", default="onnx,torchscript", help="comma list of onnx, torchscript")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    p.add_argument("--seed", type=int, default=0, help="seed for the parity check inputs")
+    p.add_argument("--parity-samples", type=int, default=4)
+    args = p.parse_args(argv)
+
+    def go():
+        from .export import export_bundle
+        export_bundle(args.checkpoint, args.out, steps=args.steps,
+                      formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
+                      opset=args.opset, seed=args.seed, parity_samples=args.parity_samples, progress=print)
+    return _run(go)
+
+
+def inspect_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="dp-inspect", description="Verify a bundle and run a timed self-test.")
+    p.add_argument("bundle")
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torchscript"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
+    args = p.parse_args(argv)
+
+    def go():
+        import onnxruntime as ort
+        from .engine import load_bundle, read_manifest
+        m = read_manifest(Path(args.bundle))
+        pol = m["policy"]
+        print(f"bundle      {args.bundle} (format v{m['format_version']}, created {m.get('created')})")
+        for o in m["observations"]:
+            print(f"obs         {o['key']:<12} {o['kind']:<8} {o['dtype']} {o['shape']} topic={o.get('topic')}")
+        print(f"action      dim {m['action']['dim']} names {m['action']['names']}")
+        print(f"horizon     {pol['horizon']}  n_obs_steps {pol['n_obs_steps']}  n_action_steps "
+              f"{pol['n_action_steps']}  DDIM steps {m['ddim']['num_inference_steps']}")
+        print(f"source      {m['source']['path']} sha256 {m['source']['sha256'][:16]}... weights "
+              f"{m['source']['weights']} ({m['source']['format']})  EMA {m.get('ema')}")
+        norms = sorted({e['type'] for e in m['norm_inventory']})
+        print(f"norm layers {len(m['norm_inventory'])} ({', '.join(norms)}); running-stats layers: none")
+        print(f"parity      {m['parity']['max_abs_error']} (tolerance {m['parity']['tolerance']})")
+        print(f"providers   {ort.get_available_providers()}")
+        engine = load_bundle(args.bundle, backend=args.backend, device=args.device)
+        lat = sorted(engine.warm_up() for _ in range(5))
+        print(f"verified    hashes, norm inventory, graph scan: OK")
+        print(f"self-test   backend {engine.backend.name} provider {engine.provider}: "
+              f"median {lat[2] * 1e3:.1f} ms per chunk")
+    return _run(go)
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="dp-train", description="Train a small GroupNorm policy with EMA.")
+    p.add_argument("dataset", help="dataset .npz written by dp-dataset")
+    p.add_argument("-o", "--out", required=True, help="checkpoint .safetensors to write")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    def go():
+        from .dataset import load_dataset
+        from .train import TrainConfig, train
+        cfg, data = load_dataset(args.dataset)
+        train(cfg, data, args.out, TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                               seed=args.seed),
+              progress=lambda s, l: print(f"step {s}: loss {l:.4f}"))
+        print(f"checkpoint written to {args.out}")
+    return _run(go)
+
+
+def replay_main(argv: list[str] | None = None) -> int:
+    from .replay.cli import main
+    return _run(lambda: main(argv))
+
+
+def dataset_main(argv: list[str] | None = None) -> int:
+    from .dataset import main
+    return _run(lambda: main(argv))
+
+
+def demo_main(argv: list[str] | None = None) -> int:
+    from .sim.demo import main
+    return _run(lambda: main(argv))
+
+
+def bench_main(argv: list[str] | None = None) -> int:
+    import runpy
+    bench = Path(__file__).resolve().parent.parent / "bench" / "latency.py"
+    sys.argv = [str(bench)] + list(argv or sys.argv[1:])
+    runpy.run_path(str(bench), run_name="__main__")
+    return 0
