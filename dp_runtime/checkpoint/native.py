@@ -52,9 +52,9 @@ def save_checkpoint(path: str | os.PathLike, live: DiffusionPolicy, ema_model: D
     """Write live + EMA weights; written to a temp file then renamed so a crash leaves nothing half-done."""
     assert_no_running_stats(live, where="policy to save")
     path = Path(path)
-    tensors = {f"live.{k}": v.detach().contiguous().cpu() for k, v in live.state_dict().items()}
+    tensors = {f"live.{k}": v.detach().cpu().clone().contiguous() for k, v in live.state_dict().items()}
     if ema_model is not None:
-        tensors.update({f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema_model.state_dict().items()})
+        tensors.update({f"ema.{k}": v.detach().cpu().clone().contiguous() for k, v in ema_model.state_dict().items()})
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "config": live.cfg.to_dict(),
         "normalizer": live.normalizer.stats(), "ema": ema_settings if ema_model is not None else None,

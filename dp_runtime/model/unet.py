@@ -83,8 +83,11 @@ class ConditionalResidualBlock1D(nn.Module):
                               if in_channels != out_channels else nn.Identity())
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.forward_film(x, self.cond_encoder(cond))
+
+    def forward_film(self, x: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
+        """Forward with the FiLM embedding (B, cond_channels, 1) already computed."""
         out = self.blocks[0](x)
-        embed = self.cond_encoder(cond)
         if self.cond_predict_scale:
             embed = embed.reshape(embed.shape[0], 2, self.out_channels, 1)
             out = embed[:, 0] * out + embed[:, 1]
@@ -130,6 +133,28 @@ class ConditionalUnet1D(nn.Module):
         self.final_conv = nn.Sequential(
             Conv1dBlock(start_dim, start_dim, kernel_size=kernel_size),
             nn.Conv1d(start_dim, input_dim, 1))
+
+    def film_blocks(self) -> list[ConditionalResidualBlock1D]:
+        """The FiLM-conditioned blocks in forward order (local-cond encoders excluded)."""
+        blocks = [b for res1, res2, _ in self.down_modules for b in (res1, res2)]
+        blocks += list(self.mid_modules)
+        return blocks + [b for res1, res2, _ in self.up_modules for b in (res1, res2)]
+
+    def forward_film(self, sample: torch.Tensor, embeds: list[torch.Tensor]) -> torch.Tensor:
+        """Forward with precomputed per-block FiLM embeddings (see ``film_blocks``), no local cond."""
+        x = sample.transpose(1, 2)
+        it = iter(embeds)
+        skips = []
+        for res1, res2, down in self.down_modules:
+            x = res2.forward_film(res1.forward_film(x, next(it)), next(it))
+            skips.append(x)
+            x = down(x)
+        for mid in self.mid_modules:
+            x = mid.forward_film(x, next(it))
+        for res1, res2, up in self.up_modules:
+            x = torch.cat((x, skips.pop()), dim=1)
+            x = up(res2.forward_film(res1.forward_film(x, next(it)), next(it)))
+        return self.final_conv(x).transpose(1, 2)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int | float,
                 local_cond: torch.Tensor | None = None,

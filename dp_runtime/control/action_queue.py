@@ -1,0 +1,71 @@
+"""ActionQueue: a timestamped chunk; action i is due at ``t_obs + i * dt``.
+
+When a chunk arrives, actions already due (plus the execution latency) are
+dropped, keeping the newest if all are late. ``pop(now)`` gives the action
+due now; an empty queue when a command was due counts as starvation.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class QueueStats:
+    chunks: int = 0
+    dropped: int = 0  # actions dropped on arrival because they were already due
+    skipped: int = 0  # actions passed over because a later one was already due at pop time
+    popped: int = 0
+    starved: int = 0  # pops with nothing left to execute
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class ActionQueue:
+    def __init__(self, dt: float, execution_latency: float = 0.0):
+        if dt <= 0:
+            raise ValueError(f"dt must be > 0, got {dt}")
+        self.dt = dt
+        self.latency = execution_latency
+        self.items: deque[tuple[float, np.ndarray]] = deque()
+        self.stats = QueueStats()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def clear(self) -> None:
+        self.items.clear()
+
+    def push(self, actions: np.ndarray, t_obs: float, now: float) -> int:
+        """Replace the queue with ``actions`` (N, A) stamped from ``t_obs``; returns how many were dropped."""
+        due = [(t_obs + i * self.dt, np.asarray(a)) for i, a in enumerate(actions)]
+        cutoff = now + self.latency
+        keep = [d for d in due if d[0] >= cutoff - 1e-9]
+        if not keep:
+            keep = [due[-1]]  # all late: the newest is still the best thing to do
+        dropped = len(due) - len(keep)
+        self.items = deque(keep)
+        self.stats.chunks += 1
+        self.stats.dropped += dropped
+        return dropped
+
+    def pop(self, now: float) -> np.ndarray | None:
+        """The action due at ``now`` (None if the queue is empty or the next action is still ahead)."""
+        while len(self.items) > 1 and self.items[1][0] <= now + 1e-9:
+            self.items.popleft()
+            self.stats.skipped += 1
+        if not self.items:
+            self.stats.starved += 1
+            return None
+        due, action = self.items[0]
+        if due > now + self.dt / 2:
+            return None
+        self.items.popleft()
+        self.stats.popped += 1
+        return action
+
+    def remaining(self) -> list[tuple[float, np.ndarray]]:
+        return list(self.items)

@@ -1,0 +1,92 @@
+"""ObservationBuffer: timestamped samples per key -> the n_obs_steps history the bundle expects.
+
+Times are header stamps in seconds (never arrival times), so the node can run
+on another machine than the robot and replay can use the bag's clock.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from ..errors import InputError, ShapeError, StaleInputError
+
+
+@dataclass
+class Observation:
+    history: dict[str, np.ndarray]  # images (To, H, W, C) uint8, low-dim (To, D) float32; newest last
+    stamp: float  # header stamp of the newest camera frame used (the observation's time)
+    ages: dict[str, float]
+
+
+class ObservationBuffer:
+    def __init__(self, image_shapes: Mapping[str, tuple[int, ...]], low_dim_sizes: Mapping[str, int],
+                 n_obs_steps: int, obs_interval_s: float, max_obs_age: float, capacity: int = 64):
+        self.image_shapes = {k: tuple(v) for k, v in image_shapes.items()}
+        self.low_dim_sizes = dict(low_dim_sizes)
+        self.n_obs_steps = n_obs_steps
+        self.interval = obs_interval_s
+        self.max_obs_age = max_obs_age
+        self.capacity = capacity
+        self.samples: dict[str, deque[tuple[float, np.ndarray]]] = {
+            k: deque(maxlen=capacity) for k in [*self.image_shapes, *self.low_dim_sizes]}
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.samples)
+
+    def reset(self) -> None:
+        for q in self.samples.values():
+            q.clear()
+
+    def add(self, key: str, stamp: float, value: np.ndarray) -> None:
+        """Store one sample; raises InputError/ShapeError (nothing stored) when it is unusable."""
+        if key not in self.samples:
+            raise InputError(f"unknown observation key {key!r}; expected one of {self.keys}")
+        value = np.asarray(value)
+        if key in self.image_shapes:
+            if value.dtype != np.uint8 or value.shape != self.image_shapes[key]:
+                raise ShapeError(f"image {key!r}: expected uint8 {self.image_shapes[key]}, "
+                                 f"got {value.dtype} {value.shape}")
+        else:
+            value = value.astype(np.float32)
+            if value.shape != (self.low_dim_sizes[key],):
+                raise ShapeError(f"low-dim {key!r}: expected ({self.low_dim_sizes[key]},), got {value.shape}")
+            if not np.all(np.isfinite(value)):
+                raise InputError(f"low-dim {key!r} contains NaN or inf")
+        q = self.samples[key]
+        if q and stamp <= q[-1][0]:
+            raise InputError(f"{key!r}: out-of-order stamp {stamp:.6f} <= previous {q[-1][0]:.6f}")
+        q.append((float(stamp), value))
+
+    def ages(self, now: float) -> dict[str, float]:
+        return {k: (now - q[-1][0]) if q else float("inf") for k, q in self.samples.items()}
+
+    def newest_stamp(self) -> float | None:
+        keys = list(self.image_shapes) or list(self.low_dim_sizes)
+        stamps = [self.samples[k][-1][0] for k in keys if self.samples[k]]
+        return max(stamps) if stamps else None
+
+    def _at(self, key: str, target: float) -> np.ndarray:
+        """Newest sample stamped at or before ``target`` (tolerance half an interval); else the oldest."""
+        q = self.samples[key]
+        limit = target + self.interval / 2
+        for stamp, value in reversed(q):
+            if stamp <= limit:
+                return value
+        return q[0][1]  # history shorter than n_obs_steps: repeat the oldest frame
+
+    def assemble(self, now: float) -> Observation:
+        """The history for a policy step at ``now``; StaleInputError if any input is missing or stale."""
+        ages = self.ages(now)
+        stale = {k: a for k, a in ages.items() if a > self.max_obs_age}
+        if stale:
+            desc = ", ".join(f"{k} ({'never received' if a == float('inf') else f'{a:.3f} s old'})"
+                             for k, a in stale.items())
+            raise StaleInputError(f"stale inputs (max_obs_age {self.max_obs_age} s): {desc}")
+        t_obs = self.newest_stamp()
+        times = [t_obs - (self.n_obs_steps - 1 - i) * self.interval for i in range(self.n_obs_steps)]
+        history = {k: np.stack([self._at(k, t) for t in times]) for k in self.samples}
+        return Observation(history, t_obs, ages)

@@ -1,0 +1,158 @@
+"""PolicyRunner: the control loop's logic without ROS — observations in, timed commands out.
+
+The ROS node and the replay tool both drive this object; only the message
+source and the clock differ. ``tick(now)`` is what the control timer calls
+(cheap: pop and limit); ``infer(now)`` is what the inference worker calls.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..engine import PolicyEngine
+from ..errors import DpRuntimeError, StaleInputError
+from .action_queue import ActionQueue
+from .limits import ActionLimits
+from .observation_buffer import Observation, ObservationBuffer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunnerConfig:
+    control_rate_hz: float = 10.0
+    max_obs_age: float = 0.5
+    execution_latency: float = 0.0
+    inference_lead: int = 2  # start the next inference when this many actions remain
+    seed: int | None = None  # None: fresh noise per chunk; int: chunk k uses seed + k
+    on_starvation: str = "hold"  # "hold" the last command or "stop" publishing
+
+
+@dataclass
+class ChunkRecord:
+    t_obs: float
+    started: float
+    finished: float
+    latency_s: float
+    actions: np.ndarray  # executed slice (n_action_steps, A) before limits
+    dropped: int
+    observation: Observation | None = None
+
+
+@dataclass
+class RunnerStats:
+    chunks: int = 0
+    inference_errors: int = 0
+    stale_refusals: int = 0
+    invalid_inputs: int = 0
+    latencies: list[float] = field(default_factory=list)
+    last_error: str = ""
+
+
+class PolicyRunner:
+    def __init__(self, engine: PolicyEngine, cfg: RunnerConfig, limits: ActionLimits | None = None,
+                 keep_observations: bool = False, warn: Callable[[str, str], None] | None = None):
+        m = engine.manifest
+        self.engine = engine
+        self.cfg = cfg
+        self.dt = 1.0 / cfg.control_rate_hz
+        self.buffer = ObservationBuffer(engine.image_shapes, engine.low_dim_sizes, engine.n_obs_steps,
+                                        float(m["policy"].get("obs_interval_s", self.dt)), cfg.max_obs_age)
+        self.queue = ActionQueue(self.dt, cfg.execution_latency)
+        self.limits = limits or ActionLimits()
+        self.stats = RunnerStats()
+        self.chunks: list[ChunkRecord] = []
+        self.keep_observations = keep_observations
+        self.last_command: np.ndarray | None = None
+        self.lock = threading.Lock()
+        self._warned: set[str] = set()
+        self._warn = warn or (lambda cause, msg: log.warning(msg))
+
+    # -- inputs ----------------------------------------------------------------------
+    def warn_once(self, cause: str, msg: str) -> None:
+        """Log once per cause, not per message; the stats still count every occurrence."""
+        self.stats.last_error = msg
+        if cause not in self._warned:
+            self._warned.add(cause)
+            self._warn(cause, msg)
+
+    def add(self, key: str, stamp: float, value: np.ndarray) -> bool:
+        try:
+            with self.lock:
+                self.buffer.add(key, stamp, value)
+            return True
+        except DpRuntimeError as e:
+            self.stats.invalid_inputs += 1
+            self.warn_once(f"input:{key}:{type(e).__name__}", f"dropped {key} message: {e}")
+            return False
+
+    def reset(self) -> None:
+        with self.lock:
+            self.buffer.reset()
+            self.queue.clear()
+            self.last_command = None
+
+    # -- inference -------------------------------------------------------------------
+    def needs_inference(self) -> bool:
+        with self.lock:
+            return len(self.queue) <= self.cfg.inference_lead
+
+    def infer(self, now: float) -> ChunkRecord | None:
+        """Assemble the observation at ``now``, predict, and queue the executed slice."""
+        with self.lock:
+            try:
+                obs = self.buffer.assemble(now)
+            except StaleInputError as e:
+                self.stats.stale_refusals += 1
+                self.queue.clear()  # never act on a chunk computed before inputs went stale
+                self.warn_once("stale", str(e))
+                return None
+        seed = None if self.cfg.seed is None else self.cfg.seed + self.stats.chunks
+        started = time.perf_counter()
+        try:
+            pred = self.engine.predict(obs.history, seed=seed)
+        except DpRuntimeError as e:
+            self.stats.inference_errors += 1
+            self.warn_once(f"inference:{type(e).__name__}", f"inference failed: {e}")
+            return None
+        except Exception as e:  # a backend failure must not kill the node; counted and reported
+            self.stats.inference_errors += 1
+            self.warn_once(f"inference:{type(e).__name__}", f"inference raised {type(e).__name__}: {e}")
+            return None
+        finished = time.perf_counter()
+        executed = self.engine.executed_slice(pred.actions)
+        with self.lock:
+            dropped = self.queue.push(executed, obs.stamp, now + (finished - started))
+            self.stats.chunks += 1
+            self.stats.latencies.append(pred.latency_s)
+        rec = ChunkRecord(obs.stamp, started, finished, pred.latency_s, executed, dropped,
+                          obs if self.keep_observations else None)
+        self.chunks.append(rec)
+        return rec
+
+    def inputs_stale(self, now: float) -> bool:
+        with self.lock:
+            ages = self.buffer.ages(now)
+        return any(a > self.cfg.max_obs_age for a in ages.values())
+
+    # -- control tick ----------------------------------------------------------------
+    def tick(self, now: float) -> np.ndarray | None:
+        """The command to publish at ``now`` (None: publish nothing this tick)."""
+        if self.inputs_stale(now):
+            with self.lock:
+                self.queue.clear()
+            return None
+        with self.lock:
+            action = self.queue.pop(now)
+        if action is None:
+            if self.cfg.on_starvation == "hold" and self.last_command is not None and len(self.queue) == 0:
+                return self.last_command
+            return None
+        cmd = self.limits.apply(action, self.last_command)
+        self.last_command = cmd
+        return cmd

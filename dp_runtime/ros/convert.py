@@ -1,0 +1,155 @@
+"""ROS message <-> numpy conversion, in one place.
+
+Inputs are duck-typed (rclpy messages and rosbags-deserialized messages have
+the same fields), so the node and the replay share every conversion. Outputs
+are built with the rclpy message classes (also used to serialize into bags).
+"""
+from __future__ import annotations
+
+import io
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import InputError, ShapeError
+
+ENCODING_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+
+
+def stamp_to_sec(stamp: Any) -> float:
+    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
+
+
+def sec_to_stamp_fields(t: float) -> tuple[int, int]:
+    sec = int(np.floor(t))
+    nanosec = int(round((t - sec) * 1e9))
+    if nanosec >= 1_000_000_000:
+        sec, nanosec = sec + 1, nanosec - 1_000_000_000
+    return sec, nanosec
+
+
+def _to_target(rgb_or_mono: np.ndarray, shape: Sequence[int], resize: bool, what: str) -> np.ndarray:
+    """(h, w, 1|3) uint8 -> target (H, W, C); resizes only when allowed."""
+    h, w, c = shape
+    img = rgb_or_mono
+    if img.shape[2] == 1 and c == 3:
+        img = np.repeat(img, 3, axis=2)
+    elif img.shape[2] == 3 and c == 1:
+        img = (img.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).round().clip(0, 255)
+        img = img.astype(np.uint8)[..., None]
+    if img.shape[:2] != (h, w):
+        if not resize:
+            raise ShapeError(f"{what}: image is {img.shape[1]}x{img.shape[0]}, policy expects {w}x{h} "
+                             "(set resize_images: true to resize)")
+        from PIL import Image as PILImage
+        pil = PILImage.fromarray(img[..., 0] if img.shape[2] == 1 else img)
+        img = np.asarray(pil.resize((w, h), PILImage.BILINEAR))
+        img = img[..., None] if img.ndim == 2 else img
+    return np.ascontiguousarray(img, dtype=np.uint8)
+
+
+def image_to_array(msg: Any, shape: Sequence[int], resize: bool = False, what: str = "image") -> np.ndarray:
+    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8) -> (H, W, C) uint8 RGB/mono."""
+    enc = str(msg.encoding).lower()
+    if enc not in ENCODING_CHANNELS:
+        raise InputError(f"{what}: unsupported encoding {msg.encoding!r}; expected one of "
+                         f"{sorted(ENCODING_CHANNELS)}")
+    ch = ENCODING_CHANNELS[enc]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    data = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, np.ndarray) else msg.data.tobytes(),
+                         dtype=np.uint8)
+    if h <= 0 or w <= 0 or step < w * ch or data.size < step * h:
+        raise ShapeError(f"{what}: {enc} image {w}x{h} step {step} needs {step * h} bytes "
+                         f"(step >= {w * ch}), got {data.size}")
+    img = data[: step * h].reshape(h, step)[:, : w * ch].reshape(h, w, ch)
+    if enc in ("bgr8", "bgra8"):
+        img = img[..., [2, 1, 0]]
+    elif enc == "rgba8":
+        img = img[..., :3]
+    return _to_target(img, shape, resize, what)
+
+
+def compressed_to_array(msg: Any, shape: Sequence[int], resize: bool = False,
+                        what: str = "image") -> np.ndarray:
+    """sensor_msgs/CompressedImage (jpeg, png) -> (H, W, C) uint8."""
+    fmt = str(msg.format).lower()
+    if "jpeg" not in fmt and "jpg" not in fmt and "png" not in fmt:
+        raise InputError(f"{what}: unsupported compressed format {msg.format!r}; expected jpeg or png")
+    from PIL import Image as PILImage, UnidentifiedImageError
+    try:
+        pil = PILImage.open(io.BytesIO(bytes(msg.data)))
+        pil.load()
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise InputError(f"{what}: cannot decode {msg.format!r} data: {e}") from e
+    img = np.asarray(pil.convert("L" if shape[2] == 1 else "RGB"))
+    img = img[..., None] if img.ndim == 2 else img
+    return _to_target(img, shape, resize, what)
+
+
+def joint_state_to_vector(msg: Any, names: Sequence[str], field: str = "position",
+                          what: str = "joint_states") -> np.ndarray:
+    """JointState -> (len(names),) float32 ordered by ``names``; extra joints ignored."""
+    got = list(msg.name)
+    values = list(getattr(msg, field))
+    if len(values) != len(got):
+        raise ShapeError(f"{what}: {len(got)} joint names but {len(values)} {field} values")
+    index = {n: i for i, n in enumerate(got)}
+    missing = [n for n in names if n not in index]
+    if missing:
+        raise InputError(f"{what}: missing joint(s) {missing}; message has {got}")
+    vec = np.array([values[index[n]] for n in names], dtype=np.float64)
+    if not np.all(np.isfinite(vec)):
+        bad = [n for n, v in zip(names, vec) if not np.isfinite(v)]
+        raise InputError(f"{what}: non-finite {field} for joint(s) {bad}")
+    return vec.astype(np.float32)
+
+
+# -- commands ---------------------------------------------------------------------
+COMMAND_INTERFACES = ("float64_multi_array", "joint_trajectory", "joint_state")
+
+
+def command_message_type(interface: str):
+    if interface == "float64_multi_array":
+        from std_msgs.msg import Float64MultiArray
+        return Float64MultiArray
+    if interface == "joint_trajectory":
+        from trajectory_msgs.msg import JointTrajectory
+        return JointTrajectory
+    if interface == "joint_state":
+        from sensor_msgs.msg import JointState
+        return JointState
+    raise ValueError(f"command_interface must be one of {COMMAND_INTERFACES}, got {interface!r}")
+
+
+def float64_multi_array(action: np.ndarray):
+    from std_msgs.msg import Float64MultiArray
+    return Float64MultiArray(data=[float(x) for x in action])
+
+
+def joint_state_command(action: np.ndarray, names: Sequence[str], stamp: float):
+    from sensor_msgs.msg import JointState
+    msg = JointState(name=list(names), position=[float(x) for x in action])
+    msg.header.stamp.sec, msg.header.stamp.nanosec = sec_to_stamp_fields(stamp)
+    return msg
+
+
+def joint_trajectory(actions: np.ndarray, names: Sequence[str], dt: float, previous: np.ndarray | None):
+    """Remaining actions (K, A) as a JointTrajectory starting now (stamp zero).
+
+    Point k has time_from_start (k + 1) * dt and finite-difference velocities;
+    joint_trajectory_controller replaces the running trajectory with each one.
+    """
+    from builtin_interfaces.msg import Duration
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+    msg = JointTrajectory(joint_names=list(names))
+    prev = previous if previous is not None else actions[0]
+    points = []
+    for k, a in enumerate(actions):
+        vel = (a - prev) / dt
+        prev = a
+        t = (k + 1) * dt
+        sec, nanosec = sec_to_stamp_fields(t)
+        points.append(JointTrajectoryPoint(positions=[float(x) for x in a], velocities=[float(x) for x in vel],
+                                           time_from_start=Duration(sec=sec, nanosec=nanosec)))
+    msg.points = points
+    return msg
