@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .model import EncoderConfig, ImageSpec, LowDimSpec, PolicyConfig, UnetConfig
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .model.config import PolicyConfig
 
 
-def tiny_config(image_size: int = 24, **overrides) -> PolicyConfig:
+def tiny_config(image_size: int = 24, **overrides) -> "PolicyConfig":
+    from .model.config import EncoderConfig, ImageSpec, LowDimSpec, PolicyConfig, UnetConfig
     kw = dict(
         images=[ImageSpec("camera", (image_size, image_size, 3), topic="/camera/image_raw")],
         low_dims=[LowDimSpec("state", 2, topic="/joint_states", names=["joint1", "joint2"])],
@@ -31,7 +35,7 @@ def render_dot(pos: np.ndarray, size: int) -> np.ndarray:
     return img
 
 
-def reaching_dataset(cfg: PolicyConfig, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+def reaching_dataset(cfg: "PolicyConfig", n: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     size = cfg.images[0].shape[0]
     target = rng.uniform(-0.8, 0.8, size=(n, 2))

@@ -70,13 +70,10 @@ class ObservationBuffer:
         return max(stamps) if stamps else None
 
     def _at(self, key: str, target: float) -> np.ndarray:
-        """Newest sample stamped at or before ``target`` (tolerance half an interval); else the oldest."""
+        """The sample stamped nearest ``target`` (the oldest when history is still short)."""
         q = self.samples[key]
-        limit = target + self.interval / 2
-        for stamp, value in reversed(q):
-            if stamp <= limit:
-                return value
-        return q[0][1]  # history shorter than n_obs_steps: repeat the oldest frame
+        best = min(range(len(q)), key=lambda i: (abs(q[i][0] - target), -i))
+        return q[best][1]
 
     def assemble(self, now: float) -> Observation:
         """The history for a policy step at ``now``; StaleInputError if any input is missing or stale."""

@@ -7,6 +7,7 @@ source and the clock differ. ``tick(now)`` is what the control timer calls
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -69,11 +70,17 @@ class PolicyRunner:
         self.chunks: list[ChunkRecord] = []
         self.keep_observations = keep_observations
         self.last_command: np.ndarray | None = None
+        self.last_t_obs: float | None = None
         self.lock = threading.Lock()
         self._warned: set[str] = set()
         self._warn = warn or (lambda cause, msg: log.warning(msg))
 
     # -- inputs ----------------------------------------------------------------------
+    @staticmethod
+    def cause_of(key: str, error: Exception) -> str:
+        """One cause per kind of problem: the message with numbers (stamps, sizes) blanked."""
+        return f"input:{key}:{type(error).__name__}:{re.sub(r'[-+]?\d[\d.e+-]*', '#', str(error))[:80]}"
+
     def warn_once(self, cause: str, msg: str) -> None:
         """Log once per cause, not per message; the stats still count every occurrence."""
         self.stats.last_error = msg
@@ -88,7 +95,7 @@ class PolicyRunner:
             return True
         except DpRuntimeError as e:
             self.stats.invalid_inputs += 1
-            self.warn_once(f"input:{key}:{type(e).__name__}", f"dropped {key} message: {e}")
+            self.warn_once(self.cause_of(key, e), f"dropped {key} message: {e}")
             return False
 
     def reset(self) -> None:
@@ -96,11 +103,16 @@ class PolicyRunner:
             self.buffer.reset()
             self.queue.clear()
             self.last_command = None
+            self.last_t_obs = None
 
     # -- inference -------------------------------------------------------------------
     def needs_inference(self) -> bool:
+        """Queue at or below the lead, and an observation newer than the last chunk's."""
         with self.lock:
-            return len(self.queue) <= self.cfg.inference_lead
+            if len(self.queue) > self.cfg.inference_lead:
+                return False
+            newest = self.buffer.newest_stamp()
+            return newest is not None and (self.last_t_obs is None or newest > self.last_t_obs)
 
     def infer(self, now: float) -> ChunkRecord | None:
         """Assemble the observation at ``now``, predict, and queue the executed slice."""
@@ -112,6 +124,7 @@ class PolicyRunner:
                 self.queue.clear()  # never act on a chunk computed before inputs went stale
                 self.warn_once("stale", str(e))
                 return None
+            self.last_t_obs = obs.stamp
         seed = None if self.cfg.seed is None else self.cfg.seed + self.stats.chunks
         started = time.perf_counter()
         try:
@@ -150,9 +163,10 @@ class PolicyRunner:
         with self.lock:
             action = self.queue.pop(now)
         if action is None:
-            if self.cfg.on_starvation == "hold" and self.last_command is not None and len(self.queue) == 0:
-                return self.last_command
-            return None
+            starved = len(self.queue) == 0
+            if starved and self.cfg.on_starvation == "stop":
+                return None
+            return self.last_command  # next action not due yet, or starved with "hold"
         cmd = self.limits.apply(action, self.last_command)
         self.last_command = cmd
         return cmd

@@ -69,6 +69,8 @@ class OrtBackend:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        # Spinning worker threads would steal the control loop's core on a small robot computer.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         chain = ort_provider_chain(device)
         try:
             self.enc = ort.InferenceSession(str(encoder), opts, providers=chain)

@@ -1,0 +1,127 @@
+"""Run the policy node and the sensor publisher as real processes on a private ROS domain."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+HELPERS = Path(__file__).parent
+
+
+def domain_id() -> int:
+    """A ROS_DOMAIN_ID per test run so parallel runs never cross-talk (Fast DDS allows 0..232)."""
+    return 100 + os.getpid() % 100
+
+
+def ros_env(domain: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env["ROS_DOMAIN_ID"] = str(domain)
+    env["RMW_IMPLEMENTATION"] = "rmw_fastrtps_cpp"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def write_params(path: Path, params: dict) -> Path:
+    path.write_text(yaml.safe_dump({"policy_node": {"ros__parameters": params}}))
+    return path
+
+
+class Proc:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path):
+        self.log = log
+        self.fh = open(log, "w")
+        self.p = subprocess.Popen(args, env=env, stdout=self.fh, stderr=subprocess.STDOUT)
+
+    def stop(self, timeout: float = 10) -> int:
+        """SIGINT (never SIGKILL first: Fast DDS would leave shared-memory files behind)."""
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGINT)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.terminate()
+                self.p.wait(5)
+        self.fh.close()
+        return self.p.returncode
+
+    def text(self) -> str:
+        if not self.fh.closed:
+            self.fh.flush()
+        return self.log.read_text()
+
+
+def start_node(params_file: Path, env: dict[str, str], log: Path) -> Proc:
+    return Proc([sys.executable, "-m", "dp_runtime.ros.node", "--ros-args", "--params-file", str(params_file)],
+                env, log)
+
+
+def start_publisher(env: dict[str, str], log: Path, *args: str) -> Proc:
+    return Proc([sys.executable, str(HELPERS / "sensor_publisher.py"), *args], env, log)
+
+
+def wait_for(pred, timeout: float, step: float = 0.05) -> bool:
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return True
+        time.sleep(step)
+    return False
+
+
+class Collector:
+    """In-test subscriber (its own rclpy context) recording commands and diagnostics with arrival times."""
+
+    def __init__(self, domain: int, command_type, command_topic: str):
+        import threading
+
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        self.rclpy = rclpy
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain)
+        self.node = rclpy.create_node("test_collector", context=self.context)
+        self.commands: list[tuple[float, object]] = []
+        self.diagnostics: list[tuple[float, object]] = []
+        self.node.create_subscription(command_type, command_topic,
+                                      lambda m: self.commands.append((time.time(), m)), 50)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics",
+                                      lambda m: self.diagnostics.append((time.time(), m)), 50)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.running = True
+        self.thread.start()
+
+    def _spin(self) -> None:
+        while self.running and self.context.ok():
+            self.executor.spin_once(timeout_sec=0.02)
+
+    def call(self, service: str, timeout: float = 5.0) -> str:
+        from std_srvs.srv import Trigger
+        client = self.node.create_client(Trigger, service)
+        assert client.wait_for_service(timeout), f"service {service} not available"
+        future = client.call_async(Trigger.Request())
+        end = time.time() + timeout
+        while not future.done() and time.time() < end:
+            time.sleep(0.02)
+        return future.result().message
+
+    def last_diag(self) -> dict:
+        if not self.diagnostics:
+            return {}
+        st = self.diagnostics[-1][1].status[0]
+        return {"level": int.from_bytes(st.level, "little") if isinstance(st.level, bytes) else int(st.level),
+                "message": st.message, **{kv.key: kv.value for kv in st.values}}
+
+    def close(self) -> None:
+        self.running = False
+        self.thread.join(2)
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.shutdown(context=self.context)

@@ -1,0 +1,154 @@
+"""The policy node in its own process on real DDS, fed by a publisher process."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+
+from dp_runtime.engine import load_bundle  # noqa: E402
+from dp_runtime.synthetic import render_dot  # noqa: E402
+from helpers.ros_harness import (Collector, domain_id, ros_env, start_node, start_publisher, wait_for,  # noqa: E402
+                                 write_params)
+from helpers.sensor_publisher import JOINTS, SCENE_TARGET  # noqa: E402
+
+RATE = 50.0
+
+
+@pytest.fixture(scope="module")
+def domain():
+    return domain_id()
+
+
+def node_params(bundle, **over):
+    p = {"bundle": str(bundle), "control_rate_hz": RATE, "command_topic": "/test/commands", "seed": 0,
+         "max_obs_age": 0.5, "obs": {"state": {"joint_names": ["joint1", "joint2"]}},
+         "diagnostics_period": 0.25}
+    p.update(over)
+    return p
+
+
+def candidate_actions(bundle, chunks: int) -> np.ndarray:
+    """Every action the node may publish for the publisher's constant scene: chunk k uses seed k."""
+    engine = load_bundle(bundle)
+    obs = {"camera": np.stack([render_dot(SCENE_TARGET, 24)] * 2),
+           "state": np.array([[JOINTS["joint1"], JOINTS["joint2"]]] * 2, np.float32)}
+    return np.concatenate([engine.executed_slice(engine.predict(obs, seed=k).actions) for k in range(chunks)])
+
+
+def run(tmp_path, bundle, domain, params, pub_args, duration, command_type=None, topic="/test/commands",
+        during=None):
+    from std_msgs.msg import Float64MultiArray
+    env = ros_env(domain)
+    pf = write_params(tmp_path / "params.yaml", node_params(bundle, **params))
+    col = Collector(domain, command_type or Float64MultiArray, topic)
+    node = start_node(pf, env, tmp_path / "node.log")
+    try:
+        assert wait_for(lambda: "running" in node.text() or node.p.poll() is not None, 60), node.text()
+        assert node.p.poll() is None, node.text()
+        pub = start_publisher(env, tmp_path / "pub.log", "--duration", str(duration), *pub_args)
+        assert wait_for(lambda: "publishing from" in pub.text(), 30), pub.text()
+        t0 = float(pub.text().split("publishing from ")[1].split()[0])
+        if during:
+            during(col, t0)
+        pub.p.wait(duration + 30)
+        alive = node.p.poll() is None
+    finally:
+        rc = node.stop()
+        col.close()
+    return col, node.text(), alive, t0, rc
+
+
+def test_commands_at_rate_and_equal_to_engine(tmp_path, tiny_bundle, domain):
+    col, log, alive, t0, rc = run(tmp_path, tiny_bundle, domain, {}, ["--rate", "30"], 6.0)
+    assert alive and rc == 0, log
+    times = np.array([t for t, _ in col.commands])
+    data = np.array([list(m.data) for _, m in col.commands])
+    steady = times > t0 + 2.0  # after DDS discovery and warm-up
+    periods = np.diff(times[steady])
+    assert len(periods) > 80
+    assert abs(np.median(periods) - 1 / RATE) < 0.003, np.median(periods)
+    cands = candidate_actions(tiny_bundle, 600)
+    dist = np.abs(data[:, None, :] - cands[None]).max(-1).min(-1)
+    assert dist.max() < 1e-5, dist.max()
+    diag = col.last_diag()
+    assert diag["provider"] == "CPUExecutionProvider"
+    print(f"\ncommand period at 50 Hz: p50 {np.percentile(periods, 50) * 1e3:.2f} ms, "
+          f"p99 {np.percentile(periods, 99) * 1e3:.2f} ms; node-side p99 {diag.get('command_period_ms_p99')} ms;"
+          f" starvation {diag['starvation_count']}, chunks {diag['chunks']}, dropped {diag['dropped_actions']}")
+
+
+def test_stopped_camera_stops_commands_and_raises_error(tmp_path, tiny_bundle, domain):
+    levels = []
+
+    def watch(col, t0):
+        while time.time() < t0 + 10.5:
+            d = col.last_diag()
+            if d:
+                levels.append((time.time() - t0, d["level"], d["message"]))
+            time.sleep(0.1)
+
+    col, log, alive, t0, rc = run(tmp_path, tiny_bundle, domain, {},
+                                  ["--camera-stop-at", "5", "--camera-resume-at", "7.5"], 11.0, during=watch)
+    assert alive, log
+    rel = np.array([t - t0 for t, _ in col.commands])
+    # Commands flowed before the stop, none from max_obs_age (+ one control period + delivery) after
+    # the last frame until the camera returned, and they resumed.
+    assert ((rel > 4.0) & (rel < 5.0)).sum() > 20
+    gap = (rel > 5.0 + 0.5 + 0.15) & (rel < 7.5)
+    assert gap.sum() == 0, rel[gap]
+    assert (rel > 8.5).sum() > 20
+    assert any(lvl == 2 and 5.7 < t < 7.5 for t, lvl, _ in levels), levels
+    assert any(lvl == 0 and t > 9.0 for t, lvl, _ in levels), [x for x in levels if x[0] > 7]
+    assert "stale inputs" in log
+
+
+def test_bad_messages_do_not_crash_the_node(tmp_path, tiny_bundle, domain):
+    col, log, alive, t0, rc = run(tmp_path, tiny_bundle, domain, {}, ["--bad"], 5.0)
+    assert alive and rc == 0, log
+    d = col.last_diag()
+    assert int(d["invalid_inputs"]) > 10
+    # Logged once per cause, not per message.
+    assert log.count("unsupported encoding") == 1
+    assert log.count("non-finite position") == 1
+    assert log.count("missing joint") == 1
+    assert log.count("out-of-order stamp") == 1
+    data = np.array([list(m.data) for _, m in col.commands])
+    assert len(data) > 50
+    cands = candidate_actions(tiny_bundle, 400)
+    assert np.abs(data[:, None, :] - cands[None]).max(-1).min(-1).max() < 1e-5
+
+
+def test_joint_trajectory_interface(tmp_path, tiny_bundle, domain):
+    from trajectory_msgs.msg import JointTrajectory
+    col, log, alive, t0, rc = run(tmp_path, tiny_bundle, domain,
+                                  {"command_interface": "joint_trajectory", "action_joint_names": ["j1", "j2"]},
+                                  [], 4.0, command_type=JointTrajectory)
+    assert alive, log
+    msgs = [m for _, m in col.commands]
+    assert len(msgs) > 10
+    m = msgs[-1]
+    assert list(m.joint_names) == ["j1", "j2"]
+    assert m.header.stamp.sec == 0 and m.header.stamp.nanosec == 0
+    tfs = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in m.points]
+    assert np.allclose(tfs, (np.arange(len(tfs)) + 1) / RATE, atol=1e-6)
+    assert all(len(p.velocities) == 2 for p in m.points)
+
+
+def test_batchnorm_bundle_makes_node_exit_nonzero(tmp_path, tiny_bundle, domain):
+    bad = tmp_path / "bn_bundle"
+    shutil.copytree(tiny_bundle, bad)
+    m = json.loads((bad / "manifest.json").read_text())
+    m["norm_inventory"].append({"name": "obs_encoder.key_model_map.camera.bn1", "type": "BatchNorm2d",
+                                "running_stats": True})
+    (bad / "manifest.json").write_text(json.dumps(m))
+    env = ros_env(domain)
+    node = start_node(write_params(tmp_path / "p.yaml", node_params(bad)), env, tmp_path / "node.log")
+    node.p.wait(60)
+    rc = node.stop()
+    assert rc != 0
+    assert "BatchNormError" in node.text() and "running statistics" in node.text()
