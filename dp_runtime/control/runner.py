@@ -22,6 +22,7 @@ from .limits import ActionLimits
 from .observation_buffer import Observation, ObservationBuffer
 
 log = logging.getLogger(__name__)
+NUMBER = re.compile(r"[-+]?\d[\d.e+-]*")
 
 
 @dataclass
@@ -79,7 +80,8 @@ class PolicyRunner:
     @staticmethod
     def cause_of(key: str, error: Exception) -> str:
         """One cause per kind of problem: the message with numbers (stamps, sizes) blanked."""
-        return f"input:{key}:{type(error).__name__}:{re.sub(r'[-+]?\d[\d.e+-]*', '#', str(error))[:80]}"
+        kind = NUMBER.sub("#", str(error))[:80]
+        return f"input:{key}:{type(error).__name__}:{kind}"
 
     def warn_once(self, cause: str, msg: str) -> None:
         """Log once per cause, not per message; the stats still count every occurrence."""
