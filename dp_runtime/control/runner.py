@@ -33,6 +33,8 @@ class RunnerConfig:
     inference_lead: int = 2  # start the next inference when this many actions remain
     seed: int | None = None  # None: fresh noise per chunk; int: chunk k uses seed + k
     on_starvation: str = "hold"  # "hold" the last command or "stop" publishing
+    # Offline replay: the inference time assumed on the bag's clock (deterministic); None: measured.
+    assumed_latency_s: float | None = None
 
 
 @dataclass
@@ -142,7 +144,8 @@ class PolicyRunner:
         finished = time.perf_counter()
         executed = self.engine.executed_slice(pred.actions)
         with self.lock:
-            dropped = self.queue.push(executed, obs.stamp, now + (finished - started))
+            took = self.cfg.assumed_latency_s if self.cfg.assumed_latency_s is not None else finished - started
+            dropped = self.queue.push(executed, obs.stamp, now + took)
             self.stats.chunks += 1
             self.stats.latencies.append(pred.latency_s)
         rec = ChunkRecord(obs.stamp, started, finished, pred.latency_s, executed, dropped,

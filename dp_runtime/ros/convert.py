@@ -104,7 +104,44 @@ def joint_state_to_vector(msg: Any, names: Sequence[str], field: str = "position
     return vec.astype(np.float32)
 
 
+def to_observation(kind: str, msg: Any, image_shape: Sequence[int] | None, joint_names: Sequence[str],
+                   joint_field: str, resize: bool, what: str) -> tuple[float, np.ndarray]:
+    """One subscribed message -> (header stamp s, observation value), for the node and replay alike.
+
+    ``kind`` is the obs topic type: image | compressed_image | joint_state.
+    """
+    stamp = stamp_to_sec(msg.header.stamp)
+    if kind == "image":
+        return stamp, image_to_array(msg, image_shape, resize, what=what)
+    if kind == "compressed_image":
+        return stamp, compressed_to_array(msg, image_shape, resize, what=what)
+    return stamp, joint_state_to_vector(msg, joint_names, joint_field, what=what)
+
+
 # -- commands ---------------------------------------------------------------------
+RECORDED_COMMAND_TYPES = ("std_msgs/msg/Float64MultiArray", "sensor_msgs/msg/JointState",
+                          "trajectory_msgs/msg/JointTrajectory")
+
+
+def command_to_vector(msg: Any, msgtype: str, names: Sequence[str], what: str = "command") -> np.ndarray:
+    """A recorded command message -> (A,) float64 in action order (trajectory: its first point)."""
+    if msgtype.endswith("Float64MultiArray"):
+        vec = np.asarray(msg.data, dtype=np.float64)
+        if vec.shape != (len(names),):
+            raise ShapeError(f"{what}: {vec.size} values, expected {len(names)} ({list(names)})")
+        return vec
+    if msgtype.endswith("JointState"):
+        return joint_state_to_vector(msg, names, "position", what).astype(np.float64)
+    if msgtype.endswith("JointTrajectory"):
+        if not len(msg.points):
+            raise ShapeError(f"{what}: trajectory without points")
+        index = {n: i for i, n in enumerate(msg.joint_names)}
+        missing = [n for n in names if n not in index]
+        if missing:
+            raise InputError(f"{what}: missing joint(s) {missing}; message has {list(msg.joint_names)}")
+        return np.array([msg.points[0].positions[index[n]] for n in names], dtype=np.float64)
+    raise InputError(f"{what}: unsupported command type {msgtype}; expected one of {RECORDED_COMMAND_TYPES}")
+
 COMMAND_INTERFACES = ("float64_multi_array", "joint_trajectory", "joint_state")
 
 

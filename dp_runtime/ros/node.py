@@ -128,18 +128,14 @@ class PolicyNode(Node):
         def callback(msg) -> None:
             self.received[t.key] += 1
             try:
-                stamp = convert.stamp_to_sec(msg.header.stamp)
-                if t.type == "image":
-                    value = convert.image_to_array(msg, shape, self.p.resize_images, what=t.topic)
-                elif t.type == "compressed_image":
-                    value = convert.compressed_to_array(msg, shape, self.p.resize_images, what=t.topic)
-                else:
-                    value = convert.joint_state_to_vector(msg, t.joint_names, t.joint_field, what=t.topic)
-                    self.latest_joints.update(zip(t.joint_names, value.tolist()))
+                stamp, value = convert.to_observation(t.type, msg, shape, t.joint_names, t.joint_field,
+                                                      self.p.resize_images, what=t.topic)
             except DpRuntimeError as e:
                 self.runner.stats.invalid_inputs += 1
                 self.runner.warn_once(self.runner.cause_of(t.key, e), f"dropped {t.topic} message: {e}")
                 return
+            if t.type == "joint_state":
+                self.latest_joints.update(zip(t.joint_names, value.tolist()))
             if self.runner.add(t.key, stamp, value):
                 self.wake.set()
         return callback

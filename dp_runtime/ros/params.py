@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
 
 from ..errors import ConfigError
 
 OBS_TYPES = ("image", "compressed_image", "joint_state")
 QOS = ("best_effort", "reliable")
+JOINT_FIELDS = ("position", "velocity", "effort")
 
 
 @dataclass
@@ -90,19 +94,23 @@ def declare(node: Any) -> NodeParams:
     return p
 
 
-def declare_obs_topics(node: Any, observations: list[dict]) -> list[ObsTopic]:
-    """Per-key ``obs.<key>.topic|type|qos|field``; defaults from the bundle manifest."""
+def resolve_obs_topics(get: Callable[..., Any], observations: list[dict]) -> list[ObsTopic]:
+    """Per-key ``obs.<key>.topic|type|qos|field|joint_names``; defaults from the bundle manifest.
+
+    ``get(name, default, strings=False)`` returns a parameter value: a declared ROS
+    parameter in the node, a key of a parameter file in replay.
+    """
     out = []
     for o in observations:
         key, image = o["key"], o["kind"] == "image"
         prefix = f"obs.{key}."
-        topic = node.declare_parameter(prefix + "topic", o.get("topic") or f"/{key}").value
-        kind = node.declare_parameter(prefix + "type", "image" if image else "joint_state").value
-        qos = node.declare_parameter(prefix + "qos", "best_effort" if image else "reliable").value
-        fld = node.declare_parameter(prefix + "field", "position").value
+        topic = get(prefix + "topic", o.get("topic") or f"/{key}")
+        kind = get(prefix + "type", "image" if image else "joint_state")
+        qos = get(prefix + "qos", "best_effort" if image else "reliable")
+        fld = get(prefix + "field", "position")
         names = []
         if not image:
-            names = declare_list(node, prefix + "joint_names", o.get("names") or [], strings=True)
+            names = list(get(prefix + "joint_names", o.get("names") or [], strings=True))
             if len(names) != o["shape"][0]:
                 raise ConfigError(f"{prefix}joint_names has {len(names)} names, the bundle's {key!r} has "
                                   f"{o['shape'][0]} dims")
@@ -112,5 +120,48 @@ def declare_obs_topics(node: Any, observations: list[dict]) -> list[ObsTopic]:
             raise ConfigError(f"{prefix}type {kind!r} does not fit the bundle's {o['kind']} observation")
         if qos not in QOS:
             raise ConfigError(f"{prefix}qos must be one of {QOS}, got {qos!r}")
-        out.append(ObsTopic(key, topic, kind, qos, fld, list(names)))
+        if fld not in JOINT_FIELDS:
+            raise ConfigError(f"{prefix}field must be one of {JOINT_FIELDS}, got {fld!r}")
+        out.append(ObsTopic(key, topic, kind, qos, fld, names))
+    return out
+
+
+def declare_obs_topics(node: Any, observations: list[dict]) -> list[ObsTopic]:
+    def get(name: str, default: Any, strings: bool = False) -> Any:
+        if isinstance(default, list):
+            return declare_list(node, name, default, strings)
+        return node.declare_parameter(name, default).value
+    return resolve_obs_topics(get, observations)
+
+
+def load_params_file(path: str | Path | None, node_name: str = "policy_node",
+                     **overrides: Any) -> tuple[NodeParams, dict[str, Any]]:
+    """NodeParams (and the flat parameter dict) from a ROS 2 parameter YAML, as the node would see it."""
+    flat: dict[str, Any] = {}
+    if path:
+        path = Path(path)
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read parameter file {path}: {e}") from e
+        section = doc.get(node_name) or doc.get("/**") or {}
+        if "ros__parameters" not in section:
+            raise ConfigError(f"{path}: expected '{node_name}: ros__parameters: ...' (ROS 2 parameter file)")
+        flat = _flatten(section["ros__parameters"])
+    flat.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(NodeParams)}
+    unknown = [k for k in flat if k not in known and not k.startswith("obs.") and k != "use_sim_time"]
+    if unknown:
+        raise ConfigError(f"{path}: unknown parameter(s) {unknown}")
+    p = NodeParams(**{k: v for k, v in flat.items() if k in known})
+    return p, flat
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
     return out

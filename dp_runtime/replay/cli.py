@@ -1,0 +1,64 @@
+"""dp-replay BAG --bundle BUNDLE [--config policy.yaml] [--mode offline|realtime] [--rate R] [--seed S] [--out DIR]"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..engine import load_bundle
+from ..ros.params import load_params_file
+from .bag import DISTROS, Bag
+from .pipeline import ReplaySetup, replay_offline
+from .report import summary, write_report
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dp-replay", description="Replay a rosbag2 recording through a policy bundle "
+                                "and compare its actions with the recorded commands.")
+    p.add_argument("bag", help="rosbag2 directory (metadata.yaml) or a single .mcap / .db3 file")
+    p.add_argument("--bundle", required=True, help="exported bundle directory")
+    p.add_argument("--config", help="the node's parameter file (topics, rate, limits); default: bundle defaults")
+    p.add_argument("--mode", choices=("offline", "realtime"), default="offline",
+                   help="offline: no DDS, bag clock, deterministic; realtime: publish over DDS into a policy node")
+    p.add_argument("--rate", type=float, default=1.0, help="realtime playback rate (1.0 = as recorded)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed: chunk k uses seed + k")
+    p.add_argument("--out", default="replay_report", help="report directory")
+    p.add_argument("--distro", default="kilted", choices=sorted(DISTROS),
+                   help="typestore for types the bag does not define")
+    p.add_argument("--recorded-topic", default=None,
+                   help="recorded command topic to compare with (default: the config's command_topic if the "
+                        "bag has it; 'none' to skip)")
+    p.add_argument("--backend", default=None, help="override the config's backend")
+    p.add_argument("--device", default=None, help="override the config's device")
+    p.add_argument("--assumed-latency", type=float, default=0.0,
+                   help="offline: inference time assumed on the bag clock, s (deterministic)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def resolve_recorded_topic(arg: str | None, command_topic: str, bag_path: str, distro: str) -> str | None:
+    if arg == "none":
+        return None
+    if arg:
+        return arg
+    with Bag(bag_path, distro) as bag:
+        return command_topic if command_topic in bag.topics else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    params, flat = load_params_file(args.config, backend=args.backend, device=args.device, bundle=args.bundle)
+    engine = load_bundle(args.bundle, backend=params.backend, device=params.device,
+                         num_inference_steps=params.num_inference_steps or None)
+    recorded = resolve_recorded_topic(args.recorded_topic, params.command_topic, args.bag, args.distro)
+    setup = ReplaySetup.create(engine, params, flat, recorded)
+    if args.mode == "offline":
+        result = replay_offline(args.bag, setup, seed=args.seed, distro=args.distro,
+                                assumed_latency_s=args.assumed_latency, progress=not args.no_progress)
+    else:
+        from .realtime import replay_realtime
+        result = replay_realtime(args.bag, setup, args.config, seed=args.seed, rate=args.rate, distro=args.distro,
+                                 progress=not args.no_progress)
+    out = Path(args.out)
+    m = write_report(out, result, setup, args.distro)
+    print(summary(m, out))
+    return 0

@@ -1,0 +1,162 @@
+"""Offline replay: a bag's messages through the node's pipeline on the bag's clock, no DDS.
+
+Messages go in bag-time order into the same PolicyRunner the node drives;
+control ticks run on the node's ``t0 + k*dt`` grid of bag time, inference
+happens at a tick when the runner asks for it and is assumed to take
+``assumed_latency_s`` of bag time, so a replay is deterministic for a seed.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..control import ActionLimits, ChunkRecord, PolicyRunner, RunnerConfig
+from ..control.runner import NUMBER
+from ..engine import PolicyEngine
+from ..errors import BagError, DpRuntimeError
+from ..ros import convert
+from ..ros.params import NodeParams, ObsTopic, resolve_obs_topics
+from .bag import Bag
+
+IMAGE_TYPES = {"image": ("sensor_msgs/msg/Image",), "compressed_image": ("sensor_msgs/msg/CompressedImage",),
+               "joint_state": ("sensor_msgs/msg/JointState",)}
+
+
+@dataclass
+class ReplaySetup:
+    """What replay needs besides the bag: the bundle's engine and the node's parameters."""
+    engine: PolicyEngine
+    params: NodeParams
+    topics: list[ObsTopic]
+    action_names: list[str]
+    recorded_topic: str | None  # a recorded command topic to compare with (None: no comparison)
+
+    @classmethod
+    def create(cls, engine: PolicyEngine, params: NodeParams, flat: dict, recorded_topic: str | None):
+        m = engine.manifest
+        topics = resolve_obs_topics(lambda name, default, strings=False: flat.get(name, default),
+                                    m["observations"])
+        names = params.action_joint_names or m["action"]["names"]
+        return cls(engine, params, topics, list(names), recorded_topic)
+
+    def runner(self, seed: int, assumed_latency_s: float | None, keep_observations: bool = False) -> PolicyRunner:
+        p = self.params
+        return PolicyRunner(
+            self.engine,
+            RunnerConfig(p.control_rate_hz, p.max_obs_age, p.execution_latency, p.inference_lead, seed,
+                         p.on_starvation, assumed_latency_s),
+            ActionLimits.from_lists(self.engine.action_dim, p.action_lower, p.action_upper, p.action_max_delta),
+            keep_observations=keep_observations)
+
+
+@dataclass
+class ReplayResult:
+    bag: str
+    mode: str
+    commands: list[tuple[float, np.ndarray | None]]  # (tick time s, command or None) on the bag clock
+    recorded: list[tuple[float, np.ndarray]]  # (bag time s, recorded command)
+    chunks: list[ChunkRecord]
+    messages_read: int = 0
+    messages_used: int = 0
+    invalid: dict[str, int] = field(default_factory=dict)  # cause -> count
+    stamp_lag: dict[str, list[float]] = field(default_factory=dict)  # topic -> bag time - header stamp
+    queue: dict[str, int] = field(default_factory=dict)
+    stale_refusals: int = 0
+    inference_errors: int = 0
+    problems: dict = field(default_factory=dict)
+    wall_s: float = 0.0
+    distro: str = "unknown"
+    node_diagnostics: dict = field(default_factory=dict)  # realtime: the node's last /diagnostics values
+
+
+def check_topics(bag: Bag, setup: ReplaySetup) -> None:
+    for t in setup.topics:
+        bag.require(t.topic, IMAGE_TYPES[t.type], f"observation {t.key!r}")
+    if setup.recorded_topic:
+        bag.require(setup.recorded_topic, convert.RECORDED_COMMAND_TYPES, "recorded commands")
+
+
+def replay_offline(bag_path: str | Path, setup: ReplaySetup, seed: int = 0, distro: str = "kilted",
+                   assumed_latency_s: float = 0.0, progress: bool = False,
+                   keep_observations: bool = False) -> ReplayResult:
+    started = time.perf_counter()
+    runner = setup.runner(seed, assumed_latency_s, keep_observations)
+    by_topic = {t.topic: t for t in setup.topics}
+    dt = 1.0 / setup.params.control_rate_hz
+    with Bag(bag_path, distro) as bag:
+        if bag.message_count == 0:
+            raise BagError(f"bag {bag_path} is empty (no messages)")
+        check_topics(bag, setup)
+        result = ReplayResult(str(bag_path), "offline", [], [], runner.chunks, distro=bag.distro)
+        wanted = set(by_topic) | ({setup.recorded_topic} if setup.recorded_topic else set())
+        bar = _progress(bag.message_count if progress else 0)
+        t0: float | None = None
+        k = 0
+        for raw in bag.messages(wanted):
+            result.messages_read += 1
+            bar.update(1)
+            if t0 is None:
+                t0 = raw.time
+            while t0 + k * dt <= raw.time:  # the control ticks due before this message arrives
+                _tick(runner, result, t0 + k * dt)
+                k += 1
+            msg = bag.deserialize(raw)
+            if msg is None:
+                continue
+            if raw.topic == setup.recorded_topic:
+                try:
+                    result.recorded.append((raw.time, convert.command_to_vector(msg, raw.msgtype,
+                                                                                setup.action_names, raw.topic)))
+                except DpRuntimeError as e:
+                    _count(result, f"{raw.topic}: {e}")
+                continue
+            t = by_topic[raw.topic]
+            try:
+                stamp, value = convert.to_observation(t.type, msg, setup.engine.image_shapes.get(t.key),
+                                                      t.joint_names, t.joint_field, setup.params.resize_images,
+                                                      what=raw.topic)
+            except DpRuntimeError as e:
+                _count(result, f"{raw.topic}: {e}")
+                continue
+            result.stamp_lag.setdefault(raw.topic, []).append(raw.time - stamp)
+            if runner.add(t.key, stamp, value):
+                result.messages_used += 1
+            else:
+                _count(result, runner.stats.last_error)
+        bar.close()
+        result.problems = {"corrupt": bag.problems.corrupt, "truncated": bag.problems.truncated,
+                           "unknown_types": {t: {"type": m, "skipped": bag.counts.get(t, 0)}
+                                             for t, m in bag.unknown_types.items()}}
+    result.queue = runner.queue.stats.as_dict()
+    result.stale_refusals = runner.stats.stale_refusals
+    result.inference_errors = runner.stats.inference_errors
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+def _tick(runner: PolicyRunner, result: ReplayResult, now: float) -> None:
+    if runner.needs_inference():
+        runner.infer(now)
+    result.commands.append((now, runner.tick(now)))
+
+
+def _count(result: ReplayResult, cause: str) -> None:
+    """Counted per kind of problem (numbers blanked), not per message."""
+    cause = NUMBER.sub("#", cause)
+    result.invalid[cause] = result.invalid.get(cause, 0) + 1
+
+
+class _NoBar:
+    def update(self, n: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _progress(total: int):
+    if not total:
+        return _NoBar()
+    from tqdm import tqdm
+    return tqdm(total=total, unit="msg", desc="replay", mininterval=0.5)

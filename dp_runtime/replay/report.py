@@ -1,0 +1,176 @@
+"""The replay report: metrics.json, actions.csv, one PNG per action dimension, and an MCAP bag."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..ros.convert import sec_to_stamp_fields
+from .bag import Bag
+from .pipeline import ReplayResult, ReplaySetup
+
+PREDICTED_TOPIC = "/dp_runtime/predicted_actions"
+
+
+def aligned(result: ReplayResult) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(times, predicted, recorded) at every tick with a command; recorded is the latest command
+    recorded at or before the tick (NaN before the first one)."""
+    ticks = [(t, c) for t, c in result.commands if c is not None]
+    if not ticks:
+        return np.zeros(0), np.zeros((0, 0)), np.zeros((0, 0))
+    times = np.array([t for t, _ in ticks])
+    pred = np.stack([c for _, c in ticks])
+    rec = np.full_like(pred, np.nan)
+    if result.recorded:
+        rt = np.array([t for t, _ in result.recorded])
+        rv = np.stack([v for _, v in result.recorded])
+        idx = np.searchsorted(rt, times, side="right") - 1
+        ok = idx >= 0
+        rec[ok] = rv[idx[ok]]
+    return times, pred, rec
+
+
+def _stats(values: list[float] | np.ndarray, scale: float = 1.0) -> dict[str, float]:
+    v = np.asarray(values, dtype=np.float64) * scale
+    if v.size == 0:
+        return {}
+    return {"mean": float(v.mean()), "p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95)),
+            "max": float(v.max()), "count": int(v.size)}
+
+
+def metrics(result: ReplayResult, setup: ReplaySetup) -> dict:
+    times, pred, rec = aligned(result)
+    per_dim = {}
+    if rec.size and np.isfinite(rec).any():
+        ok = np.isfinite(rec).all(axis=1)
+        err = pred[ok] - rec[ok]
+        for i, name in enumerate(setup.action_names):
+            per_dim[name] = {"mse": float(np.mean(err[:, i] ** 2)), "mae": float(np.mean(np.abs(err[:, i])))}
+    inference = sum(c.latency_s for c in result.chunks)
+    return {
+        "bag": result.bag, "mode": result.mode, "recorded_distro": result.distro,
+        "bundle": setup.engine.manifest.get("source", {}), "provider": setup.engine.provider,
+        "control_rate_hz": setup.params.control_rate_hz,
+        "recorded_topic": setup.recorded_topic,
+        "commands": int(len(times)), "ticks": len(result.commands),
+        "compared": int(np.isfinite(rec).all(axis=1).sum()) if rec.size else 0,
+        "action_error": per_dim,
+        "action_mse_mean": float(np.mean([d["mse"] for d in per_dim.values()])) if per_dim else None,
+        "action_mae_mean": float(np.mean([d["mae"] for d in per_dim.values()])) if per_dim else None,
+        "chunks": len(result.chunks) or int(result.node_diagnostics.get("chunks", 0)),
+        "node_diagnostics": result.node_diagnostics,
+        "inference_latency_ms": _stats([c.latency_s for c in result.chunks], 1e3),
+        "queue": result.queue, "stale_refusals": result.stale_refusals,
+        "inference_errors": result.inference_errors,
+        "messages": {"read": result.messages_read, "used": result.messages_used,
+                     "invalid": result.invalid, "invalid_total": int(sum(result.invalid.values()))},
+        "bag_problems": result.problems,
+        "header_stamp_vs_bag_time_ms": {t: _stats(v, 1e3) for t, v in result.stamp_lag.items()},
+        "throughput": {
+            "wall_s": result.wall_s,
+            "messages_per_s": result.messages_read / result.wall_s if result.wall_s else None,
+            "chunks_per_s": len(result.chunks) / result.wall_s if result.wall_s else None,
+            "share_outside_inference": (1 - inference / result.wall_s) if result.wall_s else None,
+        },
+    }
+
+
+def write_csv(path: Path, result: ReplayResult, names: list[str]) -> None:
+    times, pred, rec = aligned(result)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["time", *[f"predicted.{n}" for n in names], *[f"recorded.{n}" for n in names]])
+        for t, p, r in zip(times, pred, rec):
+            w.writerow([f"{t:.6f}", *[f"{x:.6g}" for x in p], *["" if np.isnan(x) else f"{x:.6g}" for x in r]])
+
+
+def write_plots(out: Path, result: ReplayResult, names: list[str]) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    times, pred, rec = aligned(result)
+    paths = []
+    if not len(times):
+        return paths
+    t = times - times[0]
+    for i, name in enumerate(names):
+        fig, ax = plt.subplots(figsize=(8, 3))
+        ax.plot(t, pred[:, i], label="predicted", lw=1.2)
+        if np.isfinite(rec[:, i]).any():
+            ax.step(t, rec[:, i], where="post", label="recorded", lw=1.0, alpha=0.8)
+        ax.set_xlabel("time since first command [s]")
+        ax.set_ylabel(name)
+        ax.set_title(f"{name}: predicted vs recorded")
+        ax.legend(loc="best")
+        fig.tight_layout()
+        p = out / f"action_{i}_{name}.png"
+        fig.savefig(p, dpi=80)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def write_bag(path: Path, result: ReplayResult, setup: ReplaySetup, distro: str) -> None:
+    """Input topics copied from the source bag plus the predicted commands (JointState), MCAP, metadata v8."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+    kilted = get_typestore(Stores.ROS2_KILTED)
+    JointState = kilted.types["sensor_msgs/msg/JointState"]
+    Header = kilted.types["std_msgs/msg/Header"]
+    Time = kilted.types["builtin_interfaces/msg/Time"]
+    inputs = {t.topic for t in setup.topics} | ({setup.recorded_topic} if setup.recorded_topic else set())
+    with Bag(result.bag, distro) as src, Writer(path, version=8, storage_plugin=StoragePlugin.MCAP) as dst:
+        conns = {}
+        for topic, msgtype in src.topics.items():
+            if topic in inputs and msgtype in src.typestore.fielddefs:
+                conns[topic] = dst.add_connection(topic, msgtype, typestore=src.typestore)
+        for m in src.messages(set(conns)):
+            dst.write(conns[m.topic], int(round(m.time * 1e9)), m.raw)
+        pred = dst.add_connection(PREDICTED_TOPIC, "sensor_msgs/msg/JointState", typestore=kilted)
+        for t, cmd in result.commands:
+            if cmd is None:
+                continue
+            sec, nsec = sec_to_stamp_fields(t)
+            msg = JointState(header=Header(stamp=Time(sec=sec, nanosec=nsec), frame_id=""),
+                             name=list(setup.action_names), position=np.asarray(cmd, np.float64),
+                             velocity=np.zeros(0), effort=np.zeros(0))
+            dst.write(pred, int(round(t * 1e9)), kilted.serialize_cdr(msg, "sensor_msgs/msg/JointState"))
+
+
+def write_report(out: Path, result: ReplayResult, setup: ReplaySetup, distro: str = "kilted") -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    m = metrics(result, setup)
+    write_csv(out / "actions.csv", result, setup.action_names)
+    m["plots"] = [p.name for p in write_plots(out, result, setup.action_names)]
+    bag_out = out / "replay_bag"
+    if bag_out.exists():
+        import shutil
+        shutil.rmtree(bag_out)
+    write_bag(bag_out, result, setup, distro)
+    m["bag_out"] = str(bag_out)
+    (out / "metrics.json").write_text(json.dumps(m, indent=2))
+    return m
+
+
+def summary(m: dict, out: Path) -> str:
+    lines = [f"replayed {m['bag']} ({m['mode']}, recorded with {m['recorded_distro']}): "
+             f"{m['messages']['read']} messages, {m['chunks']} chunks, {m['commands']} commands "
+             f"at {m['control_rate_hz']:g} Hz"]
+    if m["action_error"]:
+        lines.append(f"vs {m['recorded_topic']}: MSE {m['action_mse_mean']:.5f}, MAE {m['action_mae_mean']:.5f} "
+                     "(mean over dims; per dim in metrics.json)")
+    lat = m["inference_latency_ms"]
+    if lat:
+        lines.append(f"inference {lat['p50']:.1f} ms median, {lat['max']:.1f} ms max on {m['provider']}")
+    tp = m["throughput"]
+    if tp["messages_per_s"]:
+        lines.append(f"throughput {tp['messages_per_s']:.0f} msg/s, {tp['chunks_per_s']:.1f} chunks/s, "
+                     f"{tp['share_outside_inference'] * 100:.0f}% of the time outside inference")
+    if m["messages"]["invalid_total"] or m["bag_problems"].get("corrupt") or m["bag_problems"].get("truncated"):
+        lines.append(f"skipped {m['messages']['invalid_total']} invalid messages, "
+                     f"{len(m['bag_problems'].get('corrupt', []))} corrupt; "
+                     f"{m['bag_problems'].get('truncated') or 'bag complete'}")
+    lines.append(f"report: {out} (metrics.json, actions.csv, {len(m['plots'])} plots, replay_bag/)")
+    return "\n".join(lines)
