@@ -1,0 +1,145 @@
+"""A planar 2-link arm reaching a target: kinematics, a top-down camera, a scripted expert.
+
+Plain numpy, no ROS: the dp-sim node, the demonstration recorder and the
+BatchNorm experiment all step this same model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+JOINTS = ("shoulder", "elbow")
+
+
+@dataclass
+class ArmConfig:
+    link1: float = 0.5
+    link2: float = 0.45
+    lower: tuple[float, float] = (-np.pi, 0.0)  # elbow kept on one side: one IK solution per target
+    upper: tuple[float, float] = (np.pi, 2.8)
+    max_velocity: float = 1.6  # rad/s per joint
+    success_radius: float = 0.08  # m, end effector to target
+    target_radius: tuple[float, float] = (0.35, 0.85)  # targets appear in this annulus (reachable)
+    image_size: int = 96
+    extent: float = 1.05  # the camera sees [-extent, extent]^2
+    home: tuple[float, float] = (0.0, 1.6)
+    episode_seconds: float = 6.0
+    physics_hz: float = 100.0
+
+
+@dataclass
+class ArmState:
+    q: np.ndarray  # (2,) joint positions
+    target: np.ndarray  # (2,) target position in the plane
+    command: np.ndarray | None = None  # last joint position command
+    t: float = 0.0
+    history: list = field(default_factory=list)
+
+
+class ReachingArm:
+    def __init__(self, cfg: ArmConfig = ArmConfig(), seed: int = 0):
+        self.cfg = cfg
+        self.rng = np.random.default_rng(seed)
+        self.lower, self.upper = np.array(cfg.lower), np.array(cfg.upper)
+        n = cfg.image_size
+        # Pixel centres in world coordinates; image row 0 is +y (top-down view, x right, y up).
+        px = (np.arange(n) + 0.5) / n * 2 * cfg.extent - cfg.extent
+        self.gx, self.gy = np.meshgrid(px, -px)
+        self.state = self.reset()
+
+    # -- episode --------------------------------------------------------------------
+    def sample_target(self) -> np.ndarray:
+        r = self.rng.uniform(*self.cfg.target_radius)
+        a = self.rng.uniform(-np.pi, np.pi)
+        return np.array([r * np.cos(a), r * np.sin(a)])
+
+    def reset(self) -> ArmState:
+        q = np.array(self.cfg.home) + self.rng.uniform(-0.2, 0.2, 2)
+        self.state = ArmState(np.clip(q, self.lower, self.upper), self.sample_target())
+        return self.state
+
+    # -- kinematics -----------------------------------------------------------------
+    def elbow_and_hand(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        l1, l2 = self.cfg.link1, self.cfg.link2
+        elbow = l1 * np.array([np.cos(q[0]), np.sin(q[0])])
+        hand = elbow + l2 * np.array([np.cos(q[0] + q[1]), np.sin(q[0] + q[1])])
+        return elbow, hand
+
+    def ik(self, p: np.ndarray) -> np.ndarray:
+        """Joint positions putting the hand at ``p`` (elbow angle >= 0 branch)."""
+        l1, l2 = self.cfg.link1, self.cfg.link2
+        d2 = float(np.clip(p @ p, (l1 - l2) ** 2 + 1e-9, (l1 + l2) ** 2 - 1e-9))
+        c2 = (d2 - l1 ** 2 - l2 ** 2) / (2 * l1 * l2)
+        q2 = np.arccos(np.clip(c2, -1, 1))
+        q1 = np.arctan2(p[1], p[0]) - np.arctan2(l2 * np.sin(q2), l1 + l2 * np.cos(q2))
+        q1 = (q1 + np.pi) % (2 * np.pi) - np.pi
+        return np.array([q1, q2])
+
+    def distance(self) -> float:
+        return float(np.linalg.norm(self.elbow_and_hand(self.state.q)[1] - self.state.target))
+
+    def success(self) -> bool:
+        return self.distance() < self.cfg.success_radius
+
+    # -- dynamics -------------------------------------------------------------------
+    def command(self, target_q: np.ndarray) -> None:
+        """A joint position command (as a forward position controller takes it)."""
+        target_q = np.asarray(target_q, dtype=np.float64)
+        if target_q.shape != (2,) or not np.all(np.isfinite(target_q)):
+            raise ValueError(f"command must be 2 finite joint positions, got {target_q}")
+        self.state.command = np.clip(target_q, self.lower, self.upper)
+
+    def step(self, dt: float) -> None:
+        """Move toward the command at the velocity limit, within joint limits."""
+        s = self.state
+        if s.command is not None:
+            delta = s.command - s.q
+            # shoulder wraps around: take the short way
+            delta[0] = (delta[0] + np.pi) % (2 * np.pi) - np.pi
+            step = np.clip(delta, -self.cfg.max_velocity * dt, self.cfg.max_velocity * dt)
+            s.q = s.q + step
+            s.q[0] = (s.q[0] + np.pi) % (2 * np.pi) - np.pi
+            s.q = np.clip(s.q, self.lower, self.upper)
+        s.t += dt
+
+    # -- camera ---------------------------------------------------------------------
+    def render(self) -> np.ndarray:
+        """(S, S, 3) uint8 top-down image: grey floor, red target, blue links, yellow hand."""
+        s = self.state
+        img = np.empty(self.gx.shape + (3,), np.uint8)
+        img[:] = (40, 40, 40)
+        px = 2 * self.cfg.extent / self.cfg.image_size
+        tgt = (self.gx - s.target[0]) ** 2 + (self.gy - s.target[1]) ** 2 < (2.5 * px) ** 2
+        img[tgt] = (230, 40, 40)
+        elbow, hand = self.elbow_and_hand(s.q)
+        for a, b in ((np.zeros(2), elbow), (elbow, hand)):
+            img[self._segment(a, b, 1.3 * px)] = (60, 120, 230)
+        img[(self.gx - hand[0]) ** 2 + (self.gy - hand[1]) ** 2 < (1.8 * px) ** 2] = (240, 220, 60)
+        return img
+
+    def _segment(self, a: np.ndarray, b: np.ndarray, width: float) -> np.ndarray:
+        ab = b - a
+        t = np.clip(((self.gx - a[0]) * ab[0] + (self.gy - a[1]) * ab[1]) / max(ab @ ab, 1e-12), 0, 1)
+        dx = self.gx - (a[0] + t * ab[0])
+        dy = self.gy - (a[1] + t * ab[1])
+        return dx * dx + dy * dy < width * width
+
+
+class ScriptedExpert:
+    """Straight line in joint space to the IK solution, at a speed the arm can follow."""
+
+    def __init__(self, arm: ReachingArm, speed: float = 1.2):
+        self.arm = arm
+        self.speed = speed
+
+    def action(self, dt: float) -> np.ndarray:
+        s = self.arm.state
+        goal = self.arm.ik(s.target)
+        base = s.command if s.command is not None else s.q
+        delta = goal - base
+        delta[0] = (delta[0] + np.pi) % (2 * np.pi) - np.pi
+        step = np.clip(delta, -self.speed * dt, self.speed * dt)
+        out = base + step
+        out[0] = (out[0] + np.pi) % (2 * np.pi) - np.pi
+        return out

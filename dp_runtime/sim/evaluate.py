@@ -1,0 +1,88 @@
+"""Closed-loop evaluation in simulated time, in one process (no DDS): policy -> runner -> arm.
+
+Uses the node's PolicyRunner (observation history, action queue, timing) so a
+torch policy or a bundle is evaluated exactly as the node would drive it, only
+faster than real time. The BatchNorm experiment uses this; the demo's headline
+figure comes from the real two-process DDS run instead.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..control import PolicyRunner, RunnerConfig
+from ..engine.engine import Prediction
+from .arm import ArmConfig, ReachingArm
+from .record import SimTopics
+
+
+class TorchPolicyEngine:
+    """A torch DiffusionPolicy behind the engine interface PolicyRunner uses (no bundle needed)."""
+
+    def __init__(self, policy: torch.nn.Module):
+        cfg = policy.cfg
+        self.policy = policy.eval()
+        self.manifest = {"policy": {"obs_interval_s": cfg.obs_interval_s}}
+        self.image_shapes = {s.key: tuple(s.shape) for s in cfg.images}
+        self.low_dim_sizes = {s.key: s.size for s in cfg.low_dims}
+        self.n_obs_steps, self.n_action_steps = cfg.n_obs_steps, cfg.n_action_steps
+        self.horizon, self.action_dim = cfg.horizon, cfg.action_dim
+        self.start = cfg.n_obs_steps - 1
+
+    def predict(self, history: dict[str, np.ndarray], seed: int | None = None) -> Prediction:
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        noise = torch.randn((1, self.horizon, self.action_dim), generator=gen)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            obs = {k: torch.from_numpy(np.ascontiguousarray(v))[None] for k, v in history.items()}
+            actions = self.policy.sample(obs, noise)[0].numpy()
+        return Prediction(actions, time.perf_counter() - t0, seed)
+
+    def executed_slice(self, actions: np.ndarray) -> np.ndarray:
+        return actions[self.start:self.start + self.n_action_steps]
+
+
+@dataclass
+class EpisodeResult:
+    success: bool
+    seconds: float
+    final_distance: float
+
+
+def run_episodes(engine: Any, episodes: int, seed: int = 0, arm_cfg: ArmConfig = ArmConfig(),
+                 topics: SimTopics = SimTopics()) -> list[EpisodeResult]:
+    """Closed loop on the sim clock; inference is instantaneous in sim time (deterministic)."""
+    arm = ReachingArm(arm_cfg, seed)
+    dt_phys = 1.0 / arm_cfg.physics_hz
+    every = {name: int(round(arm_cfg.physics_hz / hz)) for name, hz in
+             (("camera", topics.camera_hz), ("joints", topics.joints_hz), ("control", topics.control_hz))}
+    image_key = next(iter(engine.image_shapes))
+    state_key = next(iter(engine.low_dim_sizes))
+    results = []
+    for ep in range(episodes):
+        arm.reset()
+        runner = PolicyRunner(engine, RunnerConfig(topics.control_hz, max_obs_age=1.0, inference_lead=0,
+                                                   seed=seed * 100_000 + ep * 1000, assumed_latency_s=0.0))
+        k = 0
+        while True:
+            t = k * dt_phys
+            if k % every["camera"] == 0:
+                runner.add(image_key, t, arm.render())
+            if k % every["joints"] == 0:
+                runner.add(state_key, t, arm.state.q.astype(np.float32))
+            if k % every["control"] == 0:
+                if runner.needs_inference():
+                    runner.infer(t)
+                cmd = runner.tick(t)
+                if cmd is not None:
+                    arm.command(cmd)
+            arm.step(dt_phys)
+            k += 1
+            if arm.success() or arm.state.t >= arm_cfg.episode_seconds:
+                break
+        results.append(EpisodeResult(arm.success(), arm.state.t, arm.distance()))
+    return results

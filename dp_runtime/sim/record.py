@@ -1,0 +1,132 @@
+"""Record scripted-expert episodes of the sim as a standard rosbag2 (MCAP), in simulated time.
+
+The bag has the topics a real arm publishes (camera, joint states) plus the
+commands sent to it, with header stamps, so the demonstrations go through
+``dp-dataset`` exactly like a teleoperation bag from a robot would.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+
+from .arm import JOINTS, ArmConfig, ReachingArm, ScriptedExpert
+
+
+@dataclass
+class SimTopics:
+    camera: str = "/camera/image_raw"
+    joints: str = "/joint_states"
+    commands: str = "/arm/commands"
+    episodes: str = "/sim/episode"
+    camera_hz: float = 20.0
+    joints_hz: float = 50.0
+    control_hz: float = 10.0
+
+
+T0 = 1_750_000_000.0  # the recording's clock starts here (an epoch-like time, as on a robot)
+
+
+class BagRecorder:
+    """Messages from the sim -> rosbag2 with rosbags' Kilted types (bag time = stamp + transport delay)."""
+
+    def __init__(self, path: Path, topics: SimTopics):
+        self.ts = get_typestore(Stores.ROS2_KILTED)
+        self.T = self.ts.types
+        self.topics = topics
+        self.writer = Writer(path, version=8, storage_plugin=StoragePlugin.MCAP)
+        self.writer.open()
+        self.conns = {}
+        for topic, msgtype in ((topics.camera, "sensor_msgs/msg/Image"), (topics.joints, "sensor_msgs/msg/JointState"),
+                               (topics.commands, "std_msgs/msg/Float64MultiArray"),
+                               (topics.episodes, "std_msgs/msg/String")):
+            self.conns[topic] = (self.writer.add_connection(topic, msgtype, typestore=self.ts), msgtype)
+
+    def _header(self, t: float):
+        sec = int(t)
+        return self.T["std_msgs/msg/Header"](
+            stamp=self.T["builtin_interfaces/msg/Time"](sec=sec, nanosec=int(round((t - sec) * 1e9)) % 10**9),
+            frame_id="camera")
+
+    def _write(self, topic: str, msg, t: float) -> None:
+        conn, msgtype = self.conns[topic]
+        self.writer.write(conn, int(round(t * 1e9)), self.ts.serialize_cdr(msg, msgtype))
+
+    def image(self, img: np.ndarray, stamp: float) -> None:
+        h, w, _ = img.shape
+        self._write(self.topics.camera, self.T["sensor_msgs/msg/Image"](
+            header=self._header(stamp), height=h, width=w, encoding="rgb8", is_bigendian=0, step=w * 3,
+            data=img.reshape(-1)), stamp + 0.004)
+
+    def joints(self, q: np.ndarray, stamp: float) -> None:
+        self._write(self.topics.joints, self.T["sensor_msgs/msg/JointState"](
+            header=self._header(stamp), name=list(JOINTS), position=np.asarray(q, np.float64),
+            velocity=np.zeros(0), effort=np.zeros(0)), stamp + 0.001)
+
+    def command(self, q: np.ndarray, t: float) -> None:
+        self._write(self.topics.commands, self.T["std_msgs/msg/Float64MultiArray"](
+            layout=self.T["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0),
+            data=np.asarray(q, np.float64)), t)
+
+    def episode(self, result: dict, t: float) -> None:
+        self._write(self.topics.episodes, self.T["std_msgs/msg/String"](data=json.dumps(result)), t)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def record_demonstrations(out: Path, episodes: int, seed: int = 0, arm_cfg: ArmConfig = ArmConfig(),
+                          topics: SimTopics = SimTopics(), gap_s: float = 1.0) -> dict:
+    """Write ``out`` (a bag directory) atomically: recorded to a temp name, renamed when complete."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    arm = ReachingArm(arm_cfg, seed)
+    expert = ScriptedExpert(arm)
+    rec = BagRecorder(tmp, topics)
+    dt_phys = 1.0 / arm_cfg.physics_hz
+    every = {name: int(round(arm_cfg.physics_hz / hz)) for name, hz in
+             (("camera", topics.camera_hz), ("joints", topics.joints_hz), ("control", topics.control_hz))}
+    t_start = T0
+    successes, durations = 0, []
+    try:
+        for ep in range(episodes):
+            arm.reset()
+            k = 0
+            while True:
+                t = t_start + k * dt_phys
+                if k % every["camera"] == 0:
+                    rec.image(arm.render(), t)
+                if k % every["joints"] == 0:
+                    rec.joints(arm.state.q, t)
+                if k % every["control"] == 0:
+                    cmd = expert.action(1.0 / topics.control_hz)
+                    arm.command(cmd)
+                    rec.command(cmd, t + 0.003)
+                arm.step(dt_phys)
+                k += 1
+                done = arm.success()
+                if done or arm.state.t >= arm_cfg.episode_seconds:
+                    break
+            successes += int(done)
+            durations.append(arm.state.t)
+            rec.episode({"episode": ep, "success": bool(done), "time": round(arm.state.t, 3)}, t + 0.01)
+            t_start = t + gap_s  # a pause between episodes: dp-dataset splits episodes there
+        rec.close()
+    except BaseException:
+        rec.writer.abort()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    # rosbags names the storage file after the directory; keep the name valid after the rename
+    (out / f"{tmp.name}.mcap").rename(out / f"{out.name}.mcap")
+    meta = out / "metadata.yaml"
+    meta.write_text(meta.read_text().replace(f"{tmp.name}.mcap", f"{out.name}.mcap"))
+    return {"episodes": episodes, "expert_success_rate": successes / episodes,
+            "mean_episode_s": float(np.mean(durations))}
