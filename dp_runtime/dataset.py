@@ -101,10 +101,9 @@ def bag_to_dataset(bag_path: str | Path, cfg: DatasetConfig, distro: str = "kilt
     for t, key, value in samples:
         if key == "__command__":
             try:
-                obs = buffer.assemble(t)
+                histories.append(buffer.assemble(t).history)
             except StaleInputError:
-                continue  # no observation yet at this command (start of the bag)
-            histories.append(obs.history)
+                histories.append(None)  # no observation yet: its action still belongs to the chunks
             commands.append(value)
             times.append(t)
         else:
@@ -112,13 +111,15 @@ def bag_to_dataset(bag_path: str | Path, cfg: DatasetConfig, distro: str = "kilt
                 buffer.add(key, *value)
             except DpRuntimeError:
                 skipped += 1
-    if not commands:
+    if not any(h is not None for h in histories):
         raise DpRuntimeError(f"bag {bag_path}: no command on {cfg.command_topic} has observations before it")
     episodes = _split_episodes(np.array(times), cfg.episode_gap_s)
     actions = np.stack(commands).astype(np.float32)
     arrays: dict[str, list] = {k: [] for k in [*images, *low_dims, "action", "episode"]}
     for ep, (start, end) in enumerate(episodes):
         for i in range(start, end):
+            if histories[i] is None:
+                continue
             idx = np.clip(np.arange(i - (cfg.n_obs_steps - 1), i - (cfg.n_obs_steps - 1) + cfg.horizon), start,
                           end - 1)
             for k in [*images, *low_dims]:

@@ -110,7 +110,7 @@ class ReachingArm:
         img = np.empty(self.gx.shape + (3,), np.uint8)
         img[:] = (40, 40, 40)
         px = 2 * self.cfg.extent / self.cfg.image_size
-        tgt = (self.gx - s.target[0]) ** 2 + (self.gy - s.target[1]) ** 2 < (2.5 * px) ** 2
+        tgt = (self.gx - s.target[0]) ** 2 + (self.gy - s.target[1]) ** 2 < (3.5 * px) ** 2
         img[tgt] = (230, 40, 40)
         elbow, hand = self.elbow_and_hand(s.q)
         for a, b in ((np.zeros(2), elbow), (elbow, hand)):

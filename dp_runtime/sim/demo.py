@@ -1,0 +1,296 @@
+"""dp-demo: the whole product on an embedded default, no robot needed.
+
+    dp-demo [--out DIR] [--quick] [--episodes N]
+
+Records expert demonstrations of the sim arm as an MCAP bag, converts them
+with dp-dataset, trains a small GroupNorm policy with EMA, exports the bundle,
+then runs the sim and the policy node as two processes over real DDS for N
+closed-loop episodes, and writes a replay report of one expert episode. Every
+artifact is cached in DIR (written under a temporary name, then renamed), so a
+second run, or a run after an interruption, reuses what is complete.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+
+
+@dataclass
+class DemoPlan:
+    demos: int
+    train_steps: int
+    episodes: int
+    batch_size: int = 64
+    lr: float = 1e-3
+
+
+FULL = DemoPlan(demos=400, train_steps=1000, episodes=20)
+QUICK = DemoPlan(demos=40, train_steps=150, episodes=3)
+
+
+def config_path(name: str) -> Path:
+    """config/ in a checkout, or share/dp_runtime/config when installed."""
+    for base in (CONFIG_DIR, Path(sys.prefix) / "share" / "dp_runtime" / "config"):
+        if (base / name).exists():
+            return base / name
+    raise FileNotFoundError(f"config file {name} not found in {CONFIG_DIR} or the install prefix")
+
+
+def step(name: str, target: Path, build) -> Path:
+    """Build ``target`` once; a complete target (renamed into place) is reused."""
+    if target.exists():
+        print(f"[cached] {name}: {target}")
+        return target
+    t0 = time.time()
+    print(f"[build] {name} ...", flush=True)
+    build(target)
+    print(f"[done] {name} in {time.time() - t0:.0f} s: {target}", flush=True)
+    return target
+
+
+# -- build steps ---------------------------------------------------------------------
+def build_demos(n: int, seed: int):
+    def go(target: Path) -> None:
+        from .record import record_demonstrations
+        info = record_demonstrations(target, n, seed=seed)
+        (target.parent / "demos_info.json").write_text(json.dumps(info))
+    return go
+
+
+def build_dataset(bag: Path):
+    def go(target: Path) -> None:
+        from ..dataset import DatasetConfig, bag_to_dataset, policy_config, save_dataset
+        cfg = DatasetConfig.load(config_path("sim_dataset.yaml"))
+        arrays, info = bag_to_dataset(bag, cfg)
+        save_dataset(target, arrays, policy_config(cfg, info), info)
+    return go
+
+
+def build_checkpoint(dataset: Path, plan: DemoPlan, seed: int):
+    def go(target: Path) -> None:
+        import torch
+
+        from ..dataset import load_dataset
+        from ..train import TrainConfig, train
+        torch.set_num_threads(min(4, os.cpu_count() or 1))
+        cfg, data = load_dataset(dataset)
+        t0 = time.time()
+        train(cfg, data, target, TrainConfig(steps=plan.train_steps, batch_size=plan.batch_size, lr=plan.lr,
+                                             seed=seed, log_every=max(plan.train_steps // 10, 1)),
+              progress=lambda s, loss: print(f"  step {s}/{plan.train_steps}: loss {loss:.4f} "
+                                             f"({time.time() - t0:.0f} s)", flush=True))
+    return go
+
+
+def build_bundle(checkpoint: Path):
+    def go(target: Path) -> None:
+        from ..export import export_bundle
+        export_bundle(checkpoint, target, progress=lambda m: print(f"  {m}", flush=True))
+    return go
+
+
+def build_report(bundle: Path, out: Path, seed: int):
+    def go(target: Path) -> None:
+        from ..engine import load_bundle
+        from ..replay.pipeline import ReplaySetup, replay_offline
+        from ..replay.report import summary, write_report
+        from ..ros.params import load_params_file
+        from .record import record_demonstrations
+        bag = out / "episode_bag"
+        if not bag.exists():
+            record_demonstrations(bag, 1, seed=seed + 999)
+        params, flat = load_params_file(config_path("sim_policy.yaml"), bundle=str(bundle))
+        setup = ReplaySetup.create(load_bundle(bundle), params, flat, params.command_topic)
+        result = replay_offline(bag, setup, seed=seed)
+        tmp = target.with_name(target.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        m = write_report(tmp, result, setup)
+        tmp.rename(target)
+        print(summary(m, target))
+    return go
+
+
+# -- closed loop over DDS ------------------------------------------------------------
+def free_domain_id(start: int) -> int:
+    """A ROS_DOMAIN_ID nobody else is using right now (a busy domain would mix in foreign traffic)."""
+    import rclpy
+    for domain in [start + i for i in range(40)]:
+        domain = 1 + (domain - 1) % 200
+        ctx = rclpy.Context()
+        rclpy.init(context=ctx, domain_id=domain)
+        node = rclpy.create_node("dp_demo_probe", context=ctx)
+        time.sleep(0.8)
+        others = [n for n in node.get_node_names() if n != "dp_demo_probe"]
+        node.destroy_node()
+        rclpy.shutdown(context=ctx)
+        if not others:
+            return domain
+        print(f"  domain {domain} is busy ({len(others)} nodes); trying the next one")
+    raise RuntimeError("no free ROS_DOMAIN_ID found")
+
+
+class Watcher:
+    """Subscribes (own rclpy context) to episode results, commands and the node's diagnostics."""
+
+    def __init__(self, domain: int, command_topic: str, episode_topic: str):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from std_msgs.msg import Float64MultiArray, String
+        self.rclpy, self.ctx = rclpy, rclpy.Context()
+        rclpy.init(context=self.ctx, domain_id=domain)
+        self.node = rclpy.create_node("dp_demo_watcher", context=self.ctx)
+        self.episodes: list[dict] = []
+        self.command_times: list[float] = []
+        self.diag: dict[str, str] = {}
+        self.node.create_subscription(String, episode_topic, lambda m: self.episodes.append(json.loads(m.data)), 50)
+        self.node.create_subscription(Float64MultiArray, command_topic,
+                                      lambda m: self.command_times.append(time.perf_counter()), 100)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        self.running = True
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _on_diag(self, msg) -> None:
+        for st in msg.status:
+            if st.name.startswith("dp_runtime"):
+                self.diag = {kv.key: kv.value for kv in st.values}
+
+    def _spin(self) -> None:
+        while self.running and self.ctx.ok():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def close(self) -> None:
+        self.running = False
+        self.thread.join(2)
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.shutdown(context=self.ctx)
+
+
+def stop(proc: subprocess.Popen) -> int:
+    """SIGINT first: Fast DDS leaves shared-memory files behind after SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.wait(5)
+    return proc.returncode
+
+
+def closed_loop(bundle: Path, out: Path, episodes: int, seed: int) -> dict:
+    from ..ros.params import load_params_file
+    params, _ = load_params_file(config_path("sim_policy.yaml"))
+    domain = int(os.environ.get("DP_DEMO_DOMAIN_ID") or free_domain_id(150 + os.getpid() % 50))
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED="1",
+               RMW_IMPLEMENTATION=os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp"))
+    print(f"  closed loop on ROS_DOMAIN_ID {domain}: dp-sim + policy_node, {episodes} episodes")
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    watcher = Watcher(domain, params.command_topic, "/sim/episode")
+    node = subprocess.Popen([sys.executable, "-m", "dp_runtime.ros.node", "--ros-args", "--params-file",
+                             str(config_path("sim_policy.yaml")), "-p", f"bundle:={bundle}", "-p", f"seed:={seed}"],
+                            env=env, stdout=open(logs / "policy_node.log", "w"), stderr=subprocess.STDOUT)
+    sim = None
+    try:
+        deadline = time.time() + 120
+        while "running" not in (logs / "policy_node.log").read_text():
+            if node.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"policy node did not start: {(logs / 'policy_node.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        sim = subprocess.Popen([sys.executable, "-m", "dp_runtime.sim.node", "--episodes", str(episodes),
+                                "--seed", str(seed + 12345), "--command-topic", params.command_topic],
+                               env=env, stdout=open(logs / "dp_sim.log", "w"), stderr=subprocess.STDOUT)
+        deadline = time.time() + episodes * 10 + 60
+        shown = 0
+        while len(watcher.episodes) < episodes and time.time() < deadline and sim.poll() is None:
+            time.sleep(0.2)
+            for e in watcher.episodes[shown:]:
+                print(f"  episode {e['episode']}: {'success' if e['success'] else 'fail'} in {e['time']:.1f} s")
+            shown = len(watcher.episodes)
+        time.sleep(1.5)  # one more diagnostics period
+    finally:
+        if sim is not None:
+            stop(sim)
+        rc = stop(node)
+        watcher.close()
+    periods = np.diff(np.array(watcher.command_times)) * 1e3
+    periods = periods[periods < 500]  # drop the pauses between episodes (stale inputs during reset)
+    d = watcher.diag
+    return {
+        "domain_id": domain, "episodes": len(watcher.episodes),
+        "success_rate": float(np.mean([e["success"] for e in watcher.episodes])) if watcher.episodes else 0.0,
+        "episode_results": watcher.episodes,
+        "command_period_ms_received": {"p50": float(np.percentile(periods, 50)) if periods.size else None,
+                                       "p99": float(np.percentile(periods, 99)) if periods.size else None},
+        "command_period_ms_node": {"p50": d.get("command_period_ms_p50"), "p99": d.get("command_period_ms_p99")},
+        "inference_latency_ms": {"median": d.get("inference_latency_ms_median"),
+                                 "max": d.get("inference_latency_ms_max")},
+        "provider": d.get("provider"), "chunks": d.get("chunks"), "starvation_count": d.get("starvation_count"),
+        "dropped_actions": d.get("dropped_actions"), "node_exit_code": rc,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="dp-demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="out/demo", help="keeps everything the demo makes (a cache)")
+    p.add_argument("--quick", action="store_true", help="a short version of the same path (CI)")
+    p.add_argument("--episodes", type=int, default=None, help="closed-loop episodes")
+    p.add_argument("--steps", type=int, default=None, help="training steps")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    plan = DemoPlan(plan.demos, args.steps or plan.train_steps, args.episodes or plan.episodes,
+                    plan.batch_size, plan.lr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    bag = step("demonstrations (scripted expert -> MCAP bag)", out / "demos", build_demos(plan.demos, args.seed))
+    dataset = step("dataset (dp-dataset)", out / "dataset.npz", build_dataset(bag))
+    ckpt = step("training (GroupNorm + EMA power 0.75)", out / "checkpoint" / "policy.safetensors",
+                build_checkpoint(dataset, plan, args.seed))
+    bundle = step("bundle (dp-export: ONNX + TorchScript)", out / "bundle", build_bundle(ckpt))
+    report = step("replay report of one episode (dp-replay)", out / "report", build_report(bundle, out, args.seed))
+    print("[run] closed loop over DDS ...", flush=True)
+    loop = closed_loop(bundle, out, plan.episodes, args.seed)
+    demos_info = json.loads((out / "demos_info.json").read_text()) if (out / "demos_info.json").exists() else {}
+    replay = json.loads((report / "metrics.json").read_text())
+    summary = {"expert_success_rate": demos_info.get("expert_success_rate"), "policy": loop,
+               "replay": {"mse": replay["action_mse_mean"], "mae": replay["action_mae_mean"],
+                          "report": str(report)},
+               "wall_s": round(time.time() - t0, 1)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    lp = loop
+    print("\n=== dp-demo ===")
+    print(f"expert success rate (demonstrations): {summary['expert_success_rate']:.0%}")
+    print(f"policy success rate (closed loop over DDS): {lp['success_rate']:.0%} of {lp['episodes']} episodes")
+    print(f"command period at 10 Hz: p50 {lp['command_period_ms_node']['p50']} ms, "
+          f"p99 {lp['command_period_ms_node']['p99']} ms (node clock); received p50 "
+          f"{_fmt(lp['command_period_ms_received']['p50'])} ms, p99 {_fmt(lp['command_period_ms_received']['p99'])} ms")
+    print(f"inference latency: median {lp['inference_latency_ms']['median']} ms, "
+          f"max {lp['inference_latency_ms']['max']} ms on {lp['provider']}")
+    print(f"starvation: {lp['starvation_count']}, dropped actions: {lp['dropped_actions']}, chunks: {lp['chunks']}")
+    print(f"replay of one expert episode: action MSE {replay['action_mse_mean']:.5f}; report in {report}")
+    print(f"everything is in {out} (summary.json)")
+    return 0
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.2f}"

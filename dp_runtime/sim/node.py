@@ -1,0 +1,128 @@
+"""dp-sim: the planar arm as a ROS 2 node (camera, joint states in; position commands out).
+
+    dp-sim [--episodes N] [--seed S] [--command-topic /arm/commands] [--ros-args ...]
+
+Publishes sensor_msgs/Image (rgb8, 96x96) and sensor_msgs/JointState with
+header stamps, takes std_msgs/Float64MultiArray joint position commands (as a
+ros2_control forward position controller does), and reports each episode as
+JSON on /sim/episode (std_msgs/String). Exits 0 after N episodes (0: never).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray, String
+
+from ..ros.convert import sec_to_stamp_fields
+from .arm import JOINTS, ArmConfig, ReachingArm
+from .record import SimTopics
+
+
+class SimNode(Node):
+    def __init__(self, args: argparse.Namespace):
+        super().__init__("dp_sim")
+        self.topics = SimTopics(commands=args.command_topic)
+        self.cfg = ArmConfig(episode_seconds=args.episode_seconds)
+        self.arm = ReachingArm(self.cfg, args.seed)
+        self.episodes_wanted = args.episodes
+        self.settle_s = args.settle
+        self.episode = 0
+        self.episode_start = time.monotonic()
+        self.bad_commands = 0
+        self.done = False
+        camera_qos = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST, depth=5)
+        self.cam_pub = self.create_publisher(Image, self.topics.camera, camera_qos)
+        self.js_pub = self.create_publisher(JointState, self.topics.joints, 10)
+        self.ep_pub = self.create_publisher(String, self.topics.episodes, 10)
+        self.create_subscription(Float64MultiArray, self.topics.commands, self.on_command, 10)
+        self.dt = 1.0 / self.cfg.physics_hz
+        self.k = 0
+        self.every_cam = int(round(self.cfg.physics_hz / self.topics.camera_hz))
+        self.every_js = int(round(self.cfg.physics_hz / self.topics.joints_hz))
+        self.last = time.monotonic()
+        self.create_timer(self.dt, self.on_step)
+        self.get_logger().info(f"sim arm ready: commands on {self.topics.commands}, "
+                               f"{self.episodes_wanted or 'unlimited'} episodes")
+
+    def on_command(self, msg: Float64MultiArray) -> None:
+        if time.monotonic() - self.episode_start < self.settle_s:
+            return  # the previous episode's chunk is still in flight after a reset
+        try:
+            self.arm.command(np.asarray(msg.data))
+        except ValueError as e:
+            self.bad_commands += 1
+            if self.bad_commands == 1:
+                self.get_logger().warning(f"ignoring bad command on {self.topics.commands}: {e}")
+
+    def stamp(self, header) -> None:
+        header.stamp.sec, header.stamp.nanosec = sec_to_stamp_fields(self.get_clock().now().nanoseconds * 1e-9)
+
+    def on_step(self) -> None:
+        if self.done:
+            return
+        now = time.monotonic()
+        self.arm.step(min(now - self.last, 5 * self.dt))  # real elapsed time, capped after a stall
+        self.last = now
+        if self.k % self.every_cam == 0:
+            img = self.arm.render()
+            msg = Image(height=img.shape[0], width=img.shape[1], encoding="rgb8", step=img.shape[1] * 3,
+                        data=img.tobytes())
+            msg.header.frame_id = "camera"
+            self.stamp(msg.header)
+            self.cam_pub.publish(msg)
+        if self.k % self.every_js == 0:
+            js = JointState(name=list(JOINTS), position=[float(x) for x in self.arm.state.q])
+            self.stamp(js.header)
+            self.js_pub.publish(js)
+        self.k += 1
+        success = self.arm.success()
+        if success or self.arm.state.t >= self.cfg.episode_seconds:
+            result = {"episode": self.episode, "success": bool(success), "time": round(self.arm.state.t, 3),
+                      "distance": round(self.arm.distance(), 4)}
+            self.ep_pub.publish(String(data=json.dumps(result)))
+            self.get_logger().info(f"episode {self.episode}: {'success' if success else 'timeout'} "
+                                   f"in {self.arm.state.t:.2f} s")
+            self.episode += 1
+            if self.episodes_wanted and self.episode >= self.episodes_wanted:
+                self.done = True
+                return
+            self.arm.reset()
+            self.episode_start = time.monotonic()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ros_args = argv[argv.index("--ros-args"):] if "--ros-args" in argv else []
+    own = argv[:len(argv) - len(ros_args)]
+    p = argparse.ArgumentParser(prog="dp-sim", description=__doc__.split("\n\n")[0])
+    p.add_argument("--episodes", type=int, default=0, help="exit after this many episodes (0: run forever)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--episode-seconds", type=float, default=ArmConfig.episode_seconds)
+    p.add_argument("--settle", type=float, default=0.3, help="s after a reset during which commands are ignored")
+    p.add_argument("--command-topic", default=SimTopics.commands)
+    args = p.parse_args(own)
+    rclpy.init(args=["dp_sim", *ros_args])
+    node = SimNode(args)
+    try:
+        while rclpy.ok() and not node.done:
+            rclpy.spin_once(node, timeout_sec=0.1)
+        time.sleep(0.3)  # let the last episode report go out
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
