@@ -23,6 +23,7 @@ import torch
 
 from dp_runtime.checkpoint import load_checkpoint, save_checkpoint
 from dp_runtime.engine import load_bundle
+from dp_runtime.errors import BundleError
 from dp_runtime.export import export_bundle
 from dp_runtime.export.bundle import example_inputs
 from dp_runtime.model import DiffusionPolicy, EncoderConfig, ImageSpec, LowDimSpec, PolicyConfig, UnetConfig
@@ -66,6 +67,9 @@ def main() -> None:
     ap.add_argument("--workdir", default=None, help="keep the exported bundle here")
     args = ap.parse_args()
     dev = torch.device(args.device)
+    if args.device == "cuda":  # the fp32 reference (TF32 would differ by ~1e-3; the bundle runs fp32 too)
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
     cfg = reference_config()
     torch.manual_seed(0)
@@ -96,7 +100,11 @@ def main() -> None:
     errors = {}
     device = "cuda" if args.device == "cuda" else "cpu"
     for backend in ("onnxruntime", "torchscript"):
-        engine = load_bundle(bundle, backend=backend, device=device)
+        try:
+            engine = load_bundle(bundle, backend=backend, device=device)
+        except BundleError as e:  # e.g. onnxruntime without the CUDA provider: measure what it falls back to
+            print(f"{backend}: {e}; measuring device=auto instead")
+            engine = load_bundle(bundle, backend=backend, device="auto")
         label = f"bundle {backend} ({engine.provider})"
         rows[label] = median_ms(lambda: engine.predict(obs, noise=noise), args.repeats)
         errors[label] = float(np.abs(engine.predict(obs, noise=noise).actions - ref).max())

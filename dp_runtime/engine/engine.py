@@ -81,10 +81,7 @@ class PolicyEngine:
             raise ShapeError(f"noise: expected float32 ({batch}, {self.horizon}, {self.action_dim}), "
                              f"got {noise.shape}")
         t0 = time.perf_counter()
-        cond = self.backend.encode([np.ascontiguousarray(obs[k]) for k in self.keys])
-        x, actions = noise, None
-        for t, prev in self.schedule:
-            x, actions = self.backend.step(x, t, prev, cond)
+        actions = self.backend.denoise([np.ascontiguousarray(obs[k]) for k in self.keys], noise, self.schedule)
         latency = time.perf_counter() - t0
         actions = np.asarray(actions, dtype=np.float32)
         if not np.all(np.isfinite(actions)):

@@ -20,7 +20,8 @@ class ArmConfig:
     upper: tuple[float, float] = (np.pi, 2.8)
     max_velocity: float = 1.6  # rad/s per joint
     success_radius: float = 0.08  # m, end effector to target
-    target_radius: tuple[float, float] = (0.35, 0.85)  # targets appear in this annulus (reachable)
+    target_radius: tuple[float, float] = (0.35, 0.85)  # targets appear in this annulus sector, where the
+    target_angle: tuple[float, float] = (-1.8, 2.9)  # shoulder reaches them without crossing its +-pi limit
     image_size: int = 96
     extent: float = 1.05  # the camera sees [-extent, extent]^2
     home: tuple[float, float] = (0.0, 1.6)
@@ -51,7 +52,7 @@ class ReachingArm:
     # -- episode --------------------------------------------------------------------
     def sample_target(self) -> np.ndarray:
         r = self.rng.uniform(*self.cfg.target_radius)
-        a = self.rng.uniform(-np.pi, np.pi)
+        a = self.rng.uniform(*self.cfg.target_angle)
         return np.array([r * np.cos(a), r * np.sin(a)])
 
     def reset(self) -> ArmState:
@@ -73,7 +74,8 @@ class ReachingArm:
         c2 = (d2 - l1 ** 2 - l2 ** 2) / (2 * l1 * l2)
         q2 = np.arccos(np.clip(c2, -1, 1))
         q1 = np.arctan2(p[1], p[0]) - np.arctan2(l2 * np.sin(q2), l1 + l2 * np.cos(q2))
-        q1 = (q1 + np.pi) % (2 * np.pi) - np.pi
+        if q1 < -np.pi:  # joint limits, no wrap-around: the shoulder is a revolute joint with stops
+            q1 += 2 * np.pi
         return np.array([q1, q2])
 
     def distance(self) -> float:
@@ -94,13 +96,8 @@ class ReachingArm:
         """Move toward the command at the velocity limit, within joint limits."""
         s = self.state
         if s.command is not None:
-            delta = s.command - s.q
-            # shoulder wraps around: take the short way
-            delta[0] = (delta[0] + np.pi) % (2 * np.pi) - np.pi
-            step = np.clip(delta, -self.cfg.max_velocity * dt, self.cfg.max_velocity * dt)
-            s.q = s.q + step
-            s.q[0] = (s.q[0] + np.pi) % (2 * np.pi) - np.pi
-            s.q = np.clip(s.q, self.lower, self.upper)
+            step = np.clip(s.command - s.q, -self.cfg.max_velocity * dt, self.cfg.max_velocity * dt)
+            s.q = np.clip(s.q + step, self.lower, self.upper)
         s.t += dt
 
     # -- camera ---------------------------------------------------------------------
@@ -137,9 +134,4 @@ class ScriptedExpert:
         s = self.arm.state
         goal = self.arm.ik(s.target)
         base = s.command if s.command is not None else s.q
-        delta = goal - base
-        delta[0] = (delta[0] + np.pi) % (2 * np.pi) - np.pi
-        step = np.clip(delta, -self.speed * dt, self.speed * dt)
-        out = base + step
-        out[0] = (out[0] + np.pi) % (2 * np.pi) - np.pi
-        return out
+        return base + np.clip(goal - base, -self.speed * dt, self.speed * dt)
