@@ -109,6 +109,13 @@ def main() -> None:
         rows[label] = median_ms(lambda: engine.predict(obs, noise=noise), args.repeats)
         errors[label] = float(np.abs(engine.predict(obs, noise=noise).actions - ref).max())
 
+    if args.device == "cuda":  # the same bundle without CUDA graphs, to show what capture buys
+        import os
+        os.environ["DP_RUNTIME_CUDA_GRAPHS"] = "0"
+        engine = load_bundle(bundle, backend="torchscript", device="cuda")
+        label = "bundle torchscript (torch:cuda, no CUDA graph)"
+        rows[label] = median_ms(lambda: engine.predict(obs, noise=noise), args.repeats)
+        errors[label] = float(np.abs(engine.predict(obs, noise=noise).actions - ref).max())
     bw = read_bandwidth()
     steps = cfg.num_inference_steps
     film = sum(b.cond_encoder[1].weight.numel() + b.cond_encoder[1].bias.numel()
