@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dp_runtime.ros.params import NodeParams
+from dp_runtime.ros.params import NodeParams, flatten_params
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "policy.launch.py"
@@ -56,19 +56,9 @@ def test_launch_arguments_are_declared_and_passed_to_existing_parameters():
     assert keys <= NODE_PARAMS, keys - NODE_PARAMS
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
 @pytest.mark.parametrize("name", ["policy.yaml", "ros2_control_arm.yaml"])
 def test_config_keys_exist_on_the_node(name):
-    params = flatten(yaml.safe_load((ROOT / "config" / name).read_text())["policy_node"]["ros__parameters"])
+    params = flatten_params(yaml.safe_load((ROOT / "config" / name).read_text())["policy_node"]["ros__parameters"])
     for key in params:
         if key.startswith("obs."):
             assert key.count(".") == 2 and key.rsplit(".", 1)[1] in OBS_FIELDS, key

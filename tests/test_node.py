@@ -79,7 +79,10 @@ def test_commands_at_rate_and_equal_to_engine(tmp_path, tiny_bundle, domain):
     assert diag["provider"] == "CPUExecutionProvider"
     print(f"\ncommand period at 50 Hz: p50 {np.percentile(periods, 50) * 1e3:.2f} ms, "
           f"p99 {np.percentile(periods, 99) * 1e3:.2f} ms; node-side p99 {diag.get('command_period_ms_p99')} ms;"
-          f" starvation {diag['starvation_count']}, chunks {diag['chunks']}, dropped {diag['dropped_actions']}")
+          f" starvation {diag['starvation_count']}, chunks {diag['chunks']}, dropped {diag['dropped_actions']};"
+          f" observation stamp -> first command of its chunk p50 {diag['obs_to_first_command_ms_p50']} ms,"
+          f" max {diag['obs_to_first_command_ms_max']} ms; inference median {diag['inference_latency_ms_median']} ms")
+    assert float(diag["obs_to_first_command_ms_max"]) < 1000 * (1 / RATE) * 4
 
 
 def test_stopped_camera_stops_commands_and_raises_error(tmp_path, tiny_bundle, domain):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import numpy as np
 
 from ..errors import BagError, DpRuntimeError
 from ..ros import convert
+from ..ros.process import stop_process
 from .bag import Bag
 from .pipeline import ReplayResult, ReplaySetup, check_topics
 
@@ -145,13 +145,7 @@ def replay_realtime(bag_path: str | Path, setup: ReplaySetup, config: str | None
                 next_clock += CLOCK_PERIOD
         time.sleep(0.5)
     finally:
-        if node_proc.poll() is None:
-            node_proc.send_signal(signal.SIGINT)
-            try:
-                node_proc.wait(15)
-            except subprocess.TimeoutExpired:
-                node_proc.terminate()
-                node_proc.wait(5)
+        stop_process(node_proc)
         spinning[0] = False
         spinner.join(2)
         executor.shutdown()

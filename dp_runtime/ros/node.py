@@ -59,6 +59,8 @@ class PolicyNode(Node):
         self.publishers_seen: dict[str, float] = {}
         self.starved_reported = 0
         self.stale = False
+        self.pending_t_obs: float | None = None
+        self.obs_to_command: deque[float] = deque(maxlen=200)
         self.qos_warned: set[str] = set()
         self.last_now: float | None = None
         self.published = 0
@@ -151,6 +153,7 @@ class PolicyNode(Node):
             rec = self.runner.infer(self.now())
             if rec is None or self.runner.stats.chunks == before:
                 continue
+            self.pending_t_obs = rec.t_obs
             if rec.latency_s > self.dt * self.engine.n_action_steps:
                 self.inference_overruns += 1
                 self.runner.warn_once("overrun", f"inference took {rec.latency_s * 1e3:.0f} ms, longer than "
@@ -214,6 +217,9 @@ class PolicyNode(Node):
 
     def _publish(self, cmd: np.ndarray, stamp: float) -> None:
         self.tick_times.append(time.perf_counter())
+        t_obs, self.pending_t_obs = self.pending_t_obs, None
+        if t_obs is not None:  # the first command since a new chunk: how old its observation is now
+            self.obs_to_command.append(self.now() - t_obs)
         if self.p.command_interface == "float64_multi_array":
             self.pub.publish(convert.float64_multi_array(cmd))
         else:
@@ -252,6 +258,10 @@ class PolicyNode(Node):
         if periods.size > 10:
             values["command_period_ms_p50"] = f"{np.percentile(periods, 50):.2f}"
             values["command_period_ms_p99"] = f"{np.percentile(periods, 99):.2f}"
+        if self.obs_to_command:
+            o2c = np.asarray(self.obs_to_command) * 1e3
+            values["obs_to_first_command_ms_p50"] = f"{np.percentile(o2c, 50):.1f}"
+            values["obs_to_first_command_ms_max"] = f"{o2c.max():.1f}"
         values.update({f"age.{k}": ("never" if a == float("inf") else f"{a:.3f}") for k, a in ages.items()})
         status = DiagnosticStatus(level=level, name="dp_runtime: policy_node", message=message,
                                   hardware_id=self.get_name(),

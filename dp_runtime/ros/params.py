@@ -147,7 +147,7 @@ def load_params_file(path: str | Path | None, node_name: str = "policy_node",
         section = doc.get(node_name) or doc.get("/**") or {}
         if "ros__parameters" not in section:
             raise ConfigError(f"{path}: expected '{node_name}: ros__parameters: ...' (ROS 2 parameter file)")
-        flat = _flatten(section["ros__parameters"])
+        flat = flatten_params(section["ros__parameters"])
     flat.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in fields(NodeParams)}
     unknown = [k for k in flat if k not in known and not k.startswith("obs.") and k != "use_sim_time"]
@@ -157,11 +157,12 @@ def load_params_file(path: str | Path | None, node_name: str = "policy_node",
     return p, flat
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def flatten_params(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested YAML parameters -> ROS 2's dotted names (obs: {camera: {topic: x}} -> obs.camera.topic)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten_params(v, f"{prefix}{k}."))
         else:
             out[prefix + k] = v
     return out

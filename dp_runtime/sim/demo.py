@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..ros.process import stop_process
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 
@@ -183,18 +184,6 @@ class Watcher:
         self.rclpy.shutdown(context=self.ctx)
 
 
-def stop(proc: subprocess.Popen) -> int:
-    """SIGINT first: Fast DDS leaves shared-memory files behind after SIGKILL."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            proc.wait(5)
-    return proc.returncode
-
-
 def closed_loop(bundle: Path, out: Path, episodes: int, seed: int) -> dict:
     from ..ros.params import load_params_file
     params, _ = load_params_file(config_path("sim_policy.yaml"))
@@ -228,8 +217,8 @@ def closed_loop(bundle: Path, out: Path, episodes: int, seed: int) -> dict:
         time.sleep(1.5)  # one more diagnostics period
     finally:
         if sim is not None:
-            stop(sim)
-        rc = stop(node)
+            stop_process(sim)
+        rc = stop_process(node)
         watcher.close()
     periods = np.diff(np.array(watcher.command_times)) * 1e3
     periods = periods[periods < 500]  # drop the pauses between episodes (stale inputs during reset)

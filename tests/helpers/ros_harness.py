@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
+
+from dp_runtime.ros.process import stop_process
 
 HELPERS = Path(__file__).parent
 
@@ -38,16 +39,9 @@ class Proc:
         self.p = subprocess.Popen(args, env=env, stdout=self.fh, stderr=subprocess.STDOUT)
 
     def stop(self, timeout: float = 10) -> int:
-        """SIGINT (never SIGKILL first: Fast DDS would leave shared-memory files behind)."""
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGINT)
-            try:
-                self.p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.p.terminate()
-                self.p.wait(5)
+        rc = stop_process(self.p, timeout)
         self.fh.close()
-        return self.p.returncode
+        return rc
 
     def text(self) -> str:
         if not self.fh.closed:
