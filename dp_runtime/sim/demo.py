@@ -112,7 +112,7 @@ def build_report(bundle: Path, out: Path, seed: int):
         from .record import record_demonstrations
         bag = out / "episode_bag"
         if not bag.exists():
-            record_demonstrations(bag, 1, seed=seed + 999)
+            record_demonstrations(bag, 1, seed=seed + 999, hold_s=3.0)  # reach, then hold: a few chunks
         params, flat = load_params_file(config_path("sim_policy.yaml"), bundle=str(bundle))
         setup = ReplaySetup.create(load_bundle(bundle), params, flat, params.command_topic)
         result = replay_offline(bag, setup, seed=seed)

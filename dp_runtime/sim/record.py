@@ -81,8 +81,11 @@ class BagRecorder:
 
 
 def record_demonstrations(out: Path, episodes: int, seed: int = 0, arm_cfg: ArmConfig = ArmConfig(),
-                          topics: SimTopics = SimTopics(), gap_s: float = 1.0) -> dict:
-    """Write ``out`` (a bag directory) atomically: recorded to a temp name, renamed when complete."""
+                          topics: SimTopics = SimTopics(), gap_s: float = 1.0, hold_s: float = 0.0) -> dict:
+    """Write ``out`` (a bag directory) atomically: recorded to a temp name, renamed when complete.
+
+    Episodes end on success (after ``hold_s`` more seconds at the target) or at the time limit.
+    """
     out = Path(out)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -97,7 +100,7 @@ def record_demonstrations(out: Path, episodes: int, seed: int = 0, arm_cfg: ArmC
     try:
         for ep in range(episodes):
             arm.reset()
-            k = 0
+            k, reached = 0, None
             while True:
                 t = t_start + k * dt_phys
                 if k % every["camera"] == 0:
@@ -110,12 +113,15 @@ def record_demonstrations(out: Path, episodes: int, seed: int = 0, arm_cfg: ArmC
                     rec.command(cmd, t + 0.003)
                 arm.step(dt_phys)
                 k += 1
-                done = arm.success()
-                if done or arm.state.t >= arm_cfg.episode_seconds:
+                if arm.success() and reached is None:
+                    reached = arm.state.t
+                done = reached is not None
+                if (done and arm.state.t >= reached + hold_s) or arm.state.t >= arm_cfg.episode_seconds:
                     break
             successes += int(done)
             durations.append(arm.state.t)
-            rec.episode({"episode": ep, "success": bool(done), "time": round(arm.state.t, 3)}, t + 0.01)
+            rec.episode({"episode": ep, "success": bool(done),
+                         "time": round(reached if done else arm.state.t, 3)}, t + 0.01)
             t_start = t + gap_s  # a pause between episodes: dp-dataset splits episodes there
         rec.close()
     except BaseException:
