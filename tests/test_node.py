@@ -155,3 +155,27 @@ def test_batchnorm_bundle_makes_node_exit_nonzero(tmp_path, tiny_bundle, domain)
     rc = node.stop()
     assert rc != 0
     assert "BatchNormError" in node.text() and "running statistics" in node.text()
+
+
+def test_services_start_stop_and_reset(tmp_path, tiny_bundle, domain):
+    """autostart false: silent until ~/start; ~/stop silences it; ~/reset clears history and queue."""
+    phases = {}
+
+    def drive(col, t0):
+        time.sleep(2.5)
+        phases["before_start"] = len(col.commands)
+        assert col.call("/policy_node/start") == "started"
+        time.sleep(2.0)
+        phases["running"] = len(col.commands)
+        assert col.call("/policy_node/reset") == "history and queue cleared"
+        assert col.call("/policy_node/stop") == "stopped"
+        time.sleep(0.3)
+        phases["stopped_at"] = len(col.commands)
+        time.sleep(1.5)
+        phases["after_stop"] = len(col.commands)
+
+    col, log, alive, t0, rc = run(tmp_path, tiny_bundle, domain, {"autostart": False}, [], 7.0, during=drive)
+    assert alive, log
+    assert phases["before_start"] == 0
+    assert phases["running"] > 30
+    assert phases["after_stop"] == phases["stopped_at"]
