@@ -48,7 +48,7 @@ def run(tmp_path, bundle, domain, params, pub_args, duration, command_type=None,
     col = Collector(domain, command_type or Float64MultiArray, topic)
     node = start_node(pf, env, tmp_path / "node.log")
     try:
-        assert wait_for(lambda: "running" in node.text() or node.p.poll() is not None, 60), node.text()
+        assert wait_for(lambda: "provider" in node.text() or node.p.poll() is not None, 60), node.text()
         assert node.p.poll() is None, node.text()
         pub = start_publisher(env, tmp_path / "pub.log", "--duration", str(duration), *pub_args)
         assert wait_for(lambda: "publishing from" in pub.text(), 30), pub.text()
