@@ -88,6 +88,7 @@ class PolicyNode(Node):
         self.worker.start()
         # The control loop has its own thread sleeping on the node clock (sim time aware) until
         # t0 + k*dt, so executor load and timer jitter never delay or accumulate into commands.
+        self.sim_time = bool(self.get_parameter("use_sim_time").value)
         self.control = threading.Thread(target=self._control_loop, name="control", daemon=True)
         self.control.start()
         self.get_logger().info(
@@ -168,14 +169,13 @@ class PolicyNode(Node):
 
     # -- control loop ----------------------------------------------------------------
     def _control_loop(self) -> None:
-        clock = self.get_clock()
         while self.alive and rclpy.ok():
             target = self.t0 + (self.k + 1) * self.dt
-            clock.sleep_until(Time(nanoseconds=int(target * 1e9), clock_type=clock.clock_type))
+            jumped_back = not self._wait_until(target)
             if not self.alive:
                 return
             now = self.now()
-            if now < target - self.dt:  # sleep ended early: the clock jumped back (looped bag)
+            if jumped_back:  # a looped bag: everything buffered is from the future now
                 self.get_logger().warning(f"clock jumped back to {now:.3f} s: resetting history and queue")
                 self.runner.reset()
                 self.t0, self.k = now, 0
@@ -186,6 +186,27 @@ class PolicyNode(Node):
                 self._on_tick(self.t0 + self.k * self.dt)
             except Exception as e:  # never let one bad tick end the control loop
                 self.runner.warn_once(f"tick:{type(e).__name__}", f"control tick failed: {e}")
+
+    def _wait_until(self, target: float) -> bool:
+        """Sleep until the node clock reads ``target``; False when the clock jumped backwards.
+
+        System time: one precise sleep_until. Sim time: rclpy's sleep_until does not wake on a
+        backward jump, so poll the clock every millisecond instead.
+        """
+        clock = self.get_clock()
+        if not self.sim_time:
+            clock.sleep_until(Time(nanoseconds=int(target * 1e9), clock_type=clock.clock_type))
+            return True
+        last = self.now()
+        while self.alive:
+            now = self.now()
+            if now < last:
+                return False
+            if now >= target:
+                return True
+            last = now
+            time.sleep(0.001)
+        return True
 
     def _on_tick(self, tick_time: float) -> None:
         if not self.running:

@@ -35,6 +35,8 @@ def main():
     ap.add_argument("--camera-resume-at", type=float, default=-1)
     ap.add_argument("--bad", action="store_true")
     ap.add_argument("--camera-qos", default="best_effort")
+    ap.add_argument("--clock", action="store_true", help="publish /clock (sim time from 1000 s) and stamp with it")
+    ap.add_argument("--loop-at", type=float, default=-1, help="with --clock: jump sim time back to 1000 s here")
     args = ap.parse_args()
     rclpy.init()
     node = rclpy.create_node("test_sensor_publisher")
@@ -42,12 +44,22 @@ def main():
     cam = node.create_publisher(Image, "/camera/image_raw", QoSProfile(reliability=rel, history=HistoryPolicy.KEEP_LAST, depth=5))
     js = node.create_publisher(JointState, "/joint_states", 10)
     img = render_dot(SCENE_TARGET, args.size)
+    clock_pub = None
+    if args.clock:
+        from rosgraph_msgs.msg import Clock
+        clock_pub = node.create_publisher(Clock, "/clock", 10)
     start = time.time()
     print(f"publishing from {start:.6f}", flush=True)
     i = 0
     while time.time() - start < args.duration:
-        now = time.time()
-        el = now - start
+        wall = time.time()
+        el = wall - start
+        now = wall
+        if clock_pub is not None:  # a bag played with --clock, looping once at --loop-at
+            now = 1000.0 + (el - args.loop_at if 0 <= args.loop_at <= el else el)
+            c = Clock()
+            c.clock.sec, c.clock.nanosec = int(now), int((now - int(now)) * 1e9)
+            clock_pub.publish(c)
         camera_on = not (args.camera_stop_at >= 0 and args.camera_stop_at <= el and
                          (args.camera_resume_at < 0 or el < args.camera_resume_at))
         if camera_on:
@@ -75,7 +87,7 @@ def main():
             stamp(old, now - 5.0)
             js.publish(old)
         i += 1
-        time.sleep(max(0.0, 1.0 / args.rate - (time.time() - now)))
+        time.sleep(max(0.0, 1.0 / args.rate - (time.time() - wall)))
     node.destroy_node()
     rclpy.shutdown()
 
