@@ -103,8 +103,9 @@ class FakeEngine:
     n_obs_steps = 2
     n_action_steps = 4
 
-    def __init__(self, fail=False):
+    def __init__(self, fail=False, latency=0.001):
         self.fail = fail
+        self.latency = latency
         self.calls = []
 
     def predict(self, history, seed=None):
@@ -113,7 +114,7 @@ class FakeEngine:
         if self.fail:
             raise RuntimeError("backend exploded")
         base = float(history["state"][-1, 0])
-        return Prediction(np.array([[base + i, 0.0] for i in range(8)], np.float32), 0.001, seed)
+        return Prediction(np.array([[base + i, 0.0] for i in range(8)], np.float32), self.latency, seed)
 
     def executed_slice(self, actions):
         return actions[1:5]
@@ -163,3 +164,14 @@ def test_runner_starvation_hold_or_stop():
         out = r.tick(1.4)
         assert (out is not None and np.array_equal(out, last)) == expect_hold
         assert r.queue.stats.starved == 1
+
+
+def test_inference_longer_than_a_chunk_is_counted_and_warned_once():
+    r = PolicyRunner(FakeEngine(latency=0.5), RunnerConfig(control_rate_hz=10))  # a chunk lasts 0.4 s
+    warnings = []
+    r._warn = lambda cause, msg: warnings.append(msg)
+    for k in range(3):
+        feed(r, 1.0 + k, v=float(k))
+        assert r.infer(1.0 + k) is not None  # the chunk is still used
+    assert r.stats.overruns == 3
+    assert warnings == ["inference took 500 ms, longer than the 400 ms a chunk lasts"]

@@ -54,6 +54,7 @@ class RunnerStats:
     inference_errors: int = 0
     stale_refusals: int = 0
     invalid_inputs: int = 0
+    overruns: int = 0  # inferences that took longer than a chunk lasts
     latencies: list[float] = field(default_factory=list)
     last_error: str = ""
 
@@ -142,6 +143,11 @@ class PolicyRunner:
             self.warn_once(f"inference:{type(e).__name__}", f"inference raised {type(e).__name__}: {e}")
             return None
         finished = time.perf_counter()
+        lasts = self.dt * self.engine.n_action_steps
+        if pred.latency_s > lasts:  # the queue ran dry before this chunk arrived: worth knowing, not fatal
+            self.stats.overruns += 1
+            self.warn_once("overrun", f"inference took {pred.latency_s * 1e3:.0f} ms, longer than the "
+                           f"{lasts * 1e3:.0f} ms a chunk lasts")
         executed = self.engine.executed_slice(pred.actions)
         with self.lock:
             took = self.cfg.assumed_latency_s if self.cfg.assumed_latency_s is not None else finished - started

@@ -64,7 +64,6 @@ class PolicyNode(Node):
         self.qos_warned: set[str] = set()
         self.last_now: float | None = None
         self.published = 0
-        self.inference_overruns = 0
 
         sensors = MutuallyExclusiveCallbackGroup()
         for t in self.topics:
@@ -155,10 +154,6 @@ class PolicyNode(Node):
             if rec is None or self.runner.stats.chunks == before:
                 continue
             self.pending_t_obs = rec.t_obs
-            if rec.latency_s > self.dt * self.engine.n_action_steps:
-                self.inference_overruns += 1
-                self.runner.warn_once("overrun", f"inference took {rec.latency_s * 1e3:.0f} ms, longer than "
-                                      f"the {self.dt * self.engine.n_action_steps * 1e3:.0f} ms a chunk lasts")
             if self.p.command_interface == "joint_trajectory":
                 remaining = self.runner.queue.remaining()
                 if remaining:
@@ -272,7 +267,7 @@ class PolicyNode(Node):
             "dropped_actions": str(q.dropped), "skipped_actions": str(q.skipped),
             "starvation_count": str(q.starved), "stale_refusals": str(st.stale_refusals),
             "invalid_inputs": str(st.invalid_inputs), "inference_errors": str(st.inference_errors),
-            "inference_overruns": str(self.inference_overruns), "commands_published": str(self.published),
+            "inference_overruns": str(st.overruns), "commands_published": str(self.published),
             "last_error": st.last_error,
         }
         periods = np.diff(np.asarray(self.tick_times)) * 1e3
