@@ -49,6 +49,8 @@ def metrics(result: ReplayResult, setup: ReplaySetup) -> dict:
         for i, name in enumerate(setup.action_names):
             per_dim[name] = {"mse": float(np.mean(err[:, i] ** 2)), "mae": float(np.mean(np.abs(err[:, i])))}
     inference = sum(c.latency_s for c in result.chunks)
+    chunks = len(result.chunks) or int(result.node_diagnostics.get("chunks", 0))
+    local = result.mode == "offline"  # realtime: inference ran in the node process, not here
     return {
         "bag": result.bag, "mode": result.mode, "recorded_distro": result.distro,
         "bundle": setup.engine.manifest.get("source", {}), "provider": setup.engine.provider,
@@ -59,7 +61,7 @@ def metrics(result: ReplayResult, setup: ReplaySetup) -> dict:
         "action_error": per_dim,
         "action_mse_mean": float(np.mean([d["mse"] for d in per_dim.values()])) if per_dim else None,
         "action_mae_mean": float(np.mean([d["mae"] for d in per_dim.values()])) if per_dim else None,
-        "chunks": len(result.chunks) or int(result.node_diagnostics.get("chunks", 0)),
+        "chunks": chunks,
         "node_diagnostics": result.node_diagnostics,
         "inference_latency_ms": _stats([c.latency_s for c in result.chunks], 1e3),
         "queue": result.queue, "stale_refusals": result.stale_refusals,
@@ -71,8 +73,8 @@ def metrics(result: ReplayResult, setup: ReplaySetup) -> dict:
         "throughput": {
             "wall_s": result.wall_s,
             "messages_per_s": result.messages_read / result.wall_s if result.wall_s else None,
-            "chunks_per_s": len(result.chunks) / result.wall_s if result.wall_s else None,
-            "share_outside_inference": (1 - inference / result.wall_s) if result.wall_s else None,
+            "chunks_per_s": chunks / result.wall_s if result.wall_s else None,
+            "share_outside_inference": (1 - inference / result.wall_s) if result.wall_s and local else None,
         },
     }
 
@@ -165,9 +167,12 @@ def summary(m: dict, out: Path) -> str:
     if lat:
         lines.append(f"inference {lat['p50']:.1f} ms median, {lat['max']:.1f} ms max on {m['provider']}")
     tp = m["throughput"]
-    if tp["messages_per_s"]:
+    if tp["messages_per_s"] and tp["share_outside_inference"] is not None:
         lines.append(f"throughput {tp['messages_per_s']:.0f} msg/s, {tp['chunks_per_s']:.1f} chunks/s, "
                      f"{tp['share_outside_inference'] * 100:.0f}% of the time outside inference")
+    elif tp["messages_per_s"]:
+        lines.append(f"published {tp['messages_per_s']:.0f} msg/s in real time; the node computed "
+                     f"{m['chunks']} chunks")
     if m["messages"]["invalid_total"] or m["bag_problems"].get("corrupt") or m["bag_problems"].get("truncated"):
         lines.append(f"skipped {m['messages']['invalid_total']} invalid messages, "
                      f"{len(m['bag_problems'].get('corrupt', []))} corrupt; "
