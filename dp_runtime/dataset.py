@@ -21,9 +21,6 @@ from .control import ObservationBuffer
 from .errors import ConfigError, DpRuntimeError, StaleInputError
 from .ros import convert
 
-OBS_TYPES = {"image": ("sensor_msgs/msg/Image",), "compressed_image": ("sensor_msgs/msg/CompressedImage",),
-             "joint_state": ("sensor_msgs/msg/JointState",)}
-
 
 @dataclass
 class DatasetObs:
@@ -64,7 +61,7 @@ def bag_to_dataset(bag_path: str | Path, cfg: DatasetConfig, distro: str = "kilt
     from .replay.bag import Bag
     with Bag(bag_path, distro) as bag:
         for o in cfg.obs:
-            bag.require(o.topic, OBS_TYPES[o.type], f"dataset observation {o.key!r}")
+            bag.require(o.topic, (convert.OBS_MESSAGE_TYPES[o.type],), f"dataset observation {o.key!r}")
         bag.require(cfg.command_topic, convert.RECORDED_COMMAND_TYPES, "dataset commands")
         by_topic = {o.topic: o for o in cfg.obs}
         shapes: dict[str, tuple] = {}

@@ -64,6 +64,15 @@ class ObservationBuffer:
     def ages(self, now: float) -> dict[str, float]:
         return {k: (now - q[-1][0]) if q else float("inf") for k, q in self.samples.items()}
 
+    def stale(self, now: float) -> dict[str, float]:
+        """Inputs older than max_obs_age at ``now`` (inf: never received), by key."""
+        return {k: a for k, a in self.ages(now).items() if a > self.max_obs_age}
+
+    @staticmethod
+    def describe(stale: Mapping[str, float]) -> str:
+        return ", ".join(f"{k} ({'never received' if a == float('inf') else f'{a:.3f} s old'})"
+                         for k, a in stale.items())
+
     def newest_stamp(self) -> float | None:
         keys = list(self.image_shapes) or list(self.low_dim_sizes)
         stamps = [self.samples[k][-1][0] for k in keys if self.samples[k]]
@@ -78,11 +87,9 @@ class ObservationBuffer:
     def assemble(self, now: float) -> Observation:
         """The history for a policy step at ``now``; StaleInputError if any input is missing or stale."""
         ages = self.ages(now)
-        stale = {k: a for k, a in ages.items() if a > self.max_obs_age}
+        stale = self.stale(now)
         if stale:
-            desc = ", ".join(f"{k} ({'never received' if a == float('inf') else f'{a:.3f} s old'})"
-                             for k, a in stale.items())
-            raise StaleInputError(f"stale inputs (max_obs_age {self.max_obs_age} s): {desc}")
+            raise StaleInputError(f"stale inputs (max_obs_age {self.max_obs_age} s): {self.describe(stale)}")
         t_obs = self.newest_stamp()
         times = [t_obs - (self.n_obs_steps - 1 - i) * self.interval for i in range(self.n_obs_steps)]
         history = {k: np.stack([self._at(k, t) for t in times]) for k in self.samples}

@@ -93,14 +93,18 @@ class PolicyRunner:
             self._warned.add(cause)
             self._warn(cause, msg)
 
+    def reject(self, key: str, error: Exception, what: str | None = None) -> None:
+        """Count an unusable input and log its kind of problem once."""
+        self.stats.invalid_inputs += 1
+        self.warn_once(self.cause_of(key, error), f"dropped {what or key} message: {error}")
+
     def add(self, key: str, stamp: float, value: np.ndarray) -> bool:
         try:
             with self.lock:
                 self.buffer.add(key, stamp, value)
             return True
         except DpRuntimeError as e:
-            self.stats.invalid_inputs += 1
-            self.warn_once(self.cause_of(key, e), f"dropped {key} message: {e}")
+            self.reject(key, e)
             return False
 
     def reset(self) -> None:
@@ -159,10 +163,10 @@ class PolicyRunner:
         self.chunks.append(rec)
         return rec
 
-    def inputs_stale(self, now: float) -> bool:
+    def inputs_stale(self, now: float) -> dict[str, float]:
+        """The stale inputs at ``now`` (empty: all fresh)."""
         with self.lock:
-            ages = self.buffer.ages(now)
-        return any(a > self.cfg.max_obs_age for a in ages.values())
+            return self.buffer.stale(now)
 
     # -- control tick ----------------------------------------------------------------
     def tick(self, now: float) -> np.ndarray | None:

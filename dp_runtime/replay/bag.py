@@ -31,7 +31,6 @@ class BagMessage:
     time: float  # bag (receive) time, s
     index: int  # position in the merged stream
     raw: bytes
-    connection: Any
 
 
 @dataclass
@@ -160,7 +159,7 @@ class Bag:
                 log.warning("bag %s is truncated or corrupt; %s", self.path, self.problems.truncated)
                 return
             last = f"message {index} ({conn.topic} at {stamp * 1e-9:.6f} s)"
-            yield BagMessage(conn.topic, conn.msgtype, stamp * 1e-9, index, bytes(raw), conn)
+            yield BagMessage(conn.topic, conn.msgtype, stamp * 1e-9, index, bytes(raw))
             index += 1
 
     def deserialize(self, msg: BagMessage) -> Any | None:

@@ -21,9 +21,6 @@ from ..ros import convert
 from ..ros.params import NodeParams, ObsTopic, resolve_obs_topics
 from .bag import Bag
 
-IMAGE_TYPES = {"image": ("sensor_msgs/msg/Image",), "compressed_image": ("sensor_msgs/msg/CompressedImage",),
-               "joint_state": ("sensor_msgs/msg/JointState",)}
-
 
 @dataclass
 class ReplaySetup:
@@ -74,7 +71,7 @@ class ReplayResult:
 
 def check_topics(bag: Bag, setup: ReplaySetup) -> None:
     for t in setup.topics:
-        bag.require(t.topic, IMAGE_TYPES[t.type], f"observation {t.key!r}")
+        bag.require(t.topic, (convert.OBS_MESSAGE_TYPES[t.type],), f"observation {t.key!r}")
     if setup.recorded_topic:
         bag.require(setup.recorded_topic, convert.RECORDED_COMMAND_TYPES, "recorded commands")
 

@@ -6,7 +6,6 @@ Messages are published as the bag's raw CDR bytes (no re-encoding).
 """
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
@@ -20,16 +19,12 @@ import numpy as np
 from ..errors import BagError, DpRuntimeError
 from ..ros import convert
 from ..ros.process import stop_process
+from ..ros.side_node import SideNode
 from .bag import Bag
 from .pipeline import ReplayResult, ReplaySetup, check_topics
 
 REPLAY_COMMAND_TOPIC = "/dp_replay/commands"
 CLOCK_PERIOD = 0.005  # bag seconds between /clock messages
-
-
-def message_class(msgtype: str):
-    pkg, _, name = msgtype.split("/")
-    return getattr(importlib.import_module(f"{pkg}.msg"), name)
 
 
 def start_policy_node(setup: ReplaySetup, config: str | None, seed: int, log_path: Path) -> subprocess.Popen:
@@ -46,9 +41,7 @@ def start_policy_node(setup: ReplaySetup, config: str | None, seed: int, log_pat
 def replay_realtime(bag_path: str | Path, setup: ReplaySetup, config: str | None, seed: int = 0,
                     rate: float = 1.0, distro: str = "kilted", progress: bool = False,
                     ready_timeout: float = 90.0) -> ReplayResult:
-    import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import JointState
@@ -80,10 +73,8 @@ def replay_realtime(bag_path: str | Path, setup: ReplaySetup, config: str | None
     result = ReplayResult(str(bag_path), "realtime", [], recorded, [], distro=recorded_distro, problems=problems)
     log_path = Path(tempfile.mkdtemp(prefix="dp_replay_")) / "policy_node.log"
     node_proc = start_policy_node(setup, config, seed, log_path)
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("dp_replay", context=context)
-    clock_now = [messages[0].time]
+    side = SideNode("dp_replay")
+    node = side.node
     diagnostics: list = []
     lock = threading.Lock()
 
@@ -95,14 +86,8 @@ def replay_realtime(bag_path: str | Path, setup: ReplaySetup, config: str | None
     node.create_subscription(JointState, REPLAY_COMMAND_TOPIC, on_command, 100)
     node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
     reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-    pubs = {t: node.create_publisher(message_class(types[t]), t, reliable) for t in obs_topics}
+    pubs = {t: node.create_publisher(convert.message_class(types[t]), t, reliable) for t in obs_topics}
     clock_pub = node.create_publisher(Clock, "/clock", 10)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    spinning = [True]
-    spinner = threading.Thread(target=lambda: [executor.spin_once(0.01) for _ in iter(lambda: spinning[0], False)],
-                               daemon=True)
-    spinner.start()
 
     def publish_clock(t: float) -> None:
         sec, nsec = convert.sec_to_stamp_fields(t)
@@ -140,17 +125,12 @@ def replay_realtime(bag_path: str | Path, setup: ReplaySetup, config: str | None
                     pubs[m.topic].publish(m.raw)
                     result.messages_used += 1
             else:
-                clock_now[0] = next_clock
                 publish_clock(next_clock)
                 next_clock += CLOCK_PERIOD
         time.sleep(0.5)
     finally:
         stop_process(node_proc)
-        spinning[0] = False
-        spinner.join(2)
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.shutdown(context=context)
+        side.close()
     if diagnostics:
         values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
         result.node_diagnostics = values

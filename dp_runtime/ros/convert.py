@@ -104,6 +104,18 @@ def joint_state_to_vector(msg: Any, names: Sequence[str], field: str = "position
     return vec.astype(np.float32)
 
 
+# obs topic type (node parameter obs.<key>.type) -> the ROS message it subscribes to
+OBS_MESSAGE_TYPES = {"image": "sensor_msgs/msg/Image", "compressed_image": "sensor_msgs/msg/CompressedImage",
+                     "joint_state": "sensor_msgs/msg/JointState"}
+
+
+def message_class(msgtype: str):
+    """'sensor_msgs/msg/Image' -> the rclpy message class."""
+    import importlib
+    pkg, _, name = msgtype.split("/")
+    return getattr(importlib.import_module(f"{pkg}.msg"), name)
+
+
 def to_observation(kind: str, msg: Any, image_shape: Sequence[int] | None, joint_names: Sequence[str],
                    joint_field: str, resize: bool, what: str) -> tuple[float, np.ndarray]:
     """One subscribed message -> (header stamp s, observation value), for the node and replay alike.

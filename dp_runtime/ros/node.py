@@ -62,12 +62,11 @@ class PolicyNode(Node):
         self.pending_t_obs: float | None = None
         self.obs_to_command: deque[float] = deque(maxlen=200)
         self.qos_warned: set[str] = set()
-        self.last_now: float | None = None
         self.published = 0
 
         sensors = MutuallyExclusiveCallbackGroup()
         for t in self.topics:
-            self.create_subscription(self._msg_type(t), t.topic, self._on_msg(t), qos(t.qos),
+            self.create_subscription(convert.message_class(convert.OBS_MESSAGE_TYPES[t.type]), t.topic, self._on_msg(t), qos(t.qos),
                                      callback_group=sensors)
         self.pub = self.create_publisher(convert.command_message_type(self.p.command_interface),
                                          self.p.command_topic, qos(self.p.command_qos))
@@ -99,11 +98,6 @@ class PolicyNode(Node):
     def now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    @staticmethod
-    def _msg_type(t: ObsTopic):
-        from sensor_msgs.msg import CompressedImage, Image, JointState
-        return {"image": Image, "compressed_image": CompressedImage, "joint_state": JointState}[t.type]
-
     def _srv(self, fn):
         def handler(_req, resp):
             resp.success, resp.message = True, fn()
@@ -133,8 +127,7 @@ class PolicyNode(Node):
                 stamp, value = convert.to_observation(t.type, msg, shape, t.joint_names, t.joint_field,
                                                       self.p.resize_images, what=t.topic)
             except DpRuntimeError as e:
-                self.runner.stats.invalid_inputs += 1
-                self.runner.warn_once(self.runner.cause_of(t.key, e), f"dropped {t.topic} message: {e}")
+                self.runner.reject(t.key, e, t.topic)
                 return
             if t.type == "joint_state":
                 self.latest_joints.update(zip(t.joint_names, value.tolist()))
@@ -206,12 +199,11 @@ class PolicyNode(Node):
     def _on_tick(self, tick_time: float) -> None:
         if not self.running:
             return
-        if self.runner.inputs_stale(tick_time):
+        stale = self.runner.inputs_stale(tick_time)
+        if stale:
             if not self.stale:
                 self.stale = True
-                ages = self.runner.buffer.ages(tick_time)
-                desc = ", ".join(f"{k} {'never received' if a == float('inf') else f'{a:.2f} s old'}"
-                                 for k, a in ages.items() if a > self.p.max_obs_age)
+                desc = self.runner.buffer.describe(stale)
                 self.runner.stats.last_error = f"stale inputs: {desc}"
                 self.get_logger().warning(f"stale inputs (max_obs_age {self.p.max_obs_age} s): {desc}; "
                                           f"commands stopped ({self.p.on_stale})")
@@ -246,7 +238,7 @@ class PolicyNode(Node):
     def _on_diagnostics(self) -> None:
         now = self.now()
         ages = self.runner.buffer.ages(now)
-        stale = any(a > self.p.max_obs_age for a in ages.values())
+        stale = self.runner.inputs_stale(now)
         self._check_qos()
         st = self.runner.stats
         q = self.runner.queue.stats

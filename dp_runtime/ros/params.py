@@ -8,8 +8,9 @@ from typing import Any, Callable
 import yaml
 
 from ..errors import ConfigError
+from .convert import COMMAND_INTERFACES, OBS_MESSAGE_TYPES
 
-OBS_TYPES = ("image", "compressed_image", "joint_state")
+OBS_TYPES = tuple(OBS_MESSAGE_TYPES)
 QOS = ("best_effort", "reliable")
 JOINT_FIELDS = ("position", "velocity", "effort")
 
@@ -54,7 +55,6 @@ class NodeParams:
             raise ConfigError("parameter 'bundle' is empty: set it to an exported bundle directory")
         if self.control_rate_hz <= 0:
             raise ConfigError(f"control_rate_hz must be > 0, got {self.control_rate_hz}")
-        from .convert import COMMAND_INTERFACES
         if self.command_interface not in COMMAND_INTERFACES:
             raise ConfigError(f"command_interface must be one of {COMMAND_INTERFACES}, "
                               f"got {self.command_interface!r}")

@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..ros.process import stop_process
+from ..ros.side_node import SideNode
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 
@@ -127,33 +127,25 @@ def build_report(bundle: Path, out: Path, seed: int):
 # -- closed loop over DDS ------------------------------------------------------------
 def free_domain_id(start: int) -> int:
     """A ROS_DOMAIN_ID nobody else is using right now (a busy domain would mix in foreign traffic)."""
-    import rclpy
     for domain in [start + i for i in range(40)]:
         domain = 1 + (domain - 1) % 200
-        ctx = rclpy.Context()
-        rclpy.init(context=ctx, domain_id=domain)
-        node = rclpy.create_node("dp_demo_probe", context=ctx)
+        probe = SideNode("dp_demo_probe", domain)
         time.sleep(0.8)
-        others = [n for n in node.get_node_names() if n != "dp_demo_probe"]
-        node.destroy_node()
-        rclpy.shutdown(context=ctx)
+        others = [n for n in probe.node.get_node_names() if n != "dp_demo_probe"]
+        probe.close()
         if not others:
             return domain
         print(f"  domain {domain} is busy ({len(others)} nodes); trying the next one")
     raise RuntimeError("no free ROS_DOMAIN_ID found")
 
 
-class Watcher:
+class Watcher(SideNode):
     """Subscribes (own rclpy context) to episode results, commands and the node's diagnostics."""
 
     def __init__(self, domain: int, command_topic: str, episode_topic: str):
-        import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
         from std_msgs.msg import Float64MultiArray, String
-        self.rclpy, self.ctx = rclpy, rclpy.Context()
-        rclpy.init(context=self.ctx, domain_id=domain)
-        self.node = rclpy.create_node("dp_demo_watcher", context=self.ctx)
+        super().__init__("dp_demo_watcher", domain)
         self.episodes: list[dict] = []
         self.command_times: list[float] = []
         self.diag: dict[str, str] = {}
@@ -161,27 +153,11 @@ class Watcher:
         self.node.create_subscription(Float64MultiArray, command_topic,
                                       lambda m: self.command_times.append(time.perf_counter()), 100)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
-        self.executor = SingleThreadedExecutor(context=self.ctx)
-        self.executor.add_node(self.node)
-        self.running = True
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
 
     def _on_diag(self, msg) -> None:
         for st in msg.status:
             if st.name.startswith("dp_runtime"):
                 self.diag = {kv.key: kv.value for kv in st.values}
-
-    def _spin(self) -> None:
-        while self.running and self.ctx.ok():
-            self.executor.spin_once(timeout_sec=0.05)
-
-    def close(self) -> None:
-        self.running = False
-        self.thread.join(2)
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.rclpy.shutdown(context=self.ctx)
 
 
 def closed_loop(bundle: Path, out: Path, episodes: int, seed: int) -> dict:

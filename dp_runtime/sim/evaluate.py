@@ -58,8 +58,7 @@ def run_episodes(engine: Any, episodes: int, seed: int = 0, arm_cfg: ArmConfig =
     """Closed loop on the sim clock; inference is instantaneous in sim time (deterministic)."""
     arm = ReachingArm(arm_cfg, seed)
     dt_phys = 1.0 / arm_cfg.physics_hz
-    every = {name: int(round(arm_cfg.physics_hz / hz)) for name, hz in
-             (("camera", topics.camera_hz), ("joints", topics.joints_hz), ("control", topics.control_hz))}
+    every = topics.every(arm_cfg.physics_hz)
     image_key = next(iter(engine.image_shapes))
     state_key = next(iter(engine.low_dim_sizes))
     results = []

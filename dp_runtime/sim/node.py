@@ -46,8 +46,7 @@ class SimNode(Node):
         self.create_subscription(Float64MultiArray, self.topics.commands, self.on_command, 10)
         self.dt = 1.0 / self.cfg.physics_hz
         self.k = 0
-        self.every_cam = int(round(self.cfg.physics_hz / self.topics.camera_hz))
-        self.every_js = int(round(self.cfg.physics_hz / self.topics.joints_hz))
+        self.every = self.topics.every(self.cfg.physics_hz)
         self.last = time.monotonic()
         self.create_timer(self.dt, self.on_step)
         self.get_logger().info(f"sim arm ready: commands on {self.topics.commands}, "
@@ -72,14 +71,14 @@ class SimNode(Node):
         now = time.monotonic()
         self.arm.step(min(now - self.last, 5 * self.dt))  # real elapsed time, capped after a stall
         self.last = now
-        if self.k % self.every_cam == 0:
+        if self.k % self.every["camera"] == 0:
             img = self.arm.render()
             msg = Image(height=img.shape[0], width=img.shape[1], encoding="rgb8", step=img.shape[1] * 3,
                         data=img.tobytes())
             msg.header.frame_id = "camera"
             self.stamp(msg.header)
             self.cam_pub.publish(msg)
-        if self.k % self.every_js == 0:
+        if self.k % self.every["joints"] == 0:
             js = JointState(name=list(JOINTS), position=[float(x) for x in self.arm.state.q])
             self.stamp(js.header)
             self.js_pub.publish(js)

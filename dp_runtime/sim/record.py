@@ -28,6 +28,11 @@ class SimTopics:
     joints_hz: float = 50.0
     control_hz: float = 10.0
 
+    def every(self, physics_hz: float) -> dict[str, int]:
+        """Physics steps between camera frames, joint states and control ticks."""
+        return {name: int(round(physics_hz / hz)) for name, hz in
+                (("camera", self.camera_hz), ("joints", self.joints_hz), ("control", self.control_hz))}
+
 
 T0 = 1_750_000_000.0  # the recording's clock starts here (an epoch-like time, as on a robot)
 
@@ -93,8 +98,7 @@ def record_demonstrations(out: Path, episodes: int, seed: int = 0, arm_cfg: ArmC
     expert = ScriptedExpert(arm)
     rec = BagRecorder(tmp, topics)
     dt_phys = 1.0 / arm_cfg.physics_hz
-    every = {name: int(round(arm_cfg.physics_hz / hz)) for name, hz in
-             (("camera", topics.camera_hz), ("joints", topics.joints_hz), ("control", topics.control_hz))}
+    every = topics.every(arm_cfg.physics_hz)
     t_start = T0
     successes, durations = 0, []
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from dp_runtime.ros.process import stop_process
+from dp_runtime.ros.side_node import SideNode
 
 HELPERS = Path(__file__).parent
 
@@ -67,34 +68,18 @@ def wait_for(pred, timeout: float, step: float = 0.05) -> bool:
     return False
 
 
-class Collector:
+class Collector(SideNode):
     """In-test subscriber (its own rclpy context) recording commands and diagnostics with arrival times."""
 
     def __init__(self, domain: int, command_type, command_topic: str):
-        import threading
-
-        import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
-        self.rclpy = rclpy
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain)
-        self.node = rclpy.create_node("test_collector", context=self.context)
+        super().__init__("test_collector", domain)
         self.commands: list[tuple[float, object]] = []
         self.diagnostics: list[tuple[float, object]] = []
         self.node.create_subscription(command_type, command_topic,
                                       lambda m: self.commands.append((time.time(), m)), 50)
         self.node.create_subscription(DiagnosticArray, "/diagnostics",
                                       lambda m: self.diagnostics.append((time.time(), m)), 50)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.running = True
-        self.thread.start()
-
-    def _spin(self) -> None:
-        while self.running and self.context.ok():
-            self.executor.spin_once(timeout_sec=0.02)
 
     def call(self, service: str, timeout: float = 5.0) -> str:
         from std_srvs.srv import Trigger
@@ -112,10 +97,3 @@ class Collector:
         st = self.diagnostics[-1][1].status[0]
         return {"level": int.from_bytes(st.level, "little") if isinstance(st.level, bytes) else int(st.level),
                 "message": st.message, **{kv.key: kv.value for kv in st.values}}
-
-    def close(self) -> None:
-        self.running = False
-        self.thread.join(2)
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.rclpy.shutdown(context=self.context)

@@ -7,13 +7,12 @@ Publishes a constant scene (the same image and joint positions every time) so th
 node's observations are known exactly; --bad interleaves malformed messages.
 """
 import argparse
-import io
 import time
 
 import numpy as np
 import rclpy
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image, JointState
+from sensor_msgs.msg import Image, JointState
 
 from dp_runtime.synthetic import render_dot
 
