@@ -21,7 +21,16 @@ def _run(fn) -> int:
 
 def export_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="dp-export", description="Export an EMA checkpoint to a bundle.")
-    p.add_argument("checkpoint", help="checkpoint file (dp_runtime .safetensors)")
+    p.add_argument("checkpoint", help="dp_runtime .safetensors, diffusion_policy .ckpt, robomimic .pth or a "
+                                      "LeRobot pretrained_model/ directory (format told from the content)")
+    p.add_argument("--format", default=None, choices=["dp_runtime", "diffusion_policy", "robomimic", "lerobot"],
+                   help="override format detection")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow loading pickle checkpoints (.ckpt/.pth), which can run code: trusted files only")
+    p.add_argument("--allow-non-ema", action="store_true",
+                   help="export the live weights of a checkpoint that has no EMA weights (with a warning)")
+    p.add_argument("--obs-interval", type=float, default=None,
+                   help="seconds between observation-history frames (default: from the checkpoint, else 0.1)")
     p.add_argument("-o", "--out", required=True, help="bundle directory to write")
     p.add_argument("--steps", type=int, default=None, help="DDIM inference steps (default: from config)")
     p.add_argument("--formats", default="onnx,torchscript", help="comma list of onnx, torchscript")
@@ -31,8 +40,17 @@ def export_main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def go():
+        from .checkpoint import load_any
         from .export import export_bundle
-        export_bundle(args.checkpoint, args.out, steps=args.steps,
+        ck = load_any(args.checkpoint, format=args.format, trust_pickle=args.trust_pickle,
+                      allow_non_ema=args.allow_non_ema)
+        if ck.weights != "ema":
+            print(f"warning: exporting the LIVE weights of {args.checkpoint} (no EMA weights in it)",
+                  file=sys.stderr)
+        if args.obs_interval is not None:
+            ck.config.obs_interval_s = args.obs_interval
+        print(f"loaded {ck.source_format} checkpoint {args.checkpoint} ({ck.weights} weights)")
+        export_bundle(ck, args.out, steps=args.steps,
                       formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
                       opset=args.opset, seed=args.seed, parity_samples=args.parity_samples, progress=print)
     return _run(go)

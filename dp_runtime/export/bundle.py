@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..checkpoint import Checkpoint, load_checkpoint
+from ..checkpoint import Checkpoint, load_any
 from ..engine.backends import OrtBackend, TorchScriptBackend
 from ..engine.engine import PolicyEngine
 from ..engine.manifest import FORMAT, FORMAT_VERSION, MANIFEST, sha256_file
@@ -152,7 +152,7 @@ def export_bundle(checkpoint: str | Path | Checkpoint, out: str | Path, steps: i
                   tolerance: float = PARITY_TOL) -> Path:
     """Export a checkpoint (path or already-loaded Checkpoint) to a bundle directory ``out``."""
     say = progress or (lambda msg: log.info(msg))
-    ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_any(checkpoint)
     policy = ck.policy.eval()
     assert_no_running_stats(policy, where=f"policy from {Path(ck.source).name}")
     unknown = set(formats) - set(FORMATS)

@@ -7,7 +7,9 @@ from typing import Any
 
 from ..errors import ConfigError
 
-IMAGE_RANGES = ("minus_one_one", "zero_one", "imagenet")
+# How uint8 pixels become encoder input. "mean_std": (pixel / 255 - mean) / std per channel, with
+# mean/std stored as weights (imported checkpoints fold their normalizers into these).
+IMAGE_RANGES = ("minus_one_one", "zero_one", "imagenet", "mean_std")
 
 
 def default_scheduler_config(num_train_timesteps: int = 100) -> dict[str, Any]:
@@ -29,6 +31,8 @@ class ImageSpec:
     key: str
     shape: tuple[int, int, int]  # (H, W, C), uint8 HWC as cameras publish
     topic: str = ""
+    # (top, left, height, width) window the encoder sees (the eval-time centre crop), None = whole image.
+    crop: tuple[int, int, int, int] | None = None
 
 
 @dataclass
@@ -45,6 +49,7 @@ class EncoderConfig:
     pool: str = "avg"  # "avg" | "spatial_softmax"
     num_kp: int = 32
     feature_dim: int | None = None
+    fc_relu: bool = False  # ReLU after the feature projection (LeRobot's encoder has one)
     share: bool = False  # one encoder for all cameras
 
 
@@ -69,6 +74,8 @@ class PolicyConfig:
     num_inference_steps: int = 16
     obs_interval_s: float = 0.1  # time between observation-history frames
     image_range: str = "minus_one_one"
+    # Order of the per-step features in the condition vector; empty = images, then low-dims.
+    obs_order: list[str] = field(default_factory=list)
     scheduler: dict[str, Any] = field(default_factory=default_scheduler_config)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     unet: UnetConfig = field(default_factory=UnetConfig)
@@ -79,6 +86,10 @@ class PolicyConfig:
     @property
     def num_train_timesteps(self) -> int:
         return int(self.scheduler["num_train_timesteps"])
+
+    @property
+    def feature_order(self) -> list[str]:
+        return list(self.obs_order) or [s.key for s in self.images] + [s.key for s in self.low_dims]
 
     @property
     def action_slice(self) -> tuple[int, int]:
@@ -98,6 +109,13 @@ class PolicyConfig:
         for s in self.images:
             if len(s.shape) != 3 or s.shape[2] not in (1, 3):
                 raise ConfigError(f"image {s.key!r} shape must be (H, W, C) with C in (1, 3), got {s.shape}")
+            if s.crop is not None:
+                top, left, h, w = s.crop
+                if min(s.crop) < 0 or h < 1 or w < 1 or top + h > s.shape[0] or left + w > s.shape[1]:
+                    raise ConfigError(f"image {s.key!r} crop (top, left, height, width) {tuple(s.crop)} "
+                                      f"does not fit the image shape {s.shape}")
+        if self.obs_order and sorted(self.obs_order) != sorted(keys):
+            raise ConfigError(f"obs_order {self.obs_order} must list each observation key once: {keys}")
         if self.action_dim < 1:
             raise ConfigError(f"action_dim must be >= 1, got {self.action_dim}")
         if self.action_names and len(self.action_names) != self.action_dim:
@@ -124,7 +142,8 @@ class PolicyConfig:
     def from_dict(cls, d: dict[str, Any]) -> "PolicyConfig":
         try:
             d = dict(d)
-            d["images"] = [ImageSpec(key=i["key"], shape=tuple(i["shape"]), topic=i.get("topic", ""))
+            d["images"] = [ImageSpec(key=i["key"], shape=tuple(i["shape"]), topic=i.get("topic", ""),
+                                     crop=tuple(i["crop"]) if i.get("crop") is not None else None)
                            for i in d.get("images", [])]
             d["low_dims"] = [LowDimSpec(**i) for i in d.get("low_dims", [])]
             d["encoder"] = EncoderConfig(**d.get("encoder", {}))

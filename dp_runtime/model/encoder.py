@@ -58,7 +58,7 @@ class ResNet18GN(nn.Module):
     """(N, 3, H, W) float -> (N, out_dim) features."""
 
     def __init__(self, base_width: int = 64, pool: str = "avg", num_kp: int = 32,
-                 feature_dim: int | None = None, in_channels: int = 3):
+                 feature_dim: int | None = None, in_channels: int = 3, fc_relu: bool = False):
         super().__init__()
         w = base_width
         self.conv1 = nn.Conv2d(in_channels, w, 7, 2, 3, bias=False)
@@ -82,10 +82,12 @@ class ResNet18GN(nn.Module):
             raise ValueError(f"encoder pool must be 'avg' or 'spatial_softmax', got {pool!r}")
         self.pool_kind = pool
         self.fc = nn.Linear(pooled, feature_dim) if feature_dim else nn.Identity()
+        self.fc_relu = fc_relu
         self.out_dim = feature_dim or pooled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = self.avgpool(x).flatten(1) if self.pool_kind == "avg" else self.pool(x)
-        return self.fc(x)
+        x = self.fc(x)
+        return torch.relu(x) if self.fc_relu else x

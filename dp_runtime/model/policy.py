@@ -26,12 +26,13 @@ SHARED_ENCODER_KEY = "rgb"
 
 
 class ImagePreprocess(nn.Module):
-    """uint8 (N, H, W, C) -> float (N, C, H, W) in the range the encoder was trained on."""
+    """uint8 (N, H, W, C) -> float (N, C, h, w): the range the encoder was trained on, then the crop."""
 
-    def __init__(self, image_range: str, channels: int):
+    def __init__(self, image_range: str, channels: int, crop: tuple[int, int, int, int] | None = None):
         super().__init__()
         self.image_range = image_range
-        if image_range == "imagenet":
+        self.crop = tuple(crop) if crop is not None else None
+        if image_range == "imagenet":  # "mean_std" loads its own values into these buffers
             mean = torch.tensor(IMAGENET_MEAN[:channels]).reshape(1, channels, 1, 1)
             std = torch.tensor(IMAGENET_STD[:channels]).reshape(1, channels, 1, 1)
         else:
@@ -40,10 +41,13 @@ class ImagePreprocess(nn.Module):
         self.register_buffer("std", std)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
+        if self.crop is not None:
+            top, left, h, w = self.crop
+            img = img[:, top:top + h, left:left + w]
         x = img.permute(0, 3, 1, 2).float() / 255.0
         if self.image_range == "minus_one_one":
             return x * 2.0 - 1.0
-        if self.image_range == "imagenet":
+        if self.image_range in ("imagenet", "mean_std"):
             return (x - self.mean) / self.std
         return x
 
@@ -58,10 +62,12 @@ class ObsEncoder(nn.Module):
         self.share = cfg.encoder.share
         e = cfg.encoder
         self.preprocess = nn.ModuleDict({
-            s.key: ImagePreprocess(cfg.image_range, s.shape[2]) for s in cfg.images})
+            s.key: ImagePreprocess(cfg.image_range, s.shape[2], s.crop) for s in cfg.images})
+        self.order = cfg.feature_order
 
         def make(channels: int) -> ResNet18GN:
-            return ResNet18GN(e.base_width, e.pool, e.num_kp, e.feature_dim, in_channels=channels)
+            return ResNet18GN(e.base_width, e.pool, e.num_kp, e.feature_dim, in_channels=channels,
+                              fc_relu=e.fc_relu)
 
         if cfg.images and self.share:
             self.key_model_map = nn.ModuleDict({SHARED_ENCODER_KEY: make(cfg.images[0].shape[2])})
@@ -73,17 +79,16 @@ class ObsEncoder(nn.Module):
         self.feature_dim = img_dim + sum(s.size for s in cfg.low_dims)
 
     def forward(self, obs: Mapping[str, torch.Tensor], normalizer: Normalizer) -> torch.Tensor:
-        feats = []
-        batch = None
+        feats = {}
         for key in self.image_keys:
             img = obs[key]  # (B, To, H, W, C) uint8
             batch, steps = img.shape[0], img.shape[1]
             x = self.preprocess[key](img.reshape(batch * steps, *img.shape[2:]))
             net = self.key_model_map[SHARED_ENCODER_KEY if self.share else key]
-            feats.append(net(x).reshape(batch, steps, -1))
+            feats[key] = net(x).reshape(batch, steps, -1)
         for key in self.low_dim_keys:
-            feats.append(normalizer.normalize(key, obs[key].float()))
-        x = torch.cat(feats, dim=-1)
+            feats[key] = normalizer.normalize(key, obs[key].float())
+        x = torch.cat([feats[k] for k in self.order], dim=-1)
         return x.reshape(x.shape[0], -1)
 
 

@@ -1,0 +1,212 @@
+"""diffusion_policy workspace checkpoints (``*.ckpt``, ``torch.save(payload, pickle_module=dill)``).
+
+Payload (``BaseWorkspace.save_checkpoint``): ``cfg`` (the hydra config as an
+OmegaConf DictConfig), ``state_dicts`` (``model``, ``ema_model``, ``optimizer``),
+``pickles``. The config is read as data (no hydra targets instantiated); the
+noise scheduler comes from ``cfg.policy.noise_scheduler`` because it is not in
+the weights. The normalizer is in the weights: ``normalizer.params_dict.<key>.
+{scale,offset}`` with ``normalized = raw * scale + offset``; images arrive in
+[0, 1] and pass through the same normalizer (usually to [-1, 1]).
+
+Supported policies:
+- ``DiffusionUnetImagePolicy``: MultiImageObsEncoder, ``obs_encoder.key_model_map.
+  <cam>.*`` torchvision ResNet names (or one shared ``rgb`` model), rgb keys sorted,
+  then low-dim keys sorted; optional ImageNet normalization after the normalizer.
+- ``DiffusionUnetHybridImagePolicy``: robomimic ObservationEncoder,
+  ``obs_encoder.obs_nets.<cam>.*`` (see robomimic.map_obs_nets), features in
+  shape_meta order.
+The UNet (``model.*``) has our parameter names already.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError, ConfigError
+from ..model import EncoderConfig, ImageSpec, LowDimSpec, PolicyConfig, UnetConfig
+from ..model.policy import IMAGENET_MEAN, IMAGENET_STD, SHARED_ENCODER_KEY
+from .mapping import Imported, assemble, centre_crop, copy_prefixed, get, guard_raw, put_image_mean_std
+from .native import Checkpoint
+from .pickled import load_torch_pickle, plain_config, resolve
+from .robomimic import map_obs_nets
+
+log = logging.getLogger(__name__)
+FORMAT = "diffusion_policy"
+IMAGE_POLICY = "DiffusionUnetImagePolicy"
+HYBRID_POLICY = "DiffusionUnetHybridImagePolicy"
+BN_HINT = ("Retrain with GroupNorm: policy.obs_encoder.use_group_norm=True (image policy) or "
+           "policy.obs_encoder_group_norm=True (hybrid policy). Beware share_rgb_model=True: "
+           "diffusion_policy then skips the BatchNorm->GroupNorm replacement for the shared model "
+           "(real-stanford/diffusion_policy issue #151).")
+
+
+def load(path: Path, trust_pickle: bool = False, allow_non_ema: bool = False) -> Checkpoint:
+    payload = load_torch_pickle(path, trust_pickle, FORMAT)
+    if not isinstance(payload, dict) or "state_dicts" not in payload or "cfg" not in payload:
+        raise CheckpointError(f"{path}: not a diffusion_policy workspace checkpoint (expected keys 'cfg', "
+                              "'state_dicts', 'pickles')")
+    try:
+        cfg = plain_config(payload["cfg"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    where = f"{path.name} cfg"
+
+    def field(p: str, kind=None, default: Any = ...) -> Any:
+        kw = {} if default is ... else {"default": default}
+        try:
+            return get(cfg, p, kind, where=where, resolve=lambda v: resolve(cfg, v), **kw)
+        except ConfigError as e:
+            raise CheckpointError(f"{where} {p!r}: {e}") from e
+
+    target = field("policy._target_", str)
+    cls = target.rsplit(".", 1)[-1]
+    if cls not in (IMAGE_POLICY, HYBRID_POLICY):
+        raise CheckpointError(f"{path}: not supported: {cls} ({target}); supported: {IMAGE_POLICY}, {HYBRID_POLICY}")
+    if not field("policy.obs_as_global_cond", bool, True):
+        raise CheckpointError(f"{path}: not supported: {cls} with obs_as_global_cond=False (inpainting)")
+
+    dicts = payload["state_dicts"]
+    if dicts.get("ema_model") is not None:
+        state, weights = dicts["ema_model"], "ema"
+    elif allow_non_ema:
+        state, weights = dicts["model"], "live"
+        log.warning("%s: exporting the LIVE weights (no ema_model in the checkpoint)", path)
+    else:
+        raise CheckpointError(f"{path} holds no EMA weights (state_dicts has no 'ema_model'; training.use_ema "
+                              "was false); pass --allow-non-ema to export the live weights deliberately")
+    guard_raw(state.keys(), where=f"{path.name} state_dicts['{'ema_model' if weights == 'ema' else 'model'}']",
+              hint=BN_HINT)
+
+    shape_meta = field("policy.shape_meta", dict)
+    obs_meta = shape_meta.get("obs") or {}
+    rgb = [k for k, a in obs_meta.items() if (a or {}).get("type", "low_dim") == "rgb"]
+    low = [k for k, a in obs_meta.items() if (a or {}).get("type", "low_dim") == "low_dim"]
+    unknown = [k for k in obs_meta if k not in rgb and k not in low]
+    if unknown:
+        raise CheckpointError(f"{path}: not supported: observation types of {unknown} (rgb and low_dim only)")
+    action_shape = list(shape_meta.get("action", {}).get("shape", []))
+    if len(action_shape) != 1:
+        raise CheckpointError(f"{where} 'shape_meta.action.shape' is {action_shape}, expected [action_dim]")
+
+    imp = Imported(config=None, state={}, origin={}, source_format=FORMAT, weights=weights,
+                   ema=_ema_settings(field) if weights == "ema" else {})
+    hybrid = cls == HYBRID_POLICY
+    if hybrid:
+        crop_shape = field("policy.crop_shape", list, None)
+        rule = "round" if field("policy.eval_fixed_crop", bool, False) else "floor"
+        order = list(obs_meta)  # shape_meta order: robomimic concatenates in registration order
+        share, imagenet = False, False
+    else:
+        enc = field("policy.obs_encoder", dict)
+        if enc.get("resize_shape") is not None:
+            raise CheckpointError(f"{path}: not supported: policy.obs_encoder.resize_shape "
+                                  f"{enc['resize_shape']} (crop only)")
+        crop_shape = enc.get("crop_shape")
+        if isinstance(crop_shape, dict):
+            raise CheckpointError(f"{path}: not supported: per-camera crop_shape {crop_shape}")
+        rule = "round"  # torchvision center_crop, both for random_crop=True (at eval) and False
+        rgb, low = sorted(rgb), sorted(low)
+        order = rgb + low
+        share, imagenet = bool(enc.get("share_rgb_model", False)), bool(enc.get("imagenet_norm", False))
+
+    images, hw = [], {}
+    for k in rgb:
+        c, h, w = (int(x) for x in obs_meta[k]["shape"])
+        crop = centre_crop((h, w), crop_shape, rule) if crop_shape is not None else None
+        images.append(ImageSpec(k, (h, w, c), crop=crop))
+        hw[k] = (crop[2], crop[3]) if crop else (h, w)
+    low_dims = [LowDimSpec(k, int(torch.tensor(obs_meta[k]["shape"]).prod())) for k in low]
+
+    if hybrid:
+        encoder = map_obs_nets(imp, state, "obs_encoder.obs_nets", rgb, hw)
+    else:
+        encoder = _map_key_model_map(imp, state, rgb, share)
+    copy_prefixed(imp, state, "model", "model")
+    _normalizers(imp, state, images, low_dims, imagenet)
+
+    sched = field("policy.noise_scheduler", dict)
+    scheduler = _scheduler(sched, path)
+    steps = field("policy.num_inference_steps", int, None) or scheduler["num_train_timesteps"]
+    if "DDIM" not in str(sched.get("_target_", "")):
+        # Trained for DDPM sampling; the runtime runs DDIM, 16 steps unless --steps says otherwise.
+        steps = min(steps, 16)
+    try:
+        imp.config = PolicyConfig(
+            images=images, low_dims=low_dims, action_dim=int(action_shape[0]), horizon=field("policy.horizon", int),
+            n_obs_steps=field("policy.n_obs_steps", int), n_action_steps=field("policy.n_action_steps", int),
+            num_inference_steps=steps, obs_interval_s=_obs_interval(field),
+            image_range="mean_std" if images else "minus_one_one", obs_order=order,
+            scheduler=scheduler, encoder=encoder,
+            unet=UnetConfig(down_dims=tuple(field("policy.down_dims", list, [256, 512, 1024])),
+                            kernel_size=field("policy.kernel_size", int, 5), n_groups=field("policy.n_groups", int, 8),
+                            diffusion_step_embed_dim=field("policy.diffusion_step_embed_dim", int, 256),
+                            cond_predict_scale=field("policy.cond_predict_scale", bool, True)))
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    imp.extra = {"policy_class": target, "obs_keys": order}
+    return assemble(imp, path, BN_HINT)
+
+
+def _map_key_model_map(imp: Imported, state: dict, rgb: list[str], share: bool) -> EncoderConfig:
+    """MultiImageObsEncoder: torchvision ResNet-18 (fc = Identity) per camera or shared as 'rgb'."""
+    names = [SHARED_ENCODER_KEY] if share else rgb
+    widths = set()
+    for name in names:
+        w = state.get(f"obs_encoder.key_model_map.{name}.conv1.weight")
+        if w is None:
+            raise CheckpointError(f"weights have no obs_encoder.key_model_map.{name}.conv1.weight: the rgb model is "
+                                  "not a torchvision ResNet (only get_resnet('resnet18') is supported)")
+        if f"obs_encoder.key_model_map.{name}.fc.weight" in state:
+            raise CheckpointError(f"obs_encoder.key_model_map.{name}.fc.weight: the ResNet keeps its fc layer; "
+                                  "only get_resnet's fc=Identity encoders are supported")
+        widths.add(int(w.shape[0]))
+        copy_prefixed(imp, state, f"obs_encoder.key_model_map.{name}", f"obs_encoder.key_model_map.{name}")
+    return EncoderConfig(base_width=widths.pop() if widths else 64, pool="avg", share=share)
+
+
+def _normalizers(imp: Imported, state: dict, images: list[ImageSpec], low_dims: list[LowDimSpec],
+                 imagenet: bool) -> None:
+    """LinearNormalizer params -> ours; images fold normalizer (and ImageNet norm) into per-channel mean/std."""
+    def param(key: str, leaf: str) -> torch.Tensor:
+        name = f"normalizer.params_dict.{key}.{leaf}"
+        if name not in state:
+            raise CheckpointError(f"weights have no {name}: the normalizer was never fitted for {key!r}")
+        return state[name].double().flatten()
+
+    for key in [s.key for s in low_dims] + ["action"]:
+        for leaf in ("scale", "offset"):
+            name = f"normalizer.params_dict.{key}.{leaf}"
+            param(key, leaf)
+            imp.put(f"normalizer.params.{key}.{leaf}", name, state[name].float().flatten())
+    for spec in images:
+        c = spec.shape[2]
+        s, o = param(spec.key, "scale").expand(c), param(spec.key, "offset").expand(c)
+        m = torch.tensor(IMAGENET_MEAN[:c] if imagenet else [0.0] * c, dtype=torch.float64)
+        sd = torch.tensor(IMAGENET_STD[:c] if imagenet else [1.0] * c, dtype=torch.float64)
+        # ((x * s + o) - m) / sd == (x - (m - o) / s) / (sd / s)
+        put_image_mean_std(imp, spec.key, (m - o) / s, sd / s, f"normalizer.params_dict.{spec.key}")
+
+
+def _scheduler(sched: dict, path: Path) -> dict[str, Any]:
+    if sched.get("prediction_type", "epsilon") != "epsilon":
+        raise CheckpointError(f"{path}: not supported: noise_scheduler.prediction_type {sched['prediction_type']!r}")
+    out = {"num_train_timesteps": int(sched.get("num_train_timesteps", 1000)),
+           "beta_start": float(sched.get("beta_start", 0.0001)), "beta_end": float(sched.get("beta_end", 0.02)),
+           "beta_schedule": str(sched.get("beta_schedule", "linear")),
+           "clip_sample": bool(sched.get("clip_sample", True)),
+           "set_alpha_to_one": bool(sched.get("set_alpha_to_one", True)),
+           "steps_offset": int(sched.get("steps_offset", 0)), "prediction_type": "epsilon"}
+    return out
+
+
+def _ema_settings(field) -> dict[str, Any]:
+    ema = field("ema", dict, {}) or {}
+    return {k: ema[k] for k in ("power", "inv_gamma", "update_after_step", "min_value", "max_value") if k in ema}
+
+
+def _obs_interval(field) -> float:
+    fps = field("task.env_runner.fps", (int, float), None)
+    return 1.0 / fps if fps else 0.1
