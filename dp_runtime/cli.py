@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -78,11 +77,12 @@ def inspect_main(argv: list[str] | None = None) -> int:
               f"{m['source']['weights']} ({m['source']['format']})  EMA {m.get('ema')}")
         norms = sorted({e['type'] for e in m['norm_inventory']})
         print(f"norm layers {len(m['norm_inventory'])} ({', '.join(norms)}); running-stats layers: none")
-        print(f"parity      {m['parity']['max_abs_error']} (tolerance {m['parity']['tolerance']})")
+        print(f"parity      {m['parity']['max_abs_error']} (normalized action units, tolerance "
+              f"{m['parity']['tolerance']})")
         print(f"providers   {ort.get_available_providers()}")
         engine = load_bundle(args.bundle, backend=args.backend, device=args.device)
         lat = sorted(engine.warm_up() for _ in range(5))
-        print(f"verified    hashes, norm inventory, graph scan: OK")
+        print("verified    hashes, norm inventory, graph scan: OK")
         print(f"self-test   backend {engine.backend.name} provider {engine.provider}: "
               f"median {lat[2] * 1e3:.1f} ms per chunk")
     return _run(go)

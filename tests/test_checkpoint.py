@@ -1,15 +1,13 @@
 """Our checkpoint format, diffusers EMAModel states, and the refusals."""
 import json
 
-import numpy as np
 import pytest
 import torch
-from diffusers.training_utils import EMAModel
 from safetensors.torch import save_file
 
 from dp_runtime.checkpoint import load_checkpoint, load_ema_state, save_checkpoint
 from dp_runtime.errors import BatchNormError, CheckpointError, ShapeError
-from dp_runtime.model import DiffusionPolicy, replace_bn_with_gn
+from dp_runtime.model import DiffusionPolicy
 from dp_runtime.synthetic import tiny_config
 from dp_runtime.train import make_ema
 

@@ -1,5 +1,4 @@
 """The trainer: diffusers EMAModel with diffusion_policy's schedule, and real learning."""
-import numpy as np
 import pytest
 import torch
 

@@ -22,7 +22,6 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError

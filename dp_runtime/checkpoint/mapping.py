@@ -171,7 +171,8 @@ def assemble(imp: Imported, path: Path, hint: str) -> Checkpoint:
              if missing else "") +
             (f"weights {[imp.origin[k] for k in unexpected[:4]]} have no place in the model the config describes"
              if unexpected else ""))
-    for key, tensor in imp.state.items():
+    for key in own:  # model order: the first mismatch reported is the earliest layer
+        tensor = imp.state[key]
         if tuple(own[key].shape) != tuple(tensor.shape):
             raise CheckpointError(f"{path}: weight {imp.origin[key]!r} has shape {tuple(tensor.shape)}, the "
                                   f"config implies {tuple(own[key].shape)} (config and weights disagree)")

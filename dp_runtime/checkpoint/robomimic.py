@@ -92,8 +92,9 @@ def _as_tensor(v: Any) -> torch.Tensor:
 def load(path: Path, trust_pickle: bool = False, allow_non_ema: bool = False) -> Checkpoint:
     params = load_torch_pickle(path, trust_pickle, FORMAT)
     if not isinstance(params, dict) or "model" not in params or "config" not in params:
+        found = sorted(params)[:8] if isinstance(params, dict) else type(params).__name__
         raise CheckpointError(f"{path}: not a robomimic checkpoint (expected keys 'model', 'config', "
-                              f"'shape_metadata'; found {sorted(params)[:8] if isinstance(params, dict) else type(params)})")
+                              f"'shape_metadata'; found {found})")
     try:
         config = json.loads(params["config"]) if isinstance(params["config"], str) else dict(params["config"])
     except (TypeError, ValueError) as e:

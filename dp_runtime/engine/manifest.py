@@ -72,7 +72,7 @@ def verify_hashes(bundle: Path, manifest: dict[str, Any], names: list[str] | Non
 def verify_norm_inventory(manifest: dict[str, Any]) -> None:
     bad = [(e["name"], e["type"]) for e in manifest["norm_inventory"] if e.get("running_stats")]
     if bad:
-        raise BatchNormError(bad, where=f"bundle manifest norm_inventory")
+        raise BatchNormError(bad, where="bundle manifest norm_inventory")
 
 
 def scan_onnx(path: Path) -> None:

@@ -86,20 +86,28 @@ def _export_torchscript(enc: EncoderGraph, step: DenoiseStepGraph, policy: Diffu
 
 
 def parity(policy: DiffusionPolicy, engines: dict[str, PolicyEngine], samples: int, seed: int,
-           progress: Callable[[str], None], steps: int) -> dict[str, float]:
-    """Max abs error of each engine vs the torch policy stepping diffusers' DDIMScheduler."""
+           progress: Callable[[str], None], steps: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Max abs error of each engine vs the torch policy stepping diffusers' DDIMScheduler.
+
+    Returns (errors in normalized action units, errors in raw action units). The tolerance applies
+    to the normalized ones: raw units can be pixels (PushT: 0..512) or radians, so only the
+    normalized [-1, 1] scale makes one tolerance mean the same for every policy.
+    """
     rng = np.random.default_rng(seed)
+    scale = policy.normalizer.params["action"].scale.abs().numpy()
     errors = {name: 0.0 for name in engines}
+    raw = {name: 0.0 for name in engines}
     for i in range(samples):
         obs = example_inputs(policy, 1, rng)
         noise = rng.standard_normal((1, policy.cfg.horizon, policy.cfg.action_dim)).astype(np.float32)
         ref = policy.sample({k: torch.from_numpy(v) for k, v in obs.items()}, torch.from_numpy(noise),
                             num_inference_steps=steps).numpy()
         for name, engine in engines.items():
-            got = engine.predict(obs, noise=noise).actions
-            errors[name] = max(errors[name], float(np.abs(got - ref).max()))
+            diff = np.abs(engine.predict(obs, noise=noise).actions - ref)
+            errors[name] = max(errors[name], float((diff * scale).max()))
+            raw[name] = max(raw[name], float(diff.max()))
         progress(f"parity {i + 1}/{samples}: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
-    return errors
+    return errors, raw
 
 
 def library_versions() -> dict[str, str]:
@@ -111,7 +119,8 @@ def library_versions() -> dict[str, str]:
 
 
 def build_manifest(ck: Checkpoint, steps: int, files: dict[str, dict], graphs: dict[str, dict],
-                   parity_err: dict[str, float], samples: int, opset: int) -> dict[str, Any]:
+                   parity_err: tuple[dict[str, float], dict[str, float]], samples: int,
+                   opset: int) -> dict[str, Any]:
     cfg = ck.config
     ts, prev = ddim_schedule(cfg.scheduler, steps)
     from diffusers import DDIMScheduler
@@ -139,7 +148,8 @@ def build_manifest(ck: Checkpoint, steps: int, files: dict[str, dict], graphs: d
                    "weights": ck.weights},
         "ema": ck.ema,
         "files": files, "graphs": graphs,
-        "parity": {"max_abs_error": parity_err, "samples": samples, "tolerance": PARITY_TOL,
+        "parity": {"max_abs_error": parity_err[0], "units": "normalized action ([-1, 1] training range)",
+                   "max_abs_error_raw_units": parity_err[1], "samples": samples, "tolerance": PARITY_TOL,
                    "reference": "torch policy + diffusers DDIMScheduler.step"},
         "onnx_opset": opset,
         "versions": library_versions(),
@@ -181,15 +191,16 @@ def export_bundle(checkpoint: str | Path | Checkpoint, out: str | Path, steps: i
                 impl = TorchScriptBackend(tmp / FILES[fmt][0], tmp / FILES[fmt][1], device="cpu")
             graphs[fmt] = {"encoder": FILES[fmt][0], "step": FILES[fmt][1]}
             engines[fmt] = PolicyEngine(manifest_stub, impl)
-        errors = parity(policy, engines, parity_samples, seed, say, steps)
+        errors, raw_errors = parity(policy, engines, parity_samples, seed, say, steps)
         bad = {k: v for k, v in errors.items() if not v <= tolerance}
         if bad:
-            raise ParityError(f"export parity failed: max abs error {bad} exceeds {tolerance} "
+            raise ParityError(f"export parity failed: max abs error {bad} (normalized action units) exceeds "
+                              f"{tolerance} "
                               "(bundle graphs disagree with the torch policy)")
         files = {name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size,
                         "format": fmt, "role": role}
                  for fmt in formats for name, role in zip(FILES[fmt], ("encoder", "step"))}
-        manifest = build_manifest(ck, steps, files, graphs, errors, parity_samples, opset)
+        manifest = build_manifest(ck, steps, files, graphs, (errors, raw_errors), parity_samples, opset)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         if out.exists():
             shutil.rmtree(out)

@@ -1,0 +1,233 @@
+"""dp-export on diffusion_policy, robomimic and LeRobot checkpoints (layouts: tests/helpers/foreign_ckpts.py).
+
+For each: the imported policy acts exactly like the policy whose weights were
+written, the bundle matches the imported policy (parity <= 1e-4), the manifest
+records where the weights came from, and BatchNorm, missing EMA weights,
+unsupported policies, config/weight mismatches and truncated files are refused
+with errors that say so.
+"""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from dp_runtime.checkpoint import detect_format, load_any
+from dp_runtime.cli import export_main
+from dp_runtime.engine import load_bundle
+from dp_runtime.errors import BatchNormError, CheckpointError
+from dp_runtime.export import export_bundle
+from dp_runtime.export.bundle import example_inputs
+from tests.helpers import foreign_ckpts as fc
+
+
+def actions(policy, obs, noise):
+    return policy.sample({k: torch.from_numpy(v) for k, v in obs.items()}, torch.from_numpy(noise)).numpy()
+
+
+def assert_same_policy(source, ck):
+    """Same actions for the same observations and noise (relative: actions are in raw units)."""
+    rng = np.random.default_rng(3)
+    obs = example_inputs(source, 3, rng)
+    noise = rng.standard_normal((3, source.cfg.horizon, source.cfg.action_dim)).astype(np.float32)
+    want, got = actions(source, obs, noise), actions(ck.policy, obs, noise)
+    assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+    return obs, noise
+
+
+def export_and_check(ck, source_path, out, fmt, weights="ema"):
+    bundle = export_bundle(ck, out, parity_samples=2)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert max(manifest["parity"]["max_abs_error"].values()) <= 1e-4
+    assert manifest["source"]["format"] == fmt and manifest["source"]["weights"] == weights
+    assert manifest["source"]["sha256"] == ck.sha256 and len(ck.sha256) == 64
+    assert manifest["running_stats_layers"] == []
+    # The bundle acts like the imported torch policy through the engine too.
+    engine = load_bundle(bundle, backend="onnxruntime", device="cpu")
+    rng = np.random.default_rng(5)
+    obs = example_inputs(ck.policy, 1, rng)
+    noise = rng.standard_normal((1, ck.config.horizon, ck.config.action_dim)).astype(np.float32)
+    want = actions(ck.policy, obs, noise)
+    assert np.abs(engine.predict(obs, noise=noise).actions - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+    return manifest
+
+
+# -- diffusion_policy ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("hybrid", [False, True], ids=["image_policy", "hybrid_policy"])
+def test_diffusion_policy_ckpt_exports_with_parity(tmp_path, hybrid):
+    source = fc.dp_source(hybrid)
+    path = fc.write_dp(tmp_path / "latest.ckpt", source, hybrid)
+    assert detect_format(path) == "diffusion_policy"
+    with pytest.raises(CheckpointError, match="--trust-pickle"):
+        load_any(path)
+    ck = load_any(path, trust_pickle=True)
+    assert ck.weights == "ema" and ck.ema["power"] == 0.75
+    # Hybrid: shape_meta order; image policy: rgb keys, then low-dim keys (each sorted).
+    assert ck.config.feature_order == (["agent_pos", "image"] if hybrid else ["image", "agent_pos"])
+    assert ck.config.images[0].crop == (4, 4, fc.CROP, fc.CROP)  # torchvision rounds (41-34)/2 = 3.5 up
+    assert ck.config.n_action_steps == 4  # ${eval:'${n_action_steps}+${n_latency_steps}'} resolved
+    assert ck.config.obs_interval_s == pytest.approx(0.1)  # task.env_runner.fps
+    assert_same_policy(source, ck)
+    export_and_check(ck, path, tmp_path / "bundle", "diffusion_policy")
+
+
+def test_dp_export_cli_needs_trust_and_records_source(tmp_path, capsys):
+    path = fc.write_dp(tmp_path / "epoch=0100.ckpt", fc.dp_source())
+    assert export_main([str(path), "-o", str(tmp_path / "b"), "--parity-samples", "1"]) == 2
+    assert "arbitrary code" in capsys.readouterr().err
+    assert export_main([str(path), "-o", str(tmp_path / "b"), "--trust-pickle", "--parity-samples", "1",
+                        "--formats", "onnx"]) == 0
+    m = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert m["source"]["path"] == "epoch=0100.ckpt" and m["source"]["format"] == "diffusion_policy"
+
+
+def test_dp_batchnorm_refused_with_the_fix(tmp_path):
+    source = fc.dp_source()
+    state = fc.add_batchnorm_buffers(fc.dp_state_dict(source, False), "obs_encoder.key_model_map.image")
+    path = fc.write_dp(tmp_path / "bn.ckpt", source, state=state)
+    with pytest.raises(BatchNormError) as e:
+        load_any(path, trust_pickle=True)
+    msg = str(e.value)
+    assert "obs_encoder.key_model_map.image.bn1" in msg and "running statistics" in msg
+    assert "use_group_norm=True" in msg and "share_rgb_model" in msg and "#151" in msg
+
+
+def test_dp_without_ema_refused_unless_allowed(tmp_path, caplog):
+    source = fc.dp_source()
+    path = fc.write_dp(tmp_path / "noema.ckpt", source, ema=False)
+    with pytest.raises(CheckpointError, match="no EMA weights.*--allow-non-ema"):
+        load_any(path, trust_pickle=True)
+    ck = load_any(path, trust_pickle=True, allow_non_ema=True)
+    assert ck.weights == "live" and "LIVE" in caplog.text
+
+
+def test_dp_unsupported_policy_mismatch_and_truncation(tmp_path):
+    source = fc.dp_source()
+    cfg = fc.dp_cfg(False, target="diffusion_policy.policy.diffusion_transformer_hybrid_image_policy."
+                                  "DiffusionTransformerHybridImagePolicy")
+    path = fc.write_dp(tmp_path / "tf.ckpt", source, cfg=cfg)
+    with pytest.raises(CheckpointError, match="not supported: DiffusionTransformerHybridImagePolicy"):
+        load_any(path, trust_pickle=True)
+    cfg = fc.dp_cfg(False)
+    cfg.policy.down_dims = [32, 128]  # config says 128 channels, weights have 64
+    path = fc.write_dp(tmp_path / "mismatch.ckpt", source, cfg=cfg)
+    with pytest.raises(CheckpointError,
+                       match=r"'model\.mid_modules\.0\.blocks\.0\.block\.0\.weight' has shape \(64, 64, 3\).*disagree"):
+        load_any(path, trust_pickle=True)
+    good = fc.write_dp(tmp_path / "good.ckpt", source).read_bytes()
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_any(cut, trust_pickle=True)
+
+
+# -- robomimic -----------------------------------------------------------------------------------
+
+def test_robomimic_pth_exports_with_parity(tmp_path):
+    source = fc.rm_source()
+    path = fc.write_robomimic(tmp_path / "model_epoch_600.pth", source)
+    assert detect_format(path) == "robomimic"
+    with pytest.raises(CheckpointError, match="--trust-pickle"):
+        load_any(path)
+    ck = load_any(path, trust_pickle=True)
+    assert ck.config.images[0].crop == (3, 3, fc.CROP, fc.CROP)  # robomimic floors (41-34)/2
+    assert ck.config.unet.n_groups == 8 and ck.config.unet.down_dims == (32, 64)
+    # raw = scale * normalized + offset per action key, concatenated in train.action_keys order
+    assert ck.policy.normalizer.params["action"].scale.tolist() == [2.0, 4.0]
+    assert_same_policy(source, ck)
+    export_and_check(ck, path, tmp_path / "bundle", "robomimic")
+
+
+def test_robomimic_refusals(tmp_path):
+    source = fc.rm_source()
+    state = fc.add_batchnorm_buffers(fc.rm_state_dict(source),
+                                     "policy.obs_encoder.nets.obs.obs_nets.agentview_image.backbone")
+    with pytest.raises(BatchNormError, match=r"obs_nets\.agentview_image\.backbone\.nets\.1 .*GroupNorm"):
+        load_any(fc.write_robomimic(tmp_path / "bn.pth", source, state=state), trust_pickle=True)
+    with pytest.raises(CheckpointError, match="no EMA weights.*--allow-non-ema"):
+        load_any(fc.write_robomimic(tmp_path / "noema.pth", source, ema=False), trust_pickle=True)
+    with pytest.raises(CheckpointError, match="not supported: robomimic algo 'bc'"):
+        load_any(fc.write_robomimic(tmp_path / "bc.pth", source, algo_name="bc"), trust_pickle=True)
+    state = fc.rm_state_dict(source)
+    state["policy.obs_encoder.nets.obs.obs_nets.agentview_image.nets.3.weight"] = torch.zeros(16, 12)
+    with pytest.raises(CheckpointError, match=r"obs_nets\.agentview_image\.nets\.3\.weight.*\(16, 12\)"):
+        load_any(fc.write_robomimic(tmp_path / "mm.pth", source, state=state), trust_pickle=True)
+    data = fc.write_robomimic(tmp_path / "ok.pth", source).read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[:-4096])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_any(tmp_path / "cut.pth", trust_pickle=True)
+
+
+# -- LeRobot -------------------------------------------------------------------------------------
+
+def lerobot_features(directory, obs):
+    """LeRobot's own encoding written out from modeling_diffusion.py, on its raw files: normalize, centre-crop,
+    backbone, softmax attention @ pos_grid, Linear, ReLU; state first, then the camera."""
+    from safetensors.torch import load_file
+    from dp_runtime.model.encoder import ResNet18GN
+    w = load_file(str(directory / "model.safetensors"))
+    stats = load_file(str(directory / "policy_preprocessor_step_3_normalizer_processor.safetensors"))
+    net = ResNet18GN(base_width=8)
+    backbone = torch.nn.Sequential(*list(net.children())[:8])
+    backbone.load_state_dict({k[len("diffusion.rgb_encoder.backbone."):]: v for k, v in w.items()
+                              if k.startswith("diffusion.rgb_encoder.backbone.")})
+    img = torch.from_numpy(obs["image"]).flatten(0, 1).permute(0, 3, 1, 2).float() / 255.0
+    img = (img - stats["observation.image.mean"]) / (stats["observation.image.std"] + 1e-8)
+    top = int(round((fc.IMG - fc.CROP) / 2.0))
+    img = img[:, :, top:top + fc.CROP, top:top + fc.CROP]
+    fmap = F.conv2d(backbone(img), w["diffusion.rgb_encoder.pool.nets.weight"],
+                    w["diffusion.rgb_encoder.pool.nets.bias"])
+    attn = torch.softmax(fmap.flatten(2).reshape(-1, fmap.shape[2] * fmap.shape[3]), dim=-1)
+    kp = (attn @ w["diffusion.rgb_encoder.pool.pos_grid"]).reshape(img.shape[0], -1)
+    feat = torch.relu(F.linear(kp, w["diffusion.rgb_encoder.out.weight"], w["diffusion.rgb_encoder.out.bias"]))
+    state = torch.from_numpy(obs["state"]).flatten(0, 1)
+    lo, hi = stats["observation.state.min"], stats["observation.state.max"]
+    state = 2 * (state - lo) / (hi - lo) - 1
+    b = obs["state"].shape[0]
+    return torch.cat([state, feat], dim=-1).reshape(b, -1)
+
+
+def test_lerobot_dir_exports_with_parity(tmp_path):
+    source = fc.lr_source()
+    directory = fc.write_lerobot(tmp_path / "pretrained_model_ema", source)
+    assert detect_format(directory) == "lerobot"
+    ck = load_any(directory)  # safetensors + JSON: no pickle, no opt-in needed
+    assert ck.weights == "ema"
+    assert [s.key for s in ck.config.images] == ["image"] and ck.config.low_dims[0].key == "state"
+    assert ck.extra["lerobot_features"]["state"] == "observation.state"
+    obs, _ = assert_same_policy(source, ck)
+    with torch.no_grad():
+        ours = ck.policy.encode({k: torch.from_numpy(v) for k, v in obs.items()})
+    assert torch.allclose(ours, lerobot_features(directory, obs), atol=1e-5)
+    export_and_check(ck, directory, tmp_path / "bundle", "lerobot")
+
+
+def test_lerobot_refusals(tmp_path):
+    source = fc.lr_source()
+    live = fc.write_lerobot(tmp_path / "pretrained_model", source)
+    with pytest.raises(CheckpointError, match="LeRobot trains without EMA.*--allow-non-ema"):
+        load_any(live)
+    assert load_any(live, allow_non_ema=True).weights == "live"
+
+    bn = fc.add_batchnorm_buffers(fc.lr_state_dict(source), "diffusion.rgb_encoder.backbone")
+    d = fc.write_lerobot(tmp_path / "bn_ema", source, state=bn)
+    with pytest.raises(BatchNormError, match=r"diffusion\.rgb_encoder\.backbone\.1 .*use_group_norm=True"):
+        load_any(d)
+
+    d = fc.write_lerobot(tmp_path / "act_ema", source, config=fc.lr_config(type="act"))
+    with pytest.raises(CheckpointError, match="not supported: LeRobot policy type 'act'"):
+        load_any(d)
+
+    d = fc.write_lerobot(tmp_path / "mm_ema", source, config=fc.lr_config(down_dims=[32, 96]))
+    with pytest.raises(CheckpointError, match=r"'diffusion\.unet\.mid_modules\.0\.conv1\.block\.0\.weight' has shape"):
+        load_any(d)
+
+    d = tmp_path / "cut_ema"
+    shutil.copytree(fc.write_lerobot(tmp_path / "ok_ema", source), d)
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_any(d)
