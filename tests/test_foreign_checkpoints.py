@@ -231,3 +231,16 @@ def test_lerobot_refusals(tmp_path):
     (d / "model.safetensors").write_bytes(data[: len(data) // 3])
     with pytest.raises(CheckpointError, match="truncated"):
         load_any(d)
+
+
+def test_robomimic_diffusers_shadow_params_ema(tmp_path):
+    """Newer robomimic serializes diffusers' EMAModel.state_dict(): shadow_params in nets.parameters() order."""
+    from diffusers.training_utils import EMAModel
+    source = fc.rm_source()
+    state = fc.rm_state_dict(source)
+    nets = fc.as_module(state)  # a module with robomimic's names, shared VisualCore modules included
+    ema = EMAModel(nets.parameters(), power=0.75, use_ema_warmup=True)
+    path = fc.write_robomimic(tmp_path / "shadow.pth", source, state=state, ema_state=ema.state_dict())
+    ck = load_any(path, trust_pickle=True)
+    assert ck.weights == "ema"
+    assert_same_policy(source, ck)

@@ -151,7 +151,11 @@ def _map_rgb_encoders(imp: Imported, raw: dict, config: dict, images: list[Image
                       hw: dict[str, tuple[int, int]], where: str) -> EncoderConfig:
     if not images:
         return EncoderConfig()
-    separate = bool(config.get("use_separate_rgb_encoder_per_camera", False))
+    separate = "diffusion.rgb_encoder.0.backbone.0.weight" in raw
+    said = config.get("use_separate_rgb_encoder_per_camera", separate)
+    if bool(said) != separate:
+        raise CheckpointError(f"{where} says use_separate_rgb_encoder_per_camera={said}, but model.safetensors has "
+                              f"{'one encoder per camera' if separate else 'one shared encoder'}")
     prefixes = ([(f"diffusion.rgb_encoder.{i}", s.key) for i, s in enumerate(images)] if separate
                 else [("diffusion.rgb_encoder", SHARED_ENCODER_KEY)])
     width = None

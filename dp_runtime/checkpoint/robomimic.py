@@ -85,6 +85,41 @@ def unet_from_weights(src: dict[str, torch.Tensor], prefix: str, n_groups: int) 
                       diffusion_step_embed_dim=dsed, cond_predict_scale=film == 2 * dims[0])
 
 
+BUFFERS = ("pos_x", "pos_y", "temperature", "running_mean", "running_var", "num_batches_tracked")
+
+
+def shadow_to_state_dict(nets: dict[str, torch.Tensor], ema: dict, path: Path) -> dict[str, torch.Tensor]:
+    """diffusers ``EMAModel.state_dict()`` (``shadow_params`` in ``nets.parameters()`` order) -> a state dict.
+
+    ``nets.parameters()`` is the state dict's order without buffers and without the second name of a
+    shared module (VisualCore lists its backbone and pool twice); shared entries share storage.
+    """
+    shadow = list(ema["shadow_params"])
+    names, seen = [], {}
+    for key, t in nets.items():
+        if key.rsplit(".", 1)[-1] in BUFFERS:
+            continue
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if ident in seen:
+            continue
+        seen[ident] = key
+        names.append(key)
+    if len(names) != len(shadow):
+        raise CheckpointError(f"{path}: params['model']['ema'] has {len(shadow)} shadow params, the live nets "
+                              f"have {len(names)} parameters; cannot tell which EMA value belongs to which weight")
+    by_name = dict(zip(names, shadow))
+    out = {}
+    for key, t in nets.items():
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        src = seen.get(ident, key)
+        value = by_name.get(src, t)
+        if tuple(value.shape) != tuple(t.shape):
+            raise CheckpointError(f"{path}: EMA shadow param for {src!r} has shape {tuple(value.shape)}, "
+                                  f"the live weight {tuple(t.shape)}")
+        out[key] = value
+    return out
+
+
 def _as_tensor(v: Any) -> torch.Tensor:
     return torch.as_tensor(v, dtype=torch.float64)
 
@@ -108,6 +143,8 @@ def load(path: Path, trust_pickle: bool = False, allow_non_ema: bool = False) ->
     model = params["model"]
     if model.get("ema") is not None:
         state, weights = model["ema"], "ema"
+        if "shadow_params" in state:  # robomimic versions on diffusers' newer EMAModel
+            state = shadow_to_state_dict(model["nets"], state, path)
     elif allow_non_ema:
         state, weights = model["nets"], "live"
     else:

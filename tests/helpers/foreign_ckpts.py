@@ -178,7 +178,7 @@ def write_dp(path: Path, policy: DiffusionPolicy, hybrid: bool = False, ema: boo
              state: dict | None = None, cfg=None) -> Path:
     import dill
     sd = state if state is not None else dp_state_dict(policy, hybrid)
-    live = {k: v + 0.5 if v.is_floating_point() and v.numel() else v for k, v in sd.items()}
+    live = shifted(sd)
     payload = {"cfg": cfg if cfg is not None else dp_cfg(hybrid),
                "state_dicts": {"model": live, "optimizer": {"state": {}, "param_groups": []}},
                "pickles": {"_output_dir": dill.dumps("/tmp/outputs")}}
@@ -234,8 +234,36 @@ def rm_state_dict(policy: DiffusionPolicy) -> dict:
     return out
 
 
+def shifted(state: dict) -> dict:
+    """'Live' weights that differ from the EMA ones, keeping shared tensors shared."""
+    done: dict[int, torch.Tensor] = {}
+    buffers = ("pos_x", "pos_y", "temperature", "pos_grid")
+    return {k: done.setdefault(id(v), v + 0.5 if v.is_floating_point() and v.numel()
+                               and not k.endswith(buffers) else v)
+            for k, v in state.items()}
+
+
+def as_module(state: dict) -> torch.nn.Module:
+    """A module tree whose parameters() follow ``state``'s names; tensors shared in ``state`` are one
+    Parameter (as VisualCore's backbone/nets.0), buffers stay buffers: what robomimic's nets are."""
+    root = torch.nn.Module()
+    params: dict[int, torch.nn.Parameter] = {}
+    for key, v in state.items():
+        *path, leaf = key.split(".")
+        mod = root
+        for part in path:
+            if part not in mod._modules:
+                mod.add_module(part, torch.nn.Module())
+            mod = mod._modules[part]
+        if leaf in ("pos_x", "pos_y", "temperature"):
+            mod.register_buffer(leaf, v)
+        else:
+            mod.register_parameter(leaf, params.setdefault(id(v), torch.nn.Parameter(v.clone())))
+    return root
+
+
 def write_robomimic(path: Path, policy: DiffusionPolicy, ema: bool = True, state: dict | None = None,
-                    algo_name: str = "diffusion_policy") -> Path:
+                    algo_name: str = "diffusion_policy", ema_state: dict | None = None) -> Path:
     from collections import OrderedDict
     sd = state if state is not None else rm_state_dict(policy)
     config = {
@@ -261,7 +289,7 @@ def write_robomimic(path: Path, policy: DiffusionPolicy, ema: bool = True, state
         "train": {"action_keys": ["action/pos", "action/gripper"], "hdf5_normalize_obs": False},
     }
     params = {
-        "model": {"nets": {k: v + 0.5 for k, v in sd.items()}, "ema": sd if ema else None},
+        "model": {"nets": shifted(sd), "ema": (ema_state or sd) if ema else None},
         "config": json.dumps(config), "algo_name": algo_name, "env_metadata": {"env_name": "Lift"},
         "shape_metadata": {"ac_dim": 2, "all_shapes": OrderedDict([("agentview_image", [3, IMG, IMG]),
                                                                    ("robot0_eef_pos", [3])]),
