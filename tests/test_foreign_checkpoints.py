@@ -205,6 +205,18 @@ def test_lerobot_dir_exports_with_parity(tmp_path):
     export_and_check(ck, directory, tmp_path / "bundle", "lerobot")
 
 
+def test_lerobot_two_cameras_separate_encoders(tmp_path):
+    cams = fc.TWO_CAMERAS
+    source = fc.lr_source(cams, separate=True)
+    directory = fc.write_lerobot(tmp_path / "pretrained_model_ema", source, config=fc.lr_config(cams, separate=True),
+                                 cameras=cams)
+    ck = load_any(directory)
+    assert ck.config.feature_order == ["state", "images_top", "images_wrist"]
+    assert not ck.config.encoder.share
+    assert_same_policy(source, ck)
+    export_and_check(ck, directory, tmp_path / "bundle", "lerobot")
+
+
 def test_lerobot_refusals(tmp_path):
     source = fc.lr_source()
     live = fc.write_lerobot(tmp_path / "pretrained_model", source)

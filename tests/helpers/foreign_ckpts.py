@@ -307,20 +307,28 @@ def write_robomimic(path: Path, policy: DiffusionPolicy, ema: bool = True, state
 LR_MIN, LR_MAX = np.array([10.0, -50.0]), np.array([510.0, 450.0])
 LR_ACT_MIN, LR_ACT_MAX = np.array([0.0, -1.0]), np.array([400.0, 3.0])
 LR_MEAN, LR_STD = np.array([0.4, 0.5, 0.6]), np.array([0.2, 0.25, 0.3])
+ONE_CAMERA = ("observation.image",)
+TWO_CAMERAS = ("observation.images.top", "observation.images.wrist")
 
 
-def lr_source(seed: int = 0) -> DiffusionPolicy:
+def lr_key(feature: str) -> str:
+    return feature[len("observation."):].replace(".", "_")
+
+
+def lr_source(cameras=ONE_CAMERA, separate: bool = False, seed: int = 0) -> DiffusionPolicy:
     """State first, then cameras; MIN_MAX state/action, MEAN_STD images; torchvision centre crop (4)."""
-    cfg = PolicyConfig(images=[ImageSpec("image", (IMG, IMG, 3), crop=(4, 4, CROP, CROP))],
+    keys = [lr_key(c) for c in cameras]
+    cfg = PolicyConfig(images=[ImageSpec(k, (IMG, IMG, 3), crop=(4, 4, CROP, CROP)) for k in keys],
                        low_dims=[LowDimSpec("state", 2)], action_dim=2, horizon=8, n_obs_steps=2, n_action_steps=4,
-                       num_inference_steps=8, image_range="mean_std", obs_order=["state", "image"],
+                       num_inference_steps=8, image_range="mean_std", obs_order=["state", *keys],
                        encoder=EncoderConfig(base_width=8, pool="spatial_softmax", num_kp=8, feature_dim=16,
-                                             fc_relu=True, share=True),
+                                             fc_relu=True, share=not separate),
                        unet=UNET)
     policy = randomize(DiffusionPolicy(cfg), seed)
     for key, lo, hi in (("state", LR_MIN, LR_MAX), ("action", LR_ACT_MIN, LR_ACT_MAX)):
         set_affine(policy, key, 2.0 / (hi - lo), -1.0 - 2.0 * lo / (hi - lo))
-    set_image_mean_std(policy, "image", LR_MEAN, LR_STD + 1e-8)
+    for i, k in enumerate(keys):
+        set_image_mean_std(policy, k, LR_MEAN + 0.05 * i, LR_STD + 1e-8)
     return policy
 
 
@@ -332,30 +340,34 @@ def lr_state_dict(policy: DiffusionPolicy) -> dict:
             k = k[len("model."):].replace(".blocks.0.", ".conv1.").replace(".blocks.1.", ".conv2.")
             k = re.sub(r"^((?:down|up)_modules\.\d+\.2)\.conv\.", r"\1.", k)
             out["diffusion.unet." + k] = v
-    enc = "obs_encoder.key_model_map.rgb"
-    out.update(resnet_to_sequential(sd, enc, "diffusion.rgb_encoder.backbone"))
-    out["diffusion.rgb_encoder.pool.nets.weight"] = sd[f"{enc}.pool.nets.weight"]
-    out["diffusion.rgb_encoder.pool.nets.bias"] = sd[f"{enc}.pool.nets.bias"]
-    h = w = 2  # layer4 map of a 34x34 crop
-    px, py = np.meshgrid(np.linspace(-1.0, 1.0, w), np.linspace(-1.0, 1.0, h))
-    out["diffusion.rgb_encoder.pool.pos_grid"] = torch.from_numpy(
-        np.concatenate([px.reshape(h * w, 1), py.reshape(h * w, 1)], axis=1)).float()
-    out["diffusion.rgb_encoder.out.weight"] = sd[f"{enc}.fc.weight"]
-    out["diffusion.rgb_encoder.out.bias"] = sd[f"{enc}.fc.bias"]
+    names = list(policy.obs_encoder.key_model_map)
+    separate = names != ["rgb"]
+    for i, name in enumerate(names):
+        enc, theirs = f"obs_encoder.key_model_map.{name}", f"diffusion.rgb_encoder.{i}" if separate \
+            else "diffusion.rgb_encoder"
+        out.update(resnet_to_sequential(sd, enc, f"{theirs}.backbone"))
+        out[f"{theirs}.pool.nets.weight"] = sd[f"{enc}.pool.nets.weight"]
+        out[f"{theirs}.pool.nets.bias"] = sd[f"{enc}.pool.nets.bias"]
+        h = w = 2  # layer4 map of a 34x34 crop
+        px, py = np.meshgrid(np.linspace(-1.0, 1.0, w), np.linspace(-1.0, 1.0, h))
+        out[f"{theirs}.pool.pos_grid"] = torch.from_numpy(
+            np.concatenate([px.reshape(h * w, 1), py.reshape(h * w, 1)], axis=1)).float()
+        out[f"{theirs}.out.weight"] = sd[f"{enc}.fc.weight"]
+        out[f"{theirs}.out.bias"] = sd[f"{enc}.fc.bias"]
     return out
 
 
-def lr_config(**overrides) -> dict:
+def lr_config(cameras=ONE_CAMERA, separate: bool = False, **overrides) -> dict:
     cfg = {
         "type": "diffusion", "n_obs_steps": 2, "horizon": 8, "n_action_steps": 4,
         "normalization_mapping": {"VISUAL": "MEAN_STD", "STATE": "MIN_MAX", "ACTION": "MIN_MAX"},
-        "input_features": {"observation.image": {"type": "VISUAL", "shape": [3, IMG, IMG]},
+        "input_features": {**{c: {"type": "VISUAL", "shape": [3, IMG, IMG]} for c in cameras},
                            "observation.state": {"type": "STATE", "shape": [2]}},
         "output_features": {"action": {"type": "ACTION", "shape": [2]}},
         "device": "cuda", "use_amp": False, "push_to_hub": False, "drop_n_last_frames": 3,
         "vision_backbone": "resnet18", "resize_shape": None, "crop_ratio": 1.0, "crop_shape": [CROP, CROP],
         "crop_is_random": True, "pretrained_backbone_weights": None, "use_group_norm": True,
-        "spatial_softmax_num_keypoints": 8, "use_separate_rgb_encoder_per_camera": False,
+        "spatial_softmax_num_keypoints": 8, "use_separate_rgb_encoder_per_camera": separate,
         "down_dims": [32, 64], "kernel_size": 3, "n_groups": 4, "diffusion_step_embed_dim": 32,
         "use_film_scale_modulation": True, "noise_scheduler_type": "DDIM", "num_train_timesteps": 100,
         "beta_schedule": "squaredcos_cap_v2", "beta_start": 0.0001, "beta_end": 0.02, "prediction_type": "epsilon",
@@ -367,17 +379,19 @@ def lr_config(**overrides) -> dict:
 
 
 def write_lerobot(directory: Path, policy: DiffusionPolicy, config: dict | None = None,
-                  state: dict | None = None) -> Path:
+                  state: dict | None = None, cameras=ONE_CAMERA) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(config or lr_config(), indent=2))
     save_file({k: v.contiguous() for k, v in (state if state is not None else lr_state_dict(policy)).items()},
               str(directory / "model.safetensors"))
-    feats = {"observation.image": {"type": "VISUAL", "shape": [3, IMG, IMG]},
+    feats = {**{c: {"type": "VISUAL", "shape": [3, IMG, IMG]} for c in cameras},
              "observation.state": {"type": "STATE", "shape": [2]}, "action": {"type": "ACTION", "shape": [2]}}
     norm_map = {"VISUAL": "MEAN_STD", "STATE": "MIN_MAX", "ACTION": "MIN_MAX"}
     stats = {"observation.state.min": LR_MIN, "observation.state.max": LR_MAX,
-             "observation.image.mean": LR_MEAN.reshape(3, 1, 1), "observation.image.std": LR_STD.reshape(3, 1, 1),
              "action.min": LR_ACT_MIN, "action.max": LR_ACT_MAX}
+    for i, c in enumerate(cameras):
+        stats[f"{c}.mean"] = (LR_MEAN + 0.05 * i).reshape(3, 1, 1)
+        stats[f"{c}.std"] = LR_STD.reshape(3, 1, 1)
     stats = {k: torch.tensor(v, dtype=torch.float32) for k, v in stats.items()}
     pre_file = "policy_preprocessor_step_3_normalizer_processor.safetensors"
     post_file = "policy_postprocessor_step_0_unnormalizer_processor.safetensors"
