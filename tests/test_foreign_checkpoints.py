@@ -256,3 +256,43 @@ def test_robomimic_diffusers_shadow_params_ema(tmp_path):
     ck = load_any(path, trust_pickle=True)
     assert ck.weights == "ema"
     assert_same_policy(source, ck)
+
+
+def test_lerobot_files_written_by_lerobot_itself(tmp_path):
+    """config.json, processor files and the weight names/shapes of a checkpoint LeRobot 0.4.4 wrote itself
+    (DiffusionPolicy.save_pretrained + make_diffusion_pre_post_processors; 2 cameras 96x96, crop 83).
+    Our LeRobot-layout writer must produce exactly its weight names and shapes; its config (which has no
+    "type" field) and stats must import as LeRobot computes them."""
+    from pathlib import Path
+    from safetensors.torch import load_file
+    from dp_runtime.model import DiffusionPolicy, EncoderConfig, ImageSpec, LowDimSpec, PolicyConfig, UnetConfig
+    fixture = Path(__file__).parent / "fixtures" / "lerobot_0.4.4_diffusion"
+    keys = [fc.lr_key(c) for c in fc.TWO_CAMERAS]
+    cfg = PolicyConfig(images=[ImageSpec(k, (96, 96, 3), crop=(6, 6, 83, 83)) for k in keys],
+                       low_dims=[LowDimSpec("state", 2)], action_dim=2, horizon=16, n_obs_steps=2, n_action_steps=8,
+                       num_inference_steps=10, image_range="mean_std", obs_order=["state", *keys],
+                       encoder=EncoderConfig(base_width=64, pool="spatial_softmax", num_kp=32, feature_dim=64,
+                                             fc_relu=True),
+                       unet=UnetConfig(down_dims=(64, 128, 256), diffusion_step_embed_dim=128))
+    state = fc.lr_state_dict(DiffusionPolicy(cfg))
+    real = json.loads((fixture / "model_keys.json").read_text())
+    assert {k: list(v.shape) for k, v in state.items()} == real
+
+    directory = tmp_path / "pretrained_model"
+    shutil.copytree(fixture, directory)
+    (directory / "model_keys.json").unlink()
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"))
+    ck = load_any(directory, allow_non_ema=True)
+    assert ck.config.images[0].crop == (6, 6, 83, 83)  # torchvision: int(round(6.5)) == 6
+    assert ck.config.feature_order == ["state", "images_top", "images_wrist"]
+    assert ck.config.num_inference_steps == 10 and ck.config.scheduler["clip_sample_range"] == 1.0
+    stats = load_file(str(fixture / "policy_preprocessor_step_3_normalizer_processor.safetensors"))
+    lo, hi = stats["observation.state.min"].double(), stats["observation.state.max"].double()
+    x = torch.tensor([[100.0, 7.0]], dtype=torch.float64)
+    want = 2 * (x - lo) / (hi - lo) - 1
+    got = ck.policy.normalizer.normalize("state", x.float())
+    assert torch.allclose(got.double(), want, atol=1e-6)
+    pre = ck.policy.obs_encoder.preprocess["images_wrist"]
+    assert torch.allclose(pre.mean.flatten(), stats["observation.images.wrist.mean"].flatten())
+    assert torch.allclose(pre.std.flatten(), stats["observation.images.wrist.std"].flatten() + 1e-8)

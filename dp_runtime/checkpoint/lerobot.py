@@ -74,7 +74,8 @@ def _unet_key(key: str) -> str:
 def load(path: Path, allow_non_ema: bool = False) -> Checkpoint:
     config = _read_json(path / "config.json")
     where = f"{path.name}/config.json"
-    kind = config.get("type")
+    # lerobot-train writes "type"; PreTrainedPolicy.save_pretrained (draccus) may leave it out.
+    kind = config.get("type") or ("diffusion" if {"noise_scheduler_type", "down_dims"} <= set(config) else None)
     if kind != "diffusion":
         raise CheckpointError(f"{path}: not supported: LeRobot policy type {kind!r} (only 'diffusion')")
     weights_file = path / "model.safetensors"

@@ -348,7 +348,9 @@ def lr_state_dict(policy: DiffusionPolicy) -> dict:
         out.update(resnet_to_sequential(sd, enc, f"{theirs}.backbone"))
         out[f"{theirs}.pool.nets.weight"] = sd[f"{enc}.pool.nets.weight"]
         out[f"{theirs}.pool.nets.bias"] = sd[f"{enc}.pool.nets.bias"]
-        h = w = 2  # layer4 map of a 34x34 crop
+        h, w = policy.cfg.images[0].crop[2:]
+        for _ in range(5):  # layer4 map of the crop: five stride-2 stages
+            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
         px, py = np.meshgrid(np.linspace(-1.0, 1.0, w), np.linspace(-1.0, 1.0, h))
         out[f"{theirs}.pool.pos_grid"] = torch.from_numpy(
             np.concatenate([px.reshape(h * w, 1), py.reshape(h * w, 1)], axis=1)).float()
