@@ -296,3 +296,42 @@ def test_lerobot_files_written_by_lerobot_itself(tmp_path):
     pre = ck.policy.obs_encoder.preprocess["images_wrist"]
     assert torch.allclose(pre.mean.flatten(), stats["observation.images.wrist.mean"].flatten())
     assert torch.allclose(pre.std.flatten(), stats["observation.images.wrist.std"].flatten() + 1e-8)
+
+
+def test_robomimic_encoder_names_from_robomimic_itself(tmp_path):
+    """Weight names/shapes of robomimic 0.3.0's own ObservationGroupEncoder (2 cameras 84x84, crop 75, 32
+    keypoints, 64 features, GroupNorm) must be what our robomimic-layout writer produces and must import."""
+    from pathlib import Path
+    from dp_runtime.model import DiffusionPolicy, EncoderConfig, ImageSpec, LowDimSpec, PolicyConfig
+    fixture = json.loads((Path(__file__).parent / "fixtures" / "robomimic_0.3.0_encoder" / "state_keys.json")
+                         .read_text())
+    cams = ["agentview_image", "robot0_eye_in_hand_image"]
+    cfg = PolicyConfig(images=[ImageSpec(c, (84, 84, 3), crop=(4, 4, 75, 75)) for c in cams],
+                       low_dims=[LowDimSpec("robot0_eef_pos", 3)], action_dim=2, horizon=8, n_obs_steps=2,
+                       n_action_steps=4, num_inference_steps=8, image_range="zero_one",
+                       obs_order=list(fixture["all_shapes"]),
+                       encoder=EncoderConfig(base_width=64, pool="spatial_softmax", num_kp=32, feature_dim=64,
+                                             fc_relu=True), unet=fc.rm_source().cfg.unet)
+    source = fc.randomize(DiffusionPolicy(cfg), 1)
+    sd = source.state_dict()
+    ours = {}
+    for cam in cams:
+        ours.update(fc._visual_core(sd, f"obs_encoder.key_model_map.{cam}",
+                                    f"policy.obs_encoder.nets.obs.obs_nets.{cam}", (75, 75)))
+    assert {k: list(v.shape) for k, v in ours.items()} == fixture["keys"]
+    ours.update({"policy.noise_pred_net." + k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")})
+    path = tmp_path / "model.pth"
+    torch.save({"model": {"nets": ours, "ema": ours}, "algo_name": "diffusion_policy",
+                "config": json.dumps({"algo_name": "diffusion_policy", "algo": {
+                    "horizon": {"observation_horizon": 2, "action_horizon": 4, "prediction_horizon": 8},
+                    "ddim": {"enabled": True, "num_train_timesteps": 100, "num_inference_timesteps": 8}},
+                    "observation": {"modalities": {"obs": {"rgb": cams, "low_dim": ["robot0_eef_pos"]}},
+                                    "encoder": {"rgb": {"obs_randomizer_class": "CropRandomizer",
+                                                        "obs_randomizer_kwargs": {"crop_height": 75,
+                                                                                  "crop_width": 75}}}}}),
+                "shape_metadata": {"ac_dim": 2, "all_shapes": fixture["all_shapes"]}}, path)
+    ck = load_any(path, trust_pickle=True)
+    assert ck.config.images[0].crop == (4, 4, 75, 75)  # robomimic: int((84 - 75) / 2) == 4
+    assert ck.config.feature_order == ["agentview_image", "robot0_eef_pos", "robot0_eye_in_hand_image"]
+    assert ck.config.encoder == cfg.encoder
+    assert_same_policy(source, ck)

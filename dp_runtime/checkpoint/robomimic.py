@@ -9,8 +9,8 @@ optional ``obs_normalization_stats`` / ``action_normalization_stats``
 Weights: ``policy.noise_pred_net.*`` (the reference UNet names) and
 ``policy.obs_encoder.nets.obs.obs_nets.<key>.*`` (VisualCore: ``backbone.nets.<i>``
 ResNet-18 children, SpatialSoftmax ``pool``, ``nets.3`` the feature Linear; ``nets.0``/
-``nets.1`` are the same modules again). robomimic feeds images in [0, 1] and takes the
-eval-time centre crop with a floored offset.
+``nets.1`` are the same modules again), followed by the ObservationEncoder's ReLU.
+robomimic feeds images in [0, 1] and takes the eval-time centre crop with a floored offset.
 """
 from __future__ import annotations
 
@@ -56,8 +56,9 @@ def map_obs_nets(imp: Imported, src: dict[str, torch.Tensor], prefix: str, image
                                   "is supported")
         if f"{base}.pool.pos_x" in src:
             check_pos_grid(f"{base}.pool.pos_x", src[f"{base}.pool.pos_x"], src[f"{base}.pool.pos_y"], input_hw[key])
+        # ObservationEncoder applies its feature_activation (ReLU by default) to each obs net's output.
         this = EncoderConfig(base_width=int(conv1.shape[0]), pool="spatial_softmax", num_kp=int(kp.shape[0]),
-                             feature_dim=int(lin.shape[0]))
+                             feature_dim=int(lin.shape[0]), fc_relu=True)
         if enc is not None and this != enc:
             raise CheckpointError(f"{base}: encoder differs in shape from the other cameras' ({this} vs {enc})")
         enc = this

@@ -97,7 +97,7 @@ def add_batchnorm_buffers(state: dict, prefix: str) -> dict:
 def dp_source(hybrid: bool = False, seed: int = 0) -> DiffusionPolicy:
     """Image policy: rgb keys sorted then low-dim sorted; hybrid: shape_meta order (here agent_pos first)."""
     crop = (4, 4, CROP, CROP)  # torchvision center_crop: round(3.5) = 4
-    enc = (EncoderConfig(base_width=8, pool="spatial_softmax", num_kp=8, feature_dim=16) if hybrid
+    enc = (EncoderConfig(base_width=8, pool="spatial_softmax", num_kp=8, feature_dim=16, fc_relu=True) if hybrid
            else EncoderConfig(base_width=8, pool="avg"))
     cfg = PolicyConfig(images=[ImageSpec("image", (IMG, IMG, 3), crop=crop)], low_dims=[LowDimSpec("agent_pos", 2)],
                        action_dim=2, horizon=8, n_obs_steps=2, n_action_steps=4, num_inference_steps=8,
@@ -219,7 +219,8 @@ def rm_source(seed: int = 0) -> DiffusionPolicy:
                        low_dims=[LowDimSpec("robot0_eef_pos", 3)], action_dim=2, horizon=8, n_obs_steps=2,
                        n_action_steps=4, num_inference_steps=8, image_range="zero_one",
                        obs_order=["agentview_image", "robot0_eef_pos"],
-                       encoder=EncoderConfig(base_width=8, pool="spatial_softmax", num_kp=8, feature_dim=16),
+                       encoder=EncoderConfig(base_width=8, pool="spatial_softmax", num_kp=8, feature_dim=16,
+                                             fc_relu=True),  # ObservationEncoder's feature_activation
                        unet=UnetConfig(down_dims=(32, 64), kernel_size=3, n_groups=8, diffusion_step_embed_dim=32))
     policy = randomize(DiffusionPolicy(cfg), seed)
     set_affine(policy, "action", [2.0, 4.0], [0.0, -1.0])  # robomimic scale 0.5/0.25, offset 0/0.25
