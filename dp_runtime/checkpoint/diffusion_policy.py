@@ -97,6 +97,9 @@ def load(path: Path, trust_pickle: bool = False, allow_non_ema: bool = False) ->
     if hybrid:
         crop_shape = field("policy.crop_shape", list, None)
         rule = "round" if field("policy.eval_fixed_crop", bool, False) else "floor"
+        if crop_shape is not None and rule == "floor":
+            log.warning("%s: eval_fixed_crop=False: robomimic 0.2's CropRandomizer crops at random even at "
+                        "evaluation; the bundle uses the centre crop", path)
         order = list(obs_meta)  # shape_meta order: robomimic concatenates in registration order
         share, imagenet = False, False
     else:
