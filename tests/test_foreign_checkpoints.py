@@ -195,6 +195,7 @@ def test_lerobot_dir_exports_with_parity(tmp_path):
     directory = fc.write_lerobot(tmp_path / "pretrained_model_ema", source)
     assert detect_format(directory) == "lerobot"
     ck = load_any(directory)  # safetensors + JSON: no pickle, no opt-in needed
+    assert load_any(directory / "model.safetensors").source == str(directory)
     assert ck.weights == "ema"
     assert [s.key for s in ck.config.images] == ["image"] and ck.config.low_dims[0].key == "state"
     assert ck.extra["lerobot_features"]["state"] == "observation.state"

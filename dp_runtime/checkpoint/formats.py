@@ -44,6 +44,8 @@ def load_any(path: str | Path, format: str | None = None, trust_pickle: bool = F
              allow_non_ema: bool = False) -> Checkpoint:
     """Load the EMA weights of a checkpoint in any supported format (``format`` overrides detection)."""
     path = Path(path)
+    if path.name == "model.safetensors" and lerobot.is_lerobot_dir(path.parent):
+        path = path.parent  # the weights file of a LeRobot directory: its config and stats sit beside it
     fmt = format or detect_format(path)
     if fmt == "dp_runtime":
         return load_checkpoint(path, allow_non_ema=allow_non_ema)
