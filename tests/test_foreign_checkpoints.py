@@ -203,7 +203,8 @@ def test_lerobot_dir_exports_with_parity(tmp_path):
     with torch.no_grad():
         ours = ck.policy.encode({k: torch.from_numpy(v) for k, v in obs.items()})
     assert torch.allclose(ours, lerobot_features(directory, obs), atol=1e-5)
-    export_and_check(ck, directory, tmp_path / "bundle", "lerobot")
+    manifest = export_and_check(ck, directory, tmp_path / "bundle", "lerobot")
+    assert manifest["source"]["details"]["lerobot_features"]["image"] == "observation.image"
 
 
 def test_lerobot_two_cameras_separate_encoders(tmp_path):

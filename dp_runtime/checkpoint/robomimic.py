@@ -15,6 +15,7 @@ robomimic feeds images in [0, 1] and takes the eval-time centre crop with a floo
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from .mapping import (Imported, affine_mean_std, assemble, centre_crop, check_po
 from .native import Checkpoint
 from .pickled import load_torch_pickle
 
+log = logging.getLogger(__name__)
 FORMAT = "robomimic"
 BN_HINT = ("robomimic's DiffusionPolicyUNet replaces BatchNorm with GroupNorm itself (replace_bn_with_gn); "
            "a checkpoint with BatchNorm comes from a modified encoder: retrain with GroupNorm.")
@@ -200,6 +202,12 @@ def load(path: Path, trust_pickle: bool = False, allow_non_ema: bool = False) ->
         num_inference_steps=min(steps, scheduler["num_train_timesteps"]), image_range="zero_one",
         obs_order=order, scheduler=scheduler, encoder=encoder, unet=unet)
     imp.extra = {"robomimic_algo": algo, "obs_keys": order}
+    formats = {k: c.get("format") for k, c in (get(config, "train.action_config", dict, default={}, where=where)
+                                               or {}).items() if isinstance(c, dict) and c.get("format")}
+    if formats:
+        log.warning("%s: robomimic converts action parts at rollout (%s); the bundle outputs the action vector "
+                    "as the network predicts it", path, formats)
+        imp.extra["unconverted_action_formats"] = formats
     return assemble(imp, path, BN_HINT)
 
 

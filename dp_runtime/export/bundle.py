@@ -145,7 +145,7 @@ def build_manifest(ck: Checkpoint, steps: int, files: dict[str, dict], graphs: d
         "norm_inventory": norm_inventory(ck.policy),
         "running_stats_layers": [],
         "source": {"path": Path(ck.source).name, "sha256": ck.sha256, "format": ck.source_format,
-                   "weights": ck.weights},
+                   "weights": ck.weights, "details": ck.extra},
         "ema": ck.ema,
         "files": files, "graphs": graphs,
         "parity": {"max_abs_error": parity_err[0], "units": "normalized action ([-1, 1] training range)",
