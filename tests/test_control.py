@@ -175,3 +175,25 @@ def test_inference_longer_than_a_chunk_is_counted_and_warned_once():
         assert r.infer(1.0 + k) is not None  # the chunk is still used
     assert r.stats.overruns == 3
     assert warnings == ["inference took 500 ms, longer than the 400 ms a chunk lasts"]
+
+
+def test_stamps_ahead_of_the_clock_are_refused():
+    """A message from before a backward clock jump (looped bag) must not poison the fresh history."""
+    b = buffer(max_age=0.5)
+    with pytest.raises(InputError, match="ahead of the clock"):
+        b.add("state", 4.0, np.zeros(2), now=0.2)
+    b.add("state", 0.6, np.zeros(2), now=0.2)  # within max_obs_age: clock skew tolerated
+    b.add("state", 0.7, np.zeros(2))  # no clock given (offline replay): not checked
+    assert len(b.samples["state"]) == 2
+
+
+def test_chunk_inferred_across_a_reset_is_discarded():
+    class ResetDuringPredict(FakeEngine):
+        def predict(self, history, seed=None):
+            runner.reset()  # the clock jumped back while this chunk was being computed
+            return super().predict(history, seed)
+
+    runner = PolicyRunner(ResetDuringPredict(), RunnerConfig(control_rate_hz=10))
+    feed(runner, 4.0, v=1.0)
+    assert runner.infer(4.0) is None
+    assert len(runner.queue) == 0 and runner.stats.chunks == 0

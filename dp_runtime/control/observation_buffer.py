@@ -41,10 +41,19 @@ class ObservationBuffer:
         for q in self.samples.values():
             q.clear()
 
-    def add(self, key: str, stamp: float, value: np.ndarray) -> None:
-        """Store one sample; raises InputError/ShapeError (nothing stored) when it is unusable."""
+    def add(self, key: str, stamp: float, value: np.ndarray, now: float | None = None) -> None:
+        """Store one sample; raises InputError/ShapeError (nothing stored) when it is unusable.
+
+        With ``now`` (the receiving clock), a stamp more than max_obs_age ahead of it is refused:
+        either the clocks disagree, or the message predates a backward clock jump (a looped bag)
+        and, stored, would make every later message look out of order.
+        """
         if key not in self.samples:
             raise InputError(f"unknown observation key {key!r}; expected one of {self.keys}")
+        if now is not None and stamp > now + self.max_obs_age:
+            raise InputError(f"{key!r}: stamp {stamp:.6f} is {stamp - now:.3f} s ahead of the clock "
+                             f"(max_obs_age {self.max_obs_age} s): clocks out of sync, or sent before the "
+                             "clock jumped back")
         value = np.asarray(value)
         if key in self.image_shapes:
             if value.dtype != np.uint8 or value.shape != self.image_shapes[key]:

@@ -75,6 +75,7 @@ class PolicyRunner:
         self.keep_observations = keep_observations
         self.last_command: np.ndarray | None = None
         self.last_t_obs: float | None = None
+        self.generation = 0  # bumped by reset(): a chunk inferred before a reset is discarded
         self.lock = threading.Lock()
         self._warned: set[str] = set()
         self._warn = warn or (lambda cause, msg: log.warning(msg))
@@ -98,10 +99,10 @@ class PolicyRunner:
         self.stats.invalid_inputs += 1
         self.warn_once(self.cause_of(key, error), f"dropped {what or key} message: {error}")
 
-    def add(self, key: str, stamp: float, value: np.ndarray) -> bool:
+    def add(self, key: str, stamp: float, value: np.ndarray, now: float | None = None) -> bool:
         try:
             with self.lock:
-                self.buffer.add(key, stamp, value)
+                self.buffer.add(key, stamp, value, now)
             return True
         except DpRuntimeError as e:
             self.reject(key, e)
@@ -113,6 +114,7 @@ class PolicyRunner:
             self.queue.clear()
             self.last_command = None
             self.last_t_obs = None
+            self.generation += 1
 
     # -- inference -------------------------------------------------------------------
     def needs_inference(self) -> bool:
@@ -134,6 +136,7 @@ class PolicyRunner:
                 self.warn_once("stale", str(e))
                 return None
             self.last_t_obs = obs.stamp
+            generation = self.generation
         seed = None if self.cfg.seed is None else self.cfg.seed + self.stats.chunks
         started = time.perf_counter()
         try:
@@ -154,6 +157,8 @@ class PolicyRunner:
                            f"{lasts * 1e3:.0f} ms a chunk lasts")
         executed = self.engine.executed_slice(pred.actions)
         with self.lock:
+            if self.generation != generation:  # reset while inferring: these actions belong to the old timeline
+                return None
             took = self.cfg.assumed_latency_s if self.cfg.assumed_latency_s is not None else finished - started
             dropped = self.queue.push(executed, obs.stamp, now + took)
             self.stats.chunks += 1

@@ -131,7 +131,7 @@ class PolicyNode(Node):
                 return
             if t.type == "joint_state":
                 self.latest_joints.update(zip(t.joint_names, value.tolist()))
-            if self.runner.add(t.key, stamp, value):
+            if self.runner.add(t.key, stamp, value, now=self.now() or None):  # 0: no /clock yet
                 self.wake.set()
         return callback
 
