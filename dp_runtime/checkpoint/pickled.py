@@ -129,9 +129,8 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
-_FULL = re.compile(r"\$\{([^${}:]+)\}")
+_REF = re.compile(r"\$\{([^${}:]+)\}")
 _EVAL = re.compile(r"\$\{eval:'(.*)'\}", re.S)
-_ANY = re.compile(r"\$\{([^${}:]+)\}")
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
         ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.USub: operator.neg, ast.UAdd: operator.pos}
 
@@ -175,12 +174,12 @@ def resolve(root: dict, value: Any, depth: int = 0) -> Any:
         return value
     m = _EVAL.fullmatch(value)
     if m:
-        inner = _ANY.sub(lambda g: repr(resolve(root, _lookup(root, g.group(1)), depth + 1)), m.group(1))
+        inner = _REF.sub(lambda g: repr(resolve(root, _lookup(root, g.group(1)), depth + 1)), m.group(1))
         return _arith(inner)
-    m = _FULL.fullmatch(value)
+    m = _REF.fullmatch(value)
     if m:
         return resolve(root, _lookup(root, m.group(1)), depth + 1)
-    return _ANY.sub(lambda g: str(resolve(root, _lookup(root, g.group(1)), depth + 1)), value)
+    return _REF.sub(lambda g: str(resolve(root, _lookup(root, g.group(1)), depth + 1)), value)
 
 
 def plain_config(cfg: Any) -> dict:
