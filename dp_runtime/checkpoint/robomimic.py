@@ -44,6 +44,9 @@ def map_obs_nets(imp: Imported, src: dict[str, torch.Tensor], prefix: str, image
     for key in image_keys:
         base = f"{prefix}.{key}"
         conv1 = src.get(f"{base}.backbone.nets.0.weight")
+        if not any(k.startswith(base + ".") for k in src):
+            raise CheckpointError(f"the config lists image {key!r}, the weights have nothing under {base}.* "
+                                  "(config and weights disagree)")
         if conv1 is None:
             raise CheckpointError(f"weights have no {base}.backbone.nets.0.weight: image {key!r} is not encoded by "
                                   "a ResNet VisualCore (only ResNet18Conv + SpatialSoftmax is supported)")
