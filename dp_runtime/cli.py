@@ -75,6 +75,9 @@ def inspect_main(argv: list[str] | None = None) -> int:
               f"{pol['n_action_steps']}  DDIM steps {m['ddim']['num_inference_steps']}")
         print(f"source      {m['source']['path']} sha256 {m['source']['sha256'][:16]}... weights "
               f"{m['source']['weights']} ({m['source']['format']})  EMA {m.get('ema')}")
+        renamed = (m["source"].get("details") or {}).get("lerobot_features") or {}
+        if renamed:
+            print("renamed     " + ", ".join(f"{ours} <- {theirs}" for ours, theirs in renamed.items()))
         norms = sorted({e['type'] for e in m['norm_inventory']})
         print(f"norm layers {len(m['norm_inventory'])} ({', '.join(norms)}); running-stats layers: none")
         print(f"parity      {m['parity']['max_abs_error']} (normalized action units, tolerance "
