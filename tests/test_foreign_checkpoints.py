@@ -337,3 +337,18 @@ def test_robomimic_encoder_names_from_robomimic_itself(tmp_path):
     assert ck.config.feature_order == ["agentview_image", "robot0_eef_pos", "robot0_eye_in_hand_image"]
     assert ck.config.encoder == cfg.encoder
     assert_same_policy(source, ck)
+
+
+def test_omegaconf_interpolations_resolve_without_eval():
+    from dp_runtime.checkpoint.pickled import resolve
+    from dp_runtime.errors import ConfigError
+    root = {"n": 8, "lat": 2, "task": {"fps": 10}, "p": {"steps": "${eval:'${n}+${lat}*2'}", "name": "run_${n}",
+                                                          "fps": "${task.fps}", "bad": "${nowhere.x}",
+                                                          "code": "${eval:'__import__(\"os\").getcwd()'}"}}
+    assert resolve(root, root["p"]["steps"]) == 12
+    assert resolve(root, root["p"]["name"]) == "run_8"
+    assert resolve(root, root["p"]["fps"]) == 10
+    with pytest.raises(ConfigError, match="nowhere.x"):
+        resolve(root, root["p"]["bad"])
+    with pytest.raises(ConfigError, match="unsupported expression"):
+        resolve(root, root["p"]["code"])  # the eval resolver's arithmetic only: never code
