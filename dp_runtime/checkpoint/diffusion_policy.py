@@ -91,7 +91,7 @@ def load(path: Path, trust_pickle: bool = False, allow_non_ema: bool = False) ->
     if len(action_shape) != 1:
         raise CheckpointError(f"{where} 'shape_meta.action.shape' is {action_shape}, expected [action_dim]")
 
-    imp = Imported(config=None, state={}, origin={}, source_format=FORMAT, weights=weights,
+    imp = Imported(source_format=FORMAT, weights=weights,
                    ema=_ema_settings(field) if weights == "ema" else {})
     hybrid = cls == HYBRID_POLICY
     if hybrid:
@@ -181,9 +181,8 @@ def _normalizers(imp: Imported, state: dict, images: list[ImageSpec], low_dims: 
 
     for key in [s.key for s in low_dims] + ["action"]:
         for leaf in ("scale", "offset"):
-            name = f"normalizer.params_dict.{key}.{leaf}"
-            param(key, leaf)
-            imp.put(f"normalizer.params.{key}.{leaf}", name, state[name].float().flatten())
+            imp.put(f"normalizer.params.{key}.{leaf}", f"normalizer.params_dict.{key}.{leaf}",
+                    param(key, leaf).float())
     for spec in images:
         c = spec.shape[2]
         s, o = param(spec.key, "scale").expand(c), param(spec.key, "offset").expand(c)

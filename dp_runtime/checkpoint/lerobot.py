@@ -114,10 +114,10 @@ def load(path: Path, allow_non_ema: bool = False) -> Checkpoint:
         hw[our_key(cam)] = (crop[2], crop[3]) if crop else (h, w)
     low_dims = [LowDimSpec(our_key(k), int(torch.tensor(inputs[k]["shape"]).prod())) for k in lows]
 
-    imp = Imported(config=None, state={}, origin={}, source_format=FORMAT, weights="ema" if ema else "live")
+    imp = Imported(source_format=FORMAT, weights="ema" if ema else "live")
     encoder = _map_rgb_encoders(imp, raw, config, images, hw, where)
     copy_prefixed(imp, raw, "diffusion.unet", "model", rename=_unet_key)
-    _normalizers(imp, path, config, inputs, cams, lows, int(action_shape[0]), raw)
+    _normalizers(imp, path, config, inputs, cams, lows, raw)
 
     sched_type = config.get("noise_scheduler_type", "DDPM")
     scheduler = {"num_train_timesteps": int(config.get("num_train_timesteps", 100)),
@@ -222,7 +222,7 @@ def _affine(mode: str, stats: dict, eps: float, feature: str, unnormalize: bool)
 
 
 def _normalizers(imp: Imported, path: Path, config: dict, inputs: dict, cams: list[str], lows: list[str],
-                 action_dim: int, raw: dict) -> None:
+                 raw: dict) -> None:
     pre = _processor_stats(path, "policy_preprocessor.json", "normalizer_processor")
     post = _processor_stats(path, "policy_postprocessor.json", "unnormalizer_processor")
     if pre is None:
@@ -243,19 +243,17 @@ def _normalizers(imp: Imported, path: Path, config: dict, inputs: dict, cams: li
     for cam in cams:
         m = mode(cam)
         if m == "IDENTITY" or cam not in obs_stats:
-            put_image_mean_std(imp, our_key(cam), [0.0] * 3, [1.0] * 3, "(identity)")
-            continue
+            continue  # pixels in [0, 1]: the config's default mean 0 / std 1, for any channel count
         aff = _affine(m, obs_stats[cam], eps, cam, unnormalize=False)
         scale, offset = torch.tensor(aff["scale"]), torch.tensor(aff["offset"])
         put_image_mean_std(imp, our_key(cam), -offset / scale, 1.0 / scale, f"stats {cam}")
     for f in lows:
-        size = int(torch.tensor(inputs[f]["shape"]).prod())
         if mode(f) == "IDENTITY" or f not in obs_stats:
-            put_normalizer(imp, our_key(f), {"scale": [1.0] * size, "offset": [0.0] * size}, "(identity)")
+            imp.identity_normalizer(our_key(f))
         else:
             put_normalizer(imp, our_key(f), _affine(mode(f), obs_stats[f], eps, f, unnormalize=False), f"stats {f}")
     if mode("action") == "IDENTITY" or act_stats is None:
-        put_normalizer(imp, "action", {"scale": [1.0] * action_dim, "offset": [0.0] * action_dim}, "(identity)")
+        imp.identity_normalizer("action")
     else:
         put_normalizer(imp, "action", _affine(mode("action"), act_stats, eps, "action", unnormalize=True),
                        "stats action")

@@ -45,17 +45,24 @@ def get(cfg: dict, path: str, kind: type | tuple[type, ...] | None = None, defau
 @dataclass
 class Imported:
     """A foreign checkpoint translated to our names, before the policy is built."""
-    config: PolicyConfig
-    state: dict[str, torch.Tensor]  # our key -> tensor
-    origin: dict[str, str]  # our key -> source key
     source_format: str
     weights: str  # "ema" | "live"
+    config: PolicyConfig | None = None  # set once the importer has read everything it needs
+    state: dict[str, torch.Tensor] = field(default_factory=dict)  # our key -> tensor
+    origin: dict[str, str] = field(default_factory=dict)  # our key -> source key
     ema: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # Key prefixes that keep the rebuilt model's own (config-derived) values: the [-1, 1] pixel mapping,
+    # identity normalizers where the source has no statistics.
+    defaults: list[str] = field(default_factory=lambda: ["obs_encoder.preprocess."])
 
     def put(self, ours: str, source_key: str, tensor: torch.Tensor) -> None:
         self.state[ours] = tensor
         self.origin[ours] = source_key
+
+    def identity_normalizer(self, key: str) -> None:
+        """``key`` is used unnormalized (the source stores no statistics for it)."""
+        self.defaults.append(f"normalizer.params.{key}.")
 
 
 def guard_raw(state_keys, where: str, hint: str) -> None:
@@ -158,9 +165,8 @@ def assemble(imp: Imported, path: Path, hint: str) -> Checkpoint:
     policy = DiffusionPolicy(imp.config)
     assert_no_running_stats(policy, where=f"policy rebuilt from {path.name}", hint=hint)
     own = policy.state_dict()
-    # Config-derived buffers the source does not store (e.g. the [-1, 1] pixel mapping).
     for key, value in own.items():
-        if key.startswith("obs_encoder.preprocess.") and key not in imp.state:
+        if key not in imp.state and key.startswith(tuple(imp.defaults)):
             imp.put(key, "(from config)", value)
     missing = sorted(set(own) - set(imp.state))
     unexpected = sorted(set(imp.state) - set(own))

@@ -100,15 +100,17 @@ def shadow_to_state_dict(nets: dict[str, torch.Tensor], ema: dict, path: Path) -
     ``nets.parameters()`` is the state dict's order without buffers and without the second name of a
     shared module (VisualCore lists its backbone and pool twice); shared entries share storage.
     """
+    def ident(t: torch.Tensor) -> tuple:
+        return t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)
+
     shadow = list(ema["shadow_params"])
     names, seen = [], {}
     for key, t in nets.items():
         if key.rsplit(".", 1)[-1] in BUFFERS:
             continue
-        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-        if ident in seen:
+        if ident(t) in seen:
             continue
-        seen[ident] = key
+        seen[ident(t)] = key
         names.append(key)
     if len(names) != len(shadow):
         raise CheckpointError(f"{path}: params['model']['ema'] has {len(shadow)} shadow params, the live nets "
@@ -116,8 +118,7 @@ def shadow_to_state_dict(nets: dict[str, torch.Tensor], ema: dict, path: Path) -
     by_name = dict(zip(names, shadow))
     out = {}
     for key, t in nets.items():
-        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-        src = seen.get(ident, key)
+        src = seen.get(ident(t), key)
         value = by_name.get(src, t)
         if tuple(value.shape) != tuple(t.shape):
             raise CheckpointError(f"{path}: EMA shadow param for {src!r} has shape {tuple(value.shape)}, "
@@ -192,7 +193,7 @@ def load(path: Path, trust_pickle: bool = False, allow_non_ema: bool = False) ->
                  "steps_offset": 0, "prediction_type": "epsilon"}
     steps = int(sched.get("num_inference_timesteps") or 16)
 
-    imp = Imported(config=None, state={}, origin={}, source_format=FORMAT, weights=weights,
+    imp = Imported(source_format=FORMAT, weights=weights,
                    ema={"power": get(config, "algo.ema.power", (int, float), default=None, where=where)}
                    if weights == "ema" else {})
     encoder = map_obs_nets(imp, state, "policy.obs_encoder.nets.obs.obs_nets", [s.key for s in images], hw)
@@ -221,7 +222,7 @@ def _normalizers(imp: Imported, params: dict, low_dims: list[LowDimSpec], action
     for spec in low_dims:
         s = obs_stats.get(spec.key)
         if s is None:
-            put_normalizer(imp, spec.key, {"scale": [1.0] * spec.size, "offset": [0.0] * spec.size}, "(identity)")
+            imp.identity_normalizer(spec.key)
             continue
         mean, std = (s["offset"], s["scale"]) if "offset" in s else (s["mean"], s["std"])
         put_normalizer(imp, spec.key, affine_mean_std(mean, std), f"obs_normalization_stats.{spec.key}")
@@ -231,7 +232,7 @@ def _normalizers(imp: Imported, params: dict, low_dims: list[LowDimSpec], action
     act = params.get("action_normalization_stats")
     if not act:
         # Older robomimic trains on actions already in [-1, 1] (hdf5_normalize_action) and outputs them as is.
-        put_normalizer(imp, "action", {"scale": [1.0] * action_dim, "offset": [0.0] * action_dim}, "(identity)")
+        imp.identity_normalizer("action")
         return
     keys = get(config, "train.action_keys", list, default=list(act), where=f"{path.name} config")
     scale = torch.cat([_as_tensor(act[k]["scale"]).flatten() for k in keys])
