@@ -19,11 +19,12 @@ def _run(fn) -> int:
 
 
 def export_main(argv: list[str] | None = None) -> int:
+    from .checkpoint import FORMATS, IMPORTERS
     p = argparse.ArgumentParser(prog="dp-export", description="Export an EMA checkpoint to a bundle.")
     p.add_argument("checkpoint", help="dp_runtime .safetensors, diffusion_policy .ckpt, robomimic .pth or a "
                                       "LeRobot pretrained_model/ directory (format told from the content)")
-    p.add_argument("--format", default=None, choices=["dp_runtime", "diffusion_policy", "robomimic", "lerobot"],
-                   help="override format detection")
+    p.add_argument("--format", default=None, choices=FORMATS, help="override format detection: " +
+                   "; ".join(f"{i.name}: {i.what}" for i in IMPORTERS.values()))
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow loading pickle checkpoints (.ckpt/.pth), which can run code: trusted files only")
     p.add_argument("--allow-non-ema", action="store_true",
@@ -66,22 +67,28 @@ def inspect_main(argv: list[str] | None = None) -> int:
         import onnxruntime as ort
         from .engine import load_bundle, read_manifest
         m = read_manifest(Path(args.bundle))
-        pol = m["policy"]
-        print(f"bundle      {args.bundle} (format v{m['format_version']}, created {m.get('created')})")
-        for o in m["observations"]:
-            print(f"obs         {o['key']:<12} {o['kind']:<8} {o['dtype']} {o['shape']} topic={o.get('topic')}")
-        print(f"action      dim {m['action']['dim']} names {m['action']['names']}")
-        print(f"horizon     {pol['horizon']}  n_obs_steps {pol['n_obs_steps']}  n_action_steps "
-              f"{pol['n_action_steps']}  DDIM steps {m['ddim']['num_inference_steps']}")
-        print(f"source      {m['source']['path']} sha256 {m['source']['sha256'][:16]}... weights "
-              f"{m['source']['weights']} ({m['source']['format']})  EMA {m.get('ema')}")
-        renamed = (m["source"].get("details") or {}).get("lerobot_features") or {}
+        pol = m.policy
+        print(f"bundle      {args.bundle} (created {m.created or 'unknown'})")
+        for o in pol.observations:
+            extra = f" joints={list(o.names)}" if o.names else ""
+            print(f"obs         {o.key:<12} {o.kind:<8} {o.dtype} {list(o.shape)} topic={o.topic or None}{extra}")
+        a = pol.action
+        print(f"action      dim {a.dim} names {list(a.names)}; executes [{a.execute_start}, {a.execute_end}) of "
+              f"the horizon")
+        print(f"horizon     {pol.horizon}  n_obs_steps {pol.n_obs_steps} every {pol.obs_interval_s:g} s  "
+              f"n_action_steps {pol.n_action_steps}  DDIM steps {m.ddim.num_inference_steps}")
+        src = m.source
+        print(f"source      {src.get('path')} sha256 {str(src.get('sha256'))[:16]}... weights "
+              f"{src.get('weights')} ({src.get('format')})  EMA {m.ema or None}")
+        renamed = (src.get("details") or {}).get("lerobot_features") or {}
         if renamed:
             print("renamed     " + ", ".join(f"{ours} <- {theirs}" for ours, theirs in renamed.items()))
-        norms = sorted({e['type'] for e in m['norm_inventory']})
-        print(f"norm layers {len(m['norm_inventory'])} ({', '.join(norms)}); running-stats layers: none")
-        print(f"parity      {m['parity']['max_abs_error']} (normalized action units, tolerance "
-              f"{m['parity']['tolerance']})")
+        norms = sorted({n.type for n in m.norm_inventory})
+        print(f"norm layers {len(m.norm_inventory)} ({', '.join(norms)}); running-stats layers: "
+              f"{len(m.running_stats_layers) or 'none'}")
+        for g in m.graphs:
+            print(f"graphs      {g.name:<16} {g.encoder} + {g.step}: parity {g.max_abs_error:.2e} "
+                  f"(normalized action units, tolerance {m.parity.get('tolerance')})")
         print(f"providers   {ort.get_available_providers()}")
         engine = load_bundle(args.bundle, backend=args.backend, device=args.device)
         lat = sorted(engine.warm_up() for _ in range(5))
@@ -128,8 +135,5 @@ def demo_main(argv: list[str] | None = None) -> int:
 
 
 def bench_main(argv: list[str] | None = None) -> int:
-    import runpy
-    bench = Path(__file__).resolve().parent.parent / "bench" / "latency.py"
-    sys.argv = [str(bench)] + list(argv or sys.argv[1:])
-    runpy.run_path(str(bench), run_name="__main__")
-    return 0
+    from .latency_bench import main
+    return _run(lambda: main(argv))

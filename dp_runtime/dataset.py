@@ -20,6 +20,7 @@ import yaml
 from .control import ObservationBuffer
 from .errors import ConfigError, DpRuntimeError, StaleInputError
 from .ros import convert
+from .ros.commands import RECORDED_COMMAND_TYPES, command_to_vector
 
 
 @dataclass
@@ -37,7 +38,6 @@ class DatasetConfig:
     command_topic: str
     action_names: list[str]
     obs: list[DatasetObs]
-    control_rate_hz: float = 10.0
     horizon: int = 16
     n_obs_steps: int = 2
     n_action_steps: int = 8
@@ -62,7 +62,7 @@ def bag_to_dataset(bag_path: str | Path, cfg: DatasetConfig, distro: str = "kilt
     with Bag(bag_path, distro) as bag:
         for o in cfg.obs:
             bag.require(o.topic, (convert.OBS_MESSAGE_TYPES[o.type],), f"dataset observation {o.key!r}")
-        bag.require(cfg.command_topic, convert.RECORDED_COMMAND_TYPES, "dataset commands")
+        bag.require(cfg.command_topic, RECORDED_COMMAND_TYPES, "dataset commands")
         by_topic = {o.topic: o for o in cfg.obs}
         shapes: dict[str, tuple] = {}
         samples: list[tuple[float, str, Any]] = []  # (time, key|"__command__", value) in bag order
@@ -75,7 +75,7 @@ def bag_to_dataset(bag_path: str | Path, cfg: DatasetConfig, distro: str = "kilt
             try:
                 if raw.topic == cfg.command_topic:
                     samples.append((raw.time, "__command__",
-                                    convert.command_to_vector(msg, raw.msgtype, cfg.action_names, raw.topic)))
+                                    command_to_vector(msg, raw.msgtype, cfg.action_names, raw.topic)))
                     continue
                 o = by_topic[raw.topic]
                 if o.type != "joint_state" and o.key not in shapes:  # the first frame fixes the size

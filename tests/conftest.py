@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dp_runtime.synthetic import reaching_dataset, tiny_config
+from helpers.synthetic import reaching_dataset, tiny_config
 from dp_runtime.train import TrainConfig, train
 
 torch.set_num_threads(2)

@@ -5,11 +5,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dp_runtime.checkpoint import load_checkpoint, load_ema_state, save_checkpoint
+from dp_runtime.checkpoint import load_checkpoint, save_checkpoint
 from dp_runtime.errors import BatchNormError, CheckpointError, ShapeError
 from dp_runtime.model import DiffusionPolicy
-from dp_runtime.synthetic import tiny_config
-from dp_runtime.train import make_ema
+from helpers.synthetic import tiny_config
 
 
 def test_roundtrip_is_bit_identical_ema_by_default(tiny_ckpt):
@@ -24,32 +23,6 @@ def test_roundtrip_is_bit_identical_ema_by_default(tiny_ckpt):
     # EMA and live weights really differ (the EMA is not a copy of the live model).
     diffs = [not torch.equal(a, b) for a, b in zip(ck.policy.parameters(), live.policy.parameters())]
     assert any(diffs)
-
-
-def test_diffusers_ema_state_dict_loads_onto_policy():
-    cfg = tiny_config()
-    live = DiffusionPolicy(cfg)
-    ema = make_ema(live.parameters())
-    with torch.no_grad():
-        for p in live.parameters():
-            p.add_(1.0)
-    ema.step(live.parameters())
-    ema.step(live.parameters())
-    target = DiffusionPolicy(cfg)
-    info = load_ema_state(target, ema.state_dict())
-    assert info["power"] == 0.75 and info["optimization_step"] == 2
-    for p, s in zip(target.parameters(), ema.shadow_params):
-        assert torch.equal(p, s)
-
-
-def test_ema_state_mismatch_names_parameter():
-    cfg = tiny_config()
-    ema = make_ema(DiffusionPolicy(cfg).parameters())
-    other = DiffusionPolicy(tiny_config(action_dim=3, action_names=[]))
-    with pytest.raises(CheckpointError, match="shape"):
-        load_ema_state(other, ema.state_dict())
-    with pytest.raises(CheckpointError, match="shadow_params"):
-        load_ema_state(other, {"decay": 0.9})
 
 
 def test_missing_and_corrupt_files(tmp_path, tiny_ckpt):

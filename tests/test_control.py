@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from dp_runtime.control import ActionLimits, ActionQueue, ObservationBuffer, PolicyRunner, RunnerConfig
-from dp_runtime.errors import InputError, ShapeError, StaleInputError
+from dp_runtime.errors import ConfigError, InputError, ShapeError, StaleInputError
+from dp_runtime.spec import ActionSpec, ObsSpec, PolicySpec
 
 IMG = (4, 4, 3)
 
@@ -90,18 +91,18 @@ def test_limits_clip_and_rate_limit():
     out = lim.apply(np.array([3.0, -3.0]), np.array([0.0, 0.0]))
     assert np.allclose(out, [0.1, -0.5])
     assert np.allclose(lim.apply(np.array([3.0, -3.0]), None), [1.0, -1.0])
-    with pytest.raises(ValueError, match="action_upper has 3 values"):
+    with pytest.raises(ConfigError, match="action_upper has 3 values"):
         ActionLimits.from_lists(2, [], [1, 2, 3], [])
+
+
+SPEC = PolicySpec((ObsSpec("cam", "image", IMG), ObsSpec("state", "low_dim", (2,), names=("j1", "j2"))),
+                  ActionSpec(2, ("j1", "j2"), 1, 5), horizon=8, n_obs_steps=2, obs_interval_s=0.1)
 
 
 class FakeEngine:
     """Stands in for a bundle (the runner's contract with it) so timing logic is tested exactly."""
 
-    manifest = {"policy": {"obs_interval_s": 0.1}}
-    image_shapes = {"cam": IMG}
-    low_dim_sizes = {"state": 2}
-    n_obs_steps = 2
-    n_action_steps = 4
+    spec = SPEC
 
     def __init__(self, fail=False, latency=0.001):
         self.fail = fail
@@ -115,9 +116,6 @@ class FakeEngine:
             raise RuntimeError("backend exploded")
         base = float(history["state"][-1, 0])
         return Prediction(np.array([[base + i, 0.0] for i in range(8)], np.float32), self.latency, seed)
-
-    def executed_slice(self, actions):
-        return actions[1:5]
 
 
 def feed(r, t, v=0.0):
@@ -197,3 +195,124 @@ def test_chunk_inferred_across_a_reset_is_discarded():
     feed(runner, 4.0, v=1.0)
     assert runner.infer(4.0) is None
     assert len(runner.queue) == 0 and runner.stats.chunks == 0
+
+
+# -- the control loop the node used to own: now in the runner, tested without DDS ------------------
+
+def test_stale_inputs_stop_commands_and_log_each_transition_once():
+    warned, infos = [], []
+    r = PolicyRunner(FakeEngine(), RunnerConfig(control_rate_hz=10, max_obs_age=0.2),
+                     warn=lambda cause, msg: warned.append(msg), info=infos.append)
+    feed(r, 1.0, v=1.0)
+    r.infer(1.0)
+    assert r.tick(1.1) is not None
+    assert r.tick(1.35) is None and r.tick(1.45) is None  # camera and state 0.35 s old > 0.2
+    assert len(r.queue) == 0
+    assert len(warned) == 1 and "stale inputs" in warned[0] and "commands stopped (stop)" in warned[0]
+    assert r.status(1.45).health(0) == ("ERROR", "stale inputs: policy stopped")
+    feed(r, 1.5, v=2.0)
+    r.tick(1.5)
+    assert infos == ["inputs fresh again: resuming"]
+
+
+def test_stale_warning_names_the_last_rejected_input():
+    """A cause already logged once must be said again when it is what stops the policy."""
+    warned = []
+    r = PolicyRunner(FakeEngine(), RunnerConfig(control_rate_hz=10, max_obs_age=0.2),
+                     warn=lambda cause, msg: warned.append(msg))
+    feed(r, 1.0)
+    r.add("cam", 1.05, np.zeros((5, 5, 3), np.uint8))  # logged once here ...
+    assert r.tick(1.4) is None
+    assert "last rejected input" in warned[-1] and "expected uint8" in warned[-1]  # ... and again here
+
+
+def test_hold_position_commands_the_measured_joints_when_stale():
+    r = PolicyRunner(FakeEngine(), RunnerConfig(control_rate_hz=10, max_obs_age=0.2, on_stale="hold_position"))
+    r.add("cam", 1.0, img(0))
+    assert r.add("state", 1.0, np.array([0.3, -0.7]), joint_names=["j1", "j2"])
+    out = r.tick(1.5)
+    assert out is not None and np.allclose(out, [0.3, -0.7])
+    per_chunk = PolicyRunner(FakeEngine(), RunnerConfig(control_rate_hz=10, max_obs_age=0.2,
+                                                        on_stale="hold_position", per_chunk=True))
+    per_chunk.add("state", 1.0, np.array([0.3, -0.7]), joint_names=["j1", "j2"])
+    assert per_chunk.tick(1.5) is None  # a trajectory interface holds by not sending a new trajectory
+    unknown = PolicyRunner(FakeEngine(), RunnerConfig(control_rate_hz=10, max_obs_age=0.2, on_stale="hold_position",
+                                                      action_names=("a", "b")))
+    unknown.add("state", 1.0, np.array([0.3, -0.7]), joint_names=["j1", "j2"])
+    assert unknown.tick(1.5) is None  # the commanded joints were never measured: nothing to hold
+
+
+def test_per_chunk_output_is_the_limited_remaining_trajectory():
+    limits = ActionLimits.from_lists(2, [-100.0], [12.5], [])
+    r = PolicyRunner(FakeEngine(), RunnerConfig(control_rate_hz=10, per_chunk=True), limits)
+    feed(r, 1.0, v=10.0)
+    rec = r.infer(1.0)
+    # FakeEngine: action i = base + i; executed slice 1..4 -> 11..14; the one due at t_obs is late.
+    assert np.allclose(rec.trajectory[:, 0], [12.0, 12.5, 12.5])
+    assert rec.previous is None
+    assert all(r.tick(1.0 + 0.1 * k) is None for k in range(4))  # nothing per tick
+    assert r.status(1.3).commands == 1 and r.last_command is not None
+    feed(r, 1.3, v=20.0)
+    assert np.array_equal(r.infer(1.3).previous, r.last_command)
+
+
+def test_stop_start_and_status_snapshot():
+    r = PolicyRunner(FakeEngine(), RunnerConfig(control_rate_hz=10, autostart=False))
+    feed(r, 1.0)
+    assert not r.needs_inference() and r.tick(1.0) is None
+    assert r.status(1.0).health(0) == ("OK", "stopped")
+    r.start()
+    assert r.needs_inference()
+    r.infer(1.0)
+    cmd = r.tick(1.1)
+    st = r.status(1.1)
+    assert cmd is not None and st.chunks == 1 and st.commands == 1 and st.queue_depth == 2
+    assert st.obs_to_command_ms == pytest.approx([100.0, 100.0])
+    values = st.values()
+    assert values["chunks"] == "1" and values["age.cam"] == "0.100" and values["commands_published"] == "1"
+    r.stop()
+    assert len(r.queue) == 0 and r.tick(1.2) is None
+
+
+def test_histories_are_bounded():
+    r = PolicyRunner(FakeEngine(), RunnerConfig(control_rate_hz=10, inference_lead=10, keep_chunks=5))
+    for k in range(300):
+        feed(r, 1.0 + k * 0.1, v=float(k))
+        r.infer(1.0 + k * 0.1)
+        r.tick(1.0 + k * 0.1)
+    assert len(r.chunks) == 5 and len(r._latencies) <= 200 and len(r._command_times) <= 500
+
+
+def test_runner_config_refuses_bad_values():
+    with pytest.raises(ConfigError, match="control_rate_hz"):
+        RunnerConfig(control_rate_hz=0)
+    with pytest.raises(ConfigError, match="on_stale"):
+        RunnerConfig(on_stale="freeze")
+    with pytest.raises(ConfigError, match="action_joint_names has 3 names"):
+        PolicyRunner(FakeEngine(), RunnerConfig(action_names=("a", "b", "c")))
+
+
+def test_tick_grid_skips_missed_slots_and_restarts():
+    from dp_runtime.control import TickGrid
+    g = TickGrid(10.0, 0.1)
+    assert g.next_target() == pytest.approx(10.1)
+    assert g.advance(10.1) == pytest.approx(10.1)
+    assert g.advance(10.55) == pytest.approx(10.5)  # paused: 10.2..10.4 skipped, not replayed
+    g.restart(3.0)
+    assert g.next_target() == pytest.approx(3.1)
+
+
+def test_qos_watchdog_warns_once_after_publishers_deliver_nothing():
+    from dp_runtime.ros.qos_watchdog import QosWatchdog
+    w = QosWatchdog({"cam": ("/camera", "reliable"), "state": ("/joint_states", "reliable")}, warn_after=3.0)
+    pubs = {"/camera": 1, "/joint_states": 1}
+    w.delivered("state")
+    assert w.check(0.0, pubs.get) == []
+    assert w.check(2.9, pubs.get) == []
+    out = w.check(3.0, pubs.get)
+    assert [k for k, _ in out] == ["cam"] and "QoS mismatch" in out[0][1] and "reliable" in out[0][1]
+    assert w.check(10.0, pubs.get) == []  # once
+    w2 = QosWatchdog({"cam": ("/camera", "reliable")}, warn_after=3.0)
+    w2.check(0.0, pubs.get)
+    w2.check(2.0, lambda t: 0)  # the publisher left: the clock starts again
+    assert w2.check(4.0, pubs.get) == []

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("rclpy")
 
 from dp_runtime.engine import load_bundle  # noqa: E402
-from dp_runtime.synthetic import render_dot  # noqa: E402
+from helpers.synthetic import render_dot  # noqa: E402
 from helpers.ros_harness import (Collector, domain_id, ros_env, start_node, start_publisher, wait_for,  # noqa: E402
                                  write_params)
 from helpers.sensor_publisher import JOINTS, SCENE_TARGET  # noqa: E402

@@ -28,7 +28,8 @@ import torch
 from ..errors import CheckpointError, ConfigError
 from ..model import EncoderConfig, ImageSpec, LowDimSpec, PolicyConfig, UnetConfig
 from ..model.policy import IMAGENET_MEAN, IMAGENET_STD, SHARED_ENCODER_KEY
-from .mapping import Imported, assemble, centre_crop, copy_prefixed, get, guard_raw, put_image_mean_std
+from .mapping import (Imported, assemble, centre_crop, copy_prefixed, ema_or_live, get, guard_raw,
+                      put_image_mean_std)
 from .native import Checkpoint
 from .pickled import load_torch_pickle, plain_config, resolve
 from .robomimic import map_obs_nets
@@ -69,14 +70,8 @@ def load(path: Path, trust_pickle: bool = False, allow_non_ema: bool = False) ->
         raise CheckpointError(f"{path}: not supported: {cls} with obs_as_global_cond=False (inpainting)")
 
     dicts = payload["state_dicts"]
-    if dicts.get("ema_model") is not None:
-        state, weights = dicts["ema_model"], "ema"
-    elif allow_non_ema:
-        state, weights = dicts["model"], "live"
-        log.warning("%s: exporting the LIVE weights (no ema_model in the checkpoint)", path)
-    else:
-        raise CheckpointError(f"{path} holds no EMA weights (state_dicts has no 'ema_model'; training.use_ema "
-                              "was false); pass --allow-non-ema to export the live weights deliberately")
+    state, weights = ema_or_live(path, dicts.get("ema_model"), dicts.get("model"), allow_non_ema,
+                                 "state_dicts has no 'ema_model'; training.use_ema was false")
     guard_raw(state.keys(), where=f"{path.name} state_dicts['{'ema_model' if weights == 'ema' else 'model'}']",
               hint=BN_HINT)
 

@@ -31,7 +31,8 @@ from ..errors import CheckpointError, ConfigError
 from ..model import EncoderConfig, ImageSpec, LowDimSpec, PolicyConfig, UnetConfig
 from ..model.policy import SHARED_ENCODER_KEY
 from .mapping import (Imported, affine_mean_std, affine_min_max, assemble, centre_crop, check_pos_grid,
-                      copy_prefixed, get, guard_raw, map_resnet_sequential, put_image_mean_std, put_normalizer)
+                      copy_prefixed, ema_or_live, get, guard_raw, map_resnet_sequential, put_image_mean_std,
+                      put_normalizer)
 from .native import Checkpoint
 
 log = logging.getLogger(__name__)
@@ -83,11 +84,8 @@ def load(path: Path, allow_non_ema: bool = False) -> Checkpoint:
         raise CheckpointError(f"{path}: no model.safetensors next to config.json")
     raw = {k.replace("._orig_mod", ""): v for k, v in _read_safetensors(weights_file).items()}
     ema = path.name.endswith("_ema") or bool(config.get("use_ema") or config.get("ema"))
-    if not ema:
-        if not allow_non_ema:
-            raise CheckpointError(f"{path} holds live (non-EMA) weights: LeRobot trains without EMA by default; "
-                                  "pass --allow-non-ema to export them deliberately")
-        log.warning("%s: exporting LIVE weights (LeRobot checkpoint without EMA)", path)
+    raw, weights = ema_or_live(path, raw if ema else None, raw, allow_non_ema,
+                               "live weights only: LeRobot trains without EMA by default")
     guard_raw(raw.keys(), where=f"{path.name}/model.safetensors", hint=BN_HINT)
     if get(config, "vision_backbone", str, default="resnet18", where=where) != "resnet18":
         raise CheckpointError(f"{path}: not supported: vision_backbone {config['vision_backbone']!r} (resnet18 only)")
@@ -114,7 +112,7 @@ def load(path: Path, allow_non_ema: bool = False) -> Checkpoint:
         hw[our_key(cam)] = (crop[2], crop[3]) if crop else (h, w)
     low_dims = [LowDimSpec(our_key(k), int(torch.tensor(inputs[k]["shape"]).prod())) for k in lows]
 
-    imp = Imported(source_format=FORMAT, weights="ema" if ema else "live")
+    imp = Imported(source_format=FORMAT, weights=weights)
     encoder = _map_rgb_encoders(imp, raw, config, images, hw, where)
     copy_prefixed(imp, raw, "diffusion.unet", "model", rename=_unet_key)
     _normalizers(imp, path, config, inputs, cams, lows, raw)

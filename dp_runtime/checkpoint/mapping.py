@@ -7,6 +7,7 @@ the user can find in their own checkpoint.
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +15,13 @@ from typing import Any, Callable
 
 import torch
 
+from ..digest import sha256_path
 from ..errors import CheckpointError, ConfigError
 from ..model import DiffusionPolicy, PolicyConfig
 from ..model.norms import assert_no_running_stats, assert_state_dict_clean
-from .native import Checkpoint, sha256_file
+from .native import Checkpoint
+
+log = logging.getLogger(__name__)
 
 _MISSING = object()
 # torchvision ResNet children in order; robomimic and LeRobot keep children()[:-2] as a Sequential.
@@ -63,6 +67,20 @@ class Imported:
     def identity_normalizer(self, key: str) -> None:
         """``key`` is used unnormalized (the source stores no statistics for it)."""
         self.defaults.append(f"normalizer.params.{key}.")
+
+
+def ema_or_live(path: Path, ema: Any, live: Any, allow_non_ema: bool, why: str) -> tuple[Any, str]:
+    """(state, "ema"), or the live state only when asked (--allow-non-ema), with a warning.
+
+    ``why``: why the checkpoint has no EMA weights, in the source framework's words.
+    """
+    if ema is not None:
+        return ema, "ema"
+    if not allow_non_ema:
+        raise CheckpointError(f"{path} holds no EMA weights ({why}); pass --allow-non-ema to export the live "
+                              "weights deliberately")
+    log.warning("%s: exporting the LIVE weights (%s)", path, why)
+    return live, "live"
 
 
 def guard_raw(state_keys, where: str, hint: str) -> None:
@@ -186,15 +204,3 @@ def assemble(imp: Imported, path: Path, hint: str) -> Checkpoint:
     policy.eval()
     return Checkpoint(policy=policy, config=imp.config, weights=imp.weights, ema=imp.ema, source=str(path),
                       sha256=sha256_path(path), source_format=imp.source_format, extra=imp.extra)
-
-
-def sha256_path(path: Path) -> str:
-    """sha256 of a file, or of a directory's weight and config files in name order."""
-    if path.is_file():
-        return sha256_file(path)
-    import hashlib
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors")):
-        h.update(f.name.encode())
-        h.update(bytes.fromhex(sha256_file(f)))
-    return h.hexdigest()

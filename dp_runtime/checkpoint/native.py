@@ -7,7 +7,6 @@ Loading returns the EMA weights unless the caller asks for the live ones.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..digest import sha256_file
 from ..errors import CheckpointError, ConfigError
 from ..model import DiffusionPolicy, PolicyConfig
 from ..model.norms import assert_no_running_stats, assert_state_dict_clean
@@ -37,14 +37,6 @@ class Checkpoint:
     sha256: str = ""
     source_format: str = "dp_runtime"
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_checkpoint(path: str | os.PathLike, live: DiffusionPolicy, ema_model: DiffusionPolicy | None,

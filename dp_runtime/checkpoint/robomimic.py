@@ -24,7 +24,7 @@ import torch
 from ..errors import CheckpointError
 from ..model import EncoderConfig, ImageSpec, LowDimSpec, PolicyConfig, UnetConfig
 from .mapping import (Imported, affine_mean_std, assemble, centre_crop, check_pos_grid, copy_prefixed, get,
-                      guard_raw, map_resnet_sequential, put_normalizer)
+                      ema_or_live, guard_raw, map_resnet_sequential, put_normalizer)
 from .native import Checkpoint
 from .pickled import load_torch_pickle
 
@@ -148,15 +148,10 @@ def load(path: Path, trust_pickle: bool = False, allow_non_ema: bool = False) ->
     if not get(config, "algo.unet.enabled", bool, default=True, where=where):
         raise CheckpointError(f"{path}: not supported: robomimic diffusion_policy with a transformer backbone")
     model = params["model"]
-    if model.get("ema") is not None:
-        state, weights = model["ema"], "ema"
-        if "shadow_params" in state:  # robomimic versions on diffusers' newer EMAModel
-            state = shadow_to_state_dict(model["nets"], state, path)
-    elif allow_non_ema:
-        state, weights = model["nets"], "live"
-    else:
-        raise CheckpointError(f"{path} holds no EMA weights (algo.ema.enabled was false, params['model']['ema'] "
-                              "is None); pass --allow-non-ema to export the live weights deliberately")
+    state, weights = ema_or_live(path, model.get("ema"), model["nets"], allow_non_ema,
+                                 "algo.ema.enabled was false, params['model']['ema'] is None")
+    if weights == "ema" and "shadow_params" in state:  # robomimic versions on diffusers' newer EMAModel
+        state = shadow_to_state_dict(model["nets"], state, path)
     guard_raw(state.keys(), where=f"{path.name} ({weights} weights)", hint=BN_HINT)
 
     shapes = get(params, "shape_metadata.all_shapes", dict, where=f"{path.name} shape_metadata")

@@ -2,7 +2,9 @@
 from .action_queue import ActionQueue, QueueStats
 from .limits import ActionLimits
 from .observation_buffer import Observation, ObservationBuffer
-from .runner import ChunkRecord, PolicyRunner, RunnerConfig
+from .runner import ChunkRecord, PolicyRunner, RunnerConfig, cause_key
+from .status import RunnerStatus
+from .tick_grid import TickGrid
 
 __all__ = ["ActionLimits", "ActionQueue", "ChunkRecord", "Observation", "ObservationBuffer", "PolicyRunner",
-           "QueueStats", "RunnerConfig"]
+           "QueueStats", "RunnerConfig", "RunnerStatus", "TickGrid", "cause_key"]

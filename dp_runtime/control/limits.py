@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ConfigError
+
 
 @dataclass
 class ActionLimits:
@@ -29,6 +31,6 @@ class ActionLimits:
             if len(v) == 1:
                 v = v * dim
             if len(v) != dim:
-                raise ValueError(f"{name} has {len(v)} values, expected 1 or {dim} (one per action joint)")
+                raise ConfigError(f"{name} has {len(v)} values, expected 1 or {dim} (one per action joint)")
             return np.asarray(v, dtype=np.float64)
         return cls(arr(lower, "action_lower"), arr(upper, "action_upper"), arr(max_delta, "action_max_delta"))

@@ -1,8 +1,11 @@
-"""PolicyRunner: the control loop's logic without ROS — observations in, timed commands out.
+"""PolicyRunner: the whole control loop without ROS — observations in, timed commands out.
 
-The ROS node and the replay tool both drive this object; only the message
-source and the clock differ. ``tick(now)`` is what the control timer calls
-(cheap: pop and limit); ``infer(now)`` is what the inference worker calls.
+The ROS node, the replay tool and the sim evaluation all drive this object;
+only the message source and the clock differ. ``tick(now)`` is what the
+control thread calls (cheap: staleness, pop, limits); ``infer(now)`` is what
+the inference worker calls. Stale transitions, hold-position, per-chunk
+(trajectory) output, latency figures and starvation/overrun accounting live
+here, so replay reproduces them and unit tests reach them without DDS.
 """
 from __future__ import annotations
 
@@ -10,19 +13,35 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from ..engine import PolicyEngine
-from ..errors import DpRuntimeError, StaleInputError
+from ..errors import ConfigError, DpRuntimeError, StaleInputError
+from ..spec import PolicySpec
 from .action_queue import ActionQueue
 from .limits import ActionLimits
 from .observation_buffer import Observation, ObservationBuffer
+from .status import RunnerStatus, percentiles_ms
 
 log = logging.getLogger(__name__)
 NUMBER = re.compile(r"[-+]?\d[\d.e+-]*")
+ON_STARVATION = ("hold", "stop")
+ON_STALE = ("stop", "hold_position")
+
+
+def cause_key(text: str) -> str:
+    """One key per kind of problem: the text with its numbers (stamps, sizes, counts) blanked."""
+    return NUMBER.sub("#", text)[:120]
+
+
+class Engine(Protocol):
+    """What the runner needs of a policy: its contract and one prediction per chunk."""
+    spec: PolicySpec
+
+    def predict(self, history: dict[str, np.ndarray], seed: int | None = None): ...
 
 
 @dataclass
@@ -35,6 +54,21 @@ class RunnerConfig:
     on_starvation: str = "hold"  # "hold" the last command or "stop" publishing
     # Offline replay: the inference time assumed on the bag's clock (deterministic); None: measured.
     assumed_latency_s: float | None = None
+    on_stale: str = "stop"  # "stop", or "hold_position": command the measured joint positions
+    per_chunk: bool = False  # output one trajectory per chunk (JointTrajectory) instead of a command per tick
+    action_names: Sequence[str] = ()  # joints the actions command (for hold_position); default: the bundle's
+    keep_chunks: int | None = 100  # chunk records kept (None: all, for offline replay reports)
+    autostart: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.control_rate_hz > 0:
+            raise ConfigError(f"control_rate_hz must be > 0, got {self.control_rate_hz}")
+        if self.on_starvation not in ON_STARVATION:
+            raise ConfigError(f"on_starvation must be one of {ON_STARVATION}, got {self.on_starvation!r}")
+        if self.on_stale not in ON_STALE:
+            raise ConfigError(f"on_stale must be one of {ON_STALE}, got {self.on_stale!r}")
+        if self.inference_lead < 0:
+            raise ConfigError(f"inference_lead must be >= 0, got {self.inference_lead}")
 
 
 @dataclass
@@ -46,6 +80,8 @@ class ChunkRecord:
     actions: np.ndarray  # executed slice (n_action_steps, A) before limits
     dropped: int
     observation: Observation | None = None
+    trajectory: np.ndarray | None = None  # per-chunk output: the queued actions (K, A) after limits
+    previous: np.ndarray | None = None  # the last command before this trajectory (velocity of its first point)
 
 
 @dataclass
@@ -55,38 +91,46 @@ class RunnerStats:
     stale_refusals: int = 0
     invalid_inputs: int = 0
     overruns: int = 0  # inferences that took longer than a chunk lasts
-    latencies: list[float] = field(default_factory=list)
+    commands: int = 0
     last_error: str = ""
 
 
 class PolicyRunner:
-    def __init__(self, engine: PolicyEngine, cfg: RunnerConfig, limits: ActionLimits | None = None,
-                 keep_observations: bool = False, warn: Callable[[str, str], None] | None = None):
-        m = engine.manifest
+    def __init__(self, engine: Engine, cfg: RunnerConfig, limits: ActionLimits | None = None,
+                 keep_observations: bool = False, warn: Callable[[str, str], None] | None = None,
+                 info: Callable[[str], None] | None = None):
         self.engine = engine
+        self.spec: PolicySpec = engine.spec
         self.cfg = cfg
         self.dt = 1.0 / cfg.control_rate_hz
-        self.buffer = ObservationBuffer(engine.image_shapes, engine.low_dim_sizes, engine.n_obs_steps,
-                                        float(m["policy"].get("obs_interval_s", self.dt)), cfg.max_obs_age)
+        self.action_names = list(cfg.action_names) or list(self.spec.action.names)
+        if len(self.action_names) != self.spec.action.dim:
+            raise ConfigError(f"action_joint_names has {len(self.action_names)} names, the bundle's action has "
+                              f"{self.spec.action.dim} dims")
+        self.buffer = ObservationBuffer(self.spec.image_shapes, self.spec.low_dim_sizes, self.spec.n_obs_steps,
+                                        self.spec.obs_interval_s, cfg.max_obs_age)
         self.queue = ActionQueue(self.dt, cfg.execution_latency)
         self.limits = limits or ActionLimits()
         self.stats = RunnerStats()
-        self.chunks: list[ChunkRecord] = []
+        self.chunks: deque[ChunkRecord] = deque(maxlen=cfg.keep_chunks)
         self.keep_observations = keep_observations
+        self.running = cfg.autostart
         self.last_command: np.ndarray | None = None
         self.last_t_obs: float | None = None
+        self.latest_joints: dict[str, float] = {}
         self.generation = 0  # bumped by reset(): a chunk inferred before a reset is discarded
         self.lock = threading.Lock()
+        self._stale = False
+        self._last_reject = ""  # the newest input problem, named again when inputs go stale
+        self._pending_t_obs: float | None = None  # a new chunk's observation stamp until its first command
+        self._latencies: deque[float] = deque(maxlen=200)
+        self._obs_to_command: deque[float] = deque(maxlen=200)
+        self._command_times: deque[float] = deque(maxlen=500)
         self._warned: set[str] = set()
         self._warn = warn or (lambda cause, msg: log.warning(msg))
+        self._info = info or log.info
 
-    # -- inputs ----------------------------------------------------------------------
-    @staticmethod
-    def cause_of(key: str, error: Exception) -> str:
-        """One cause per kind of problem: the message with numbers (stamps, sizes) blanked."""
-        kind = NUMBER.sub("#", str(error))[:80]
-        return f"input:{key}:{type(error).__name__}:{kind}"
-
+    # -- logging ---------------------------------------------------------------------
     def warn_once(self, cause: str, msg: str) -> None:
         """Log once per cause, not per message; the stats still count every occurrence."""
         self.stats.last_error = msg
@@ -94,19 +138,14 @@ class PolicyRunner:
             self._warned.add(cause)
             self._warn(cause, msg)
 
-    def reject(self, key: str, error: Exception, what: str | None = None) -> None:
-        """Count an unusable input and log its kind of problem once."""
-        self.stats.invalid_inputs += 1
-        self.warn_once(self.cause_of(key, error), f"dropped {what or key} message: {error}")
+    # -- start / stop / reset ----------------------------------------------------------
+    def start(self) -> None:
+        self.running = True
 
-    def add(self, key: str, stamp: float, value: np.ndarray, now: float | None = None) -> bool:
-        try:
-            with self.lock:
-                self.buffer.add(key, stamp, value, now)
-            return True
-        except DpRuntimeError as e:
-            self.reject(key, e)
-            return False
+    def stop(self) -> None:
+        with self.lock:
+            self.running = False
+            self.queue.clear()
 
     def reset(self) -> None:
         with self.lock:
@@ -114,19 +153,52 @@ class PolicyRunner:
             self.queue.clear()
             self.last_command = None
             self.last_t_obs = None
+            self._pending_t_obs = None
             self.generation += 1
+
+    # -- inputs ----------------------------------------------------------------------
+    def reject(self, key: str, error: Exception, what: str | None = None) -> None:
+        """Count an unusable input and log its kind of problem once."""
+        self.stats.invalid_inputs += 1
+        msg = f"dropped {what or key} message: {error}"
+        self._last_reject = msg
+        self.warn_once(f"input:{key}:{type(error).__name__}:{cause_key(str(error))}", msg)
+
+    def add(self, key: str, stamp: float, value: np.ndarray, now: float | None = None,
+            joint_names: Sequence[str] | None = None) -> bool:
+        """Store one observation sample; False (counted, logged once per cause) when it is unusable.
+
+        ``joint_names``: the sample is joint positions in this order (kept for on_stale hold_position).
+        """
+        try:
+            with self.lock:
+                self.buffer.add(key, stamp, value, now)
+        except DpRuntimeError as e:
+            self.reject(key, e)
+            return False
+        if joint_names:
+            self.latest_joints.update(zip(joint_names, np.asarray(value, dtype=np.float64).tolist()))
+        return True
+
+    def inputs_stale(self, now: float) -> dict[str, float]:
+        """The stale inputs at ``now`` (empty: all fresh)."""
+        with self.lock:
+            return self.buffer.stale(now)
 
     # -- inference -------------------------------------------------------------------
     def needs_inference(self) -> bool:
-        """Queue at or below the lead, and an observation newer than the last chunk's."""
+        """Running, queue at or below the lead, and an observation newer than the last chunk's."""
         with self.lock:
-            if len(self.queue) > self.cfg.inference_lead:
+            if not self.running or len(self.queue) > self.cfg.inference_lead:
                 return False
             newest = self.buffer.newest_stamp()
             return newest is not None and (self.last_t_obs is None or newest > self.last_t_obs)
 
     def infer(self, now: float) -> ChunkRecord | None:
-        """Assemble the observation at ``now``, predict, and queue the executed slice."""
+        """Assemble the observation at ``now``, predict, and queue the executed slice.
+
+        Per-chunk output: the returned record's ``trajectory`` is what to publish.
+        """
         with self.lock:
             try:
                 obs = self.buffer.assemble(now)
@@ -150,43 +222,100 @@ class PolicyRunner:
             self.warn_once(f"inference:{type(e).__name__}", f"inference raised {type(e).__name__}: {e}")
             return None
         finished = time.perf_counter()
-        lasts = self.dt * self.engine.n_action_steps
+        lasts = self.dt * self.spec.n_action_steps
         if pred.latency_s > lasts:  # the queue ran dry before this chunk arrived: worth knowing, not fatal
             self.stats.overruns += 1
             self.warn_once("overrun", f"inference took {pred.latency_s * 1e3:.0f} ms, longer than the "
                            f"{lasts * 1e3:.0f} ms a chunk lasts")
-        executed = self.engine.executed_slice(pred.actions)
+        executed = self.spec.executed(pred.actions)
+        trajectory = previous = None
         with self.lock:
             if self.generation != generation:  # reset while inferring: these actions belong to the old timeline
                 return None
             took = self.cfg.assumed_latency_s if self.cfg.assumed_latency_s is not None else finished - started
             dropped = self.queue.push(executed, obs.stamp, now + took)
             self.stats.chunks += 1
-            self.stats.latencies.append(pred.latency_s)
+            self._latencies.append(pred.latency_s)
+            if self.cfg.per_chunk:
+                remaining = self.queue.remaining()
+                previous = self.last_command
+                trajectory = np.stack([self.limits.apply(a, None) for _, a in remaining])
+                self._issued(obs.stamp, now)
+            else:
+                self._pending_t_obs = obs.stamp
         rec = ChunkRecord(obs.stamp, started, finished, pred.latency_s, executed, dropped,
-                          obs if self.keep_observations else None)
+                          obs if self.keep_observations else None, trajectory, previous)
         self.chunks.append(rec)
         return rec
 
-    def inputs_stale(self, now: float) -> dict[str, float]:
-        """The stale inputs at ``now`` (empty: all fresh)."""
-        with self.lock:
-            return self.buffer.stale(now)
-
     # -- control tick ----------------------------------------------------------------
     def tick(self, now: float) -> np.ndarray | None:
-        """The command to publish at ``now`` (None: publish nothing this tick)."""
-        if self.inputs_stale(now):
+        """The per-tick command to publish at ``now`` (None: publish nothing this tick).
+
+        Stale inputs stop the policy (queue cleared; with on_stale hold_position the measured
+        joint positions are commanded); the transitions are logged once each way.
+        """
+        if not self.running:
+            return None
+        stale = self.inputs_stale(now)
+        if stale:
             with self.lock:
                 self.queue.clear()
+            if not self._stale:
+                self._stale = True
+                desc = self.buffer.describe(stale)
+                self.stats.last_error = f"stale inputs: {desc}"
+                why = f"; last rejected input: {self._last_reject}" if self._last_reject else ""
+                self._warn("stale", f"stale inputs (max_obs_age {self.cfg.max_obs_age} s): {desc}; "
+                                    f"commands stopped ({self.cfg.on_stale}){why}")
+            if self.cfg.on_stale == "hold_position" and not self.cfg.per_chunk:
+                return self._hold_position(now)
             return None
+        if self._stale:
+            self._stale = False
+            self._last_reject = ""
+            self._info("inputs fresh again: resuming")
         with self.lock:
             action = self.queue.pop(now)
         if action is None:
             starved = len(self.queue) == 0
             if starved and self.cfg.on_starvation == "stop":
                 return None
-            return self.last_command  # next action not due yet, or starved with "hold"
-        cmd = self.limits.apply(action, self.last_command)
-        self.last_command = cmd
+            cmd = self.last_command  # next action not due yet, or starved with "hold"
+        else:
+            cmd = self.limits.apply(action, self.last_command)
+            self.last_command = cmd
+        if cmd is None or self.cfg.per_chunk:
+            return None
+        self._issued(self._pending_t_obs, now)
+        self._pending_t_obs = None
         return cmd
+
+    def _hold_position(self, now: float) -> np.ndarray | None:
+        hold = [self.latest_joints.get(n) for n in self.action_names]
+        if any(v is None for v in hold):
+            return None
+        self._issued(None, now)
+        return np.asarray(hold, dtype=np.float64)
+
+    def _issued(self, t_obs: float | None, now: float) -> None:
+        """Account one published command (or trajectory)."""
+        self.stats.commands += 1
+        self._command_times.append(time.perf_counter())
+        if t_obs is not None:  # the first command since a new chunk: how old its observation is now
+            self._obs_to_command.append(now - t_obs)
+
+    # -- status ----------------------------------------------------------------------
+    def status(self, now: float) -> RunnerStatus:
+        with self.lock:
+            ages, stale = self.buffer.ages(now), self.buffer.stale(now)
+            depth = len(self.queue)
+            queue = type(self.queue.stats)(**self.queue.stats.as_dict())
+        lat = percentiles_ms(self._latencies, 50, 100)
+        times = np.asarray(self._command_times)
+        periods = np.diff(times) if times.size > 11 else np.zeros(0)
+        o2c = percentiles_ms(self._obs_to_command, 50, 100)
+        s = self.stats
+        return RunnerStatus(self.running, stale, ages, queue, depth, s.chunks, s.inference_errors,
+                            s.stale_refusals, s.invalid_inputs, s.overruns, s.commands, s.last_error,
+                            lat, percentiles_ms(periods, 50, 99), o2c)

@@ -1,8 +1,8 @@
 """PolicyEngine: a verified bundle plus a backend; one ``predict`` per action chunk.
 
-The engine does no policy math: it validates inputs against the manifest,
-feeds the encoder graph once, then loops the DDIM step graph over the
-timesteps recorded in the manifest.
+The engine does no policy math: it validates inputs against the bundle's
+PolicySpec, feeds the encoder graph once, then loops the DDIM step graph over
+the timesteps recorded in the manifest (or a runtime step count's walk).
 """
 from __future__ import annotations
 
@@ -10,14 +10,18 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 
 from ..errors import BundleError, ShapeError
 from ..obs_spec import validate_obs
+from ..spec import BundleSpec, PolicySpec, SchedulerSpec
 from .backends import Backend, OrtBackend, TorchScriptBackend
-from .manifest import (BACKEND_FORMATS, read_manifest, scan_onnx, verify_hashes, verify_norm_inventory)
+from .manifest import read_manifest, scan_onnx, verify_hashes, verify_norm_inventory
+from .schedule import ddim_schedule
+
+BACKEND_FORMATS = {"onnxruntime": "onnx", "torchscript": "torchscript"}
 
 log = logging.getLogger(__name__)
 
@@ -30,24 +34,23 @@ class Prediction:
 
 
 class PolicyEngine:
-    def __init__(self, manifest: dict[str, Any], backend: Backend, num_inference_steps: int | None = None):
-        self.manifest = manifest
+    def __init__(self, spec: PolicySpec, ddim: SchedulerSpec, backend: Backend, num_inference_steps: int | None = None,
+                 bundle: BundleSpec | None = None):
+        self.spec = spec
+        self.bundle = bundle  # the whole manifest when loaded from a bundle directory
         self.backend = backend
-        pol = manifest["policy"]
-        self.image_shapes = {i["key"]: tuple(i["shape"]) for i in pol["images"]}
-        self.low_dim_sizes = {i["key"]: int(i["size"]) for i in pol["low_dims"]}
-        self.keys = list(self.image_shapes) + list(self.low_dim_sizes)
-        self.n_obs_steps = int(pol["n_obs_steps"])
-        self.horizon = int(pol["horizon"])
-        self.action_dim = int(pol["action_dim"])
-        self.n_action_steps = int(pol["n_action_steps"])
-        self.action_start = self.n_obs_steps - 1
-        ddim = manifest["ddim"]
-        if num_inference_steps and num_inference_steps != ddim["num_inference_steps"]:
-            from ..export.graphs import ddim_schedule
-            ts, prev = ddim_schedule(ddim["config"], num_inference_steps)
+        self.image_shapes = spec.image_shapes
+        self.low_dim_sizes = spec.low_dim_sizes
+        self.keys = spec.keys
+        self.n_obs_steps = spec.n_obs_steps
+        self.horizon = spec.horizon
+        self.action_dim = spec.action.dim
+        self.n_action_steps = spec.n_action_steps
+        if num_inference_steps and num_inference_steps != ddim.num_inference_steps:
+            ts, prev = ddim_schedule(ddim.config, num_inference_steps)
         else:
-            ts, prev = ddim["timesteps"], ddim["prev_timesteps"]
+            ts, prev = ddim.timesteps, ddim.prev_timesteps
+        self.num_inference_steps = len(ts)
         self.schedule = [(np.array([t], np.int64), np.array([p], np.int64)) for t, p in zip(ts, prev)]
         self._rng = np.random.default_rng()
 
@@ -89,8 +92,8 @@ class PolicyEngine:
         return Prediction(actions if batched else actions[0], latency, seed)
 
     def executed_slice(self, actions: np.ndarray) -> np.ndarray:
-        """The actions to execute: indices [n_obs_steps-1, n_obs_steps-1+n_action_steps)."""
-        return actions[..., self.action_start:self.action_start + self.n_action_steps, :]
+        """The actions to execute: the manifest's [execute_start, execute_end) of the horizon."""
+        return self.spec.executed(actions)
 
     def warm_up(self) -> float:
         obs = {k: np.zeros((self.n_obs_steps, *s), np.uint8) for k, s in self.image_shapes.items()}
@@ -103,25 +106,25 @@ def load_bundle(path: str | Path, backend: str = "auto", device: str = "auto",
                 warm_up: bool = True) -> PolicyEngine:
     """Verify a bundle (hashes, norm inventory, graph scans) and open it on a backend."""
     path = Path(path)
-    manifest = read_manifest(path)
-    verify_norm_inventory(manifest)
+    spec = read_manifest(path)
+    verify_norm_inventory(spec)
     if backend == "auto":
-        backend = "onnxruntime" if "onnx" in manifest["graphs"] else "torchscript"
+        backend = "onnxruntime" if "onnx" in spec.formats else "torchscript"
     if backend not in BACKEND_FORMATS:
         raise BundleError(f"backend must be auto, onnxruntime or torchscript, got {backend!r}")
     fmt = BACKEND_FORMATS[backend]
-    graphs = manifest["graphs"].get(fmt)
-    if not graphs:
-        raise BundleError(f"{path}: bundle has no {fmt} graphs (has {sorted(manifest['graphs'])})")
-    verify_hashes(path, manifest)
-    enc, step = path / graphs["encoder"], path / graphs["step"]
+    graphs = spec.graph_set(fmt)
+    if graphs is None:
+        raise BundleError(f"{path}: bundle has no {fmt} graphs (has {spec.formats})")
+    verify_hashes(path, spec)
+    enc, step = path / graphs.encoder, path / graphs.step
     if fmt == "onnx":
         scan_onnx(enc)
         scan_onnx(step)
         impl: Backend = OrtBackend(enc, step, device, threads)
     else:
         impl = TorchScriptBackend(enc, step, device, threads)
-    engine = PolicyEngine(manifest, impl, num_inference_steps)
+    engine = PolicyEngine(spec.policy, spec.ddim, impl, num_inference_steps, bundle=spec)
     if warm_up:
         engine.warm_up()
     log.info("loaded bundle %s: backend=%s provider=%s", path, backend, engine.provider)

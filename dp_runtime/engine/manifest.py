@@ -1,38 +1,26 @@
-"""The bundle contract: manifest format, file hashes and the proof of no BatchNorm.
+"""Reading and verifying a bundle: manifest -> BundleSpec, file hashes, and the proof of no BatchNorm.
 
-A bundle is a directory with ``manifest.json``, the ONNX graphs and the
-TorchScript graphs. Loading verifies every file's sha256 against the
-manifest, the manifest's norm-layer inventory (recorded from the torch module
-at export) and scans each graph for BatchNorm. A graph without a valid
-manifest is refused: exporters fold eval-mode BatchNorm into Conv, so a
-clean-looking graph alone proves nothing.
+Loading verifies every file's sha256 against the manifest, the manifest's
+norm-layer inventory (recorded from the torch module at export) and scans
+each graph for BatchNorm. A graph without a valid manifest is refused:
+exporters fold eval-mode BatchNorm into Conv, so a clean-looking graph alone
+proves nothing.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+from ..digest import sha256_file
 from ..errors import BatchNormError, BundleError
-
-MANIFEST = "manifest.json"
-FORMAT = "dp_runtime.bundle"
-FORMAT_VERSION = 1
-ROLES = ("encoder", "step")
-BACKEND_FORMATS = {"onnxruntime": "onnx", "torchscript": "torchscript"}
+from ..spec import MANIFEST, BundleSpec
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_manifest(bundle: Path) -> dict[str, Any]:
+def read_manifest(bundle: str | Path) -> BundleSpec:
     bundle = Path(bundle)
+    if not bundle.exists():
+        raise BundleError(f"bundle directory {bundle} does not exist (expected a directory written by dp-export)")
     if bundle.is_file():
         raise BundleError(f"{bundle} is a file; a bundle is a directory with {MANIFEST} "
                           "(a bare ONNX/TorchScript file cannot prove it has no BatchNorm)")
@@ -45,32 +33,22 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{path}: not valid JSON: {e}") from e
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{path}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{path}: format_version {manifest.get('format_version')!r} is not supported "
-                          f"(this dp_runtime reads version {FORMAT_VERSION})")
-    for key in ("policy", "ddim", "files", "graphs", "norm_inventory", "parity"):
-        if key not in manifest:
-            raise BundleError(f"{path}: manifest has no {key!r} section")
-    return manifest
+    return BundleSpec.from_json(manifest)
 
 
-def verify_hashes(bundle: Path, manifest: dict[str, Any], names: list[str] | None = None) -> None:
-    for name, info in manifest["files"].items():
-        if names is not None and name not in names:
-            continue
+def verify_hashes(bundle: Path, spec: BundleSpec) -> None:
+    for name, info in spec.files.items():
         f = Path(bundle) / name
         if not f.is_file():
             raise BundleError(f"{name}: listed in {MANIFEST} but missing from {bundle}")
         actual = sha256_file(f)
-        if actual != info["sha256"]:
-            raise BundleError(f"{name} sha256 mismatch (manifest says {info['sha256'][:12]}..., "
+        if actual != info.sha256:
+            raise BundleError(f"{name} sha256 mismatch (manifest says {info.sha256[:12]}..., "
                               f"file is {actual[:12]}...)")
 
 
-def verify_norm_inventory(manifest: dict[str, Any]) -> None:
-    bad = [(e["name"], e["type"]) for e in manifest["norm_inventory"] if e.get("running_stats")]
+def verify_norm_inventory(spec: BundleSpec) -> None:
+    bad = [(n.name, n.type) for n in spec.running_stats_layers]
     if bad:
         raise BatchNormError(bad, where="bundle manifest norm_inventory")
 

@@ -20,13 +20,15 @@ import numpy as np
 import torch
 
 from ..checkpoint import Checkpoint, load_any
+from ..digest import sha256_file
 from ..engine.backends import OrtBackend, TorchScriptBackend
 from ..engine.engine import PolicyEngine
-from ..engine.manifest import FORMAT, FORMAT_VERSION, MANIFEST, sha256_file
+from ..engine.schedule import ddim_config, ddim_schedule
 from ..errors import ConfigError, ParityError
 from ..model import DiffusionPolicy
 from ..model.norms import assert_no_running_stats, norm_inventory
-from .graphs import DenoiseStepGraph, EncoderGraph, ddim_schedule
+from ..spec import MANIFEST, BundleSpec, FileEntry, GraphSet, NormLayer, SchedulerSpec
+from .graphs import DenoiseStepGraph, EncoderGraph
 
 log = logging.getLogger(__name__)
 PARITY_TOL = 1e-4
@@ -118,42 +120,23 @@ def library_versions() -> dict[str, str]:
             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
 
 
-def build_manifest(ck: Checkpoint, steps: int, files: dict[str, dict], graphs: dict[str, dict],
-                   parity_err: tuple[dict[str, float], dict[str, float]], samples: int,
-                   opset: int) -> dict[str, Any]:
-    cfg = ck.config
-    ts, prev = ddim_schedule(cfg.scheduler, steps)
-    from diffusers import DDIMScheduler
-    sched_cfg = dict(DDIMScheduler.from_config(cfg.scheduler).config)
-    observations = [{"key": s.key, "kind": "image", "shape": list(s.shape), "dtype": "uint8", "layout": "HWC",
-                     "topic": s.topic} for s in cfg.images]
-    observations += [{"key": s.key, "kind": "low_dim", "shape": [s.size], "dtype": "float32",
-                      "topic": s.topic, "names": s.names} for s in cfg.low_dims]
-    start, end = cfg.action_slice
-    return {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "policy": cfg.to_dict(),
-        "observations": observations,
-        "action": {"dim": cfg.action_dim, "names": cfg.action_names, "execute_start": start,
-                   "execute_end": end},
-        "horizon": cfg.horizon, "n_obs_steps": cfg.n_obs_steps, "n_action_steps": cfg.n_action_steps,
-        "ddim": {"scheduler_class": "DDIMScheduler", "config": {k: v for k, v in sched_cfg.items()
-                                                                  if not k.startswith("_")},
-                 "num_inference_steps": steps, "timesteps": ts, "prev_timesteps": prev, "eta": 0.0},
-        "normalizer": ck.policy.normalizer.stats(),
-        "norm_inventory": norm_inventory(ck.policy),
-        "running_stats_layers": [],
-        "source": {"path": Path(ck.source).name, "sha256": ck.sha256, "format": ck.source_format,
-                   "weights": ck.weights, "details": ck.extra},
-        "ema": ck.ema,
-        "files": files, "graphs": graphs,
-        "parity": {"max_abs_error": parity_err[0], "units": "normalized action ([-1, 1] training range)",
-                   "max_abs_error_raw_units": parity_err[1], "samples": samples, "tolerance": PARITY_TOL,
-                   "reference": "torch policy + diffusers DDIMScheduler.step"},
-        "onnx_opset": opset,
-        "versions": library_versions(),
-    }
+def scheduler_spec(scheduler: dict[str, Any], steps: int) -> SchedulerSpec:
+    ts, prev = ddim_schedule(scheduler, steps)
+    return SchedulerSpec(ddim_config(scheduler), steps, tuple(ts), tuple(prev))
+
+
+def build_manifest(ck: Checkpoint, ddim: SchedulerSpec, files: dict[str, FileEntry], graphs: list[GraphSet],
+                   samples: int, tolerance: float, opset: int) -> BundleSpec:
+    return BundleSpec(
+        policy=ck.config.policy_spec(), ddim=ddim, graphs=graphs, files=files,
+        norm_inventory=[NormLayer(e["name"], e["type"], bool(e["running_stats"])) for e in norm_inventory(ck.policy)],
+        parity={"units": "normalized action ([-1, 1] training range)", "samples": samples, "tolerance": tolerance,
+                "reference": "torch policy + diffusers DDIMScheduler.step"},
+        source={"path": Path(ck.source).name, "sha256": ck.sha256, "format": ck.source_format,
+                "weights": ck.weights, "details": ck.extra},
+        ema=ck.ema or {}, normalizer=ck.policy.normalizer.stats(), config=ck.config.to_dict(),
+        versions=library_versions(), created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        onnx_opset=opset)
 
 
 def export_bundle(checkpoint: str | Path | Checkpoint, out: str | Path, steps: int | None = None,
@@ -177,10 +160,9 @@ def export_bundle(checkpoint: str | Path | Checkpoint, out: str | Path, steps: i
     try:
         enc = EncoderGraph(policy).eval()
         step = DenoiseStepGraph(policy, policy.ddim_scheduler(steps)).eval()
-        graphs, engines = {}, {}
-        manifest_stub = {"policy": ck.config.to_dict(), "ddim": {}}
-        ts, prev = ddim_schedule(ck.config.scheduler, steps)
-        manifest_stub["ddim"] = {"num_inference_steps": steps, "timesteps": ts, "prev_timesteps": prev}
+        engines = {}
+        ddim = scheduler_spec(ck.config.scheduler, steps)
+        io = ck.config.policy_spec()
         for fmt in formats:
             say(f"exporting {fmt} graphs")
             if fmt == "onnx":
@@ -189,19 +171,18 @@ def export_bundle(checkpoint: str | Path | Checkpoint, out: str | Path, steps: i
             else:
                 _export_torchscript(enc, step, policy, tmp)
                 impl = TorchScriptBackend(tmp / FILES[fmt][0], tmp / FILES[fmt][1], device="cpu")
-            graphs[fmt] = {"encoder": FILES[fmt][0], "step": FILES[fmt][1]}
-            engines[fmt] = PolicyEngine(manifest_stub, impl)
+            engines[fmt] = PolicyEngine(io, ddim, impl)
         errors, raw_errors = parity(policy, engines, parity_samples, seed, say, steps)
         bad = {k: v for k, v in errors.items() if not v <= tolerance}
         if bad:
             raise ParityError(f"export parity failed: max abs error {bad} (normalized action units) exceeds "
                               f"{tolerance} "
                               "(bundle graphs disagree with the torch policy)")
-        files = {name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size,
-                        "format": fmt, "role": role}
+        files = {name: FileEntry(sha256_file(tmp / name), (tmp / name).stat().st_size, role)
                  for fmt in formats for name, role in zip(FILES[fmt], ("encoder", "step"))}
-        manifest = build_manifest(ck, steps, files, graphs, (errors, raw_errors), parity_samples, opset)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        graphs = [GraphSet(fmt, FILES[fmt][0], FILES[fmt][1], "fp32", errors[fmt], raw_errors[fmt]) for fmt in formats]
+        spec = build_manifest(ck, ddim, files, graphs, parity_samples, tolerance, opset)
+        (tmp / MANIFEST).write_text(json.dumps(spec.to_json(), indent=2))
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -88,12 +88,3 @@ class DenoiseStepGraph(nn.Module):
             x0 = x0.clamp(-self.clip_range, self.clip_range)
         prev = prev_alpha ** 0.5 * x0 + (1 - prev_alpha) ** 0.5 * eps
         return prev, self.policy.unnormalize_action(prev)
-
-
-def ddim_schedule(scheduler_config: dict, num_inference_steps: int) -> tuple[list[int], list[int]]:
-    """(timesteps, prev_timesteps) exactly as diffusers' DDIMScheduler.step walks them."""
-    sched = DDIMScheduler.from_config(scheduler_config)
-    sched.set_timesteps(num_inference_steps)
-    ratio = sched.config.num_train_timesteps // sched.num_inference_steps
-    ts = [int(t) for t in sched.timesteps]
-    return ts, [t - ratio for t in ts]

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from ..spec import ActionSpec, ObsSpec, PolicySpec
 
 # How uint8 pixels become encoder input. "mean_std": (pixel / 255 - mean) / std per channel, with
 # mean/std stored as weights (imported checkpoints fold their normalizers into these).
@@ -116,6 +117,9 @@ class PolicyConfig:
                                       f"does not fit the image shape {s.shape}")
         if self.obs_order and sorted(self.obs_order) != sorted(keys):
             raise ConfigError(f"obs_order {self.obs_order} must list each observation key once: {keys}")
+        if not self.obs_interval_s > 0:
+            raise ConfigError(f"obs_interval_s must be > 0 (seconds between observation-history frames), "
+                              f"got {self.obs_interval_s}")
         if self.action_dim < 1:
             raise ConfigError(f"action_dim must be >= 1, got {self.action_dim}")
         if self.action_names and len(self.action_names) != self.action_dim:
@@ -137,6 +141,15 @@ class PolicyConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def policy_spec(self) -> PolicySpec:
+        """The control loop's contract for this policy (what the bundle manifest records)."""
+        obs = [ObsSpec(s.key, "image", tuple(s.shape), s.topic) for s in self.images]
+        obs += [ObsSpec(s.key, "low_dim", (s.size,), s.topic, tuple(s.names)) for s in self.low_dims]
+        start, end = self.action_slice
+        names = tuple(self.action_names) or tuple(f"action_{i}" for i in range(self.action_dim))
+        return PolicySpec(tuple(obs), ActionSpec(self.action_dim, names, start, end), self.horizon,
+                          self.n_obs_steps, self.obs_interval_s)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PolicyConfig":

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..engine import load_bundle
 from ..ros.params import load_params_file
+from ..ros.runtime import open_engine
 from .bag import DISTROS, Bag
 from .pipeline import ReplaySetup, replay_offline
 from .report import summary, write_report
@@ -47,8 +47,7 @@ def resolve_recorded_topic(arg: str | None, command_topic: str, bag_path: str, d
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     params, flat = load_params_file(args.config, backend=args.backend, device=args.device, bundle=args.bundle)
-    engine = load_bundle(args.bundle, backend=params.backend, device=params.device,
-                         num_inference_steps=params.num_inference_steps or None)
+    engine = open_engine(params)
     recorded = resolve_recorded_topic(args.recorded_topic, params.command_topic, args.bag, args.distro)
     setup = ReplaySetup.create(engine, params, flat, recorded)
     if args.mode == "offline":
@@ -56,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                                 assumed_latency_s=args.assumed_latency, progress=not args.no_progress)
     else:
         from .realtime import replay_realtime
-        result = replay_realtime(args.bag, setup, args.config, seed=args.seed, rate=args.rate, distro=args.distro,
-                                 progress=not args.no_progress)
+        result = replay_realtime(args.bag, setup, args.config, seed=args.seed, rate=args.rate, distro=args.distro)
     out = Path(args.out)
     m = write_report(out, result, setup, args.distro)
     print(summary(m, out))

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..control import ActionLimits, ChunkRecord, PolicyRunner, RunnerConfig
-from ..control.runner import NUMBER
+from ..control import ChunkRecord, PolicyRunner, cause_key
 from ..engine import PolicyEngine
 from ..errors import BagError, DpRuntimeError
 from ..ros import convert
-from ..ros.params import NodeParams, ObsTopic, resolve_obs_topics
+from ..ros.commands import RECORDED_COMMAND_TYPES, command_to_vector
+from ..ros.params import NodeParams, ObsTopic
+from ..ros.runtime import open_runtime
 from .bag import Bag
 
 
@@ -31,22 +32,17 @@ class ReplaySetup:
     action_names: list[str]
     recorded_topic: str | None  # a recorded command topic to compare with (None: no comparison)
 
+    flat: dict = field(default_factory=dict)
+
     @classmethod
     def create(cls, engine: PolicyEngine, params: NodeParams, flat: dict, recorded_topic: str | None):
-        m = engine.manifest
-        topics = resolve_obs_topics(lambda name, default, strings=False: flat.get(name, default),
-                                    m["observations"])
-        names = params.action_joint_names or m["action"]["names"]
-        return cls(engine, params, topics, list(names), recorded_topic)
+        rt = open_runtime(params, flat.get, engine=engine)
+        return cls(engine, params, rt.topics, rt.action_names, recorded_topic, flat)
 
     def runner(self, seed: int, assumed_latency_s: float | None, keep_observations: bool = False) -> PolicyRunner:
-        p = self.params
-        return PolicyRunner(
-            self.engine,
-            RunnerConfig(p.control_rate_hz, p.max_obs_age, p.execution_latency, p.inference_lead, seed,
-                         p.on_starvation, assumed_latency_s),
-            ActionLimits.from_lists(self.engine.action_dim, p.action_lower, p.action_upper, p.action_max_delta),
-            keep_observations=keep_observations)
+        """A fresh control loop as the node builds it, on the bag's clock: every chunk record is kept."""
+        return open_runtime(self.params, self.flat.get, engine=self.engine, keep_observations=keep_observations,
+                            seed=seed, assumed_latency_s=assumed_latency_s, keep_chunks=None).runner
 
 
 @dataclass
@@ -58,7 +54,7 @@ class ReplayResult:
     chunks: list[ChunkRecord]
     messages_read: int = 0
     messages_used: int = 0
-    invalid: dict[str, int] = field(default_factory=dict)  # cause -> count
+    invalid: dict[str, int] = field(default_factory=dict)  # problem (its first message, real numbers) -> count
     stamp_lag: dict[str, list[float]] = field(default_factory=dict)  # topic -> bag time - header stamp
     queue: dict[str, int] = field(default_factory=dict)
     stale_refusals: int = 0
@@ -67,13 +63,14 @@ class ReplayResult:
     wall_s: float = 0.0
     distro: str = "unknown"
     node_diagnostics: dict = field(default_factory=dict)  # realtime: the node's last /diagnostics values
+    first_of: dict[str, str] = field(default_factory=dict)  # cause key -> the first message of that kind
 
 
 def check_topics(bag: Bag, setup: ReplaySetup) -> None:
     for t in setup.topics:
         bag.require(t.topic, (convert.OBS_MESSAGE_TYPES[t.type],), f"observation {t.key!r}")
     if setup.recorded_topic:
-        bag.require(setup.recorded_topic, convert.RECORDED_COMMAND_TYPES, "recorded commands")
+        bag.require(setup.recorded_topic, RECORDED_COMMAND_TYPES, "recorded commands")
 
 
 def replay_offline(bag_path: str | Path, setup: ReplaySetup, seed: int = 0, distro: str = "kilted",
@@ -105,8 +102,8 @@ def replay_offline(bag_path: str | Path, setup: ReplaySetup, seed: int = 0, dist
                 continue
             if raw.topic == setup.recorded_topic:
                 try:
-                    result.recorded.append((raw.time, convert.command_to_vector(msg, raw.msgtype,
-                                                                                setup.action_names, raw.topic)))
+                    result.recorded.append((raw.time, command_to_vector(msg, raw.msgtype, setup.action_names,
+                                                                        raw.topic)))
                 except DpRuntimeError as e:
                     _count(result, f"{raw.topic}: {e}")
                 continue
@@ -127,9 +124,10 @@ def replay_offline(bag_path: str | Path, setup: ReplaySetup, seed: int = 0, dist
         result.problems = {"corrupt": bag.problems.corrupt, "truncated": bag.problems.truncated,
                            "unknown_types": {t: {"type": m, "skipped": bag.counts.get(t, 0)}
                                              for t, m in bag.unknown_types.items()}}
-    result.queue = runner.queue.stats.as_dict()
-    result.stale_refusals = runner.stats.stale_refusals
-    result.inference_errors = runner.stats.inference_errors
+    status = runner.status(t0 + k * dt if t0 is not None else 0.0)
+    result.queue = status.queue.as_dict()
+    result.stale_refusals = status.stale_refusals
+    result.inference_errors = status.inference_errors
     result.wall_s = time.perf_counter() - started
     return result
 
@@ -140,10 +138,11 @@ def _tick(runner: PolicyRunner, result: ReplayResult, now: float) -> None:
     result.commands.append((now, runner.tick(now)))
 
 
-def _count(result: ReplayResult, cause: str) -> None:
-    """Counted per kind of problem (numbers blanked), not per message."""
-    cause = NUMBER.sub("#", cause)
-    result.invalid[cause] = result.invalid.get(cause, 0) + 1
+def _count(result: ReplayResult, problem: str) -> None:
+    """Counted per kind of problem, listed under its first message (with its real numbers)."""
+    key = cause_key(problem)
+    first = result.first_of.setdefault(key, problem)
+    result.invalid[first] = result.invalid.get(first, 0) + 1
 
 
 class _NoBar:

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import BagError, DpRuntimeError
 from ..ros import convert
+from ..ros.commands import command_to_vector
 from ..ros.process import stop_process
 from ..ros.side_node import SideNode
 from .bag import Bag
@@ -39,8 +40,7 @@ def start_policy_node(setup: ReplaySetup, config: str | None, seed: int, log_pat
 
 
 def replay_realtime(bag_path: str | Path, setup: ReplaySetup, config: str | None, seed: int = 0,
-                    rate: float = 1.0, distro: str = "kilted", progress: bool = False,
-                    ready_timeout: float = 90.0) -> ReplayResult:
+                    rate: float = 1.0, distro: str = "kilted", ready_timeout: float = 90.0) -> ReplayResult:
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from rosgraph_msgs.msg import Clock
@@ -60,7 +60,7 @@ def replay_realtime(bag_path: str | Path, setup: ReplaySetup, config: str | None
         for m in messages:
             if m.topic == setup.recorded_topic and (msg := bag.deserialize(m)) is not None:
                 try:
-                    recorded.append((m.time, convert.command_to_vector(msg, m.msgtype, setup.action_names)))
+                    recorded.append((m.time, command_to_vector(msg, m.msgtype, setup.action_names)))
                 except DpRuntimeError:
                     pass
         types = bag.topics

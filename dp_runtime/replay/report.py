@@ -53,7 +53,7 @@ def metrics(result: ReplayResult, setup: ReplaySetup) -> dict:
     local = result.mode == "offline"  # realtime: inference ran in the node process, not here
     return {
         "bag": result.bag, "mode": result.mode, "recorded_distro": result.distro,
-        "bundle": setup.engine.manifest.get("source", {}), "provider": setup.engine.provider,
+        "bundle": setup.engine.bundle.source if setup.engine.bundle else {}, "provider": setup.engine.provider,
         "control_rate_hz": setup.params.control_rate_hz,
         "recorded_topic": setup.recorded_topic,
         "commands": int(len(times)), "ticks": len(result.commands),

@@ -109,10 +109,16 @@ OBS_MESSAGE_TYPES = {"image": "sensor_msgs/msg/Image", "compressed_image": "sens
                      "joint_state": "sensor_msgs/msg/JointState"}
 
 
+def normalize_msgtype(msgtype: str) -> str:
+    """ROS 1 / early rosbag2 spelling 'sensor_msgs/Image' -> 'sensor_msgs/msg/Image' (the same type)."""
+    parts = msgtype.split("/")
+    return f"{parts[0]}/msg/{parts[1]}" if len(parts) == 2 else msgtype
+
+
 def message_class(msgtype: str):
     """'sensor_msgs/msg/Image' -> the rclpy message class."""
     import importlib
-    pkg, _, name = msgtype.split("/")
+    pkg, _, name = normalize_msgtype(msgtype).split("/")
     return getattr(importlib.import_module(f"{pkg}.msg"), name)
 
 
@@ -128,77 +134,3 @@ def to_observation(kind: str, msg: Any, image_shape: Sequence[int] | None, joint
     if kind == "compressed_image":
         return stamp, compressed_to_array(msg, image_shape, resize, what=what)
     return stamp, joint_state_to_vector(msg, joint_names, joint_field, what=what)
-
-
-# -- commands ---------------------------------------------------------------------
-RECORDED_COMMAND_TYPES = ("std_msgs/msg/Float64MultiArray", "sensor_msgs/msg/JointState",
-                          "trajectory_msgs/msg/JointTrajectory")
-
-
-def command_to_vector(msg: Any, msgtype: str, names: Sequence[str], what: str = "command") -> np.ndarray:
-    """A recorded command message -> (A,) float64 in action order (trajectory: its first point)."""
-    if msgtype.endswith("Float64MultiArray"):
-        vec = np.asarray(msg.data, dtype=np.float64)
-        if vec.shape != (len(names),):
-            raise ShapeError(f"{what}: {vec.size} values, expected {len(names)} ({list(names)})")
-        return vec
-    if msgtype.endswith("JointState"):
-        return joint_state_to_vector(msg, names, "position", what).astype(np.float64)
-    if msgtype.endswith("JointTrajectory"):
-        if not len(msg.points):
-            raise ShapeError(f"{what}: trajectory without points")
-        index = {n: i for i, n in enumerate(msg.joint_names)}
-        missing = [n for n in names if n not in index]
-        if missing:
-            raise InputError(f"{what}: missing joint(s) {missing}; message has {list(msg.joint_names)}")
-        return np.array([msg.points[0].positions[index[n]] for n in names], dtype=np.float64)
-    raise InputError(f"{what}: unsupported command type {msgtype}; expected one of {RECORDED_COMMAND_TYPES}")
-
-COMMAND_INTERFACES = ("float64_multi_array", "joint_trajectory", "joint_state")
-
-
-def command_message_type(interface: str):
-    if interface == "float64_multi_array":
-        from std_msgs.msg import Float64MultiArray
-        return Float64MultiArray
-    if interface == "joint_trajectory":
-        from trajectory_msgs.msg import JointTrajectory
-        return JointTrajectory
-    if interface == "joint_state":
-        from sensor_msgs.msg import JointState
-        return JointState
-    raise ValueError(f"command_interface must be one of {COMMAND_INTERFACES}, got {interface!r}")
-
-
-def float64_multi_array(action: np.ndarray):
-    from std_msgs.msg import Float64MultiArray
-    return Float64MultiArray(data=[float(x) for x in action])
-
-
-def joint_state_command(action: np.ndarray, names: Sequence[str], stamp: float):
-    from sensor_msgs.msg import JointState
-    msg = JointState(name=list(names), position=[float(x) for x in action])
-    msg.header.stamp.sec, msg.header.stamp.nanosec = sec_to_stamp_fields(stamp)
-    return msg
-
-
-def joint_trajectory(actions: np.ndarray, names: Sequence[str], dt: float, previous: np.ndarray | None):
-    """Remaining actions (K, A) as a JointTrajectory starting now (stamp zero).
-
-    Point k has time_from_start (k + 1) * dt and finite-difference velocities;
-    joint_trajectory_controller replaces the running trajectory with each one.
-    """
-    from builtin_interfaces.msg import Duration
-    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
-    msg = JointTrajectory(joint_names=list(names))
-    prev = previous if previous is not None else actions[0]
-    points = []
-    for k, a in enumerate(actions):
-        vel = (a - prev) / dt
-        prev = a
-        t = (k + 1) * dt
-        sec, nanosec = sec_to_stamp_fields(t)
-        points.append(JointTrajectoryPoint(positions=[float(x) for x in a], velocities=[float(x) for x in vel],
-                                           time_from_start=Duration(sec=sec, nanosec=nanosec)))
-    msg.points = points
-    return msg

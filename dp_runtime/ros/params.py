@@ -3,12 +3,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import yaml
 
+from ..control import ActionLimits, RunnerConfig
 from ..errors import ConfigError
-from .convert import COMMAND_INTERFACES, OBS_MESSAGE_TYPES
+from ..spec import ObsSpec
+from .commands import command_interface
+from .convert import OBS_MESSAGE_TYPES
 
 OBS_TYPES = tuple(OBS_MESSAGE_TYPES)
 QOS = ("best_effort", "reliable")
@@ -53,85 +56,118 @@ class NodeParams:
     def validate(self) -> None:
         if not self.bundle:
             raise ConfigError("parameter 'bundle' is empty: set it to an exported bundle directory")
-        if self.control_rate_hz <= 0:
-            raise ConfigError(f"control_rate_hz must be > 0, got {self.control_rate_hz}")
-        if self.command_interface not in COMMAND_INTERFACES:
-            raise ConfigError(f"command_interface must be one of {COMMAND_INTERFACES}, "
-                              f"got {self.command_interface!r}")
-        if self.on_starvation not in ("hold", "stop"):
-            raise ConfigError(f"on_starvation must be 'hold' or 'stop', got {self.on_starvation!r}")
-        if self.on_stale not in ("stop", "hold_position"):
-            raise ConfigError(f"on_stale must be 'stop' or 'hold_position', got {self.on_stale!r}")
+        command_interface(self.command_interface)
         if self.command_qos not in QOS:
             raise ConfigError(f"command_qos must be one of {QOS}, got {self.command_qos!r}")
+        for name in ("diagnostics_period", "qos_warn_after"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        self.runner_config()
+
+    def runner_config(self, **overrides: Any) -> RunnerConfig:
+        """The control loop's settings (validated there) from these parameters."""
+        kw = dict(control_rate_hz=self.control_rate_hz, max_obs_age=self.max_obs_age,
+                  execution_latency=self.execution_latency, inference_lead=self.inference_lead,
+                  seed=self.seed if self.seed >= 0 else None, on_starvation=self.on_starvation,
+                  on_stale=self.on_stale, per_chunk=command_interface(self.command_interface).per_chunk,
+                  action_names=tuple(self.action_joint_names), autostart=self.autostart)
+        kw.update(overrides)
+        return RunnerConfig(**kw)
+
+    def limits(self, action_dim: int) -> ActionLimits:
+        return ActionLimits.from_lists(action_dim, self.action_lower, self.action_upper, self.action_max_delta)
 
 
-def declare_list(node: Any, name: str, default: list, strings: bool) -> list:
-    """Declare a typed array parameter; an empty default leaves it unset (rclpy cannot type [])."""
-    from rclpy.exceptions import ParameterUninitializedException
-    from rclpy.parameter import Parameter
-    if default:
-        return list(node.declare_parameter(name, default).value)
-    node.declare_parameter(name, Parameter.Type.STRING_ARRAY if strings else Parameter.Type.DOUBLE_ARRAY)
-    try:
-        return list(node.get_parameter(name).value or [])
-    except ParameterUninitializedException:
-        return []
+KINDS = {f.name: f.type for f in fields(NodeParams)}
+
+
+def coerce(name: str, value: Any, kind: str) -> Any:
+    """A parameter value as its field's type; integers where a decimal is meant are accepted.
+
+    ``kind`` is the dataclass annotation: str, int, float, bool, list[str], list[float].
+    Raises ConfigError naming the parameter and the type expected.
+    """
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"parameter {name!r} must be {expected}, got {value!r} ({type(value).__name__})")
+
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise bad("true or false")
+    if kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad("an integer")
+    if kind == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad("a number")
+    if kind == "str":
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # ros2 launch / -p type a bare 1.5 as a double; a path or name is still text
+        raise bad("a string")
+    if kind.startswith("list"):
+        if value is None:
+            return []
+        if not isinstance(value, (list, tuple)):
+            raise bad(f"a list ({kind})")
+        item = kind[5:-1]
+        return [coerce(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
+    raise AssertionError(f"no coercion for {kind}")
+
+
+def declare_any(node: Any, name: str, default: Any) -> Any:
+    """Declare with dynamic typing so a mistyped value reaches our own check (not an rclpy traceback)."""
+    from rcl_interfaces.msg import ParameterDescriptor
+    value = node.declare_parameter(name, None if default == [] else default,
+                                   ParameterDescriptor(dynamic_typing=True)).value
+    return default if value is None else value
 
 
 def declare(node: Any) -> NodeParams:
-    """Declare every NodeParams field on ``node`` with its default and read the values back."""
-    values = {}
-    for f in fields(NodeParams):
-        default = getattr(NodeParams(), f.name)
-        if isinstance(default, list):
-            values[f.name] = declare_list(node, f.name, default, strings="names" in f.name)
-        else:
-            node.declare_parameter(f.name, default)
-            values[f.name] = node.get_parameter(f.name).value
+    """Declare every NodeParams field on ``node`` with its default, read the values back and validate."""
+    values = {f.name: coerce(f.name, declare_any(node, f.name, getattr(NodeParams(), f.name)), KINDS[f.name])
+              for f in fields(NodeParams)}
     p = NodeParams(**values)
     p.validate()
     return p
 
 
-def resolve_obs_topics(get: Callable[..., Any], observations: list[dict]) -> list[ObsTopic]:
-    """Per-key ``obs.<key>.topic|type|qos|field|joint_names``; defaults from the bundle manifest.
+def resolve_obs_topics(get: Callable[[str, Any], Any], observations: Sequence[ObsSpec]) -> list[ObsTopic]:
+    """Per-key ``obs.<key>.topic|type|qos|field|joint_names``; defaults from the bundle's spec.
 
-    ``get(name, default, strings=False)`` returns a parameter value: a declared ROS
-    parameter in the node, a key of a parameter file in replay.
+    ``get(name, default)`` returns a parameter value: a declared ROS parameter in the
+    node, a key of a parameter file in replay.
     """
     out = []
     for o in observations:
-        key, image = o["key"], o["kind"] == "image"
+        key, image = o.key, o.kind == "image"
         prefix = f"obs.{key}."
-        topic = get(prefix + "topic", o.get("topic") or f"/{key}")
-        kind = get(prefix + "type", "image" if image else "joint_state")
-        qos = get(prefix + "qos", "best_effort" if image else "reliable")
-        fld = get(prefix + "field", "position")
+
+        def param(name: str, default: Any, kind: str = "str") -> Any:
+            return coerce(prefix + name, get(prefix + name, default), kind)
+        topic = param("topic", o.topic or f"/{key}")
+        kind = param("type", "image" if image else "joint_state")
+        qos = param("qos", "best_effort" if image else "reliable")
+        fld = param("field", "position")
         names = []
         if not image:
-            names = list(get(prefix + "joint_names", o.get("names") or [], strings=True))
-            if len(names) != o["shape"][0]:
+            names = param("joint_names", list(o.names), "list[str]")
+            if len(names) != o.shape[0]:
                 raise ConfigError(f"{prefix}joint_names has {len(names)} names, the bundle's {key!r} has "
-                                  f"{o['shape'][0]} dims")
+                                  f"{o.shape[0]} dims")
         if kind not in OBS_TYPES:
             raise ConfigError(f"{prefix}type must be one of {OBS_TYPES}, got {kind!r}")
         if image != (kind in ("image", "compressed_image")):
-            raise ConfigError(f"{prefix}type {kind!r} does not fit the bundle's {o['kind']} observation")
+            raise ConfigError(f"{prefix}type {kind!r} does not fit the bundle's {o.kind} observation")
         if qos not in QOS:
             raise ConfigError(f"{prefix}qos must be one of {QOS}, got {qos!r}")
         if fld not in JOINT_FIELDS:
             raise ConfigError(f"{prefix}field must be one of {JOINT_FIELDS}, got {fld!r}")
         out.append(ObsTopic(key, topic, kind, qos, fld, names))
     return out
-
-
-def declare_obs_topics(node: Any, observations: list[dict]) -> list[ObsTopic]:
-    def get(name: str, default: Any, strings: bool = False) -> Any:
-        if isinstance(default, list):
-            return declare_list(node, name, default, strings)
-        return node.declare_parameter(name, default).value
-    return resolve_obs_topics(get, observations)
 
 
 def load_params_file(path: str | Path | None, node_name: str = "policy_node",
@@ -153,7 +189,7 @@ def load_params_file(path: str | Path | None, node_name: str = "policy_node",
     unknown = [k for k in flat if k not in known and not k.startswith("obs.") and k != "use_sim_time"]
     if unknown:
         raise ConfigError(f"{path}: unknown parameter(s) {unknown}")
-    p = NodeParams(**{k: v for k, v in flat.items() if k in known})
+    p = NodeParams(**{k: coerce(k, v, KINDS[k]) for k, v in flat.items() if k in known})
     return p, flat
 
 

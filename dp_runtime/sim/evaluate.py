@@ -24,14 +24,10 @@ class TorchPolicyEngine:
     """A torch DiffusionPolicy behind the engine interface PolicyRunner uses (no bundle needed)."""
 
     def __init__(self, policy: torch.nn.Module):
-        cfg = policy.cfg
         self.policy = policy.eval()
-        self.manifest = {"policy": {"obs_interval_s": cfg.obs_interval_s}}
-        self.image_shapes = {s.key: tuple(s.shape) for s in cfg.images}
-        self.low_dim_sizes = {s.key: s.size for s in cfg.low_dims}
-        self.n_obs_steps, self.n_action_steps = cfg.n_obs_steps, cfg.n_action_steps
-        self.horizon, self.action_dim = cfg.horizon, cfg.action_dim
-        self.start = cfg.n_obs_steps - 1
+        self.spec = policy.cfg.policy_spec()
+        self.image_shapes, self.low_dim_sizes = self.spec.image_shapes, self.spec.low_dim_sizes
+        self.horizon, self.action_dim = self.spec.horizon, self.spec.action.dim
 
     def predict(self, history: dict[str, np.ndarray], seed: int | None = None) -> Prediction:
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -41,9 +37,6 @@ class TorchPolicyEngine:
             obs = {k: torch.from_numpy(np.ascontiguousarray(v))[None] for k, v in history.items()}
             actions = self.policy.sample(obs, noise)[0].numpy()
         return Prediction(actions, time.perf_counter() - t0, seed)
-
-    def executed_slice(self, actions: np.ndarray) -> np.ndarray:
-        return actions[self.start:self.start + self.n_action_steps]
 
 
 @dataclass

@@ -8,7 +8,7 @@ import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from dp_runtime.synthetic import render_dot
+from helpers.synthetic import render_dot
 
 T0 = 1_700_000_000.0
 SIZE = 24

@@ -25,6 +25,8 @@ def ros_env(domain: int) -> dict[str, str]:
     env["ROS_DOMAIN_ID"] = str(domain)
     env["RMW_IMPLEMENTATION"] = "rmw_fastrtps_cpp"
     env["PYTHONUNBUFFERED"] = "1"
+    # helper scripts run as files import their siblings as helpers.*
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HELPERS.parent), env.get("PYTHONPATH")]))
     return env
 
 

@@ -14,7 +14,7 @@ import rclpy
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
 
-from dp_runtime.synthetic import render_dot
+from helpers.synthetic import render_dot
 
 SCENE_TARGET = np.array([0.4, -0.3])
 JOINTS = {"joint1": 0.1, "joint2": -0.2, "gripper": 0.0}

@@ -11,11 +11,11 @@ import numpy as np
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .model.config import PolicyConfig
+    from dp_runtime.model.config import PolicyConfig
 
 
 def tiny_config(image_size: int = 24, **overrides) -> "PolicyConfig":
-    from .model.config import EncoderConfig, ImageSpec, LowDimSpec, PolicyConfig, UnetConfig
+    from dp_runtime.model.config import EncoderConfig, ImageSpec, LowDimSpec, PolicyConfig, UnetConfig
     kw = dict(
         images=[ImageSpec("camera", (image_size, image_size, 3), topic="/camera/image_raw")],
         low_dims=[LowDimSpec("state", 2, topic="/joint_states", names=["joint1", "joint2"])],

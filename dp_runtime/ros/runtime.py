@@ -1,0 +1,46 @@
+"""open_runtime: parameters -> verified engine + runner + topics, the same for the node and replay.
+
+No rclpy here: the node passes a getter over its declared parameters, replay one
+over its parameter file, so both build exactly the same control loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..control import PolicyRunner
+from ..engine import PolicyEngine, load_bundle
+from .commands import CommandInterface, command_interface
+from .params import NodeParams, ObsTopic, resolve_obs_topics
+
+
+@dataclass
+class Runtime:
+    params: NodeParams
+    engine: PolicyEngine
+    runner: PolicyRunner
+    topics: list[ObsTopic]
+    interface: CommandInterface
+
+    @property
+    def action_names(self) -> list[str]:
+        return self.runner.action_names
+
+    @property
+    def dt(self) -> float:
+        return self.runner.dt
+
+
+def open_engine(p: NodeParams) -> PolicyEngine:
+    return load_bundle(p.bundle, backend=p.backend, device=p.device, num_inference_steps=p.num_inference_steps or None)
+
+
+def open_runtime(p: NodeParams, get: Callable[[str, Any], Any], engine: PolicyEngine | None = None,
+                 warn: Callable[[str, str], None] | None = None, info: Callable[[str], None] | None = None,
+                 keep_observations: bool = False, **runner_overrides: Any) -> Runtime:
+    """Build the control loop; ``get(name, default)`` reads per-observation ``obs.<key>.*`` parameters."""
+    engine = engine or open_engine(p)
+    topics = resolve_obs_topics(get, engine.spec.observations)
+    runner = PolicyRunner(engine, p.runner_config(**runner_overrides), p.limits(engine.spec.action.dim),
+                          keep_observations=keep_observations, warn=warn, info=info)
+    return Runtime(p, engine, runner, topics, command_interface(p.command_interface))

@@ -1,0 +1,235 @@
+"""The bundle contract: what an exported bundle promises, as typed, torch-free data.
+
+``BundleSpec`` is ``manifest.json`` read once and validated once. The exporter
+writes it (``to_json``), ``load_bundle`` reads it (``from_json``), and the
+runner, node, replay and dp-inspect read its attributes, never string keys.
+``PolicySpec`` is the part the control loop needs (observations in, actions
+out, horizons, the observation interval); a torch policy can state the same
+contract without being exported.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import BundleError
+
+FORMAT = "dp_runtime.bundle"
+FORMAT_VERSION = 2
+MANIFEST = "manifest.json"
+
+
+def _need(d: dict, key: str, where: str) -> Any:
+    if not isinstance(d, dict) or key not in d:
+        raise BundleError(f"{MANIFEST}: {where} has no {key!r}")
+    return d[key]
+
+
+@dataclass(frozen=True)
+class ObsSpec:
+    key: str
+    kind: str  # "image" (uint8 HWC) | "low_dim" (float32 vector)
+    shape: tuple[int, ...]  # image (H, W, C); low-dim (D,)
+    topic: str = ""  # suggested ROS topic
+    names: tuple[str, ...] = ()  # low-dim: joint names in vector order
+
+    @property
+    def dtype(self) -> str:
+        return "uint8" if self.kind == "image" else "float32"
+
+    def to_json(self) -> dict[str, Any]:
+        d = {"key": self.key, "kind": self.kind, "shape": list(self.shape), "dtype": self.dtype,
+             "topic": self.topic}
+        if self.kind == "image":
+            d["layout"] = "HWC"
+        else:
+            d["names"] = list(self.names)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "ObsSpec":
+        kind = _need(d, "kind", "an observation")
+        if kind not in ("image", "low_dim"):
+            raise BundleError(f"{MANIFEST}: observation {d.get('key')!r} kind {kind!r}; expected image or low_dim")
+        return cls(_need(d, "key", "an observation"), kind, tuple(int(s) for s in _need(d, "shape", "an observation")),
+                   d.get("topic") or "", tuple(d.get("names") or ()))
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    dim: int
+    names: tuple[str, ...]
+    execute_start: int  # the executed slice of the predicted horizon: [execute_start, execute_end)
+    execute_end: int
+
+    @property
+    def n_execute(self) -> int:
+        return self.execute_end - self.execute_start
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """The control loop's contract with a policy: what goes in, what comes out, and when."""
+    observations: tuple[ObsSpec, ...]
+    action: ActionSpec
+    horizon: int
+    n_obs_steps: int
+    obs_interval_s: float  # time between observation-history frames
+
+    def __post_init__(self) -> None:
+        if not self.observations:
+            raise BundleError(f"{MANIFEST}: no observations")
+        if not self.obs_interval_s > 0:
+            raise BundleError(f"{MANIFEST}: obs_interval_s must be > 0, got {self.obs_interval_s} "
+                              "(re-export with --obs-interval SECONDS)")
+        a = self.action
+        if a.dim < 1 or len(a.names) != a.dim:
+            raise BundleError(f"{MANIFEST}: action has dim {a.dim} and {len(a.names)} names; expected one name per dim")
+        if not 0 <= a.execute_start < a.execute_end <= self.horizon:
+            raise BundleError(f"{MANIFEST}: executed slice [{a.execute_start}, {a.execute_end}) does not fit the "
+                              f"horizon {self.horizon}")
+
+    @property
+    def image_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {o.key: o.shape for o in self.observations if o.kind == "image"}
+
+    @property
+    def low_dim_sizes(self) -> dict[str, int]:
+        return {o.key: o.shape[0] for o in self.observations if o.kind == "low_dim"}
+
+    @property
+    def keys(self) -> list[str]:
+        """Observation keys in graph input order: images, then low-dims."""
+        return list(self.image_shapes) + list(self.low_dim_sizes)
+
+    @property
+    def n_action_steps(self) -> int:
+        return self.action.n_execute
+
+    def executed(self, actions):
+        """The executed slice of a predicted trajectory (..., horizon, A)."""
+        return actions[..., self.action.execute_start:self.action.execute_end, :]
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """The DDIM schedule the graphs were exported for (a diffusers config dict and its walk)."""
+    config: dict[str, Any]
+    num_inference_steps: int
+    timesteps: tuple[int, ...]
+    prev_timesteps: tuple[int, ...]
+    scheduler_class: str = "DDIMScheduler"
+    eta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.timesteps) != self.num_inference_steps or len(self.prev_timesteps) != self.num_inference_steps:
+            raise BundleError(f"{MANIFEST}: ddim lists {len(self.timesteps)} timesteps for "
+                              f"num_inference_steps {self.num_inference_steps}")
+
+
+@dataclass(frozen=True)
+class GraphSet:
+    """One runnable pair of graphs (encoder once per chunk, step per DDIM step) and its measured parity."""
+    format: str  # "onnx" | "torchscript"
+    encoder: str  # file names inside the bundle
+    step: str
+    precision: str = "fp32"
+    max_abs_error: float = 0.0  # vs the torch policy, normalized action units
+    max_abs_error_raw: float = 0.0  # the same in raw action units
+
+    @property
+    def name(self) -> str:
+        return f"{self.format}-{self.precision}"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    bytes: int
+    role: str  # "encoder" | "step"
+
+
+@dataclass(frozen=True)
+class NormLayer:
+    name: str
+    type: str
+    running_stats: bool
+
+
+@dataclass
+class BundleSpec:
+    policy: PolicySpec
+    ddim: SchedulerSpec
+    graphs: list[GraphSet]
+    files: dict[str, FileEntry]
+    norm_inventory: list[NormLayer]  # every normalization layer of the torch module at export
+    parity: dict[str, Any]  # samples, tolerance, units, reference
+    source: dict[str, Any]  # path, sha256, format, weights (ema|live), details
+    ema: dict[str, Any] = field(default_factory=dict)  # EMA settings when known
+    normalizer: dict[str, Any] = field(default_factory=dict)  # per-key scale/offset baked into the graphs
+    config: dict[str, Any] = field(default_factory=dict)  # the PolicyConfig the graphs were built from
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    onnx_opset: int | None = None
+
+    def graph_set(self, fmt: str, precision: str = "fp32") -> GraphSet | None:
+        return next((g for g in self.graphs if g.format == fmt and g.precision == precision), None)
+
+    @property
+    def formats(self) -> list[str]:
+        return sorted({g.format for g in self.graphs})
+
+    @property
+    def running_stats_layers(self) -> list[NormLayer]:
+        return [n for n in self.norm_inventory if n.running_stats]
+
+    def to_json(self) -> dict[str, Any]:
+        p = self.policy
+        return {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "created": self.created,
+            "observations": [o.to_json() for o in p.observations],
+            "action": {"dim": p.action.dim, "names": list(p.action.names),
+                       "execute_start": p.action.execute_start, "execute_end": p.action.execute_end},
+            "horizon": p.horizon, "n_obs_steps": p.n_obs_steps, "n_action_steps": p.n_action_steps,
+            "obs_interval_s": p.obs_interval_s,
+            "ddim": {"scheduler_class": self.ddim.scheduler_class, "config": self.ddim.config,
+                     "num_inference_steps": self.ddim.num_inference_steps, "timesteps": list(self.ddim.timesteps),
+                     "prev_timesteps": list(self.ddim.prev_timesteps), "eta": self.ddim.eta},
+            "graphs": [asdict(g) for g in self.graphs],
+            "files": {n: asdict(f) for n, f in self.files.items()},
+            "norm_inventory": [asdict(n) for n in self.norm_inventory],
+            "parity": self.parity, "source": self.source, "ema": self.ema, "normalizer": self.normalizer,
+            "policy_config": self.config, "versions": self.versions, "onnx_opset": self.onnx_opset,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "BundleSpec":
+        """Validate a manifest dict; every fault is a BundleError naming the field."""
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise BundleError(f"{MANIFEST}: format is {d.get('format') if isinstance(d, dict) else d!r}, "
+                              f"expected {FORMAT!r}")
+        if d.get("format_version") != FORMAT_VERSION:
+            raise BundleError(f"{MANIFEST}: format_version {d.get('format_version')!r} is not supported (this "
+                              f"dp_runtime reads version {FORMAT_VERSION}; re-export the bundle with dp-export)")
+        try:
+            a = _need(d, "action", "the manifest")
+            policy = PolicySpec(
+                tuple(ObsSpec.from_json(o) for o in _need(d, "observations", "the manifest")),
+                ActionSpec(int(_need(a, "dim", "action")), tuple(_need(a, "names", "action")),
+                           int(_need(a, "execute_start", "action")), int(_need(a, "execute_end", "action"))),
+                int(_need(d, "horizon", "the manifest")), int(_need(d, "n_obs_steps", "the manifest")),
+                float(_need(d, "obs_interval_s", "the manifest")))
+            s = _need(d, "ddim", "the manifest")
+            ddim = SchedulerSpec(dict(_need(s, "config", "ddim")), int(_need(s, "num_inference_steps", "ddim")),
+                                 tuple(int(t) for t in _need(s, "timesteps", "ddim")),
+                                 tuple(int(t) for t in _need(s, "prev_timesteps", "ddim")),
+                                 s.get("scheduler_class", "DDIMScheduler"), float(s.get("eta", 0.0)))
+            graphs = [GraphSet(**g) for g in _need(d, "graphs", "the manifest")]
+            files = {n: FileEntry(**f) for n, f in _need(d, "files", "the manifest").items()}
+            norms = [NormLayer(**n) for n in _need(d, "norm_inventory", "the manifest")]
+            return cls(policy, ddim, graphs, files, norms, dict(_need(d, "parity", "the manifest")),
+                       dict(_need(d, "source", "the manifest")), d.get("ema") or {}, d.get("normalizer") or {},
+                       d.get("policy_config") or {}, d.get("versions") or {}, d.get("created", ""),
+                       d.get("onnx_opset"))
+        except (TypeError, ValueError, AttributeError) as e:
+            raise BundleError(f"{MANIFEST} is malformed: {type(e).__name__}: {e}") from e
