@@ -13,13 +13,16 @@ class BatchNormError(DpRuntimeError):
     silently perform badly.
     """
 
-    def __init__(self, layers, where: str = "model", hint: str = ""):
+    EMA_REASON = ("EMA averages parameters, not BatchNorm running statistics, so an EMA policy "
+                  "with BatchNorm silently performs badly")
+
+    def __init__(self, layers, where: str = "model", hint: str = "", reason: str = ""):
+        """``reason``: why the rule applies to this source (default: the EMA mismatch)."""
         self.layers = list(layers)
         listed = ", ".join(f"{name} ({kind})" for name, kind in self.layers)
         msg = (
             f"{where} has {len(self.layers)} layer(s) with running statistics: {listed}. "
-            "EMA averages parameters, not BatchNorm running statistics, so an EMA policy "
-            "with BatchNorm silently performs badly; replace BatchNorm with GroupNorm "
+            f"{reason or self.EMA_REASON}; replace BatchNorm with GroupNorm "
             "(dp_runtime.model.replace_bn_with_gn) before training."
         )
         if hint:

@@ -74,6 +74,28 @@ def test_diffusion_policy_ckpt_exports_with_parity(tmp_path, hybrid):
     export_and_check(ck, path, tmp_path / "bundle", "diffusion_policy")
 
 
+def test_diffusion_policy_random_crop_false_means_no_crop(tmp_path):
+    """diffusion_policy's MultiImageObsEncoder overwrites its CenterCrop when random_crop=False: no crop at all."""
+    source = fc.dp_source(cropped=False)
+    cfg = fc.dp_cfg(False)
+    cfg.policy.obs_encoder.random_crop = False
+    path = fc.write_dp(tmp_path / "latest.ckpt", source, cfg=cfg)
+    ck = load_any(path, trust_pickle=True)
+    assert ck.config.images[0].crop is None
+    assert "random_crop=False" in ck.extra["crop"]
+    assert_same_policy(source, ck)  # a baked-in centre crop would differ by ~0.2 normalized here
+    cropped = fc.dp_source(cropped=True)
+    cropped.load_state_dict(source.state_dict())
+    assert np.abs(actions(cropped, *_obs_noise(source)) - actions(source, *_obs_noise(source))).max() > 1e-3
+    export_and_check(ck, path, tmp_path / "bundle", "diffusion_policy")
+
+
+def _obs_noise(policy, seed=3):
+    rng = np.random.default_rng(seed)
+    obs = example_inputs(policy, 3, rng)
+    return obs, rng.standard_normal((3, policy.cfg.horizon, policy.cfg.action_dim)).astype(np.float32)
+
+
 def test_dp_export_cli_needs_trust_and_records_source(tmp_path, capsys):
     path = fc.write_dp(tmp_path / "epoch=0100.ckpt", fc.dp_source())
     assert export_main([str(path), "-o", str(tmp_path / "b"), "--parity-samples", "1"]) == 2
@@ -139,6 +161,17 @@ def test_robomimic_pth_exports_with_parity(tmp_path):
     assert ck.policy.normalizer.params["action"].scale.tolist() == [2.0, 4.0]
     assert_same_policy(source, ck)
     export_and_check(ck, path, tmp_path / "bundle", "robomimic")
+
+
+def test_ddpm_trained_policies_export_with_at_most_16_ddim_steps(tmp_path):
+    """The same rule in every importer: DDPM-trained -> DDIM with <= 16 steps; DDIM-trained keep their count."""
+    source = fc.rm_source()
+    ddpm = load_any(fc.write_robomimic(tmp_path / "ddpm.pth", source, ddim=False), trust_pickle=True)
+    assert ddpm.config.num_inference_steps == 16  # robomimic's default DDPM config asks for 100
+    ddim = load_any(fc.write_robomimic(tmp_path / "ddim.pth", source), trust_pickle=True)
+    assert ddim.config.num_inference_steps == 8
+    lr = fc.write_lerobot(tmp_path / "lr_ema", fc.lr_source(), config=fc.lr_config(noise_scheduler_type="DDPM", num_inference_steps=None))
+    assert load_any(lr).config.num_inference_steps == 16  # LeRobot DDPM default: the 100-step chain
 
 
 def test_robomimic_refusals(tmp_path):
@@ -228,8 +261,10 @@ def test_lerobot_refusals(tmp_path):
 
     bn = fc.add_batchnorm_buffers(fc.lr_state_dict(source), "diffusion.rgb_encoder.backbone")
     d = fc.write_lerobot(tmp_path / "bn_ema", source, state=bn)
-    with pytest.raises(BatchNormError, match=r"diffusion\.rgb_encoder\.backbone\.1 .*use_group_norm=True"):
+    with pytest.raises(BatchNormError, match=r"diffusion\.rgb_encoder\.backbone\.1 .*use_group_norm=True") as e:
         load_any(d)
+    # LeRobot has no EMA: the refusal says why the rule applies to it, not the EMA mismatch.
+    assert "LeRobot trains without EMA" in str(e.value) and "EMA averages parameters" not in str(e.value)
 
     d = fc.write_lerobot(tmp_path / "act_ema", source, config=fc.lr_config(type="act"))
     with pytest.raises(CheckpointError, match="not supported: LeRobot policy type 'act'"):

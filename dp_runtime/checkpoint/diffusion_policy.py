@@ -20,6 +20,7 @@ The UNet (``model.*``) has our parameter names already.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,8 @@ import torch
 from ..errors import CheckpointError, ConfigError
 from ..model import EncoderConfig, ImageSpec, LowDimSpec, PolicyConfig, UnetConfig
 from ..model.policy import IMAGENET_MEAN, IMAGENET_STD, SHARED_ENCODER_KEY
-from .mapping import (Imported, assemble, centre_crop, copy_prefixed, ema_or_live, get, guard_raw,
-                      put_image_mean_std)
+from .mapping import (Imported, assemble, centre_crop, copy_prefixed, ddim_scheduler, ema_or_live, export_steps, get,
+                      guard_raw, put_image_mean_std)
 from .native import Checkpoint
 from .pickled import load_torch_pickle, plain_config, resolve
 from .robomimic import map_obs_nets
@@ -44,37 +45,81 @@ BN_HINT = ("Retrain with GroupNorm: policy.obs_encoder.use_group_norm=True (imag
            "(real-stanford/diffusion_policy issue #151).")
 
 
+class _Cfg:
+    """The workspace config as data: ``field('policy.horizon', int)`` with interpolations resolved."""
+
+    def __init__(self, cfg: dict, path: Path):
+        self.cfg, self.where = cfg, f"{path.name} cfg"
+
+    def __call__(self, p: str, kind=None, default: Any = ...) -> Any:
+        kw = {} if default is ... else {"default": default}
+        try:
+            return get(self.cfg, p, kind, where=self.where, resolve=lambda v: resolve(self.cfg, v), **kw)
+        except ConfigError as e:
+            raise CheckpointError(f"{self.where} {p!r}: {e}") from e
+
+
+@dataclass
+class _ImageLayout:
+    """How an encoder sees its cameras: crop (and its rounding), feature order, sharing, ImageNet norm."""
+    crop_shape: list | None
+    rule: str
+    order: list[str]
+    share: bool = False
+    imagenet: bool = False
+
+
 def load(path: Path, trust_pickle: bool = False, allow_non_ema: bool = False) -> Checkpoint:
+    payload, field = _read(path, trust_pickle)
+    target = _supported_policy(path, field)
+    hybrid = target.endswith(HYBRID_POLICY)
+    dicts = payload["state_dicts"]
+    state, weights = ema_or_live(path, dicts.get("ema_model"), dicts.get("model"), allow_non_ema,
+                                 "state_dicts has no 'ema_model'; training.use_ema was false")
+    guard_raw(state.keys(), where=f"{path.name} state_dicts['{'ema_model' if weights == 'ema' else 'model'}']",
+              hint=BN_HINT)
+    obs_meta, rgb, low, action_dim = _shape_meta(path, field)
+    layout = _hybrid_layout(path, field, obs_meta) if hybrid else _image_layout(path, field, rgb, low)
+    images, low_dims, hw = _observation_specs(obs_meta, rgb, low, layout)
+
+    imp = Imported(source_format=FORMAT, weights=weights, ema=_ema_settings(field) if weights == "ema" else {})
+    if hybrid:
+        encoder = map_obs_nets(imp, state, "obs_encoder.obs_nets", rgb, hw)
+    else:
+        encoder = _map_key_model_map(imp, state, rgb, layout.share)
+    copy_prefixed(imp, state, "model", "model")
+    _normalizers(imp, state, images, low_dims, layout.imagenet)
+    imp.config = _policy_config(path, field, images, low_dims, action_dim, layout, encoder)
+    imp.extra = {"policy_class": target, "obs_keys": layout.order}
+    if not hybrid and layout.crop_shape is not None and not layout.rule:
+        imp.extra["crop"] = ("none: with random_crop=False diffusion_policy's MultiImageObsEncoder assigns the "
+                             "CenterCrop to a variable it overwrites, so evaluation sees the whole image")
+    return assemble(imp, path, BN_HINT)
+
+
+def _read(path: Path, trust_pickle: bool) -> tuple[dict, _Cfg]:
     payload = load_torch_pickle(path, trust_pickle, FORMAT)
     if not isinstance(payload, dict) or "state_dicts" not in payload or "cfg" not in payload:
         raise CheckpointError(f"{path}: not a diffusion_policy workspace checkpoint (expected keys 'cfg', "
                               "'state_dicts', 'pickles')")
     try:
-        cfg = plain_config(payload["cfg"])
+        return payload, _Cfg(plain_config(payload["cfg"]), path)
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from e
-    where = f"{path.name} cfg"
 
-    def field(p: str, kind=None, default: Any = ...) -> Any:
-        kw = {} if default is ... else {"default": default}
-        try:
-            return get(cfg, p, kind, where=where, resolve=lambda v: resolve(cfg, v), **kw)
-        except ConfigError as e:
-            raise CheckpointError(f"{where} {p!r}: {e}") from e
 
+def _supported_policy(path: Path, field: _Cfg) -> str:
     target = field("policy._target_", str)
     cls = target.rsplit(".", 1)[-1]
     if cls not in (IMAGE_POLICY, HYBRID_POLICY):
         raise CheckpointError(f"{path}: not supported: {cls} ({target}); supported: {IMAGE_POLICY}, {HYBRID_POLICY}")
     if not field("policy.obs_as_global_cond", bool, True):
         raise CheckpointError(f"{path}: not supported: {cls} with obs_as_global_cond=False (inpainting)")
+    return target
 
-    dicts = payload["state_dicts"]
-    state, weights = ema_or_live(path, dicts.get("ema_model"), dicts.get("model"), allow_non_ema,
-                                 "state_dicts has no 'ema_model'; training.use_ema was false")
-    guard_raw(state.keys(), where=f"{path.name} state_dicts['{'ema_model' if weights == 'ema' else 'model'}']",
-              hint=BN_HINT)
 
+def _shape_meta(path: Path, field: _Cfg) -> tuple[dict, list[str], list[str], int]:
+    """(obs shape_meta, rgb keys, low-dim keys, action dim), keys in shape_meta order."""
     shape_meta = field("policy.shape_meta", dict)
     obs_meta = shape_meta.get("obs") or {}
     rgb = [k for k, a in obs_meta.items() if (a or {}).get("type", "low_dim") == "rgb"]
@@ -84,59 +129,67 @@ def load(path: Path, trust_pickle: bool = False, allow_non_ema: bool = False) ->
         raise CheckpointError(f"{path}: not supported: observation types of {unknown} (rgb and low_dim only)")
     action_shape = list(shape_meta.get("action", {}).get("shape", []))
     if len(action_shape) != 1:
-        raise CheckpointError(f"{where} 'shape_meta.action.shape' is {action_shape}, expected [action_dim]")
+        raise CheckpointError(f"{field.where} 'shape_meta.action.shape' is {action_shape}, expected [action_dim]")
+    return obs_meta, rgb, low, int(action_shape[0])
 
-    imp = Imported(source_format=FORMAT, weights=weights,
-                   ema=_ema_settings(field) if weights == "ema" else {})
-    hybrid = cls == HYBRID_POLICY
-    if hybrid:
-        crop_shape = field("policy.crop_shape", list, None)
-        rule = "round" if field("policy.eval_fixed_crop", bool, False) else "floor"
-        if crop_shape is not None and rule == "floor":
-            log.warning("%s: eval_fixed_crop=False: robomimic 0.2's CropRandomizer crops at random even at "
-                        "evaluation; the bundle uses the centre crop", path)
-        order = list(obs_meta)  # shape_meta order: robomimic concatenates in registration order
-        share, imagenet = False, False
-    else:
-        enc = field("policy.obs_encoder", dict)
-        if enc.get("resize_shape") is not None:
-            raise CheckpointError(f"{path}: not supported: policy.obs_encoder.resize_shape "
-                                  f"{enc['resize_shape']} (crop only)")
-        crop_shape = enc.get("crop_shape")
-        if isinstance(crop_shape, dict):
-            raise CheckpointError(f"{path}: not supported: per-camera crop_shape {crop_shape}")
-        rule = "round"  # torchvision center_crop, both for random_crop=True (at eval) and False
-        rgb, low = sorted(rgb), sorted(low)
-        order = rgb + low
-        share, imagenet = bool(enc.get("share_rgb_model", False)), bool(enc.get("imagenet_norm", False))
 
+def _hybrid_layout(path: Path, field: _Cfg, obs_meta: dict) -> _ImageLayout:
+    """robomimic's ObservationEncoder: CropRandomizer crops, features in shape_meta order."""
+    crop_shape = field("policy.crop_shape", list, None)
+    rule = "round" if field("policy.eval_fixed_crop", bool, False) else "floor"
+    if crop_shape is not None and rule == "floor":
+        log.warning("%s: eval_fixed_crop=False: robomimic 0.2's CropRandomizer crops at random even at "
+                    "evaluation; the bundle uses the centre crop", path)
+    return _ImageLayout(crop_shape, rule, list(obs_meta))
+
+
+def _image_layout(path: Path, field: _Cfg, rgb: list[str], low: list[str]) -> _ImageLayout:
+    """MultiImageObsEncoder: rgb keys sorted, then low-dim keys sorted.
+
+    Its crop at evaluation: random_crop=True -> CropRandomizer's centre crop (torchvision rounding);
+    random_crop=False -> none at all (the CenterCrop is assigned to ``this_normalizer``, which the
+    next lines overwrite), so the bundle crops nothing either. ``rule`` "" marks that case.
+    """
+    enc = field("policy.obs_encoder", dict)
+    if enc.get("resize_shape") is not None:
+        raise CheckpointError(f"{path}: not supported: policy.obs_encoder.resize_shape {enc['resize_shape']} "
+                              "(crop only)")
+    crop_shape = enc.get("crop_shape")
+    if isinstance(crop_shape, dict):
+        raise CheckpointError(f"{path}: not supported: per-camera crop_shape {crop_shape}")
+    rule = "round"
+    if crop_shape is not None and not enc.get("random_crop", True):
+        rule = ""
+        log.warning("%s: obs_encoder.random_crop=False with crop_shape %s: diffusion_policy applies no crop in "
+                    "that case (its CenterCrop is overwritten), so neither does the bundle", path, crop_shape)
+    return _ImageLayout(crop_shape, rule, sorted(rgb) + sorted(low), bool(enc.get("share_rgb_model", False)),
+                        bool(enc.get("imagenet_norm", False)))
+
+
+def _observation_specs(obs_meta: dict, rgb: list[str], low: list[str], layout: _ImageLayout):
+    """(image specs, low-dim specs, encoder input (h, w) per camera) in the encoder's feature order."""
     images, hw = [], {}
-    for k in rgb:
+    for k in (k for k in layout.order if k in rgb):
         c, h, w = (int(x) for x in obs_meta[k]["shape"])
-        crop = centre_crop((h, w), crop_shape, rule) if crop_shape is not None else None
+        crop = centre_crop((h, w), layout.crop_shape, layout.rule) if layout.crop_shape and layout.rule else None
         images.append(ImageSpec(k, (h, w, c), crop=crop))
         hw[k] = (crop[2], crop[3]) if crop else (h, w)
-    low_dims = [LowDimSpec(k, int(torch.tensor(obs_meta[k]["shape"]).prod())) for k in low]
+    low_dims = [LowDimSpec(k, int(torch.tensor(obs_meta[k]["shape"]).prod())) for k in layout.order if k in low]
+    return images, low_dims, hw
 
-    if hybrid:
-        encoder = map_obs_nets(imp, state, "obs_encoder.obs_nets", rgb, hw)
-    else:
-        encoder = _map_key_model_map(imp, state, rgb, share)
-    copy_prefixed(imp, state, "model", "model")
-    _normalizers(imp, state, images, low_dims, imagenet)
 
+def _policy_config(path: Path, field: _Cfg, images, low_dims, action_dim: int, layout: _ImageLayout,
+                   encoder: EncoderConfig) -> PolicyConfig:
     sched = field("policy.noise_scheduler", dict)
-    scheduler = _scheduler(sched, path)
-    steps = field("policy.num_inference_steps", int, None) or scheduler["num_train_timesteps"]
-    if "DDIM" not in str(sched.get("_target_", "")):
-        # Trained for DDPM sampling; the runtime runs DDIM, 16 steps unless --steps says otherwise.
-        steps = min(steps, 16)
+    scheduler = ddim_scheduler(sched, {"num_train_timesteps": 1000, "beta_schedule": "linear"}, path)
+    steps = export_steps(field("policy.num_inference_steps", int, None), scheduler,
+                         trained_with_ddim="DDIM" in str(sched.get("_target_", "")))
     try:
-        imp.config = PolicyConfig(
-            images=images, low_dims=low_dims, action_dim=int(action_shape[0]), horizon=field("policy.horizon", int),
+        return PolicyConfig(
+            images=images, low_dims=low_dims, action_dim=action_dim, horizon=field("policy.horizon", int),
             n_obs_steps=field("policy.n_obs_steps", int), n_action_steps=field("policy.n_action_steps", int),
             num_inference_steps=steps, obs_interval_s=_obs_interval(field),
-            image_range="mean_std" if images else "minus_one_one", obs_order=order,
+            image_range="mean_std" if images else "minus_one_one", obs_order=layout.order,
             scheduler=scheduler, encoder=encoder,
             unet=UnetConfig(down_dims=tuple(field("policy.down_dims", list, [256, 512, 1024])),
                             kernel_size=field("policy.kernel_size", int, 5), n_groups=field("policy.n_groups", int, 8),
@@ -144,8 +197,6 @@ def load(path: Path, trust_pickle: bool = False, allow_non_ema: bool = False) ->
                             cond_predict_scale=field("policy.cond_predict_scale", bool, True)))
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from e
-    imp.extra = {"policy_class": target, "obs_keys": order}
-    return assemble(imp, path, BN_HINT)
 
 
 def _map_key_model_map(imp: Imported, state: dict, rgb: list[str], share: bool) -> EncoderConfig:
@@ -185,18 +236,6 @@ def _normalizers(imp: Imported, state: dict, images: list[ImageSpec], low_dims: 
         sd = torch.tensor(IMAGENET_STD[:c] if imagenet else [1.0] * c, dtype=torch.float64)
         # ((x * s + o) - m) / sd == (x - (m - o) / s) / (sd / s)
         put_image_mean_std(imp, spec.key, (m - o) / s, sd / s, f"normalizer.params_dict.{spec.key}")
-
-
-def _scheduler(sched: dict, path: Path) -> dict[str, Any]:
-    if sched.get("prediction_type", "epsilon") != "epsilon":
-        raise CheckpointError(f"{path}: not supported: noise_scheduler.prediction_type {sched['prediction_type']!r}")
-    out = {"num_train_timesteps": int(sched.get("num_train_timesteps", 1000)),
-           "beta_start": float(sched.get("beta_start", 0.0001)), "beta_end": float(sched.get("beta_end", 0.02)),
-           "beta_schedule": str(sched.get("beta_schedule", "linear")),
-           "clip_sample": bool(sched.get("clip_sample", True)),
-           "set_alpha_to_one": bool(sched.get("set_alpha_to_one", True)),
-           "steps_offset": int(sched.get("steps_offset", 0)), "prediction_type": "epsilon"}
-    return out
 
 
 def _ema_settings(field) -> dict[str, Any]:

@@ -31,14 +31,16 @@ from ..errors import CheckpointError, ConfigError
 from ..model import EncoderConfig, ImageSpec, LowDimSpec, PolicyConfig, UnetConfig
 from ..model.policy import SHARED_ENCODER_KEY
 from .mapping import (Imported, affine_mean_std, affine_min_max, assemble, centre_crop, check_pos_grid,
-                      copy_prefixed, ema_or_live, get, guard_raw, map_resnet_sequential, put_image_mean_std,
-                      put_normalizer)
+                      copy_prefixed, ddim_scheduler, ema_or_live, export_steps, get, guard_raw,
+                      map_resnet_sequential, put_image_mean_std, put_normalizer)
 from .native import Checkpoint
 
 log = logging.getLogger(__name__)
 FORMAT = "lerobot"
 BN_HINT = ("Retrain with use_group_norm=True (and pretrained_backbone_weights=null: LeRobot refuses GroupNorm "
            "on a pretrained BatchNorm backbone).")
+BN_REASON = ("LeRobot trains without EMA, so the EMA mismatch does not arise here, but dp_runtime refuses "
+             "running statistics in every bundle (one rule that every bundle proves, whatever trained it)")
 DEFAULT_NORM = {"VISUAL": "MEAN_STD", "STATE": "MIN_MAX", "ACTION": "MIN_MAX"}
 STATE, ENV_STATE = "observation.state", "observation.environment_state"
 
@@ -75,10 +77,7 @@ def _unet_key(key: str) -> str:
 def load(path: Path, allow_non_ema: bool = False) -> Checkpoint:
     config = _read_json(path / "config.json")
     where = f"{path.name}/config.json"
-    # lerobot-train writes "type"; PreTrainedPolicy.save_pretrained (draccus) may leave it out.
-    kind = config.get("type") or ("diffusion" if {"noise_scheduler_type", "down_dims"} <= set(config) else None)
-    if kind != "diffusion":
-        raise CheckpointError(f"{path}: not supported: LeRobot policy type {kind!r} (only 'diffusion')")
+    _check_supported(path, config, where)
     weights_file = path / "model.safetensors"
     if not weights_file.is_file():
         raise CheckpointError(f"{path}: no model.safetensors next to config.json")
@@ -86,7 +85,24 @@ def load(path: Path, allow_non_ema: bool = False) -> Checkpoint:
     ema = path.name.endswith("_ema") or bool(config.get("use_ema") or config.get("ema"))
     raw, weights = ema_or_live(path, raw if ema else None, raw, allow_non_ema,
                                "live weights only: LeRobot trains without EMA by default")
-    guard_raw(raw.keys(), where=f"{path.name}/model.safetensors", hint=BN_HINT)
+    guard_raw(raw.keys(), where=f"{path.name}/model.safetensors", hint=BN_HINT, reason=BN_REASON)
+    inputs, cams, lows = _features(path, config, where)
+    images, low_dims, hw = _observation_specs(config, inputs, cams, lows)
+
+    imp = Imported(source_format=FORMAT, weights=weights)
+    encoder = _map_rgb_encoders(imp, raw, config, images, hw, where)
+    copy_prefixed(imp, raw, "diffusion.unet", "model", rename=_unet_key)
+    _normalizers(imp, path, config, inputs, cams, lows, raw)
+    imp.config = _policy_config(path, config, where, images, low_dims, encoder)
+    imp.extra = {"lerobot_features": {our_key(k): k for k in list(inputs)}}
+    return assemble(imp, path, BN_HINT)
+
+
+def _check_supported(path: Path, config: dict, where: str) -> None:
+    # lerobot-train writes "type"; PreTrainedPolicy.save_pretrained (draccus) may leave it out.
+    kind = config.get("type") or ("diffusion" if {"noise_scheduler_type", "down_dims"} <= set(config) else None)
+    if kind != "diffusion":
+        raise CheckpointError(f"{path}: not supported: LeRobot policy type {kind!r} (only 'diffusion')")
     if get(config, "vision_backbone", str, default="resnet18", where=where) != "resnet18":
         raise CheckpointError(f"{path}: not supported: vision_backbone {config['vision_backbone']!r} (resnet18 only)")
     if config.get("resize_shape") is not None:
@@ -94,6 +110,9 @@ def load(path: Path, allow_non_ema: bool = False) -> Checkpoint:
     if config.get("prediction_type", "epsilon") != "epsilon":
         raise CheckpointError(f"{path}: not supported: prediction_type {config['prediction_type']!r}")
 
+
+def _features(path: Path, config: dict, where: str) -> tuple[dict, list[str], list[str]]:
+    """(input_features, camera features, low-dim features: the state, then the environment state if any)."""
     inputs = get(config, "input_features", dict, where=where)
     cams = [k for k, f in inputs.items() if f.get("type") == "VISUAL"]
     if STATE not in inputs:
@@ -101,39 +120,34 @@ def load(path: Path, allow_non_ema: bool = False) -> Checkpoint:
     unsupported = [k for k, f in inputs.items() if k not in cams and k not in (STATE, ENV_STATE)]
     if unsupported:
         raise CheckpointError(f"{path}: not supported: input features {unsupported}")
-    lows = [STATE] + ([ENV_STATE] if ENV_STATE in inputs else [])
-    action_shape = get(config, "output_features.action.shape", list, where=where)
-    crop_hw = config.get("crop_shape")
+    return inputs, cams, [STATE] + ([ENV_STATE] if ENV_STATE in inputs else [])
+
+
+def _observation_specs(config: dict, inputs: dict, cams: list[str], lows: list[str]):
+    """(image specs, low-dim specs, encoder input (h, w) per camera); LeRobot centre-crops with rounding."""
     images, hw = [], {}
     for cam in cams:
         c, h, w = (int(x) for x in inputs[cam]["shape"])
-        crop = centre_crop((h, w), crop_hw, "round")
+        crop = centre_crop((h, w), config.get("crop_shape"), "round")
         images.append(ImageSpec(our_key(cam), (h, w, c), crop=crop))
         hw[our_key(cam)] = (crop[2], crop[3]) if crop else (h, w)
     low_dims = [LowDimSpec(our_key(k), int(torch.tensor(inputs[k]["shape"]).prod())) for k in lows]
+    return images, low_dims, hw
 
-    imp = Imported(source_format=FORMAT, weights=weights)
-    encoder = _map_rgb_encoders(imp, raw, config, images, hw, where)
-    copy_prefixed(imp, raw, "diffusion.unet", "model", rename=_unet_key)
-    _normalizers(imp, path, config, inputs, cams, lows, raw)
 
-    sched_type = config.get("noise_scheduler_type", "DDPM")
-    scheduler = {"num_train_timesteps": int(config.get("num_train_timesteps", 100)),
-                 "beta_start": float(config.get("beta_start", 0.0001)), "beta_end": float(config.get("beta_end", 0.02)),
-                 "beta_schedule": str(config.get("beta_schedule", "squaredcos_cap_v2")),
-                 "clip_sample": bool(config.get("clip_sample", True)),
-                 "clip_sample_range": float(config.get("clip_sample_range", 1.0)),
-                 "set_alpha_to_one": True, "steps_offset": 0, "prediction_type": "epsilon"}
-    steps = config.get("num_inference_steps") or scheduler["num_train_timesteps"]
-    if sched_type != "DDIM":
-        steps = min(int(steps), 16)  # DDPM-trained; the runtime samples with DDIM (override with --steps)
+def _policy_config(path: Path, config: dict, where: str, images, low_dims, encoder: EncoderConfig) -> PolicyConfig:
+    scheduler = ddim_scheduler(config, {"num_train_timesteps": 100, "beta_schedule": "squaredcos_cap_v2"}, path)
+    steps = export_steps(config.get("num_inference_steps"), scheduler,
+                         trained_with_ddim=config.get("noise_scheduler_type", "DDPM") == "DDIM")
     try:
-        imp.config = PolicyConfig(
-            images=images, low_dims=low_dims, action_dim=int(action_shape[0]),
+        return PolicyConfig(
+            images=images, low_dims=low_dims,
+            action_dim=int(get(config, "output_features.action.shape", list, where=where)[0]),
             horizon=int(get(config, "horizon", int, where=where)),
             n_obs_steps=int(get(config, "n_obs_steps", int, where=where)),
             n_action_steps=int(get(config, "n_action_steps", int, where=where)),
-            num_inference_steps=int(steps), image_range="mean_std" if images else "minus_one_one",
+            num_inference_steps=steps, image_range="mean_std" if images else "minus_one_one",
+            # LeRobot concatenates the state, the camera features, then the environment state.
             obs_order=[low_dims[0].key] + [s.key for s in images] + [s.key for s in low_dims[1:]],
             scheduler=scheduler, encoder=encoder,
             unet=UnetConfig(down_dims=tuple(get(config, "down_dims", list, where=where)),
@@ -142,8 +156,6 @@ def load(path: Path, allow_non_ema: bool = False) -> Checkpoint:
                             cond_predict_scale=bool(config.get("use_film_scale_modulation", True))))
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from e
-    imp.extra = {"lerobot_features": {our_key(k): k for k in list(inputs)}}
-    return assemble(imp, path, BN_HINT)
 
 
 def _map_rgb_encoders(imp: Imported, raw: dict, config: dict, images: list[ImageSpec],

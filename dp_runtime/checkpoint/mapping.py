@@ -83,9 +83,41 @@ def ema_or_live(path: Path, ema: Any, live: Any, allow_non_ema: bool, why: str) 
     return live, "live"
 
 
-def guard_raw(state_keys, where: str, hint: str) -> None:
+SCHEDULER_FIELDS = {"num_train_timesteps": int, "beta_start": float, "beta_end": float, "beta_schedule": str,
+                    "clip_sample": bool, "clip_sample_range": float, "set_alpha_to_one": bool, "steps_offset": int}
+DDPM_EXPORT_STEPS = 16
+
+
+def ddim_scheduler(src: dict, defaults: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A framework's noise-scheduler settings -> the diffusers DDIM config the bundle runs.
+
+    ``defaults``: the framework's own defaults for fields its config may leave out.
+    """
+    if src.get("prediction_type", "epsilon") != "epsilon":
+        raise CheckpointError(f"{path}: not supported: prediction_type {src.get('prediction_type')!r} (epsilon only)")
+    base = {"beta_start": 0.0001, "beta_end": 0.02, "clip_sample": True, "set_alpha_to_one": True, "steps_offset": 0}
+    merged = {**base, **defaults, **{k: v for k, v in src.items() if k in SCHEDULER_FIELDS}}
+    out = {k: kind(merged[k]) for k, kind in SCHEDULER_FIELDS.items() if k in merged}
+    out["prediction_type"] = "epsilon"
+    return out
+
+
+def export_steps(configured: int | None, scheduler: dict[str, Any], trained_with_ddim: bool) -> int:
+    """DDIM steps the bundle is exported with (dp-export --steps overrides).
+
+    DDIM-trained policies keep their configured count. DDPM-trained ones are sampled with
+    DDIM (stochastic DDPM sampling has no deterministic bundle equivalent) at no more than
+    16 steps: their configured count is the DDPM chain (often 100), far more than DDIM needs.
+    """
+    steps = int(configured or scheduler["num_train_timesteps"])
+    if not trained_with_ddim:
+        steps = min(steps, DDPM_EXPORT_STEPS)
+    return min(steps, int(scheduler["num_train_timesteps"]))
+
+
+def guard_raw(state_keys, where: str, hint: str, reason: str = "") -> None:
     """Any running_mean/running_var/num_batches_tracked key is a BatchNorm, whatever its layer is called."""
-    assert_state_dict_clean(dict.fromkeys(state_keys), where=where, hint=hint)
+    assert_state_dict_clean(dict.fromkeys(state_keys), where=where, hint=hint, reason=reason)
 
 
 def map_resnet_sequential(imp: Imported, src: dict[str, torch.Tensor], src_prefix: str, dst_prefix: str) -> None:

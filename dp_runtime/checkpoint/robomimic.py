@@ -23,8 +23,8 @@ import torch
 
 from ..errors import CheckpointError
 from ..model import EncoderConfig, ImageSpec, LowDimSpec, PolicyConfig, UnetConfig
-from .mapping import (Imported, affine_mean_std, assemble, centre_crop, check_pos_grid, copy_prefixed, get,
-                      ema_or_live, guard_raw, map_resnet_sequential, put_normalizer)
+from .mapping import (Imported, affine_mean_std, assemble, centre_crop, check_pos_grid, copy_prefixed, ddim_scheduler,
+                      ema_or_live, export_steps, get, guard_raw, map_resnet_sequential, put_normalizer)
 from .native import Checkpoint
 from .pickled import load_torch_pickle
 
@@ -132,6 +132,38 @@ def _as_tensor(v: Any) -> torch.Tensor:
 
 
 def load(path: Path, trust_pickle: bool = False, allow_non_ema: bool = False) -> Checkpoint:
+    params, config = _read(path, trust_pickle)
+    where = f"{path.name} config"
+    algo = _supported_algo(path, params, config)
+    model = params["model"]
+    state, weights = ema_or_live(path, model.get("ema"), model["nets"], allow_non_ema,
+                                 "algo.ema.enabled was false, params['model']['ema'] is None")
+    if weights == "ema" and "shadow_params" in state:  # robomimic versions on diffusers' newer EMAModel
+        state = shadow_to_state_dict(model["nets"], state, path)
+    guard_raw(state.keys(), where=f"{path.name} ({weights} weights)", hint=BN_HINT)
+    images, low_dims, hw, order = _observation_specs(path, params, config)
+    action_dim = int(params["shape_metadata"].get("ac_dim") or
+                     state["policy.noise_pred_net.final_conv.1.weight"].shape[0])
+
+    imp = Imported(source_format=FORMAT, weights=weights,
+                   ema={"power": get(config, "algo.ema.power", (int, float), default=None, where=where)}
+                   if weights == "ema" else {})
+    encoder = map_obs_nets(imp, state, "policy.obs_encoder.nets.obs.obs_nets", [s.key for s in images], hw)
+    unet = unet_from_weights(state, "policy.noise_pred_net", n_groups=8)
+    copy_prefixed(imp, state, "policy.noise_pred_net", "model")
+    _normalizers(imp, params, low_dims, action_dim, config, path)
+    scheduler, steps = _schedule(path, config)
+    horizon = get(config, "algo.horizon", dict, where=where)
+    imp.config = PolicyConfig(
+        images=images, low_dims=low_dims, action_dim=action_dim, horizon=int(horizon["prediction_horizon"]),
+        n_obs_steps=int(horizon["observation_horizon"]), n_action_steps=int(horizon["action_horizon"]),
+        num_inference_steps=steps, image_range="zero_one", obs_order=order, scheduler=scheduler, encoder=encoder,
+        unet=unet)
+    imp.extra = {"robomimic_algo": algo, "obs_keys": order, **_action_formats(path, config)}
+    return assemble(imp, path, BN_HINT)
+
+
+def _read(path: Path, trust_pickle: bool) -> tuple[dict, dict]:
     params = load_torch_pickle(path, trust_pickle, FORMAT)
     if not isinstance(params, dict) or "model" not in params or "config" not in params:
         found = sorted(params)[:8] if isinstance(params, dict) else type(params).__name__
@@ -141,19 +173,22 @@ def load(path: Path, trust_pickle: bool = False, allow_non_ema: bool = False) ->
         config = json.loads(params["config"]) if isinstance(params["config"], str) else dict(params["config"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: params['config'] is not the JSON config robomimic writes: {e}") from e
+    return params, config
+
+
+def _supported_algo(path: Path, params: dict, config: dict) -> str:
     where = f"{path.name} config"
     algo = params.get("algo_name") or get(config, "algo_name", str, where=where)
     if algo != "diffusion_policy":
         raise CheckpointError(f"{path}: not supported: robomimic algo {algo!r} (only 'diffusion_policy' with the UNet)")
     if not get(config, "algo.unet.enabled", bool, default=True, where=where):
         raise CheckpointError(f"{path}: not supported: robomimic diffusion_policy with a transformer backbone")
-    model = params["model"]
-    state, weights = ema_or_live(path, model.get("ema"), model["nets"], allow_non_ema,
-                                 "algo.ema.enabled was false, params['model']['ema'] is None")
-    if weights == "ema" and "shadow_params" in state:  # robomimic versions on diffusers' newer EMAModel
-        state = shadow_to_state_dict(model["nets"], state, path)
-    guard_raw(state.keys(), where=f"{path.name} ({weights} weights)", hint=BN_HINT)
+    return algo
 
+
+def _observation_specs(path: Path, params: dict, config: dict):
+    """(image specs, low-dim specs, encoder input (h, w) per camera, feature order = shape_metadata order)."""
+    where = f"{path.name} config"
     shapes = get(params, "shape_metadata.all_shapes", dict, where=f"{path.name} shape_metadata")
     modalities = get(config, "observation.modalities.obs", dict, where=where)
     rgb = set(modalities.get("rgb") or [])
@@ -174,40 +209,29 @@ def load(path: Path, trust_pickle: bool = False, allow_non_ema: bool = False) ->
         images.append(ImageSpec(k, (h, w, c), crop=crop))
         hw[k] = (crop[2], crop[3]) if crop else (h, w)
     low_dims = [LowDimSpec(k, int(torch.tensor(shapes[k]).prod())) for k in order if k in low]
+    return images, low_dims, hw, order
 
-    action_dim = int(params["shape_metadata"].get("ac_dim") or
-                     state["policy.noise_pred_net.final_conv.1.weight"].shape[0])
-    horizon = get(config, "algo.horizon", dict, where=where)
-    sched_name = "ddim" if get(config, "algo.ddim.enabled", bool, default=False, where=where) else "ddpm"
-    sched = get(config, f"algo.{sched_name}", dict, where=where)
-    if sched.get("prediction_type", "epsilon") != "epsilon":
-        raise CheckpointError(f"{path}: not supported: prediction_type {sched.get('prediction_type')!r}")
-    scheduler = {"num_train_timesteps": int(sched.get("num_train_timesteps", 100)), "beta_start": 0.0001,
-                 "beta_end": 0.02, "beta_schedule": sched.get("beta_schedule", "squaredcos_cap_v2"),
-                 "clip_sample": bool(sched.get("clip_sample", True)), "set_alpha_to_one": True,
-                 "steps_offset": 0, "prediction_type": "epsilon"}
-    steps = int(sched.get("num_inference_timesteps") or 16)
 
-    imp = Imported(source_format=FORMAT, weights=weights,
-                   ema={"power": get(config, "algo.ema.power", (int, float), default=None, where=where)}
-                   if weights == "ema" else {})
-    encoder = map_obs_nets(imp, state, "policy.obs_encoder.nets.obs.obs_nets", [s.key for s in images], hw)
-    unet = unet_from_weights(state, "policy.noise_pred_net", n_groups=8)
-    copy_prefixed(imp, state, "policy.noise_pred_net", "model")
-    _normalizers(imp, params, low_dims, action_dim, config, path)
-    imp.config = PolicyConfig(
-        images=images, low_dims=low_dims, action_dim=action_dim, horizon=int(horizon["prediction_horizon"]),
-        n_obs_steps=int(horizon["observation_horizon"]), n_action_steps=int(horizon["action_horizon"]),
-        num_inference_steps=min(steps, scheduler["num_train_timesteps"]), image_range="zero_one",
-        obs_order=order, scheduler=scheduler, encoder=encoder, unet=unet)
-    imp.extra = {"robomimic_algo": algo, "obs_keys": order}
-    formats = {k: c.get("format") for k, c in (get(config, "train.action_config", dict, default={}, where=where)
-                                               or {}).items() if isinstance(c, dict) and c.get("format")}
-    if formats:
-        log.warning("%s: robomimic converts action parts at rollout (%s); the bundle outputs the action vector "
-                    "as the network predicts it", path, formats)
-        imp.extra["unconverted_action_formats"] = formats
-    return assemble(imp, path, BN_HINT)
+def _schedule(path: Path, config: dict) -> tuple[dict, int]:
+    """robomimic trains with algo.ddpm or algo.ddim (beta range fixed in its code); DDPM exports with <= 16 steps."""
+    where = f"{path.name} config"
+    ddim = get(config, "algo.ddim.enabled", bool, default=False, where=where)
+    sched = get(config, f"algo.{'ddim' if ddim else 'ddpm'}", dict, where=where)
+    src = {k: v for k, v in sched.items() if k in ("num_train_timesteps", "beta_schedule", "clip_sample",
+                                                    "prediction_type")}
+    scheduler = ddim_scheduler(src, {"num_train_timesteps": 100, "beta_schedule": "squaredcos_cap_v2"}, path)
+    return scheduler, export_steps(sched.get("num_inference_timesteps"), scheduler, trained_with_ddim=ddim)
+
+
+def _action_formats(path: Path, config: dict) -> dict:
+    formats = {k: c.get("format") for k, c in (get(config, "train.action_config", dict, default={},
+                                                   where=f"{path.name} config") or {}).items()
+               if isinstance(c, dict) and c.get("format")}
+    if not formats:
+        return {}
+    log.warning("%s: robomimic converts action parts at rollout (%s); the bundle outputs the action vector "
+                "as the network predicts it", path, formats)
+    return {"unconverted_action_formats": formats}
 
 
 def _normalizers(imp: Imported, params: dict, low_dims: list[LowDimSpec], action_dim: int, config: dict,

@@ -79,7 +79,7 @@ def assert_no_running_stats(module: nn.Module, where: str = "model", hint: str =
         raise BatchNormError(layers, where=where, hint=hint)
 
 
-def assert_state_dict_clean(state_dict: Mapping[str, object], where: str, hint: str = "") -> None:
+def assert_state_dict_clean(state_dict: Mapping[str, object], where: str, hint: str = "", reason: str = "") -> None:
     layers = running_stats_keys(state_dict.keys())
     if layers:
-        raise BatchNormError(layers, where=where, hint=hint)
+        raise BatchNormError(layers, where=where, hint=hint, reason=reason)

@@ -94,9 +94,12 @@ def add_batchnorm_buffers(state: dict, prefix: str) -> dict:
 
 # -- diffusion_policy ----------------------------------------------------------------------------
 
-def dp_source(hybrid: bool = False, seed: int = 0) -> DiffusionPolicy:
-    """Image policy: rgb keys sorted then low-dim sorted; hybrid: shape_meta order (here agent_pos first)."""
-    crop = (4, 4, CROP, CROP)  # torchvision center_crop: round(3.5) = 4
+def dp_source(hybrid: bool = False, seed: int = 0, cropped: bool = True) -> DiffusionPolicy:
+    """Image policy: rgb keys sorted then low-dim sorted; hybrid: shape_meta order (here agent_pos first).
+
+    ``cropped=False``: what diffusion_policy evaluates with random_crop=False (no crop at all).
+    """
+    crop = (4, 4, CROP, CROP) if cropped else None  # torchvision center_crop: round(3.5) = 4
     enc = (EncoderConfig(base_width=8, pool="spatial_softmax", num_kp=8, feature_dim=16, fc_relu=True) if hybrid
            else EncoderConfig(base_width=8, pool="avg"))
     cfg = PolicyConfig(images=[ImageSpec("image", (IMG, IMG, 3), crop=crop)], low_dims=[LowDimSpec("agent_pos", 2)],
@@ -264,7 +267,8 @@ def as_module(state: dict) -> torch.nn.Module:
 
 
 def write_robomimic(path: Path, policy: DiffusionPolicy, ema: bool = True, state: dict | None = None,
-                    algo_name: str = "diffusion_policy", ema_state: dict | None = None) -> Path:
+                    algo_name: str = "diffusion_policy", ema_state: dict | None = None, ddim: bool = True) -> Path:
+    """``ddim=False``: robomimic's default config (DDPM, 100 inference steps)."""
     from collections import OrderedDict
     sd = state if state is not None else rm_state_dict(policy)
     config = {
@@ -273,9 +277,9 @@ def write_robomimic(path: Path, policy: DiffusionPolicy, ema: bool = True, state
                  "unet": {"enabled": True, "diffusion_step_embed_dim": 32, "down_dims": [32, 64], "kernel_size": 3,
                           "n_groups": 8},
                  "ema": {"enabled": ema, "power": 0.75},
-                 "ddpm": {"enabled": False, "num_train_timesteps": 100, "num_inference_timesteps": 100,
+                 "ddpm": {"enabled": not ddim, "num_train_timesteps": 100, "num_inference_timesteps": 100,
                           "beta_schedule": "squaredcos_cap_v2", "clip_sample": True, "prediction_type": "epsilon"},
-                 "ddim": {"enabled": True, "num_train_timesteps": 100, "num_inference_timesteps": 8,
+                 "ddim": {"enabled": ddim, "num_train_timesteps": 100, "num_inference_timesteps": 8,
                           "beta_schedule": "squaredcos_cap_v2", "clip_sample": True, "set_alpha_to_one": True,
                           "steps_offset": 0, "prediction_type": "epsilon"}},
         "observation": {"modalities": {"obs": {"low_dim": ["robot0_eef_pos"], "rgb": ["agentview_image"],
