@@ -37,6 +37,7 @@ setup(
             f"dp-demo = {PACKAGE}.cli:demo_main",
             f"dp-sim = {PACKAGE}.sim.node:main",
             f"policy_node = {PACKAGE}.ros.node:main",
+            f"policy_lifecycle_node = {PACKAGE}.ros.node:lifecycle_main",
         ],
     },
 )

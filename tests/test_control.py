@@ -221,9 +221,21 @@ def test_stale_warning_names_the_last_rejected_input():
     r = PolicyRunner(FakeEngine(), RunnerConfig(control_rate_hz=10, max_obs_age=0.2),
                      warn=lambda cause, msg: warned.append(msg))
     feed(r, 1.0)
+    r.tick(1.0)
     r.add("cam", 1.05, np.zeros((5, 5, 3), np.uint8))  # logged once here ...
     assert r.tick(1.4) is None
     assert "last rejected input" in warned[-1] and "expected uint8" in warned[-1]  # ... and again here
+
+
+def test_waiting_for_first_inputs_is_not_a_stale_transition():
+    warned = []
+    r = PolicyRunner(FakeEngine(), RunnerConfig(control_rate_hz=10, max_obs_age=0.2),
+                     warn=lambda cause, msg: warned.append(msg))
+    assert r.tick(1.0) is None and warned == []  # nothing received yet: nothing went stale
+    feed(r, 1.1)
+    r.tick(1.1)
+    r.reset()
+    assert r.tick(1.2) is None and warned == []  # after a reset: waiting again
 
 
 def test_hold_position_commands_the_measured_joints_when_stale():

@@ -196,9 +196,10 @@ def test_robomimic_refusals(tmp_path):
 
 # -- LeRobot -------------------------------------------------------------------------------------
 
-def lerobot_features(directory, obs):
-    """LeRobot's own encoding written out from modeling_diffusion.py, on its raw files: normalize, centre-crop,
-    backbone, softmax attention @ pos_grid, Linear, ReLU; state first, then the camera."""
+def lerobot_features(directory, obs, resize=None):
+    """LeRobot's own encoding written out from modeling_diffusion.py, on its raw files: normalize, resize
+    (torchvision Resize on a tensor = antialiased bilinear interpolate), centre-crop, backbone, softmax
+    attention @ pos_grid, Linear, ReLU; state first, then the camera."""
     from safetensors.torch import load_file
     from dp_runtime.model.encoder import ResNet18GN
     w = load_file(str(directory / "model.safetensors"))
@@ -209,7 +210,9 @@ def lerobot_features(directory, obs):
                               if k.startswith("diffusion.rgb_encoder.backbone.")})
     img = torch.from_numpy(obs["image"]).flatten(0, 1).permute(0, 3, 1, 2).float() / 255.0
     img = (img - stats["observation.image.mean"]) / (stats["observation.image.std"] + 1e-8)
-    top = int(round((fc.IMG - fc.CROP) / 2.0))
+    if resize:
+        img = F.interpolate(img, size=(resize, resize), mode="bilinear", align_corners=False, antialias=True)
+    top = int(round(((resize or fc.IMG) - fc.CROP) / 2.0))
     img = img[:, :, top:top + fc.CROP, top:top + fc.CROP]
     fmap = F.conv2d(backbone(img), w["diffusion.rgb_encoder.pool.nets.weight"],
                     w["diffusion.rgb_encoder.pool.nets.bias"])
@@ -238,6 +241,21 @@ def test_lerobot_dir_exports_with_parity(tmp_path):
     assert torch.allclose(ours, lerobot_features(directory, obs), atol=1e-5)
     manifest = export_and_check(ck, directory, tmp_path / "bundle", "lerobot")
     assert manifest["source"]["details"]["lerobot_features"]["image"] == "observation.image"
+
+
+def test_lerobot_resize_then_crop(tmp_path):
+    """LeRobot 0.6 resize_shape: resized (antialiased bilinear), then centre-cropped, inside the bundle."""
+    source = fc.lr_source(resize=36)
+    directory = fc.write_lerobot(tmp_path / "resized_ema", source, config=fc.lr_config(resize_shape=[36, 36]))
+    ck = load_any(directory)
+    assert ck.config.images[0].resize == (36, 36) and ck.config.images[0].crop == (1, 1, fc.CROP, fc.CROP)
+    obs, _ = assert_same_policy(source, ck)
+    with torch.no_grad():
+        ours = ck.policy.encode({k: torch.from_numpy(v) for k, v in obs.items()})
+    assert torch.allclose(ours, lerobot_features(directory, obs, resize=36), atol=1e-5)
+    without = lerobot_features(directory, obs)  # the resize matters: skipping it changes the features
+    assert not torch.allclose(ours, without, atol=1e-2)
+    export_and_check(ck, directory, tmp_path / "bundle", "lerobot")
 
 
 def test_lerobot_two_cameras_separate_encoders(tmp_path):

@@ -169,3 +169,107 @@ def test_realtime_replay_through_the_node_matches_offline(tmp_path, tiny_bundle,
     for commands in (got, want):
         assert np.abs(commands[:, None, :] - cands[None]).max(-1).min(-1).max() < 1e-5
     assert "starvation_count" in live.node_diagnostics
+
+
+# -- bags as other tools write them: each opens, or is refused with what is wrong ------------------------
+
+def _meta(bag):
+    return yaml.safe_load((bag / "metadata.yaml").read_text())
+
+
+def _write_meta(bag, meta):
+    (bag / "metadata.yaml").write_text(yaml.safe_dump(meta))
+
+
+def test_complete_bags_with_odd_metadata_replay_and_are_not_called_truncated(tmp_path, tiny_bundle, caplog):
+    setup = make_setup(tiny_bundle, config_file(tmp_path))
+    reference = replay_offline(write_test_bag(tmp_path / "ref", "mcap", seconds=2.0), setup, seed=0)
+    # rosbag2 itself sometimes writes an empty storage_identifier.
+    empty = write_test_bag(tmp_path / "empty_sid", "mcap", seconds=2.0)
+    meta = _meta(empty)
+    meta["rosbag2_bagfile_information"]["storage_identifier"] = ""
+    _write_meta(empty, meta)
+    # metadata version 1: an older layout rosbags cannot read (its topic entries differ).
+    v1 = write_test_bag(tmp_path / "v1", "sqlite3", seconds=2.0)
+    meta = _meta(v1)
+    info = meta["rosbag2_bagfile_information"]
+    info["version"] = 1
+    for k in ("files", "custom_data", "ros_distro", "compression_format", "compression_mode"):
+        info.pop(k, None)
+    info["topics_with_message_count"] = [{"topic_and_type": t["topic_metadata"], "message_count": t["message_count"]}
+                                         for t in info["topics_with_message_count"]]
+    _write_meta(v1, meta)
+    # A directory without metadata.yaml (one storage file).
+    nometa = write_test_bag(tmp_path / "nometa", "mcap", seconds=2.0)
+    (nometa / "metadata.yaml").unlink()
+    for bag in (empty, v1, nometa):
+        caplog.clear()
+        r = replay_offline(bag, setup, seed=0)
+        assert r.problems["truncated"] == "", bag
+        assert [c is None for _, c in r.commands] == [c is None for _, c in reference.commands]
+        warnings = [rec.getMessage() for rec in caplog.records if rec.levelname == "WARNING"]
+        assert len(warnings) == 1 and "reading" in warnings[0] and "truncated" not in warnings[0], warnings
+
+
+def test_unreadable_bags_are_refused_with_the_reason(tmp_path):
+    bag = write_test_bag(tmp_path / "bag", "mcap", seconds=1.0)
+    mcap = next(bag.glob("*.mcap"))
+    split = tmp_path / "split"
+    split.mkdir()
+    for i in range(2):
+        shutil.copy(mcap, split / f"rec_{i}.mcap")
+    with pytest.raises(BagError, match="2 storage files but no metadata.yaml.*ros2 bag reindex"):
+        Bag(split)
+    cut = tmp_path / "cut.mcap"
+    cut.write_bytes(mcap.read_bytes()[:300])
+    with pytest.raises(BagError, match="cut.mcap is truncated before its first complete chunk"):
+        Bag(cut)
+    json_bag = tmp_path / "json"
+    shutil.copytree(bag, json_bag)
+    meta = _meta(json_bag)
+    for t in meta["rosbag2_bagfile_information"]["topics_with_message_count"]:
+        t["topic_metadata"]["serialization_format"] = "json"
+    _write_meta(json_bag, meta)
+    with pytest.raises(BagError, match="json.*CDR"):
+        Bag(json_bag)
+
+
+def test_old_type_names_are_the_same_types(tmp_path, tiny_bundle):
+    """Bags from early rosbag2 and converters name types 'sensor_msgs/Image', not 'sensor_msgs/msg/Image'."""
+    import sqlite3
+    bag = write_test_bag(tmp_path / "old", "sqlite3", seconds=2.0)
+    db = sqlite3.connect(next(bag.glob("*.db3")))
+    db.execute("UPDATE topics SET type = replace(type, '/msg/', '/')")
+    db.commit()
+    db.close()
+    meta = _meta(bag)
+    for t in meta["rosbag2_bagfile_information"]["topics_with_message_count"]:
+        t["topic_metadata"]["type"] = t["topic_metadata"]["type"].replace("/msg/", "/")
+    _write_meta(bag, meta)
+    with Bag(bag) as b:
+        assert b.topics["/camera/image_raw"] == "sensor_msgs/msg/Image"
+    r = replay_offline(bag, make_setup(tiny_bundle, config_file(tmp_path)), seed=0)
+    assert len(r.chunks) > 3 and len(r.recorded) > 10 and r.invalid == {}
+
+
+def test_a_replay_without_chunks_fails_and_says_why(tmp_path, tiny_bundle, capsys):
+    wrong_size = tmp_path / "policy_wrong.yaml"
+    bag = write_test_bag(tmp_path / "bag", "mcap", seconds=2.0)
+    # The tiny policy expects 24x24 images; make the bundle expect 32x32 by asking replay with a 32x32 bag.
+    big = write_test_bag(tmp_path / "big", "mcap", seconds=2.0, size=32)
+    config_file(tmp_path)
+    shutil.move(tmp_path / "policy.yaml", wrong_size)
+    rc = replay_cli([str(big), "--bundle", str(tiny_bundle), "--config", str(wrong_size), "--out",
+                     str(tmp_path / "r1"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "FAILED: the replay produced no action chunk" in err
+    assert "/camera/image_raw: image is 32x32, policy expects 24x24" in err and "resize_images" in err
+    m = json.loads((tmp_path / "r1" / "metrics.json").read_text())
+    assert any("image is 32x32" in k for k in m["messages"]["invalid"])  # real numbers, not '#'
+    zero = write_test_bag(tmp_path / "zero", "mcap", seconds=2.0, zero_stamps=True)
+    rc = replay_cli([str(zero), "--bundle", str(tiny_bundle), "--config", str(wrong_size), "--out",
+                     str(tmp_path / "r2"), "--no-progress"])
+    assert rc == 1 and "header stamp is zero" in capsys.readouterr().err
+    assert replay_cli([str(bag), "--bundle", str(tiny_bundle), "--config", str(wrong_size), "--out",
+                       str(tmp_path / "r3"), "--no-progress"]) == 0

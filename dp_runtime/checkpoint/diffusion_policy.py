@@ -29,8 +29,8 @@ import torch
 from ..errors import CheckpointError, ConfigError
 from ..model import EncoderConfig, ImageSpec, LowDimSpec, PolicyConfig, UnetConfig
 from ..model.policy import IMAGENET_MEAN, IMAGENET_STD, SHARED_ENCODER_KEY
-from .mapping import (Imported, assemble, centre_crop, copy_prefixed, ddim_scheduler, ema_or_live, export_steps, get,
-                      guard_raw, put_image_mean_std)
+from .mapping import (Imported, assemble, centre_crop, copy_prefixed, ddim_scheduler, ema_or_live, export_steps,
+                      get, guard_raw, put_image_mean_std)
 from .native import Checkpoint
 from .pickled import load_torch_pickle, plain_config, resolve
 from .robomimic import map_obs_nets

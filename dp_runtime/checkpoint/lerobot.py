@@ -105,8 +105,9 @@ def _check_supported(path: Path, config: dict, where: str) -> None:
         raise CheckpointError(f"{path}: not supported: LeRobot policy type {kind!r} (only 'diffusion')")
     if get(config, "vision_backbone", str, default="resnet18", where=where) != "resnet18":
         raise CheckpointError(f"{path}: not supported: vision_backbone {config['vision_backbone']!r} (resnet18 only)")
-    if config.get("resize_shape") is not None:
-        raise CheckpointError(f"{path}: not supported: resize_shape {config['resize_shape']} (crop only)")
+    resize = config.get("resize_shape")
+    if resize is not None and (not isinstance(resize, (list, tuple)) or len(resize) != 2):
+        raise CheckpointError(f"{where} resize_shape {resize!r}: expected [height, width]")
     if config.get("prediction_type", "epsilon") != "epsilon":
         raise CheckpointError(f"{path}: not supported: prediction_type {config['prediction_type']!r}")
 
@@ -124,13 +125,19 @@ def _features(path: Path, config: dict, where: str) -> tuple[dict, list[str], li
 
 
 def _observation_specs(config: dict, inputs: dict, cams: list[str], lows: list[str]):
-    """(image specs, low-dim specs, encoder input (h, w) per camera); LeRobot centre-crops with rounding."""
+    """(image specs, low-dim specs, encoder input (h, w) per camera).
+
+    LeRobot's DiffusionRgbEncoder resizes (resize_shape, torchvision Resize: bilinear, antialiased), then
+    centre-crops (crop_shape, torchvision rounding) at evaluation.
+    """
     images, hw = [], {}
+    resize = tuple(int(x) for x in config["resize_shape"]) if config.get("resize_shape") is not None else None
     for cam in cams:
         c, h, w = (int(x) for x in inputs[cam]["shape"])
-        crop = centre_crop((h, w), config.get("crop_shape"), "round")
-        images.append(ImageSpec(our_key(cam), (h, w, c), crop=crop))
-        hw[our_key(cam)] = (crop[2], crop[3]) if crop else (h, w)
+        crop = centre_crop(resize or (h, w), config.get("crop_shape"), "round")
+        spec = ImageSpec(our_key(cam), (h, w, c), resize=resize, crop=crop)
+        images.append(spec)
+        hw[our_key(cam)] = spec.encoder_input_hw
     low_dims = [LowDimSpec(our_key(k), int(torch.tensor(inputs[k]["shape"]).prod())) for k in lows]
     return images, low_dims, hw
 

@@ -120,7 +120,7 @@ class PolicyRunner:
         self.latest_joints: dict[str, float] = {}
         self.generation = 0  # bumped by reset(): a chunk inferred before a reset is discarded
         self.lock = threading.Lock()
-        self._stale = False
+        self._stale: bool | None = None  # None: waiting for the first fresh inputs (nothing to report yet)
         self._last_reject = ""  # the newest input problem, named again when inputs go stale
         self._pending_t_obs: float | None = None  # a new chunk's observation stamp until its first command
         self._latencies: deque[float] = deque(maxlen=200)
@@ -154,6 +154,7 @@ class PolicyRunner:
             self.last_command = None
             self.last_t_obs = None
             self._pending_t_obs = None
+            self._stale = None
             self.generation += 1
 
     # -- inputs ----------------------------------------------------------------------
@@ -261,7 +262,7 @@ class PolicyRunner:
         if stale:
             with self.lock:
                 self.queue.clear()
-            if not self._stale:
+            if self._stale is False:
                 self._stale = True
                 desc = self.buffer.describe(stale)
                 self.stats.last_error = f"stale inputs: {desc}"
@@ -272,9 +273,9 @@ class PolicyRunner:
                 return self._hold_position(now)
             return None
         if self._stale:
-            self._stale = False
             self._last_reject = ""
             self._info("inputs fresh again: resuming")
+        self._stale = False
         with self.lock:
             action = self.queue.pop(now)
         if action is None:

@@ -32,8 +32,19 @@ class ImageSpec:
     key: str
     shape: tuple[int, int, int]  # (H, W, C), uint8 HWC as cameras publish
     topic: str = ""
-    # (top, left, height, width) window the encoder sees (the eval-time centre crop), None = whole image.
+    # (height, width) the image is resized to first (bilinear, antialiased, as torchvision's Resize on
+    # tensors), None = as recorded. LeRobot's resize_shape.
+    resize: tuple[int, int] | None = None
+    # (top, left, height, width) window the encoder sees (the eval-time centre crop, in the resized image),
+    # None = whole image.
     crop: tuple[int, int, int, int] | None = None
+
+    @property
+    def encoder_input_hw(self) -> tuple[int, int]:
+        """(h, w) the backbone sees: after the resize and the crop."""
+        if self.crop is not None:
+            return self.crop[2], self.crop[3]
+        return tuple(self.resize) if self.resize is not None else (self.shape[0], self.shape[1])
 
 
 @dataclass
@@ -110,11 +121,14 @@ class PolicyConfig:
         for s in self.images:
             if len(s.shape) != 3 or s.shape[2] not in (1, 3):
                 raise ConfigError(f"image {s.key!r} shape must be (H, W, C) with C in (1, 3), got {s.shape}")
+            if s.resize is not None and (len(s.resize) != 2 or min(s.resize) < 1):
+                raise ConfigError(f"image {s.key!r} resize must be (height, width) >= 1, got {s.resize}")
+            frame = tuple(s.resize) if s.resize is not None else s.shape[:2]
             if s.crop is not None:
                 top, left, h, w = s.crop
-                if min(s.crop) < 0 or h < 1 or w < 1 or top + h > s.shape[0] or left + w > s.shape[1]:
+                if min(s.crop) < 0 or h < 1 or w < 1 or top + h > frame[0] or left + w > frame[1]:
                     raise ConfigError(f"image {s.key!r} crop (top, left, height, width) {tuple(s.crop)} "
-                                      f"does not fit the image shape {s.shape}")
+                                      f"does not fit the {'resized ' if s.resize else ''}image {frame}")
         if self.obs_order and sorted(self.obs_order) != sorted(keys):
             raise ConfigError(f"obs_order {self.obs_order} must list each observation key once: {keys}")
         if not self.obs_interval_s > 0:
@@ -156,6 +170,7 @@ class PolicyConfig:
         try:
             d = dict(d)
             d["images"] = [ImageSpec(key=i["key"], shape=tuple(i["shape"]), topic=i.get("topic", ""),
+                                     resize=tuple(i["resize"]) if i.get("resize") is not None else None,
                                      crop=tuple(i["crop"]) if i.get("crop") is not None else None)
                            for i in d.get("images", [])]
             d["low_dims"] = [LowDimSpec(**i) for i in d.get("low_dims", [])]

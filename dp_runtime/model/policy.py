@@ -25,13 +25,31 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SHARED_ENCODER_KEY = "rgb"
 
 
-class ImagePreprocess(nn.Module):
-    """uint8 (N, H, W, C) -> float (N, C, h, w): the range the encoder was trained on, then the crop."""
+def resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in): torch's antialiased bilinear resize along one axis, as a matrix.
 
-    def __init__(self, image_range: str, channels: int, crop: tuple[int, int, int, int] | None = None):
+    The 2-D resize is separable (torch computes it as two 1-D passes), so an image resizes as
+    ``R_h @ img @ R_w.T``: two small matmuls in the graph, exported at any ONNX opset.
+    """
+    # Resize rows of one-hot images along the width: torch's antialiased kernel misbehaves on a
+    # 1-pixel-wide dimension, so the 1-D map is taken along W (the same kernel serves H).
+    basis = torch.eye(n_in, dtype=torch.float64).reshape(n_in, 1, 1, n_in)
+    out = F.interpolate(basis, size=(1, n_out), mode="bilinear", align_corners=False, antialias=True)
+    return out.reshape(n_in, n_out).T.float().contiguous()
+
+
+class ImagePreprocess(nn.Module):
+    """uint8 (N, H, W, C) -> float (N, C, h, w): the range the encoder was trained on, resized and cropped."""
+
+    def __init__(self, image_range: str, channels: int, crop: tuple[int, int, int, int] | None = None,
+                 shape_hw: tuple[int, int] | None = None, resize: tuple[int, int] | None = None):
         super().__init__()
         self.image_range = image_range
         self.crop = tuple(crop) if crop is not None else None
+        self.resize = resize is not None
+        if self.resize:
+            self.register_buffer("resize_h", resize_matrix(shape_hw[0], resize[0]))
+            self.register_buffer("resize_w", resize_matrix(shape_hw[1], resize[1]))
         if image_range == "imagenet":  # "mean_std" loads its own values into these buffers
             mean = torch.tensor(IMAGENET_MEAN[:channels]).reshape(1, channels, 1, 1)
             std = torch.tensor(IMAGENET_STD[:channels]).reshape(1, channels, 1, 1)
@@ -41,10 +59,16 @@ class ImagePreprocess(nn.Module):
         self.register_buffer("std", std)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        if self.crop is not None:
-            top, left, h, w = self.crop
-            img = img[:, top:top + h, left:left + w]
-        x = img.permute(0, 3, 1, 2).float() / 255.0
+        if self.resize:  # resize, then crop the resized image (LeRobot's order); affine ranges commute with both
+            x = self.resize_h @ (img.permute(0, 3, 1, 2).float() / 255.0) @ self.resize_w.T
+            if self.crop is not None:
+                top, left, h, w = self.crop
+                x = x[:, :, top:top + h, left:left + w]
+        else:
+            if self.crop is not None:
+                top, left, h, w = self.crop
+                img = img[:, top:top + h, left:left + w]
+            x = img.permute(0, 3, 1, 2).float() / 255.0
         if self.image_range == "minus_one_one":
             return x * 2.0 - 1.0
         if self.image_range in ("imagenet", "mean_std"):
@@ -62,7 +86,7 @@ class ObsEncoder(nn.Module):
         self.share = cfg.encoder.share
         e = cfg.encoder
         self.preprocess = nn.ModuleDict({
-            s.key: ImagePreprocess(cfg.image_range, s.shape[2], s.crop) for s in cfg.images})
+            s.key: ImagePreprocess(cfg.image_range, s.shape[2], s.crop, s.shape[:2], s.resize) for s in cfg.images})
         self.order = cfg.feature_order
 
         def make(channels: int) -> ResNet18GN:

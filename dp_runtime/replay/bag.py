@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import logging
 import struct
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import yaml
 from rosbags.interfaces import MessageDefinition, MessageDefinitionFormat
 from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_types_from_idl, get_types_from_msg, get_typestore
 
 from ..errors import BagError
+from ..ros.convert import normalize_msgtype
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,31 @@ class BagProblems:
     truncated: str = ""  # where reading stopped early, if it did
 
 
+MCAP_MAGIC = b"\x89MCAP0\r\n"
+STORAGE_IDS = {".mcap": "mcap", ".db3": "sqlite3"}
+
+
+def storage_files(path: Path) -> list[Path]:
+    """The rosbag2 storage files of a bag directory (a file is its own)."""
+    if path.is_file():
+        return [path]
+    return sorted(f for f in path.iterdir() if f.suffix in STORAGE_IDS)
+
+
+def mcap_complete(file: Path) -> bool:
+    """An MCAP file that was closed properly ends with the magic bytes; a cut one does not.
+
+    Raises BagError for a file that is no MCAP at all (no magic at its start).
+    """
+    with open(file, "rb") as f:
+        if f.read(len(MCAP_MAGIC)) != MCAP_MAGIC:
+            raise BagError(f"cannot open bag {file}: not an MCAP file (it does not start with the MCAP magic)")
+        if file.stat().st_size < 2 * len(MCAP_MAGIC):
+            return False
+        f.seek(-len(MCAP_MAGIC), 2)
+        return f.read() == MCAP_MAGIC
+
+
 def typestore_for(distro: str):
     try:
         return get_typestore(DISTROS[distro.lower()])
@@ -57,50 +85,127 @@ class Bag:
             raise BagError(f"bag {self.path} does not exist")
         self.default_store = typestore_for(distro)
         self.problems = BagProblems()
-        try:
-            self.reader = Reader(self.path)
-            self.reader.open()
-        except Exception as e:  # ReaderError, OSError, or a storage plugin's own error on a cut-off file
-            self.reader = SalvagedMcap.open(self.path)
-            if self.reader is None:
-                raise BagError(f"cannot open bag {self.path}: {type(e).__name__}: {e} (expected a rosbag2 "
-                               "directory with metadata.yaml, or a .mcap / .db3 file)") from e
-            kept = self.reader.message_count
-            end = f" up to {self.reader.end_time:.6f} s" if kept else ""
-            self.problems.truncated = (f"{self.reader.file.name} is truncated ({e}); kept the {kept} messages of "
-                                       f"its complete chunks{end}")
-            log.warning("bag %s: %s", self.path, self.problems.truncated)
+        self._overlay: tempfile.TemporaryDirectory | None = None
+        self.reader = self._open()
+        self._require_cdr()
         self.typestore, self.unknown_types = self._build_typestore()
         self.distro = self._recorded_distro()
+
+    # -- opening: say what is wrong with a bag, and call it truncated only when it is cut -------------
+    def _open(self):
+        files = storage_files(self.path)
+        if self.path.is_file():
+            if self.path.suffix == ".mcap" and not mcap_complete(self.path):
+                return self._salvage(self.path, "its end is missing")
+            return self._reader(self.path)
+        if not (self.path / "metadata.yaml").is_file():
+            if len(files) == 1:
+                log.warning("bag %s has no metadata.yaml; reading %s directly", self.path, files[0].name)
+                return self._open_file(files[0])
+            if files:
+                raise BagError(f"bag {self.path} has {len(files)} storage files but no metadata.yaml (a split "
+                               "recording): pass one of the files, or run `ros2 bag reindex "
+                               f"{self.path}` to write its metadata.yaml")
+            raise BagError(f"{self.path} is not a rosbag2 recording: no metadata.yaml and no .mcap / .db3 file")
+        cut = [f for f in files if f.suffix == ".mcap" and not mcap_complete(f)]
+        if len(files) == 1 and cut:
+            return self._salvage(cut[0], "its end is missing")
+        try:
+            reader = Reader(self.path)
+            reader.open()
+            return reader
+        except Exception as e:  # rosbags' ReaderError or a storage plugin's own error
+            why = f"{type(e).__name__}: {e}".splitlines()[0]
+            if "Serialization format" in why:
+                raise BagError(f"bag {self.path}: {why.split(': ', 1)[1]} dp-replay decodes CDR (the rosbag2 "
+                               "default) only; re-record with serialization format cdr") from e
+            if len(files) == 1:
+                log.warning("bag %s: metadata.yaml is not usable (%s); reading %s directly",
+                            self.path, why, files[0].name)
+                return self._open_file(files[0])
+            if "Storage plugin ''" in why and files:
+                return self._with_storage_identifier(files, why)
+            raise BagError(f"cannot open bag {self.path}: {why}") from e
+
+    def _open_file(self, file: Path):
+        if file.suffix == ".mcap" and not mcap_complete(file):
+            return self._salvage(file, "its end is missing")
+        return self._reader(file)
+
+    def _reader(self, path: Path):
+        try:
+            reader = Reader(path)
+            reader.open()
+            return reader
+        except Exception as e:  # rosbags' ReaderError or a storage plugin's own error
+            why = f"{type(e).__name__}: {e}".splitlines()[0]
+            raise BagError(f"cannot open bag {path}: {why}") from e
+
+    def _salvage(self, file: Path, why: str):
+        """A cut MCAP: keep every complete chunk before the cut (rosbags needs the missing summary)."""
+        reader = SalvagedMcap(file)
+        if not reader.connections or not reader.message_count:
+            raise BagError(f"{file} is truncated before its first complete chunk ({why}): no message can be "
+                           "recovered from it")
+        self.problems.truncated = (f"{file.name} is truncated ({why}); kept the {reader.message_count} messages "
+                                   f"of its complete chunks up to {reader.end_time:.6f} s")
+        log.warning("bag %s: %s", self.path, self.problems.truncated)
+        return reader
+
+    def _with_storage_identifier(self, files: list[Path], why: str):
+        """Some rosbag2 writers leave storage_identifier empty: take it from the files' suffix."""
+        ids = {STORAGE_IDS.get(f.suffix) for f in files}
+        if len(ids) != 1 or None in ids:
+            raise BagError(f"cannot open bag {self.path}: {why}")
+        storage = ids.pop()
+        log.warning("bag %s: metadata.yaml has an empty storage_identifier; reading its files as %s",
+                    self.path, storage)
+        meta = yaml.safe_load((self.path / "metadata.yaml").read_text())
+        meta["rosbag2_bagfile_information"]["storage_identifier"] = storage
+        self._overlay = tempfile.TemporaryDirectory(prefix="dp_replay_bag_")
+        overlay = Path(self._overlay.name)
+        for f in files:
+            (overlay / f.name).symlink_to(f.resolve())
+        (overlay / "metadata.yaml").write_text(yaml.safe_dump(meta))
+        return self._reader(overlay)
+
+    def _require_cdr(self) -> None:
+        for c in self.reader.connections:
+            fmt = getattr(getattr(c, "ext", None), "serialization_format", "cdr") or "cdr"
+            if fmt != "cdr":
+                raise BagError(f"bag {self.path}: topic {c.topic} is recorded with serialization format {fmt!r}; "
+                               "dp-replay decodes CDR (the rosbag2 default) only")
 
     def _build_typestore(self):
         """Embedded definitions per connection where usable, else the distro's; the rest are unknown."""
         store = get_typestore(Stores.EMPTY)
         unknown: dict[str, str] = {}
         for c in self.reader.connections:
-            if c.msgtype in store.fielddefs:
+            msgtype = normalize_msgtype(c.msgtype)
+            if msgtype in store.fielddefs:
                 continue
             types = {}
             data = c.msgdef.data if c.msgdef.format != MessageDefinitionFormat.NONE else ""
             try:
                 if data.strip() and c.msgdef.format == MessageDefinitionFormat.MSG:
-                    types = get_types_from_msg(data, c.msgtype)
+                    types = get_types_from_msg(data, msgtype)
                 elif data.strip():
                     for part in data.split("=" * 80 + "\n"):
                         if part.strip():
                             types.update(get_types_from_idl(part.split("\n", 1)[1] if part.startswith("IDL: ")
                                                             else part))
-                if c.msgtype in types:
+                if msgtype in types:
                     store.register(types)
                     continue
             except Exception as e:  # a broken embedded definition: fall back to the distro's
-                log.warning("bag %s: cannot parse the definition of %s (%s); using the %s typestore",
-                            self.path, c.msgtype, e, self.default_store)
-            if c.msgtype in self.default_store.fielddefs:
+                first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+                log.warning("bag %s: cannot parse the embedded definition of %s (%s); using the typestore's",
+                            self.path, msgtype, first)
+            if msgtype in self.default_store.fielddefs:
                 store.register({k: v for k, v in self.default_store.fielddefs.items()
                                 if k not in store.fielddefs})
             else:
-                unknown[c.topic] = c.msgtype
+                unknown[c.topic] = msgtype
         return store, unknown
 
     def _recorded_distro(self) -> str:
@@ -108,6 +213,8 @@ class Bag:
 
     def close(self) -> None:
         self.reader.close()
+        if self._overlay is not None:
+            self._overlay.cleanup()
 
     def __enter__(self) -> "Bag":
         return self
@@ -117,7 +224,7 @@ class Bag:
 
     @property
     def topics(self) -> dict[str, str]:
-        return {c.topic: c.msgtype for c in self.reader.connections}
+        return {c.topic: normalize_msgtype(c.msgtype) for c in self.reader.connections}
 
     @property
     def counts(self) -> dict[str, int]:
@@ -155,11 +262,13 @@ class Bag:
             except StopIteration:
                 return
             except Exception as e:  # rosbags raises storage-specific errors on a cut-off file
-                self.problems.truncated = f"reading stopped after {last}: {type(e).__name__}: {e}"
-                log.warning("bag %s is truncated or corrupt; %s", self.path, self.problems.truncated)
+                stopped = f"reading stopped after {last}: {type(e).__name__}: {e}"
+                if stopped != self.problems.truncated:  # one warning per problem, however often it is read
+                    self.problems.truncated = stopped
+                    log.warning("bag %s is truncated or corrupt; %s", self.path, stopped)
                 return
             last = f"message {index} ({conn.topic} at {stamp * 1e-9:.6f} s)"
-            yield BagMessage(conn.topic, conn.msgtype, stamp * 1e-9, index, bytes(raw))
+            yield BagMessage(conn.topic, normalize_msgtype(conn.msgtype), stamp * 1e-9, index, bytes(raw))
             index += 1
 
     def deserialize(self, msg: BagMessage) -> Any | None:
@@ -219,14 +328,6 @@ class SalvagedMcap:
             except (McapError, EOFError, ValueError, struct.error) as e:
                 self.error = f"{type(e).__name__}: {e}"
         self._messages.sort(key=lambda m: m[1])
-
-    @classmethod
-    def open(cls, path: Path) -> "SalvagedMcap | None":
-        files = [path] if path.suffix == ".mcap" else sorted(path.glob("*.mcap")) if path.is_dir() else []
-        if len(files) != 1:
-            return None
-        salvaged = cls(files[0])
-        return salvaged if salvaged.connections else None
 
     @property
     def message_count(self) -> int:

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..ros.params import load_params_file
 from ..ros.runtime import open_engine
 from .bag import DISTROS, Bag
 from .pipeline import ReplaySetup, replay_offline
-from .report import summary, write_report
+from .report import summary, verdict, write_report
 
 
 def parser() -> argparse.ArgumentParser:
@@ -35,28 +36,31 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_recorded_topic(arg: str | None, command_topic: str, bag_path: str, distro: str) -> str | None:
+def resolve_recorded_topic(arg: str | None, command_topic: str, bag: Bag) -> str | None:
     if arg == "none":
         return None
     if arg:
         return arg
-    with Bag(bag_path, distro) as bag:
-        return command_topic if command_topic in bag.topics else None
+    return command_topic if command_topic in bag.topics else None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     params, flat = load_params_file(args.config, backend=args.backend, device=args.device, bundle=args.bundle)
     engine = open_engine(params)
-    recorded = resolve_recorded_topic(args.recorded_topic, params.command_topic, args.bag, args.distro)
-    setup = ReplaySetup.create(engine, params, flat, recorded)
-    if args.mode == "offline":
-        result = replay_offline(args.bag, setup, seed=args.seed, distro=args.distro,
-                                assumed_latency_s=args.assumed_latency, progress=not args.no_progress)
-    else:
-        from .realtime import replay_realtime
-        result = replay_realtime(args.bag, setup, args.config, seed=args.seed, rate=args.rate, distro=args.distro)
-    out = Path(args.out)
-    m = write_report(out, result, setup, args.distro)
+    with Bag(args.bag, args.distro) as bag:  # opened once: each problem with it is reported once
+        recorded = resolve_recorded_topic(args.recorded_topic, params.command_topic, bag)
+        setup = ReplaySetup.create(engine, params, flat, recorded)
+        if args.mode == "offline":
+            result = replay_offline(bag, setup, seed=args.seed, assumed_latency_s=args.assumed_latency,
+                                    progress=not args.no_progress)
+        else:
+            from .realtime import replay_realtime
+            result = replay_realtime(bag, setup, args.config, seed=args.seed, rate=args.rate)
+        out = Path(args.out)
+        m = write_report(out, result, setup, args.distro, bag)
     print(summary(m, out))
-    return 0
+    ok, lines = verdict(m)
+    for line in lines:
+        print(line, file=sys.stderr)
+    return 0 if ok else 1

@@ -7,6 +7,7 @@ happens at a tick when the runner asks for it and is assumed to take
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,7 @@ class ReplayResult:
     distro: str = "unknown"
     node_diagnostics: dict = field(default_factory=dict)  # realtime: the node's last /diagnostics values
     first_of: dict[str, str] = field(default_factory=dict)  # cause key -> the first message of that kind
+    last_error: str = ""  # the runner's last problem (stale inputs, inference failure)
 
 
 def check_topics(bag: Bag, setup: ReplaySetup) -> None:
@@ -73,14 +75,20 @@ def check_topics(bag: Bag, setup: ReplaySetup) -> None:
         bag.require(setup.recorded_topic, RECORDED_COMMAND_TYPES, "recorded commands")
 
 
-def replay_offline(bag_path: str | Path, setup: ReplaySetup, seed: int = 0, distro: str = "kilted",
+def opened(bag: str | Path | Bag, distro: str = "kilted"):
+    """A context giving an open Bag: the caller's (left open) or one opened from a path (closed after)."""
+    return contextlib.nullcontext(bag) if isinstance(bag, Bag) else Bag(bag, distro)
+
+
+def replay_offline(bag_path: str | Path | Bag, setup: ReplaySetup, seed: int = 0, distro: str = "kilted",
                    assumed_latency_s: float = 0.0, progress: bool = False,
                    keep_observations: bool = False) -> ReplayResult:
     started = time.perf_counter()
     runner = setup.runner(seed, assumed_latency_s, keep_observations)
     by_topic = {t.topic: t for t in setup.topics}
     dt = 1.0 / setup.params.control_rate_hz
-    with Bag(bag_path, distro) as bag:
+    with opened(bag_path, distro) as bag:
+        bag_path = bag.path
         if bag.message_count == 0:
             raise BagError(f"bag {bag_path} is empty (no messages)")
         check_topics(bag, setup)
@@ -128,6 +136,7 @@ def replay_offline(bag_path: str | Path, setup: ReplaySetup, seed: int = 0, dist
     result.queue = status.queue.as_dict()
     result.stale_refusals = status.stale_refusals
     result.inference_errors = status.inference_errors
+    result.last_error = status.last_error
     result.wall_s = time.perf_counter() - started
     return result
 

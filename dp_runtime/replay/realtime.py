@@ -22,7 +22,7 @@ from ..ros.commands import command_to_vector
 from ..ros.process import stop_process
 from ..ros.side_node import SideNode
 from .bag import Bag
-from .pipeline import ReplayResult, ReplaySetup, check_topics
+from .pipeline import ReplayResult, ReplaySetup, check_topics, opened
 
 REPLAY_COMMAND_TOPIC = "/dp_replay/commands"
 CLOCK_PERIOD = 0.005  # bag seconds between /clock messages
@@ -39,7 +39,7 @@ def start_policy_node(setup: ReplaySetup, config: str | None, seed: int, log_pat
     return subprocess.Popen(args, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
 
 
-def replay_realtime(bag_path: str | Path, setup: ReplaySetup, config: str | None, seed: int = 0,
+def replay_realtime(bag_path: str | Path | Bag, setup: ReplaySetup, config: str | None, seed: int = 0,
                     rate: float = 1.0, distro: str = "kilted", ready_timeout: float = 90.0) -> ReplayResult:
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -49,7 +49,8 @@ def replay_realtime(bag_path: str | Path, setup: ReplaySetup, config: str | None
     if rate <= 0:
         raise DpRuntimeError(f"--rate must be > 0, got {rate}")
     started = time.perf_counter()
-    with Bag(bag_path, distro) as bag:
+    with opened(bag_path, distro) as bag:
+        bag_path = bag.path
         if bag.message_count == 0:
             raise BagError(f"bag {bag_path} is empty (no messages)")
         check_topics(bag, setup)

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..ros.convert import sec_to_stamp_fields
 from .bag import Bag
-from .pipeline import ReplayResult, ReplaySetup
+from .pipeline import ReplayResult, ReplaySetup, opened
 
 PREDICTED_TOPIC = "/dp_runtime/predicted_actions"
 
@@ -65,7 +65,7 @@ def metrics(result: ReplayResult, setup: ReplaySetup) -> dict:
         "node_diagnostics": result.node_diagnostics,
         "inference_latency_ms": _stats([c.latency_s for c in result.chunks], 1e3),
         "queue": result.queue, "stale_refusals": result.stale_refusals,
-        "inference_errors": result.inference_errors,
+        "inference_errors": result.inference_errors, "last_error": result.last_error,
         "messages": {"read": result.messages_read, "used": result.messages_used,
                      "invalid": result.invalid, "invalid_total": int(sum(result.invalid.values()))},
         "bag_problems": result.problems,
@@ -114,7 +114,7 @@ def write_plots(out: Path, result: ReplayResult, names: list[str]) -> list[Path]
     return paths
 
 
-def write_bag(path: Path, result: ReplayResult, setup: ReplaySetup, distro: str) -> None:
+def write_bag(path: Path, result: ReplayResult, setup: ReplaySetup, distro: str, bag: Bag | None = None) -> None:
     """Input topics copied from the source bag plus the predicted commands (JointState), MCAP, metadata v8."""
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
@@ -123,7 +123,7 @@ def write_bag(path: Path, result: ReplayResult, setup: ReplaySetup, distro: str)
     Header = kilted.types["std_msgs/msg/Header"]
     Time = kilted.types["builtin_interfaces/msg/Time"]
     inputs = {t.topic for t in setup.topics} | ({setup.recorded_topic} if setup.recorded_topic else set())
-    with Bag(result.bag, distro) as src, Writer(path, version=8, storage_plugin=StoragePlugin.MCAP) as dst:
+    with opened(bag or result.bag, distro) as src, Writer(path, version=8, storage_plugin=StoragePlugin.MCAP) as dst:
         conns = {}
         for topic, msgtype in src.topics.items():
             if topic in inputs and msgtype in src.typestore.fielddefs:
@@ -141,7 +141,8 @@ def write_bag(path: Path, result: ReplayResult, setup: ReplaySetup, distro: str)
             dst.write(pred, int(round(t * 1e9)), kilted.serialize_cdr(msg, "sensor_msgs/msg/JointState"))
 
 
-def write_report(out: Path, result: ReplayResult, setup: ReplaySetup, distro: str = "kilted") -> dict:
+def write_report(out: Path, result: ReplayResult, setup: ReplaySetup, distro: str = "kilted",
+                 bag: Bag | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     m = metrics(result, setup)
     write_csv(out / "actions.csv", result, setup.action_names)
@@ -150,7 +151,7 @@ def write_report(out: Path, result: ReplayResult, setup: ReplaySetup, distro: st
     if bag_out.exists():
         import shutil
         shutil.rmtree(bag_out)
-    write_bag(bag_out, result, setup, distro)
+    write_bag(bag_out, result, setup, distro, bag)
     m["bag_out"] = str(bag_out)
     (out / "metrics.json").write_text(json.dumps(m, indent=2))
     return m
@@ -179,3 +180,22 @@ def summary(m: dict, out: Path) -> str:
                      f"{m['bag_problems'].get('truncated') or 'bag complete'}")
     lines.append(f"report: {out} (metrics.json, actions.csv, {len(m['plots'])} plots, replay_bag/)")
     return "\n".join(lines)
+
+
+def verdict(m: dict, top: int = 3) -> tuple[bool, list[str]]:
+    """(ok, lines for the console): a replay without a single chunk failed, with its main causes;
+    one that rejected most observation messages says so loudly."""
+    inv = m["messages"]["invalid"]
+    causes = [f"  {n} x {msg}" for msg, n in sorted(inv.items(), key=lambda kv: -kv[1])[:top]]
+    if m.get("stale_refusals"):
+        causes.append(f"  {m['stale_refusals']} x inference refused: {m.get('last_error') or 'stale inputs'}")
+    if m.get("inference_errors"):
+        causes.append(f"  {m['inference_errors']} x inference failed: {m.get('last_error')}")
+    read, rejected = m["messages"]["read"], m["messages"]["invalid_total"]
+    if not m["chunks"]:
+        return False, ["FAILED: the replay produced no action chunk. Main causes:",
+                       *(causes or ["  no usable observation on the configured topics"])]
+    if read and rejected > read / 2:
+        return True, [f"WARNING: {rejected} of {read} messages ({100 * rejected / read:.0f} %) were rejected; "
+                      "the actions come from the rest. Main causes:", *causes]
+    return True, []

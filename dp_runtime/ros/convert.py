@@ -129,6 +129,9 @@ def to_observation(kind: str, msg: Any, image_shape: Sequence[int] | None, joint
     ``kind`` is the obs topic type: image | compressed_image | joint_state.
     """
     stamp = stamp_to_sec(msg.header.stamp)
+    if stamp == 0.0:
+        raise InputError(f"{what}: header stamp is zero; observations are timed by their header stamps, so the "
+                         "publisher must stamp each message (header.stamp = the capture time)")
     if kind == "image":
         return stamp, image_to_array(msg, image_shape, resize, what=what)
     if kind == "compressed_image":

@@ -3,18 +3,28 @@
 Subscriptions convert messages and hand them to the runner; an inference worker
 thread calls ``runner.infer``; a control thread sleeps on the node clock to each
 tick of the grid, calls ``runner.tick`` and publishes what it returns;
-/diagnostics reports ``runner.status()``.
+/diagnostics reports ``runner.status()``. The same wiring serves the plain node
+(``policy_node``) and the managed one (``policy_lifecycle_node``: configure loads,
+verifies and warms up the bundle, activate starts commands, deactivate stops them).
 """
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
 
+import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
+from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.node import Node
+from rclpy.publisher import Publisher
+from rclpy.service import Service
+from rclpy.subscription import Subscription
+from rclpy.timer import Timer
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from std_srvs.srv import Trigger
@@ -35,26 +45,29 @@ def qos(kind: str, depth: int = 10) -> QoSProfile:
     return QoSProfile(reliability=rel, history=HistoryPolicy.KEEP_LAST, depth=depth)
 
 
-class PolicyNode(Node):
-    def __init__(self) -> None:
-        super().__init__("policy_node")
+class PolicyWiring:
+    """Parameters, runtime, subscriptions, publishers, services and the two threads, on an rclpy node."""
+
+    def wire(self, autostart: bool | None = None) -> None:
         self.p = declare(self)
+        if autostart is not None:
+            self.p.autostart = autostart
         log = self.get_logger()
         self.rt = open_runtime(self.p, lambda name, default: declare_any(self, name, default),
                                warn=lambda cause, msg: log.warning(msg), info=log.info)
         self.runner = self.rt.runner
         self.engine = self.rt.engine
         self.watchdog = QosWatchdog({t.key: (t.topic, t.qos) for t in self.rt.topics}, self.p.qos_warn_after)
-        for t in self.rt.topics:
-            self.create_subscription(convert.message_class(convert.OBS_MESSAGE_TYPES[t.type]), t.topic,
-                                     self._on_msg(t), qos(t.qos))
+        self.entities = [self.create_subscription(convert.message_class(convert.OBS_MESSAGE_TYPES[t.type]), t.topic,
+                                                  self._on_msg(t), qos(t.qos)) for t in self.rt.topics]
         self.pub = self.create_publisher(self.rt.interface.message_class, self.p.command_topic, qos(self.p.command_qos))
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.starved_reported = 0
-        self.create_timer(self.p.diagnostics_period, self._on_diagnostics)
-        self.create_service(Trigger, "~/start", self._srv(self.runner.start, "started"))
-        self.create_service(Trigger, "~/stop", self._srv(self.runner.stop, "stopped"))
-        self.create_service(Trigger, "~/reset", self._srv(self.runner.reset, "history and queue cleared"))
+        self.entities += [
+            self.pub, self.diag_pub, self.create_timer(self.p.diagnostics_period, self._on_diagnostics),
+            self.create_service(Trigger, "~/start", self._srv(self.runner.start, "started")),
+            self.create_service(Trigger, "~/stop", self._srv(self.runner.stop, "stopped")),
+            self.create_service(Trigger, "~/reset", self._srv(self.runner.reset, "history and queue cleared"))]
         self.wake = threading.Event()
         self.alive = True
         self.sim_time = bool(self.get_parameter("use_sim_time").value)
@@ -66,6 +79,7 @@ class PolicyNode(Node):
         self.worker.start()
         self.control.start()
         log.info(f"bundle {self.p.bundle}: backend {self.engine.backend.name}, provider {self.engine.provider}; "
+                 f"inputs {', '.join(f'{t.topic} [{t.type}]' for t in self.rt.topics)}; "
                  f"{self.p.control_rate_hz} Hz -> {self.p.command_interface} on {self.p.command_topic}; "
                  f"{'running' if self.runner.running else 'stopped (call ~/start)'}")
 
@@ -171,21 +185,102 @@ class PolicyNode(Node):
         self.diag_pub.publish(arr)
 
     def shutdown(self) -> None:
+        """Stop the threads (idempotent); a second Ctrl-C while waiting does not interrupt the exit."""
+        if not getattr(self, "alive", False):
+            return
         self.alive = False
         self.wake.set()
         for thread, timeout in ((self.worker, 5.0), (self.control, 2.0)):
             try:
                 thread.join(timeout=timeout)
-            except KeyboardInterrupt:  # a second Ctrl-C while waiting: the threads are daemons, go on
+            except KeyboardInterrupt:  # the threads are daemons: go on exiting
                 pass
+
+    def hold_on_stop(self) -> None:
+        """On deactivate with on_stale hold_position: one last command holding the measured joints."""
+        if self.p.on_stale != "hold_position" or self.rt.interface.per_chunk:
+            return
+        joints = [self.runner.latest_joints.get(n) for n in self.rt.action_names]
+        if all(v is not None for v in joints):
+            self._publish(np.asarray(joints), self.now())
+
+
+class PolicyNode(PolicyWiring, Node):
+    def __init__(self) -> None:
+        super().__init__("policy_node")
+        self.wire()
+
+
+class LifecyclePolicyNode(PolicyWiring, LifecycleNode):
+    """The managed node: configure = load, verify and warm up; activate = commands; deactivate = stop."""
+
+    def __init__(self) -> None:
+        super().__init__("policy_node")
+
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        try:
+            self.wire(autostart=False)
+        except DpRuntimeError as e:
+            self.get_logger().fatal(f"configure failed: {type(e).__name__}: {e}")
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        self.runner.start()
+        self.get_logger().info("activated: commands on")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self.runner.stop()
+        self.hold_on_stop()
+        self.get_logger().info("deactivated: commands off")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release(self) -> None:
+        """Threads stopped, what configure created destroyed, the engine dropped: configure can run again."""
+        self.shutdown()
+        destroy = {Subscription: self.destroy_subscription, Publisher: self.destroy_publisher,
+                   Service: self.destroy_service, Timer: self.destroy_timer}
+        for entity in getattr(self, "entities", []):
+            destroy[type(entity)](entity)
+        self.entities = []
+        self.pub = self.diag_pub = self.rt = self.runner = self.engine = None
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run(PolicyNode, argv)
+
+
+def lifecycle_main(argv: list[str] | None = None) -> int:
+    """policy_lifecycle_node [--autostart]: --autostart configures and activates without a manager."""
+    argv = list(sys.argv if argv is None else argv)
+    autostart = "--autostart" in argv
+    return run(LifecyclePolicyNode, [a for a in argv if a != "--autostart"], autostart)
+
+
+def run(make, argv: list[str] | None, autostart: bool = False) -> int:
+    """Create the node, spin it, and end with 0 on a signal, 1 on a refusal; never a traceback.
+
+    SIGINT and SIGTERM only set a flag (rclpy's own handlers are off): the node then stops its
+    threads, destroys itself and only then shuts the context down, so no thread ever uses an
+    invalidated context, and a second Ctrl-C during that cannot interrupt it.
+    """
     # The control thread must get the GIL promptly when its sleep ends (default switch interval 5 ms).
     sys.setswitchinterval(0.0005)
     logger = rclpy.logging.get_logger("policy_node")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
     try:
-        rclpy.init(args=argv if argv is not None else sys.argv)
+        rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     except Exception as e:  # a broken --params-file or argument: rcl's own error, one line
         logger.fatal(f"refusing to start: cannot read the ROS arguments: {str(e).splitlines()[0]}")
         return 1
@@ -193,28 +288,39 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         try:
-            node = PolicyNode()
+            node = make()
         except DpRuntimeError as e:
             logger.fatal(f"refusing to start: {type(e).__name__}: {e}")
             return 1
+        if autostart:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                return 1
+            node.trigger_activate()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except ExternalShutdownException:
         pass
-    except Exception as e:  # the executor's wait set fails once a signal has invalidated the context
-        if rclpy.ok():
-            logger.fatal(f"executor failed: {type(e).__name__}: {e}")
-            code = 1
+    except Exception as e:  # an executor failure while running is an error exit, said in one line
+        logger.fatal(f"executor failed: {type(e).__name__}: {e}")
+        code = 1
     finally:
-        try:
-            if node is not None:
-                node.shutdown()
-                node.destroy_node()
-            rclpy.try_shutdown()
-        except KeyboardInterrupt:
-            pass
+        # Shutting down already: a further signal has nothing left to do. rclpy's context shutdown puts
+        # SIGINT/SIGTERM back to their defaults (a second Ctrl-C would then kill the process), so ignore
+        # them, before and after it.
+        _ignore_signals()
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        rclpy.try_shutdown()
+        _ignore_signals()
     return code
+
+
+def _ignore_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

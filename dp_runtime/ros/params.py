@@ -121,8 +121,11 @@ def coerce(name: str, value: Any, kind: str) -> Any:
 def declare_any(node: Any, name: str, default: Any) -> Any:
     """Declare with dynamic typing so a mistyped value reaches our own check (not an rclpy traceback)."""
     from rcl_interfaces.msg import ParameterDescriptor
-    value = node.declare_parameter(name, None if default == [] else default,
-                                   ParameterDescriptor(dynamic_typing=True)).value
+    if node.has_parameter(name):  # a lifecycle node configured a second time
+        value = node.get_parameter(name).value
+    else:
+        value = node.declare_parameter(name, None if default == [] else default,
+                                       ParameterDescriptor(dynamic_typing=True)).value
     return default if value is None else value
 
 

@@ -160,6 +160,19 @@ class Watcher(SideNode):
                 self.diag = {kv.key: kv.value for kv in st.values}
 
 
+def read_episodes(path: Path) -> list[dict]:
+    """The sim's episode record (JSON lines); a line still being written is left for the next read."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
 def closed_loop(bundle: Path, out: Path, episodes: int, seed: int) -> dict:
     from ..ros.params import load_params_file
     params, _ = load_params_file(config_path("sim_policy.yaml"))
@@ -169,6 +182,7 @@ def closed_loop(bundle: Path, out: Path, episodes: int, seed: int) -> dict:
     print(f"  closed loop on ROS_DOMAIN_ID {domain}: dp-sim + policy_node, {episodes} episodes")
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
+    results_file = logs / "episodes.jsonl"
     watcher = Watcher(domain, params.command_topic, "/sim/episode")
     node = subprocess.Popen([sys.executable, "-m", "dp_runtime.ros.node", "--ros-args", "--params-file",
                              str(config_path("sim_policy.yaml")), "-p", f"bundle:={bundle}", "-p", f"seed:={seed}"],
@@ -180,29 +194,33 @@ def closed_loop(bundle: Path, out: Path, episodes: int, seed: int) -> dict:
             if node.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"policy node did not start: {(logs / 'policy_node.log').read_text()[-2000:]}")
             time.sleep(0.2)
+        results_file.unlink(missing_ok=True)
         sim = subprocess.Popen([sys.executable, "-m", "dp_runtime.sim.node", "--episodes", str(episodes),
-                                "--seed", str(seed + 12345), "--command-topic", params.command_topic],
+                                "--seed", str(seed + 12345), "--command-topic", params.command_topic,
+                                "--results", str(results_file)],
                                env=env, stdout=open(logs / "dp_sim.log", "w"), stderr=subprocess.STDOUT)
         deadline = time.time() + episodes * 10 + 60
         shown = 0
-        while len(watcher.episodes) < episodes and time.time() < deadline and sim.poll() is None:
+        while time.time() < deadline and sim.poll() is None:
             time.sleep(0.2)
-            for e in watcher.episodes[shown:]:
+            run = read_episodes(results_file)
+            for e in run[shown:]:
                 print(f"  episode {e['episode']}: {'success' if e['success'] else 'fail'} in {e['time']:.1f} s")
-            shown = len(watcher.episodes)
+            shown = len(run)
         time.sleep(1.5)  # one more diagnostics period
     finally:
         if sim is not None:
             stop_process(sim)
         rc = stop_process(node)
         watcher.close()
+    run = read_episodes(results_file)  # every episode the sim ran, from the sim's own record
     periods = np.diff(np.array(watcher.command_times)) * 1e3
     periods = periods[periods < 500]  # drop the pauses between episodes (stale inputs during reset)
     d = watcher.diag
     return {
-        "domain_id": domain, "episodes": len(watcher.episodes),
-        "success_rate": float(np.mean([e["success"] for e in watcher.episodes])) if watcher.episodes else 0.0,
-        "episode_results": watcher.episodes,
+        "domain_id": domain, "episodes": len(run),
+        "success_rate": float(np.mean([e["success"] for e in run])) if run else 0.0,
+        "episode_results": run, "episode_reports_received_over_dds": len(watcher.episodes),
         "command_period_ms_received": {"p50": float(np.percentile(periods, 50)) if periods.size else None,
                                        "p99": float(np.percentile(periods, 99)) if periods.size else None},
         "command_period_ms_node": {"p50": d.get("command_period_ms_p50"), "p99": d.get("command_period_ms_p99")},

@@ -5,7 +5,9 @@
 Publishes sensor_msgs/Image (rgb8, 96x96) and sensor_msgs/JointState with
 header stamps, takes std_msgs/Float64MultiArray joint position commands (as a
 ros2_control forward position controller does), and reports each episode as
-JSON on /sim/episode (std_msgs/String). Exits 0 after N episodes (0: never).
+JSON on /sim/episode (std_msgs/String) and, with --results FILE, as one JSON
+line per episode in FILE (the record to count from: a late subscriber misses
+topic messages, the file misses nothing). Exits 0 after N episodes (0: never).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ class SimNode(Node):
         self.cfg = ArmConfig(episode_seconds=args.episode_seconds)
         self.arm = ReachingArm(self.cfg, args.seed)
         self.episodes_wanted = args.episodes
+        self.results = open(args.results, "a", buffering=1) if args.results else None
         self.settle_s = args.settle
         self.episode = 0
         self.episode_start = time.monotonic()
@@ -88,6 +91,8 @@ class SimNode(Node):
             result = {"episode": self.episode, "success": bool(success), "time": round(self.arm.state.t, 3),
                       "distance": round(self.arm.distance(), 4)}
             self.ep_pub.publish(String(data=json.dumps(result)))
+            if self.results is not None:
+                self.results.write(json.dumps(result) + "\n")
             self.get_logger().info(f"episode {self.episode}: {'success' if success else 'timeout'} "
                                    f"in {self.arm.state.t:.2f} s")
             self.episode += 1
@@ -108,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episode-seconds", type=float, default=ArmConfig.episode_seconds)
     p.add_argument("--settle", type=float, default=0.3, help="s after a reset during which commands are ignored")
     p.add_argument("--command-topic", default=SimTopics.commands)
+    p.add_argument("--results", default=None, help="append each episode's result to this file (JSON lines)")
     args = p.parse_args(own)
     rclpy.init(args=["dp_sim", *ros_args])
     node = SimNode(args)
@@ -118,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        if node.results is not None:
+            node.results.close()
         node.destroy_node()
         rclpy.try_shutdown()
     return 0

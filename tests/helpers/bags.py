@@ -23,7 +23,7 @@ def write_test_bag(path: Path, storage: str = "mcap", seconds: float = 4.0, came
                    joint_hz: float = 50.0, compressed: bool = False, store=Stores.ROS2_KILTED,
                    lag: float = 0.01, constant: bool = False, extra_unknown: bool = False,
                    shuffle_stamps: bool = False, corrupt_every: int = 0, command_topic: str = "/commands",
-                   version: int = 8, filler: bool = False) -> Path:
+                   version: int = 8, filler: bool = False, size: int = SIZE, zero_stamps: bool = False) -> Path:
     """Camera (/camera/image_raw or .../compressed), /joint_states and recorded /commands.
 
     Header stamps are ``lag`` s before the bag (receive) time, as on a real robot.
@@ -33,6 +33,8 @@ def write_test_bag(path: Path, storage: str = "mcap", seconds: float = 4.0, came
     Time, Header = T["builtin_interfaces/msg/Time"], T["std_msgs/msg/Header"]
 
     def header(t):
+        if zero_stamps:  # a publisher that never stamps its messages
+            return Header(stamp=Time(sec=0, nanosec=0), frame_id="")
         return Header(stamp=Time(sec=int(t), nanosec=int(round((t - int(t)) * 1e9)) % 1_000_000_000), frame_id="")
 
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
@@ -40,7 +42,7 @@ def write_test_bag(path: Path, storage: str = "mcap", seconds: float = 4.0, came
     for i in range(int(seconds * camera_hz)):
         t = T0 + i / camera_hz
         tgt = np.array([0.4, -0.3]) if constant else target_at(t - T0)
-        img = render_dot(tgt, SIZE)
+        img = render_dot(tgt, size)
         if compressed:
             from PIL import Image as PILImage
             buf = io.BytesIO()
@@ -49,8 +51,8 @@ def write_test_bag(path: Path, storage: str = "mcap", seconds: float = 4.0, came
                                                        data=np.frombuffer(buf.getvalue(), np.uint8))
             events.append((t, "/camera/image_raw/compressed", msg))
         else:
-            msg = T["sensor_msgs/msg/Image"](header=header(t - lag), height=SIZE, width=SIZE, encoding="rgb8",
-                                             is_bigendian=0, step=SIZE * 3, data=img.reshape(-1))
+            msg = T["sensor_msgs/msg/Image"](header=header(t - lag), height=size, width=size, encoding="rgb8",
+                                             is_bigendian=0, step=size * 3, data=img.reshape(-1))
             events.append((t, "/camera/image_raw", msg))
         if filler:  # an unused 128x128 camera, so the MCAP file spans several 1 MiB chunks
             events.append((t, "/camera2/image_raw", T["sensor_msgs/msg/Image"](

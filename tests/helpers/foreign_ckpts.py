@@ -320,10 +320,15 @@ def lr_key(feature: str) -> str:
     return feature[len("observation."):].replace(".", "_")
 
 
-def lr_source(cameras=ONE_CAMERA, separate: bool = False, seed: int = 0) -> DiffusionPolicy:
-    """State first, then cameras; MIN_MAX state/action, MEAN_STD images; torchvision centre crop (4)."""
+def lr_source(cameras=ONE_CAMERA, separate: bool = False, seed: int = 0, resize: int | None = None) -> DiffusionPolicy:
+    """State first, then cameras; MIN_MAX state/action, MEAN_STD images; torchvision centre crop (4).
+
+    ``resize``: LeRobot's resize_shape (square), applied before the centre crop.
+    """
     keys = [lr_key(c) for c in cameras]
-    cfg = PolicyConfig(images=[ImageSpec(k, (IMG, IMG, 3), crop=(4, 4, CROP, CROP)) for k in keys],
+    top = int(round(((resize or IMG) - CROP) / 2.0))
+    cfg = PolicyConfig(images=[ImageSpec(k, (IMG, IMG, 3), resize=(resize, resize) if resize else None,
+                                         crop=(top, top, CROP, CROP)) for k in keys],
                        low_dims=[LowDimSpec("state", 2)], action_dim=2, horizon=8, n_obs_steps=2, n_action_steps=4,
                        num_inference_steps=8, image_range="mean_std", obs_order=["state", *keys],
                        encoder=EncoderConfig(base_width=8, pool="spatial_softmax", num_kp=8, feature_dim=16,

@@ -52,9 +52,14 @@ class Proc:
         return self.log.read_text()
 
 
-def start_node(params_file: Path, env: dict[str, str], log: Path) -> Proc:
-    return Proc([sys.executable, "-m", "dp_runtime.ros.node", "--ros-args", "--params-file", str(params_file)],
-                env, log)
+def start_node(params_file: Path, env: dict[str, str], log: Path, *extra: str, lifecycle: bool = False) -> Proc:
+    """The node as `ros2 run` starts it; ``extra``: more --ros-args (``-p name:=value``)."""
+    module = "dp_runtime.ros.lifecycle_node" if lifecycle else "dp_runtime.ros.node"
+    args = [sys.executable, "-m", module]
+    if lifecycle and "--autostart" in extra:
+        args.append("--autostart")
+        extra = tuple(e for e in extra if e != "--autostart")
+    return Proc([*args, "--ros-args", "--params-file", str(params_file), *extra], env, log)
 
 
 def start_publisher(env: dict[str, str], log: Path, *args: str) -> Proc:
@@ -85,13 +90,23 @@ class Collector(SideNode):
 
     def call(self, service: str, timeout: float = 5.0) -> str:
         from std_srvs.srv import Trigger
-        client = self.node.create_client(Trigger, service)
+        return self.request(Trigger, service, Trigger.Request(), timeout).message
+
+    def request(self, srv_type, service: str, request, timeout: float = 10.0):
+        client = self.node.create_client(srv_type, service)
         assert client.wait_for_service(timeout), f"service {service} not available"
-        future = client.call_async(Trigger.Request())
+        future = client.call_async(request)
         end = time.time() + timeout
         while not future.done() and time.time() < end:
             time.sleep(0.02)
-        return future.result().message
+        return future.result()
+
+    def transition(self, node: str, transition_id: int) -> bool:
+        """A lifecycle transition through the node's ~/change_state service, as `ros2 lifecycle set` does."""
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState
+        return self.request(ChangeState, f"/{node}/change_state",
+                            ChangeState.Request(transition=Transition(id=transition_id))).success
 
     def last_diag(self) -> dict:
         if not self.diagnostics:

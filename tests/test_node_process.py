@@ -1,0 +1,131 @@
+"""policy_node as ROS 2 tools start and stop it: refusals, parameter types, signals, the lifecycle node.
+
+Each node is its own process (as `ros2 run` starts it) with a private ROS_DOMAIN_ID; what is left to
+a real `ros2 launch` (the launch file itself) is checked in test_launch_config.py.
+"""
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+pytest.importorskip("rclpy")
+
+from helpers.ros_harness import (Collector, domain_id, ros_env, start_node, start_publisher, wait_for,  # noqa: E402
+                                 write_params)
+from test_node import node_params  # noqa: E402
+
+
+def _run_to_exit(tmp_path, name, params, *extra, timeout=90):
+    pf = tmp_path / f"{name}.yaml"
+    if isinstance(params, str):
+        pf.write_text(params)
+    else:
+        write_params(pf, params)
+    return start_node(pf, ros_env(domain_id() + 11), tmp_path / f"{name}.log", *extra)
+
+
+def test_bad_parameters_refuse_with_one_fatal_line_and_no_traceback(tmp_path, tiny_bundle):
+    cases = {  # name -> (parameter file, the words the FATAL line must carry)
+        "broken_yaml": ("policy_node:\n  ros__parameters:\n    control_rate_hz: [1,\n", "cannot read the ROS arguments"),
+        "typed": (node_params(tiny_bundle, control_rate_hz="fast"), "'control_rate_hz' must be a number"),
+        "zero_rate": (node_params(tiny_bundle, control_rate_hz=0), "control_rate_hz must be > 0"),
+        "limits": (node_params(tiny_bundle, action_lower=[1.0, 2.0, 3.0]), "action_lower has 3 values"),
+        "interface": (node_params(tiny_bundle, command_interface="twist"), "command_interface must be one of"),
+        "no_bundle_dir": (node_params(tmp_path / "nowhere"), "does not exist"),
+    }
+    procs = {name: _run_to_exit(tmp_path, name, params) for name, (params, _) in cases.items()}
+    for name, proc in procs.items():
+        proc.p.wait(120)
+        rc, log = proc.stop(), proc.text()
+        assert rc == 1, (name, rc, log)
+        fatal = [line for line in log.splitlines() if "FATAL" in line]
+        assert len(fatal) == 1 and cases[name][1] in fatal[0], (name, log)
+        assert "Traceback" not in log and "Exception" not in log.replace("BundleError", ""), (name, log)
+
+
+def test_whole_numbers_where_decimals_are_meant(tmp_path, tiny_bundle):
+    """control_rate_hz: 50, max_obs_age: 1, action_lower: [-3, -3], -p control_rate_hz:=50 all start."""
+    params = node_params(tiny_bundle, control_rate_hz=50, max_obs_age=1, action_lower=[-3, -3],
+                         action_upper=[3, 3], execution_latency=0)
+    node = _run_to_exit(tmp_path, "ints", params, "-p", "control_rate_hz:=50", "-p", "diagnostics_period:=1")
+    try:
+        assert wait_for(lambda: "running" in node.text() or node.p.poll() is not None, 60), node.text()
+        assert node.p.poll() is None, node.text()
+        assert "50.0 Hz" in node.text()
+    finally:
+        assert node.stop() == 0
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torchscript"])
+def test_every_signal_ends_the_node_cleanly(tmp_path, tiny_bundle, backend):
+    """SIGTERM, SIGINT, and two SIGINTs in quick succession, while inference runs: exit 0, no traceback."""
+    ways = {"sigterm": [signal.SIGTERM], "sigint": [signal.SIGINT], "double_sigint": [signal.SIGINT, signal.SIGINT]}
+    runs = {}
+    for i, (name, _) in enumerate(ways.items()):
+        env = ros_env(domain_id() + 20 + i + (3 if backend == "torchscript" else 0))
+        pf = write_params(tmp_path / f"{name}.yaml", node_params(tiny_bundle, backend=backend))
+        runs[name] = (start_node(pf, env, tmp_path / f"{name}.log"),
+                      start_publisher(env, tmp_path / f"{name}_pub.log", "--duration", "30"))
+    try:
+        for name, (node, _) in runs.items():
+            assert wait_for(lambda: "running" in node.text() or node.p.poll() is not None, 90), node.text()
+        time.sleep(2.0)  # inference and commands under way
+        for name, sigs in ways.items():
+            for sig in sigs:
+                runs[name][0].p.send_signal(sig)
+                time.sleep(0.05)
+        for name, (node, _) in runs.items():
+            node.p.wait(30)
+            log = node.text()
+            assert node.p.returncode == 0, (name, node.p.returncode, log[-2000:])
+            assert "Traceback" not in log and "terminate called" not in log and "RCLError" not in log, (name, log)
+    finally:
+        for node, pub in runs.values():
+            node.stop()
+            pub.stop()
+
+
+def test_lifecycle_node_configure_activate_deactivate_cleanup(tmp_path, tiny_bundle):
+    from lifecycle_msgs.msg import Transition
+    from std_msgs.msg import Float64MultiArray
+    domain = domain_id() + 30
+    env = ros_env(domain)
+    pf = write_params(tmp_path / "lc.yaml", node_params(tiny_bundle))
+    col = Collector(domain, Float64MultiArray, "/test/commands")
+    node = start_node(pf, env, tmp_path / "lc.log", lifecycle=True)
+    pub = start_publisher(env, tmp_path / "pub.log", "--duration", "40")
+    try:
+        time.sleep(3.0)
+        assert col.commands == [] and "bundle" not in node.text()  # unconfigured: nothing loaded
+        assert col.transition("policy_node", Transition.TRANSITION_CONFIGURE)
+        assert "provider" in node.text()  # configure loaded, verified and warmed up the bundle
+        time.sleep(1.5)
+        assert col.commands == []  # inactive: no commands
+        assert col.transition("policy_node", Transition.TRANSITION_ACTIVATE)
+        assert wait_for(lambda: len(col.commands) > 20, 10)
+        assert col.transition("policy_node", Transition.TRANSITION_DEACTIVATE)
+        time.sleep(0.3)
+        n = len(col.commands)
+        time.sleep(1.5)
+        assert len(col.commands) == n  # deactivated: silent
+        assert col.transition("policy_node", Transition.TRANSITION_CLEANUP)
+        assert col.transition("policy_node", Transition.TRANSITION_CONFIGURE)  # a second configure works
+        assert col.transition("policy_node", Transition.TRANSITION_ACTIVATE)
+        assert wait_for(lambda: len(col.commands) > n + 20, 10)
+    finally:
+        pub.stop()
+        rc = node.stop()
+        col.close()
+    assert rc == 0, node.text()
+    assert "Traceback" not in node.text()
+
+
+def test_lifecycle_autostart_refuses_a_bad_bundle_with_exit_1(tmp_path):
+    pf = write_params(tmp_path / "bad.yaml", node_params(tmp_path / "nowhere"))
+    node = start_node(pf, ros_env(domain_id() + 31), tmp_path / "bad.log", "--autostart", lifecycle=True)
+    node.p.wait(90)
+    assert node.stop() == 1
+    assert "configure failed" in node.text() and "does not exist" in node.text()
+    assert "Traceback" not in node.text()
