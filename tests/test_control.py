@@ -176,13 +176,27 @@ def test_inference_longer_than_a_chunk_is_counted_and_warned_once():
 
 
 def test_stamps_ahead_of_the_clock_are_refused():
-    """A message from before a backward clock jump (looped bag) must not poison the fresh history."""
+    """A message from before a backward clock jump (looped bag), or from a sender whose clock runs ahead,
+    must not poison the history: stored, it would make every correct stamp look out of order."""
     b = buffer(max_age=0.5)
     with pytest.raises(InputError, match="ahead of the clock"):
         b.add("state", 4.0, np.zeros(2), now=0.2)
-    b.add("state", 0.6, np.zeros(2), now=0.2)  # within max_obs_age: clock skew tolerated
+    with pytest.raises(InputError, match="0.400 s ahead of the clock.*max_stamp_ahead"):
+        b.add("state", 0.6, np.zeros(2), now=0.2)  # under max_obs_age, still refused
+    b.add("state", 0.25, np.zeros(2), now=0.2)  # within max_stamp_ahead: skew tolerated
     b.add("state", 0.7, np.zeros(2))  # no clock given (offline replay): not checked
     assert len(b.samples["state"]) == 2
+
+
+def test_one_message_stamped_ahead_does_not_freeze_the_runner():
+    warned = []
+    r = PolicyRunner(FakeEngine(), RunnerConfig(control_rate_hz=10, max_obs_age=0.5),
+                     warn=lambda cause, msg: warned.append(msg))
+    assert not r.add("state", 10.4, np.zeros(2), now=10.0)  # 0.4 s ahead: refused, and said
+    assert "ahead of the clock" in warned[-1]
+    for k in range(5):  # the real messages that follow are all used
+        t = 10.0 + 0.02 * k
+        assert r.add("cam", t, img(0), now=t) and r.add("state", t, np.zeros(2), now=t)
 
 
 def test_chunk_inferred_across_a_reset_is_discarded():

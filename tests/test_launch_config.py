@@ -1,7 +1,6 @@
 """The launch file and configs, checked without the launch packages (no PyPI wheels exist for them)."""
 from __future__ import annotations
 
-import ast
 import re
 from dataclasses import fields
 from pathlib import Path
@@ -22,38 +21,97 @@ def console_scripts() -> dict[str, str]:
     return dict(re.findall(r'f?"([\w-]+) = \{PACKAGE\}\.([\w.:]+)"', text))
 
 
-def launch_node_call() -> ast.Call:
-    tree = ast.parse(LAUNCH.read_text())
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "Node"]
-    assert len(calls) == 1
-    return calls[0]
+class _Stub:
+    """Stands in for every launch / launch_ros class: keeps its arguments."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
 
 
-def kw(call: ast.Call, name: str):
-    return next(k.value for k in call.keywords if k.arg == name)
+class _LaunchConfiguration(_Stub):
+    def perform(self, context):
+        return context[self.args[0]]
 
 
-def test_launch_file_compiles_and_names_the_installed_executable():
+class _ParameterValue(_Stub):
+    pass
+
+
+def stub_launch_modules(monkeypatch) -> None:
+    """Fake launch and launch_ros (no PyPI wheels exist) with the names the launch file imports."""
+    import sys
+    import types
+    names = {
+        "launch": ["LaunchDescription"],
+        "launch.actions": ["DeclareLaunchArgument", "EmitEvent", "OpaqueFunction", "RegisterEventHandler"],
+        "launch.event_handlers": ["OnProcessExit"], "launch.events": ["Shutdown"],
+        "launch.substitutions": ["PathJoinSubstitution"], "launch_ros.actions": ["Node"],
+        "launch_ros.substitutions": ["FindPackageShare"], "launch_ros": [],
+        "launch_ros.parameter_descriptions": [],
+    }
+    for mod, classes in names.items():
+        m = types.ModuleType(mod)
+        for c in classes:
+            setattr(m, c, type(c, (_Stub,), {}))
+        monkeypatch.setitem(sys.modules, mod, m)
+    sys.modules["launch.substitutions"].LaunchConfiguration = _LaunchConfiguration
+    sys.modules["launch_ros.parameter_descriptions"].ParameterValue = _ParameterValue
+
+
+def launch_with(monkeypatch, **given):
+    """Run the launch file's node function as `ros2 launch ... name:=value` would; returns (node, handler)."""
+    import runpy
+    stub_launch_modules(monkeypatch)
+    module = runpy.run_path(str(LAUNCH))
+    ld = module["generate_launch_description"]()
+    entities = ld.args[0]
+    declared = {e.args[0]: e.kwargs.get("default_value") for e in entities if type(e).__name__ == "DeclareLaunchArgument"}
+    context = {name: ("" if name == "config" else default) for name, default in declared.items()}
+    context["config"] = str(ROOT / "config" / "policy.yaml")
+    context.update(given)
+    opaque = next(e for e in entities if type(e).__name__ == "OpaqueFunction")
+    node, handler = opaque.kwargs["function"](context)
+    return module, declared, node, handler
+
+
+def test_launch_file_compiles_and_names_the_installed_executables(monkeypatch):
     compile(LAUNCH.read_text(), str(LAUNCH), "exec")
-    node = launch_node_call()
-    assert ast.literal_eval(kw(node, "package")) == "dp_runtime"
-    exe = ast.literal_eval(kw(node, "executable"))
-    assert console_scripts()[exe] == "ros.node:main"
+    scripts = console_scripts()
+    _, _, node, _ = launch_with(monkeypatch)
+    assert node.kwargs["package"] == "dp_runtime" and scripts[node.kwargs["executable"]] == "ros.node:main"
+    _, _, lc, _ = launch_with(monkeypatch, lifecycle="true")
+    assert scripts[lc.kwargs["executable"]] == "ros.node:lifecycle_main" and lc.kwargs["arguments"] == ["--autostart"]
+    _, _, manual, _ = launch_with(monkeypatch, lifecycle="true", lifecycle_autostart="false")
+    assert manual.kwargs["arguments"] == []
     node_src = (ROOT / "dp_runtime" / "ros" / "node.py").read_text()
-    assert f'super().__init__("{ast.literal_eval(kw(node, "name"))}")' in node_src
+    assert f'super().__init__("{node.kwargs["name"]}")' in node_src
 
 
-def test_launch_arguments_are_declared_and_passed_to_existing_parameters():
-    tree = ast.parse(LAUNCH.read_text())
-    declared = {ast.literal_eval(n.args[0]) for n in ast.walk(tree)
-                if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "DeclareLaunchArgument"}
-    used = {ast.literal_eval(n.args[0]) for n in ast.walk(tree)
-            if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "LaunchConfiguration"}
-    assert declared == used == {"bundle", "config", "backend", "use_sim_time"}
-    params = kw(launch_node_call(), "parameters")
-    overrides = next(e for e in params.elts if isinstance(e, ast.Dict))
-    keys = {ast.literal_eval(k) for k in overrides.keys}
-    assert keys <= NODE_PARAMS, keys - NODE_PARAMS
+def test_the_config_file_is_the_source_of_truth_unless_an_argument_is_given(monkeypatch):
+    _, declared, node, _ = launch_with(monkeypatch)
+    assert {"bundle", "config", "backend", "use_sim_time", "lifecycle", "lifecycle_autostart"} == set(declared)
+    assert node.kwargs["parameters"] == [str(ROOT / "config" / "policy.yaml")]  # nothing given: no override
+    _, _, node, _ = launch_with(monkeypatch, bundle="1.5", backend="1", use_sim_time="true")
+    overrides = node.kwargs["parameters"][1]
+    assert set(overrides) <= NODE_PARAMS
+    assert (overrides["bundle"].args, overrides["bundle"].kwargs) == (("1.5",), {"value_type": str})  # text, not 1.5
+    assert overrides["backend"].kwargs["value_type"] is str and overrides["use_sim_time"].kwargs["value_type"] is bool
+
+
+def test_a_missing_config_file_ends_the_launch(monkeypatch, tmp_path):
+    with pytest.raises(RuntimeError, match="config:=.*nowhere.yaml: no such file"):
+        launch_with(monkeypatch, config=str(tmp_path / "nowhere.yaml"))
+
+
+def test_the_nodes_exit_ends_the_launch_and_an_error_exit_fails_it(monkeypatch):
+    module, _, node, handler = launch_with(monkeypatch)
+    on_exit = handler.args[0]
+    assert on_exit.kwargs["target_action"] is node
+    exited = on_exit.kwargs["on_exit"]
+    with pytest.raises(RuntimeError, match="policy_node exited with status 1"):  # ros2 launch then exits 1
+        exited(type("Event", (), {"returncode": 1})(), None)
+    (emit,) = exited(type("Event", (), {"returncode": 0})(), None)
+    assert type(emit.kwargs["event"]).__name__ == "Shutdown"
 
 
 @pytest.mark.parametrize("name", ["policy.yaml", "ros2_control_arm.yaml"])

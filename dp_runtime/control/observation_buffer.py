@@ -23,12 +23,14 @@ class Observation:
 
 class ObservationBuffer:
     def __init__(self, image_shapes: Mapping[str, tuple[int, ...]], low_dim_sizes: Mapping[str, int],
-                 n_obs_steps: int, obs_interval_s: float, max_obs_age: float, capacity: int = 64):
+                 n_obs_steps: int, obs_interval_s: float, max_obs_age: float, capacity: int = 64,
+                 max_ahead: float = 0.1):
         self.image_shapes = {k: tuple(v) for k, v in image_shapes.items()}
         self.low_dim_sizes = dict(low_dim_sizes)
         self.n_obs_steps = n_obs_steps
         self.interval = obs_interval_s
         self.max_obs_age = max_obs_age
+        self.max_ahead = max_ahead
         self.capacity = capacity
         self.samples: dict[str, deque[tuple[float, np.ndarray]]] = {
             k: deque(maxlen=capacity) for k in [*self.image_shapes, *self.low_dim_sizes]}
@@ -44,16 +46,17 @@ class ObservationBuffer:
     def add(self, key: str, stamp: float, value: np.ndarray, now: float | None = None) -> None:
         """Store one sample; raises InputError/ShapeError (nothing stored) when it is unusable.
 
-        With ``now`` (the receiving clock), a stamp more than max_obs_age ahead of it is refused:
-        either the clocks disagree, or the message predates a backward clock jump (a looped bag)
-        and, stored, would make every later message look out of order.
+        With ``now`` (the receiving clock), a stamp more than ``max_ahead`` ahead of it is refused:
+        the sender's clock runs ahead, or the message predates a backward clock jump (a looped bag).
+        Stored, it would make every later, correctly stamped message look out of order until the
+        clock caught up, freezing the policy on one observation.
         """
         if key not in self.samples:
             raise InputError(f"unknown observation key {key!r}; expected one of {self.keys}")
-        if now is not None and stamp > now + self.max_obs_age:
+        if now is not None and stamp > now + self.max_ahead:
             raise InputError(f"{key!r}: stamp {stamp:.6f} is {stamp - now:.3f} s ahead of the clock "
-                             f"(max_obs_age {self.max_obs_age} s): clocks out of sync, or sent before the "
-                             "clock jumped back")
+                             f"(max_stamp_ahead {self.max_ahead} s): the sender's clock runs ahead (synchronize "
+                             "the clocks, e.g. chrony), or it was sent before the clock jumped back")
         value = np.asarray(value)
         if key in self.image_shapes:
             if value.dtype != np.uint8 or value.shape != self.image_shapes[key]:

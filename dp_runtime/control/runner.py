@@ -48,6 +48,7 @@ class Engine(Protocol):
 class RunnerConfig:
     control_rate_hz: float = 10.0
     max_obs_age: float = 0.5
+    max_stamp_ahead: float = 0.1  # s a stamp may lead the clock (clock skew, /clock granularity)
     execution_latency: float = 0.0
     inference_lead: int = 2  # start the next inference when this many actions remain
     seed: int | None = None  # None: fresh noise per chunk; int: chunk k uses seed + k
@@ -67,6 +68,8 @@ class RunnerConfig:
             raise ConfigError(f"on_starvation must be one of {ON_STARVATION}, got {self.on_starvation!r}")
         if self.on_stale not in ON_STALE:
             raise ConfigError(f"on_stale must be one of {ON_STALE}, got {self.on_stale!r}")
+        if self.max_stamp_ahead < 0:
+            raise ConfigError(f"max_stamp_ahead must be >= 0, got {self.max_stamp_ahead}")
         if self.inference_lead < 0:
             raise ConfigError(f"inference_lead must be >= 0, got {self.inference_lead}")
 
@@ -108,7 +111,8 @@ class PolicyRunner:
             raise ConfigError(f"action_joint_names has {len(self.action_names)} names, the bundle's action has "
                               f"{self.spec.action.dim} dims")
         self.buffer = ObservationBuffer(self.spec.image_shapes, self.spec.low_dim_sizes, self.spec.n_obs_steps,
-                                        self.spec.obs_interval_s, cfg.max_obs_age)
+                                        self.spec.obs_interval_s, cfg.max_obs_age,
+                                        max_ahead=cfg.max_stamp_ahead)
         self.queue = ActionQueue(self.dt, cfg.execution_latency)
         self.limits = limits or ActionLimits()
         self.stats = RunnerStats()

@@ -41,6 +41,7 @@ class NodeParams:
     command_qos: str = "reliable"
     inference_lead: int = 2
     max_obs_age: float = 0.5
+    max_stamp_ahead: float = 0.1  # s an observation stamp may lead the node clock before it is refused
     execution_latency: float = 0.0
     on_starvation: str = "hold"  # hold | stop
     on_stale: str = "stop"  # stop | hold_position (publish the measured joint positions)
@@ -67,6 +68,7 @@ class NodeParams:
     def runner_config(self, **overrides: Any) -> RunnerConfig:
         """The control loop's settings (validated there) from these parameters."""
         kw = dict(control_rate_hz=self.control_rate_hz, max_obs_age=self.max_obs_age,
+                  max_stamp_ahead=self.max_stamp_ahead,
                   execution_latency=self.execution_latency, inference_lead=self.inference_lead,
                   seed=self.seed if self.seed >= 0 else None, on_starvation=self.on_starvation,
                   on_stale=self.on_stale, per_chunk=command_interface(self.command_interface).per_chunk,
