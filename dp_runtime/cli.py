@@ -37,6 +37,9 @@ def export_main(argv: list[str] | None = None) -> int:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
     p.add_argument("--seed", type=int, default=0, help="seed for the parity check inputs")
     p.add_argument("--parity-samples", type=int, default=4)
+    p.add_argument("--inpaint", action="store_true",
+                   help="also export the inpainting step graph (node parameter chunk_transition: inpaint); it holds "
+                        "a second copy of the UNet weights")
     args = p.parse_args(argv)
 
     def go():
@@ -52,7 +55,8 @@ def export_main(argv: list[str] | None = None) -> int:
         print(f"loaded {ck.source_format} checkpoint {args.checkpoint} ({ck.weights} weights)")
         export_bundle(ck, args.out, steps=args.steps,
                       formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
-                      opset=args.opset, seed=args.seed, parity_samples=args.parity_samples, progress=print)
+                      opset=args.opset, seed=args.seed, parity_samples=args.parity_samples, progress=print,
+                      inpaint=args.inpaint)
     return _run(go)
 
 
@@ -61,6 +65,9 @@ def inspect_main(argv: list[str] | None = None) -> int:
     p.add_argument("bundle")
     p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torchscript"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
+    p.add_argument("--steps", default=None,
+                   help="comma list of DDIM step counts to compare with the exported one (e.g. 16,8,4): action "
+                        "difference on the same noise and chunk latency")
     args = p.parse_args(argv)
 
     def go():
@@ -89,12 +96,23 @@ def inspect_main(argv: list[str] | None = None) -> int:
         for g in m.graphs:
             print(f"graphs      {g.name:<16} {g.encoder} + {g.step}: parity {g.max_abs_error:.2e} "
                   f"(normalized action units, tolerance {m.parity.get('tolerance')})")
+            if g.inpaint_step:
+                print(f"            {'':<16} {g.inpaint_step} (chunk_transition inpaint): parity "
+                      f"{g.inpaint_max_abs_error:.2e}")
         print(f"providers   {ort.get_available_providers()}")
         engine = load_bundle(args.bundle, backend=args.backend, device=args.device)
         lat = sorted(engine.warm_up() for _ in range(5))
         print("verified    hashes, norm inventory, graph scan: OK")
         print(f"self-test   backend {engine.backend.name} provider {engine.provider}: "
               f"median {lat[2] * 1e3:.1f} ms per chunk")
+        if args.steps:
+            from .engine.step_counts import compare_step_counts
+            counts = [int(x) for x in args.steps.split(",") if x.strip()]
+            print(f"step counts vs the exported {m.ddim.num_inference_steps} (same observations and noise; "
+                  "normalized action units):")
+            for r in compare_step_counts(engine, counts):
+                print(f"  {r.steps:>4} steps: max |diff| {r.max_abs_error:.4f}, mean {r.mean_abs_error:.4f}, "
+                      f"{r.latency_ms:.1f} ms per chunk")
     return _run(go)
 
 

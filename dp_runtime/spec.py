@@ -136,6 +136,8 @@ class GraphSet:
     precision: str = "fp32"
     max_abs_error: float = 0.0  # vs the torch policy, normalized action units
     max_abs_error_raw: float = 0.0  # the same in raw action units
+    inpaint_step: str = ""  # the step graph holding committed actions fixed ("": exported without it)
+    inpaint_max_abs_error: float = 0.0  # its parity vs the torch reference, normalized action units
 
     @property
     def name(self) -> str:

@@ -34,5 +34,5 @@ def tiny_ckpt(tmp_path_factory, tiny_cfg, tiny_data) -> Path:
 def tiny_bundle(tmp_path_factory, tiny_ckpt) -> Path:
     from dp_runtime.export import export_bundle
     out = tmp_path_factory.mktemp("bundle") / "tiny"
-    export_bundle(tiny_ckpt, out, seed=0, parity_samples=3)
+    export_bundle(tiny_ckpt, out, seed=0, parity_samples=3, inpaint=True)
     return out

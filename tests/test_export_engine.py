@@ -29,7 +29,8 @@ def test_manifest_records_the_contract(tiny_bundle, tiny_ckpt):
     assert m["obs_interval_s"] == 0.1 and m["action"]["execute_start"] == 1 and m["action"]["execute_end"] == 5
     assert m["source"]["weights"] == "ema" and len(m["source"]["sha256"]) == 64
     assert m["ema"]["power"] == 0.75
-    assert set(m["files"]) == {"encoder.onnx", "denoise_step.onnx", "encoder.pt", "denoise_step.pt"}
+    assert set(m["files"]) == {"encoder.onnx", "denoise_step.onnx", "encoder.pt", "denoise_step.pt",
+                               "denoise_step_inpaint.onnx", "denoise_step_inpaint.pt"}  # exported with inpaint
     assert all(e["type"] == "GroupNorm" and not e["running_stats"] for e in m["norm_inventory"])
     parity = {g["format"]: g["max_abs_error"] for g in m["graphs"]}
     assert parity["onnx"] <= 1e-4
@@ -201,3 +202,18 @@ def test_cli_inspect_and_export(tiny_bundle, tiny_ckpt, tmp_path, bundle_copy):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "cli_bundle" / "manifest.json").is_file()
     assert not (tmp_path / "cli_bundle" / "encoder.pt").exists()
+
+
+def test_inspect_compares_step_counts_on_the_same_noise(tiny_bundle):
+    from dp_runtime.engine.step_counts import compare_step_counts
+    engine = load_bundle(tiny_bundle)
+    reports = {r.steps: r for r in compare_step_counts(engine, [8, 4, 2], samples=2)}
+    assert reports[8].max_abs_error < 1e-6  # the exported count against itself
+    assert 0 < reports[4].max_abs_error < reports[2].max_abs_error + 1.0
+    assert all(r.latency_ms > 0 for r in reports.values())
+    with pytest.raises(ConfigError, match="num_inference_steps 500 must be in \\[1, 100\\]"):
+        load_bundle(tiny_bundle, num_inference_steps=500)
+    r = subprocess.run([sys.executable, "-m", "dp_runtime.cli_entry", "dp-inspect", str(tiny_bundle), "--steps", "4,2"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "4 steps: max |diff|" in r.stdout and "2 steps" in r.stdout and "denoise_step_inpaint" in r.stdout

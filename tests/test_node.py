@@ -193,3 +193,17 @@ def test_sim_time_loop_resets_history_and_keeps_commanding(tmp_path, tiny_bundle
     data = np.array([list(m.data) for _, m in col.commands])
     cands = candidate_actions(tiny_bundle, 800)
     assert np.abs(data[:, None, :] - cands[None]).max(-1).min(-1).max() < 1e-5
+
+
+def test_inpaint_transition_over_dds(tmp_path, tiny_bundle, domain):
+    """chunk_transition inpaint with inference_lead auto, over DDS: commands at rate, continuity reported."""
+    col, log, alive, t0, rc = run(tmp_path, tiny_bundle, domain,
+                                  {"chunk_transition": "inpaint", "inference_lead": "auto", "seed": -1},
+                                  ["--rate", "30"], 5.0)
+    assert alive and rc == 0, log
+    times = np.array([t for t, _ in col.commands])
+    assert (times > t0 + 2.0).sum() > 80  # ~50 Hz after warm-up
+    diag = col.last_diag()
+    assert diag["chunk_transition"] == "inpaint" and int(diag["inference_lead"]) >= 1
+    assert int(diag["chunk_switches"]) > 10 and diag["boundary_jump_ratio"] != "n/a"
+    assert int(diag["inference_errors"]) == 0

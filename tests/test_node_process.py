@@ -101,6 +101,7 @@ def test_lifecycle_node_configure_activate_deactivate_cleanup(tmp_path, tiny_bun
         assert col.commands == [] and "bundle" not in node.text()  # unconfigured: nothing loaded
         assert col.transition("policy_node", Transition.TRANSITION_CONFIGURE)
         assert "provider" in node.text()  # configure loaded, verified and warmed up the bundle
+        assert "not started: the node is inactive" in col.call("/policy_node/start")  # the lifecycle decides
         time.sleep(1.5)
         assert col.commands == []  # inactive: no commands
         assert col.transition("policy_node", Transition.TRANSITION_ACTIVATE)

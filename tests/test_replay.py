@@ -72,6 +72,10 @@ def test_report_files_hold_the_right_numbers(tmp_path, tiny_bundle):
     assert m["action_error"]["joint1"]["mse"] == pytest.approx(mse[0], rel=1e-4)
     assert m["action_error"]["joint2"]["mse"] == pytest.approx(mse[1], rel=1e-4)
     assert m["inference_latency_ms"]["count"] == m["chunks"] > 0
+    # Each chunk here runs one action before the next replaces it: switches, but no step inside a chunk
+    # to compare with, so the ratio is undefined rather than made up.
+    assert m["continuity"]["chunk_switches"] > 0 and m["continuity"]["chunk_transition"] == "replace"
+    assert m["continuity"]["boundary_jump_ratio"] is None or m["continuity"]["boundary_jump_ratio"] > 0
     assert m["messages"]["read"] == 3 * 20 + 3 * 50 + 3 * 10
     assert sorted(m["plots"]) == ["action_0_joint1.png", "action_1_joint2.png"]
     assert all((out / p).stat().st_size > 1000 for p in m["plots"])
@@ -273,3 +277,18 @@ def test_a_replay_without_chunks_fails_and_says_why(tmp_path, tiny_bundle, capsy
     assert rc == 1 and "header stamp is zero" in capsys.readouterr().err
     assert replay_cli([str(bag), "--bundle", str(tiny_bundle), "--config", str(wrong_size), "--out",
                        str(tmp_path / "r3"), "--no-progress"]) == 0
+
+
+def test_an_unparseable_definition_is_one_short_log_line(tmp_path, caplog):
+    """Service event types and .idl schemas that rosbags cannot parse: one line each, not the whole schema."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    bag = tmp_path / "odd_defs"
+    schema = "\n".join(["this is not a message definition {"] + [f"  garbage line {i}" for i in range(200)])
+    with Writer(bag, version=8, storage_plugin=StoragePlugin.MCAP) as w:
+        c = w.add_connection("/odd", "odd_msgs/msg/Thing", msgdef=schema, rihs01="RIHS01_" + "0" * 64)
+        w.write(c, 1, b"\x00\x01\x00\x00")
+    caplog.clear()
+    with Bag(bag) as b:
+        assert b.unknown_types == {"/odd": "odd_msgs/msg/Thing"}
+    lines = [rec.getMessage() for rec in caplog.records if rec.levelname == "WARNING"]
+    assert len(lines) == 1 and "\n" not in lines[0] and len(lines[0]) < 400 and "garbage line 5" not in lines[0], lines

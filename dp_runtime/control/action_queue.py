@@ -1,8 +1,10 @@
 """ActionQueue: a timestamped chunk; action i is due at ``t_obs + i * dt``.
 
 When a chunk arrives, actions already due (plus the execution latency) are
-dropped, keeping the newest if all are late. ``pop(now)`` gives the action
-due now; an empty queue when a command was due counts as starvation.
+dropped, keeping the newest if all are late; with ``blend`` > 0 the first
+actions of the new chunk that fall due when the old one still had actions are
+cross-faded from old to new. ``pop(now)`` gives the action due now; an empty
+queue when a command was due counts as starvation.
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ class ActionQueue:
         self.latency = execution_latency
         self.items: deque[tuple[float, np.ndarray]] = deque()
         self.stats = QueueStats()
+        self.chunk = 0  # id of the chunk the queue holds (each push is a new one)
+        self.popped_chunk = 0  # the chunk of the last popped action
 
     def __len__(self) -> int:
         return len(self.items)
@@ -39,15 +43,22 @@ class ActionQueue:
     def clear(self) -> None:
         self.items.clear()
 
-    def push(self, actions: np.ndarray, t_obs: float, now: float) -> int:
-        """Replace the queue with ``actions`` (N, A) stamped from ``t_obs``; returns how many were dropped."""
+    def push(self, actions: np.ndarray, t_obs: float, now: float, blend: int = 0) -> int:
+        """Replace the queue with ``actions`` (N, A) stamped from ``t_obs``; returns how many were dropped.
+
+        ``blend``: cross-fade over this many actions where old and new overlap in due time (the
+        new chunk's j-th overlapping action gets weight (j + 1) / (blend + 1), the old one the rest).
+        """
         due = [(t_obs + i * self.dt, np.asarray(a)) for i, a in enumerate(actions)]
         cutoff = now + self.latency
         keep = [d for d in due if d[0] >= cutoff - 1e-9]
         if not keep:
             keep = [due[-1]]  # all late: the newest is still the best thing to do
         dropped = len(due) - len(keep)
+        if blend > 0 and self.items:
+            keep = self._blend(keep, blend)
         self.items = deque(keep)
+        self.chunk += 1
         self.stats.chunks += 1
         self.stats.dropped += dropped
         return dropped
@@ -65,7 +76,20 @@ class ActionQueue:
             return None
         self.items.popleft()
         self.stats.popped += 1
+        self.popped_chunk = self.chunk
         return action
+
+    def _blend(self, new: list[tuple[float, np.ndarray]], n: int) -> list[tuple[float, np.ndarray]]:
+        old = list(self.items)
+        out, j = [], 0
+        for due, action in new:
+            match = next((a for d, a in old if abs(d - due) <= self.dt / 2), None)
+            if match is not None and j < n:
+                w = (j + 1) / (n + 1)
+                action = (1.0 - w) * match + w * action
+                j += 1
+            out.append((due, action))
+        return out
 
     def remaining(self) -> list[tuple[float, np.ndarray]]:
         return list(self.items)

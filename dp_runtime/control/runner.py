@@ -10,6 +10,7 @@ here, so replay reproduces them and unit tests reach them without DDS.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
@@ -22,6 +23,7 @@ import numpy as np
 from ..errors import ConfigError, DpRuntimeError, StaleInputError
 from ..spec import PolicySpec
 from .action_queue import ActionQueue
+from .continuity import BoundaryJumps
 from .limits import ActionLimits
 from .observation_buffer import Observation, ObservationBuffer
 from .status import RunnerStatus, percentiles_ms
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 NUMBER = re.compile(r"[-+]?\d[\d.e+-]*")
 ON_STARVATION = ("hold", "stop")
 ON_STALE = ("stop", "hold_position")
+TRANSITIONS = ("replace", "blend", "inpaint")
 
 
 def cause_key(text: str) -> str:
@@ -41,7 +44,7 @@ class Engine(Protocol):
     """What the runner needs of a policy: its contract and one prediction per chunk."""
     spec: PolicySpec
 
-    def predict(self, history: dict[str, np.ndarray], seed: int | None = None): ...
+    def predict(self, history: dict[str, np.ndarray], seed: int | None = None, known=None, mask=None): ...
 
 
 @dataclass
@@ -50,7 +53,9 @@ class RunnerConfig:
     max_obs_age: float = 0.5
     max_stamp_ahead: float = 0.1  # s a stamp may lead the clock (clock skew, /clock granularity)
     execution_latency: float = 0.0
-    inference_lead: int = 2  # start the next inference when this many actions remain
+    # Start the next inference when this many actions remain; "auto": from the measured inference
+    # latency (p95 of recent chunks), so the next chunk arrives just before the queue runs out.
+    inference_lead: int | str = 2
     seed: int | None = None  # None: fresh noise per chunk; int: chunk k uses seed + k
     on_starvation: str = "hold"  # "hold" the last command or "stop" publishing
     # Offline replay: the inference time assumed on the bag's clock (deterministic); None: measured.
@@ -60,6 +65,11 @@ class RunnerConfig:
     action_names: Sequence[str] = ()  # joints the actions command (for hold_position); default: the bundle's
     keep_chunks: int | None = 100  # chunk records kept (None: all, for offline replay reports)
     autostart: bool = True
+    # How a new chunk meets the actions already queued: "replace" them, "blend" (cross-fade over
+    # blend_actions), or "inpaint" (denoise the new chunk with the committed actions held fixed).
+    chunk_transition: str = "replace"
+    blend_actions: int = 4
+    delivery_delay_s: float = 0.0  # evaluation only: each chunk arrives this much later
 
     def __post_init__(self) -> None:
         if not self.control_rate_hz > 0:
@@ -70,8 +80,16 @@ class RunnerConfig:
             raise ConfigError(f"on_stale must be one of {ON_STALE}, got {self.on_stale!r}")
         if self.max_stamp_ahead < 0:
             raise ConfigError(f"max_stamp_ahead must be >= 0, got {self.max_stamp_ahead}")
-        if self.inference_lead < 0:
-            raise ConfigError(f"inference_lead must be >= 0, got {self.inference_lead}")
+        if self.inference_lead != "auto" and (not isinstance(self.inference_lead, int) or self.inference_lead < 0):
+            raise ConfigError(f"inference_lead must be an integer >= 0 or 'auto', got {self.inference_lead!r}")
+        if self.chunk_transition not in TRANSITIONS:
+            raise ConfigError(f"chunk_transition must be one of {TRANSITIONS}, got {self.chunk_transition!r}")
+        if self.blend_actions < 0:
+            raise ConfigError(f"blend_actions must be >= 0 (actions to cross-fade over), got {self.blend_actions}")
+        if self.delivery_delay_s < 0:
+            raise ConfigError(f"delivery_delay_s must be >= 0, got {self.delivery_delay_s}")
+        if self.per_chunk and self.delivery_delay_s:
+            raise ConfigError("delivery_delay_s (evaluation) is for per-tick command interfaces")
 
 
 @dataclass
@@ -85,6 +103,7 @@ class ChunkRecord:
     observation: Observation | None = None
     trajectory: np.ndarray | None = None  # per-chunk output: the queued actions (K, A) after limits
     previous: np.ndarray | None = None  # the last command before this trajectory (velocity of its first point)
+    committed: int = 0  # inpaint: actions of the previous chunk held fixed while denoising this one
 
 
 @dataclass
@@ -110,6 +129,9 @@ class PolicyRunner:
         if len(self.action_names) != self.spec.action.dim:
             raise ConfigError(f"action_joint_names has {len(self.action_names)} names, the bundle's action has "
                               f"{self.spec.action.dim} dims")
+        if cfg.chunk_transition == "inpaint" and not getattr(engine, "can_inpaint", False):
+            raise ConfigError("chunk_transition: inpaint needs a bundle with the inpainting step graph; re-export "
+                              "it with dp-export --inpaint (or use replace or blend)")
         self.buffer = ObservationBuffer(self.spec.image_shapes, self.spec.low_dim_sizes, self.spec.n_obs_steps,
                                         self.spec.obs_interval_s, cfg.max_obs_age,
                                         max_ahead=cfg.max_stamp_ahead)
@@ -130,6 +152,8 @@ class PolicyRunner:
         self._latencies: deque[float] = deque(maxlen=200)
         self._obs_to_command: deque[float] = deque(maxlen=200)
         self._command_times: deque[float] = deque(maxlen=500)
+        self._pending: tuple[np.ndarray, float, float, int] | None = None  # (actions, t_obs, arrival, generation)
+        self.jumps = BoundaryJumps()
         self._warned: set[str] = set()
         self._warn = warn or (lambda cause, msg: log.warning(msg))
         self._info = info or log.info
@@ -150,6 +174,8 @@ class PolicyRunner:
         with self.lock:
             self.running = False
             self.queue.clear()
+            self._pending = None
+            self.jumps.break_sequence()
 
     def reset(self) -> None:
         with self.lock:
@@ -158,7 +184,9 @@ class PolicyRunner:
             self.last_command = None
             self.last_t_obs = None
             self._pending_t_obs = None
+            self._pending = None
             self._stale = None
+            self.jumps.break_sequence()
             self.generation += 1
 
     # -- inputs ----------------------------------------------------------------------
@@ -191,10 +219,30 @@ class PolicyRunner:
             return self.buffer.stale(now)
 
     # -- inference -------------------------------------------------------------------
+    def expected_latency(self) -> float:
+        """Seconds from starting an inference to its chunk arriving: assumed (replay, sim), else the p95 of
+        recent chunks (the warm-up's before the first), plus any evaluation delay."""
+        if self.cfg.assumed_latency_s is not None:
+            lat = self.cfg.assumed_latency_s
+        elif self._latencies:
+            lat = float(np.percentile(np.asarray(self._latencies), 95))
+        else:
+            lat = float(getattr(self.engine, "warmup_latency_s", 0.0) or 0.0)
+        return lat + self.cfg.delivery_delay_s
+
+    def inference_lead(self) -> int:
+        """Actions left in the queue when the next inference starts."""
+        if self.cfg.inference_lead != "auto":
+            return int(self.cfg.inference_lead)
+        ahead = math.ceil((self.expected_latency() + self.cfg.execution_latency) / self.dt - 1e-9) + 1
+        return int(min(max(ahead, 1), self.spec.n_action_steps - 1))
+
     def needs_inference(self) -> bool:
-        """Running, queue at or below the lead, and an observation newer than the last chunk's."""
+        """Running, queue at or below the lead, no chunk in flight, and an observation newer than the last
+        chunk's."""
+        lead = self.inference_lead()
         with self.lock:
-            if not self.running or len(self.queue) > self.cfg.inference_lead:
+            if not self.running or self._pending is not None or len(self.queue) > lead:
                 return False
             newest = self.buffer.newest_stamp()
             return newest is not None and (self.last_t_obs is None or newest > self.last_t_obs)
@@ -214,10 +262,12 @@ class PolicyRunner:
                 return None
             self.last_t_obs = obs.stamp
             generation = self.generation
+            known, mask = self._committed(obs.stamp, now) if self.cfg.chunk_transition == "inpaint" else (None, None)
         seed = None if self.cfg.seed is None else self.cfg.seed + self.stats.chunks
         started = time.perf_counter()
         try:
-            pred = self.engine.predict(obs.history, seed=seed)
+            pred = (self.engine.predict(obs.history, seed=seed, known=known, mask=mask) if known is not None
+                    else self.engine.predict(obs.history, seed=seed))
         except DpRuntimeError as e:
             self.stats.inference_errors += 1
             self.warn_once(f"inference:{type(e).__name__}", f"inference failed: {e}")
@@ -238,9 +288,17 @@ class PolicyRunner:
             if self.generation != generation:  # reset while inferring: these actions belong to the old timeline
                 return None
             took = self.cfg.assumed_latency_s if self.cfg.assumed_latency_s is not None else finished - started
-            dropped = self.queue.push(executed, obs.stamp, now + took)
             self.stats.chunks += 1
             self._latencies.append(pred.latency_s)
+            if self.cfg.assumed_latency_s is not None or self.cfg.delivery_delay_s:
+                # On a simulated clock the chunk is in flight until it arrives; the queue runs on meanwhile.
+                self._pending = (executed, obs.stamp, now + took + self.cfg.delivery_delay_s, generation)
+                rec = ChunkRecord(obs.stamp, started, finished, pred.latency_s, executed, 0,
+                                  obs if self.keep_observations else None,
+                                  committed=0 if mask is None else int(mask.sum()))
+                self.chunks.append(rec)
+                return rec
+            dropped = self._push(executed, obs.stamp, now + took)
             if self.cfg.per_chunk:
                 remaining = self.queue.remaining()
                 previous = self.last_command
@@ -249,9 +307,40 @@ class PolicyRunner:
             else:
                 self._pending_t_obs = obs.stamp
         rec = ChunkRecord(obs.stamp, started, finished, pred.latency_s, executed, dropped,
-                          obs if self.keep_observations else None, trajectory, previous)
+                          obs if self.keep_observations else None, trajectory, previous,
+                          0 if mask is None else int(mask.sum()))
         self.chunks.append(rec)
         return rec
+
+    def _push(self, executed: np.ndarray, t_obs: float, arrival: float) -> int:
+        """Queue a chunk as it arrives (under the lock): replace, or blend with what was queued."""
+        blend = self.cfg.blend_actions if self.cfg.chunk_transition == "blend" else 0
+        return self.queue.push(executed, t_obs, arrival, blend=blend)
+
+    def _deliver(self, now: float) -> None:
+        """Hand over the chunk in flight once its arrival time has come (under the lock)."""
+        if self._pending is None or self._pending[2] > now + 1e-9:
+            return
+        executed, t_obs, arrival, generation = self._pending
+        self._pending = None
+        if generation == self.generation:
+            self.chunks[-1].dropped = self._push(executed, t_obs, arrival) if self.chunks else 0
+            self._pending_t_obs = t_obs
+
+    def _committed(self, t_obs: float, now: float) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Inpainting input (under the lock): the queued actions that execute before the new chunk can
+        arrive, placed on the new chunk's horizon (raw actions (H, A), mask (H,))."""
+        arrive = now + self.expected_latency() + self.cfg.execution_latency
+        h, start = self.spec.horizon, self.spec.action.execute_start
+        known = np.zeros((h, self.spec.action.dim), np.float32)
+        mask = np.zeros(h, bool)
+        for due, action in self.queue.items:
+            if due > arrive + 1e-9:
+                break
+            k = start + int(round((due - t_obs) / self.dt))
+            if 0 <= k < h:
+                known[k], mask[k] = action, True
+        return (known, mask) if mask.any() else (None, None)
 
     # -- control tick ----------------------------------------------------------------
     def tick(self, now: float) -> np.ndarray | None:
@@ -266,6 +355,8 @@ class PolicyRunner:
         if stale:
             with self.lock:
                 self.queue.clear()
+                self._pending = None
+                self.jumps.break_sequence()
             if self._stale is False:
                 self._stale = True
                 desc = self.buffer.describe(stale)
@@ -281,7 +372,9 @@ class PolicyRunner:
             self._info("inputs fresh again: resuming")
         self._stale = False
         with self.lock:
+            self._deliver(now)
             action = self.queue.pop(now)
+            chunk = self.queue.popped_chunk
         if action is None:
             starved = len(self.queue) == 0
             if starved and self.cfg.on_starvation == "stop":
@@ -290,18 +383,23 @@ class PolicyRunner:
         else:
             cmd = self.limits.apply(action, self.last_command)
             self.last_command = cmd
+            self.jumps.add(cmd, chunk)
         if cmd is None or self.cfg.per_chunk:
             return None
         self._issued(self._pending_t_obs, now)
         self._pending_t_obs = None
         return cmd
 
-    def _hold_position(self, now: float) -> np.ndarray | None:
+    def measured_joints(self) -> np.ndarray | None:
+        """The latest measured positions of the commanded joints (None until all were measured)."""
         hold = [self.latest_joints.get(n) for n in self.action_names]
-        if any(v is None for v in hold):
-            return None
-        self._issued(None, now)
-        return np.asarray(hold, dtype=np.float64)
+        return None if any(v is None for v in hold) else np.asarray(hold, dtype=np.float64)
+
+    def _hold_position(self, now: float) -> np.ndarray | None:
+        hold = self.measured_joints()
+        if hold is not None:
+            self._issued(None, now)
+        return hold
 
     def _issued(self, t_obs: float | None, now: float) -> None:
         """Account one published command (or trajectory)."""
@@ -321,6 +419,10 @@ class PolicyRunner:
         periods = np.diff(times) if times.size > 11 else np.zeros(0)
         o2c = percentiles_ms(self._obs_to_command, 50, 100)
         s = self.stats
+        ratio = self.jumps.ratio()
+        extra = {"inference_lead": str(self.inference_lead()), "chunk_transition": self.cfg.chunk_transition,
+                 "chunk_switches": str(self.jumps.switches),
+                 "boundary_jump_ratio": "n/a" if ratio is None else f"{ratio:.3f}"}
         return RunnerStatus(self.running, stale, ages, queue, depth, s.chunks, s.inference_errors,
                             s.stale_refusals, s.invalid_inputs, s.overruns, s.commands, s.last_error,
-                            lat, percentiles_ms(periods, 50, 99), o2c)
+                            lat, percentiles_ms(periods, 50, 99), o2c, extra)

@@ -25,9 +25,14 @@ Schedule = Sequence[tuple[np.ndarray, np.ndarray]]  # (timestep, previous timest
 class Backend(Protocol):
     name: str
     provider: str
+    can_inpaint: bool
 
-    def denoise(self, obs: Sequence[np.ndarray], noise: np.ndarray, schedule: Schedule) -> np.ndarray:
-        """Encoder graph once, step graph per timestep; returns the unnormalized actions (B, T, A)."""
+    def denoise(self, obs: Sequence[np.ndarray], noise: np.ndarray, schedule: Schedule,
+                known: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
+        """Encoder graph once, step graph per timestep; returns the unnormalized actions (B, T, A).
+
+        With ``known`` (B, T, A) raw actions and ``mask`` (B, T, 1) float, the inpainting step graph
+        holds the masked actions fixed."""
 
 
 def cuda_driver_present() -> bool:
@@ -62,7 +67,8 @@ def default_threads() -> int:
 class OrtBackend:
     name = "onnxruntime"
 
-    def __init__(self, encoder: Path, step: Path, device: str = "auto", threads: int | None = None):
+    def __init__(self, encoder: Path, step: Path, device: str = "auto", threads: int | None = None,
+                 inpaint_step: Path | None = None):
         import onnxruntime as ort
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or default_threads()
@@ -76,8 +82,10 @@ class OrtBackend:
         try:
             self.enc = ort.InferenceSession(str(encoder), opts, providers=chain)
             self.stp = ort.InferenceSession(str(step), opts, providers=chain)
+            self.inp = ort.InferenceSession(str(inpaint_step), opts, providers=chain) if inpaint_step else None
         except Exception as e:  # ORT raises its own untyped errors for bad graphs
             raise BundleError(f"ONNX Runtime cannot load {encoder.name}/{step.name}: {e}") from e
+        self.can_inpaint = self.inp is not None
         self.provider = self.stp.get_providers()[0]
         if device in ("cuda", "tensorrt") and self.provider == "CPUExecutionProvider":
             raise BundleError(f"device={device!r} asked for, but ONNX Runtime could not start "
@@ -87,18 +95,23 @@ class OrtBackend:
             log.warning("CUDA provider listed but not usable; running on CPUExecutionProvider")
         self.enc_inputs = [i.name for i in self.enc.get_inputs()]
 
-    def denoise(self, obs: Sequence[np.ndarray], noise: np.ndarray, schedule: Schedule) -> np.ndarray:
+    def denoise(self, obs: Sequence[np.ndarray], noise: np.ndarray, schedule: Schedule,
+                known: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
         cond = self.enc.run(None, dict(zip(self.enc_inputs, obs)))[0]
         x, actions = noise, None
+        session, extra = self.stp, {}
+        if known is not None:
+            session, extra = self.inp, {"known": known, "mask": mask, "noise": noise}
         for t, prev in schedule:
-            x, actions = self.stp.run(None, {"sample": x, "timestep": t, "prev_timestep": prev, "cond": cond})
+            x, actions = session.run(None, {"sample": x, "timestep": t, "prev_timestep": prev, "cond": cond, **extra})
         return actions
 
 
 class TorchScriptBackend:
     name = "torchscript"
 
-    def __init__(self, encoder: Path, step: Path, device: str = "auto", threads: int | None = None):
+    def __init__(self, encoder: Path, step: Path, device: str = "auto", threads: int | None = None,
+                 inpaint_step: Path | None = None):
         import torch
         from .manifest import scan_torchscript
         if device == "auto":
@@ -112,10 +125,14 @@ class TorchScriptBackend:
         try:
             self.enc = torch.jit.load(str(encoder), map_location=self.device).eval()
             self.stp = torch.jit.load(str(step), map_location=self.device).eval()
+            self.inp = torch.jit.load(str(inpaint_step), map_location=self.device).eval() if inpaint_step else None
         except Exception as e:  # torch.jit raises RuntimeError with its own text
             raise BundleError(f"TorchScript cannot load {encoder.name}/{step.name}: {e}") from e
         scan_torchscript(self.enc, encoder.name)
         scan_torchscript(self.stp, step.name)
+        if self.inp is not None:
+            scan_torchscript(self.inp, Path(inpaint_step).name)
+        self.can_inpaint = self.inp is not None
         if self.device.type == "cpu" and threads:
             torch.set_num_threads(threads)
         if self.device.type == "cuda":
@@ -128,13 +145,22 @@ class TorchScriptBackend:
         self.cuda_graphs = os.environ.get("DP_RUNTIME_CUDA_GRAPHS", "1") != "0"
         self._graphs: dict = {}
 
-    def denoise(self, obs: Sequence[np.ndarray], noise: np.ndarray, schedule: Schedule) -> np.ndarray:
+    def denoise(self, obs: Sequence[np.ndarray], noise: np.ndarray, schedule: Schedule,
+                known: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
         """Encoder once, then the step graph per timestep; tensors stay on the device until the end.
 
         On CUDA the whole loop is captured once per input shape as a CUDA graph and replayed: at
         batch 1 the loop is bound by kernel launches, not by the GPU.
         """
         th = self.torch
+        if known is not None:
+            with th.inference_mode():
+                dev = [th.from_numpy(a).to(self.device) for a in (known, mask, noise)]
+                cond = self.enc(*[th.from_numpy(o).to(self.device) for o in obs])
+                x, actions = dev[2], None
+                for t, prev in self.device_schedule(schedule):
+                    x, actions = self.inp(x, t, prev, cond, *dev)
+                return actions.cpu().numpy()
         if self.device.type == "cuda" and self.cuda_graphs:
             key = (tuple((o.shape, o.dtype.str) for o in obs), noise.shape, id(schedule))
             graph = self._graphs.get(key)

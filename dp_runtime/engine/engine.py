@@ -14,7 +14,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..errors import BundleError, ShapeError
+from ..errors import BundleError, ConfigError, ShapeError
 from ..obs_spec import validate_obs
 from ..spec import BundleSpec, PolicySpec, SchedulerSpec
 from .backends import Backend, OrtBackend, TorchScriptBackend
@@ -47,10 +47,15 @@ class PolicyEngine:
         self.action_dim = spec.action.dim
         self.n_action_steps = spec.n_action_steps
         if num_inference_steps and num_inference_steps != ddim.num_inference_steps:
+            train = int(ddim.config.get("num_train_timesteps", 1000))
+            if not 1 <= num_inference_steps <= train:
+                raise ConfigError(f"num_inference_steps {num_inference_steps} must be in [1, {train}] (the policy "
+                                  f"was trained with {train} diffusion timesteps; 0 = as exported)")
             ts, prev = ddim_schedule(ddim.config, num_inference_steps)
         else:
             ts, prev = ddim.timesteps, ddim.prev_timesteps
         self.num_inference_steps = len(ts)
+        self.warmup_latency_s = 0.0  # the last warm-up's latency: inference_lead auto's first estimate
         self.schedule = [(np.array([t], np.int64), np.array([p], np.int64)) for t, p in zip(ts, prev)]
         self._rng = np.random.default_rng()
 
@@ -62,10 +67,18 @@ class PolicyEngine:
         rng = np.random.default_rng(seed) if seed is not None else self._rng
         return rng.standard_normal((batch, self.horizon, self.action_dim)).astype(np.float32)
 
+    @property
+    def can_inpaint(self) -> bool:
+        return bool(getattr(self.backend, "can_inpaint", False))
+
     def predict(self, obs_history: Mapping[str, np.ndarray], noise: np.ndarray | None = None,
-                seed: int | None = None) -> Prediction:
+                seed: int | None = None, known: np.ndarray | None = None,
+                mask: np.ndarray | None = None) -> Prediction:
         """obs_history: images (To, H, W, C) uint8 and low-dim (To, D) float32, or batched with a
-        leading B. Returns the unnormalized trajectory (horizon, A) (or (B, horizon, A))."""
+        leading B. Returns the unnormalized trajectory (horizon, A) (or (B, horizon, A)).
+
+        ``known`` raw actions (horizon, A) and ``mask`` (horizon,) bool (or batched): denoise with the
+        masked actions held fixed (inpainting; needs a bundle exported with --inpaint)."""
         first = next(iter(self.image_shapes), None)
         probe_key, unbatched_ndim = (first, 4) if first else (next(iter(self.low_dim_sizes)), 2)
         if probe_key not in obs_history:
@@ -83,13 +96,29 @@ class PolicyEngine:
         if noise.shape != (batch, self.horizon, self.action_dim):
             raise ShapeError(f"noise: expected float32 ({batch}, {self.horizon}, {self.action_dim}), "
                              f"got {noise.shape}")
+        if known is not None:
+            known, mask = self._inpaint_inputs(known, mask, batch, batched)
         t0 = time.perf_counter()
-        actions = self.backend.denoise([np.ascontiguousarray(obs[k]) for k in self.keys], noise, self.schedule)
+        actions = self.backend.denoise([np.ascontiguousarray(obs[k]) for k in self.keys], noise, self.schedule,
+                                       known, mask)
         latency = time.perf_counter() - t0
         actions = np.asarray(actions, dtype=np.float32)
         if not np.all(np.isfinite(actions)):
             raise ShapeError("policy produced non-finite actions")
         return Prediction(actions if batched else actions[0], latency, seed)
+
+    def _inpaint_inputs(self, known, mask, batch: int, batched: bool) -> tuple[np.ndarray, np.ndarray]:
+        if not self.can_inpaint:
+            raise BundleError("this bundle has no inpainting step graph; re-export it with dp-export --inpaint "
+                              "to use chunk_transition: inpaint")
+        known = np.asarray(known, dtype=np.float32)
+        mask = np.asarray(mask, dtype=bool)
+        if not batched:
+            known, mask = known[None], mask[None]
+        if known.shape != (batch, self.horizon, self.action_dim) or mask.shape != (batch, self.horizon):
+            raise ShapeError(f"inpainting: known must be ({self.horizon}, {self.action_dim}) and mask "
+                             f"({self.horizon},), got {known.shape} and {mask.shape}")
+        return np.ascontiguousarray(known), np.ascontiguousarray(mask[..., None].astype(np.float32))
 
     def executed_slice(self, actions: np.ndarray) -> np.ndarray:
         """The actions to execute: the manifest's [execute_start, execute_end) of the horizon."""
@@ -98,7 +127,8 @@ class PolicyEngine:
     def warm_up(self) -> float:
         obs = {k: np.zeros((self.n_obs_steps, *s), np.uint8) for k, s in self.image_shapes.items()}
         obs.update({k: np.zeros((self.n_obs_steps, n), np.float32) for k, n in self.low_dim_sizes.items()})
-        return self.predict(obs, seed=0).latency_s
+        self.warmup_latency_s = self.predict(obs, seed=0).latency_s
+        return self.warmup_latency_s
 
 
 def load_bundle(path: str | Path, backend: str = "auto", device: str = "auto",
@@ -118,12 +148,14 @@ def load_bundle(path: str | Path, backend: str = "auto", device: str = "auto",
         raise BundleError(f"{path}: bundle has no {fmt} graphs (has {spec.formats})")
     verify_hashes(path, spec)
     enc, step = path / graphs.encoder, path / graphs.step
+    inpaint = path / graphs.inpaint_step if graphs.inpaint_step else None
     if fmt == "onnx":
-        scan_onnx(enc)
-        scan_onnx(step)
-        impl: Backend = OrtBackend(enc, step, device, threads)
+        for g in (enc, step, inpaint):
+            if g is not None:
+                scan_onnx(g)
+        impl: Backend = OrtBackend(enc, step, device, threads, inpaint_step=inpaint)
     else:
-        impl = TorchScriptBackend(enc, step, device, threads)
+        impl = TorchScriptBackend(enc, step, device, threads, inpaint_step=inpaint)
     engine = PolicyEngine(spec.policy, spec.ddim, impl, num_inference_steps, bundle=spec)
     if warm_up:
         engine.warm_up()

@@ -13,6 +13,7 @@ import platform
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,12 +29,18 @@ from ..errors import ConfigError, ParityError
 from ..model import DiffusionPolicy
 from ..model.norms import assert_no_running_stats, norm_inventory
 from ..spec import MANIFEST, BundleSpec, FileEntry, GraphSet, NormLayer, SchedulerSpec
-from .graphs import DenoiseStepGraph, EncoderGraph
+from .graphs import DenoiseStepGraph, EncoderGraph, InpaintStepGraph
 
 log = logging.getLogger(__name__)
 PARITY_TOL = 1e-4
 FORMATS = ("onnx", "torchscript")
-FILES = {"onnx": ("encoder.onnx", "denoise_step.onnx"), "torchscript": ("encoder.pt", "denoise_step.pt")}
+FILE_STEMS = {"encoder": "encoder", "step": "denoise_step", "inpaint_step": "denoise_step_inpaint"}
+EXTENSIONS = {"onnx": ".onnx", "torchscript": ".pt"}
+STEP_INPUTS = ["sample", "timestep", "prev_timestep", "cond"]
+
+
+def file_name(fmt: str, role: str) -> str:
+    return FILE_STEMS[role] + EXTENSIONS[fmt]
 
 
 def example_inputs(policy: DiffusionPolicy, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -47,44 +54,55 @@ def example_inputs(policy: DiffusionPolicy, batch: int, rng: np.random.Generator
     return obs
 
 
-def _export_onnx(enc: EncoderGraph, step: DenoiseStepGraph, policy: DiffusionPolicy, out: Path,
-                 opset: int) -> None:
-    import onnx
-    cfg = policy.cfg
-    obs = {k: torch.from_numpy(v) for k, v in example_inputs(policy, 2, np.random.default_rng(0)).items()}
-    args = tuple(obs[k] for k in enc.keys)
-    dyn = {k: {0: "batch"} for k in enc.keys}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(enc, args, str(out / FILES["onnx"][0]), input_names=list(enc.keys),
-                          output_names=["cond"], dynamic_axes={**dyn, "cond": {0: "batch"}},
-                          opset_version=opset, dynamo=False)
-        cond = enc(*args)
-        sample = torch.randn(2, cfg.horizon, cfg.action_dim)
-        t = torch.tensor([10], dtype=torch.int64)
-        torch.onnx.export(step, (sample, t, t - 1, cond), str(out / FILES["onnx"][1]),
-                          input_names=["sample", "timestep", "prev_timestep", "cond"],
-                          output_names=["prev_sample", "action"],
-                          dynamic_axes={"sample": {0: "batch"}, "cond": {0: "batch"},
-                                        "prev_sample": {0: "batch"}, "action": {0: "batch"}},
-                          opset_version=opset, dynamo=False)
-    for name in FILES["onnx"]:
-        onnx.checker.check_model(str(out / name), full_check=True)
+@dataclass
+class Traced:
+    """One graph to export: its role in the bundle, the module, example inputs and their names."""
+    role: str
+    module: torch.nn.Module
+    args: tuple
+    inputs: list[str]
+    outputs: list[str]
 
 
-def _export_torchscript(enc: EncoderGraph, step: DenoiseStepGraph, policy: DiffusionPolicy, out: Path) -> None:
+def graphs_to_export(policy: DiffusionPolicy, steps: int, inpaint: bool) -> list[Traced]:
     cfg = policy.cfg
+    enc = EncoderGraph(policy).eval()
     obs = {k: torch.from_numpy(v) for k, v in example_inputs(policy, 2, np.random.default_rng(0)).items()}
     args = tuple(obs[k] for k in enc.keys)
+    with torch.no_grad():
+        cond = enc(*args)
+    sched = policy.ddim_scheduler(steps)
+    sample = torch.randn(2, cfg.horizon, cfg.action_dim)
+    t = torch.tensor([10], dtype=torch.int64)
+    out = [Traced("encoder", enc, args, list(enc.keys), ["cond"]),
+           Traced("step", DenoiseStepGraph(policy, sched).eval(), (sample, t, t - 1, cond), STEP_INPUTS,
+                  ["prev_sample", "action"])]
+    if inpaint:
+        mask = torch.zeros(2, cfg.horizon, 1)
+        mask[:, :3] = 1.0
+        out.append(Traced("inpaint_step", InpaintStepGraph(policy, sched).eval(),
+                          (sample, t, t - 1, cond, torch.randn_like(sample), mask, torch.randn_like(sample)),
+                          STEP_INPUTS + ["known", "mask", "noise"], ["prev_sample", "action"]))
+    return out
+
+
+def export_graph(g: Traced, fmt: str, path: Path, opset: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced_enc = torch.jit.trace(enc, args, check_trace=False)
-        cond = enc(*args)
-        t = torch.tensor([10], dtype=torch.int64)
-        traced_step = torch.jit.trace(step, (torch.randn(2, cfg.horizon, cfg.action_dim), t, t - 1, cond),
-                                      check_trace=False)
-    traced_enc.save(str(out / FILES["torchscript"][0]))
-    traced_step.save(str(out / FILES["torchscript"][1]))
+        if fmt == "onnx":
+            import onnx
+            batch = {name: {0: "batch"} for name in g.inputs + g.outputs if name not in ("timestep", "prev_timestep")}
+            torch.onnx.export(g.module, g.args, str(path), input_names=g.inputs, output_names=g.outputs,
+                              dynamic_axes=batch, opset_version=opset, dynamo=False)
+            onnx.checker.check_model(str(path), full_check=True)
+        else:
+            torch.jit.trace(g.module, g.args, check_trace=False).save(str(path))
+
+
+def open_backend(fmt: str, files: dict[str, Path]):
+    """The exported graphs on CPU, as the runtime opens them (for the parity check)."""
+    cls = OrtBackend if fmt == "onnx" else TorchScriptBackend
+    return cls(files["encoder"], files["step"], device="cpu", inpaint_step=files.get("inpaint_step"))
 
 
 def parity(policy: DiffusionPolicy, engines: dict[str, PolicyEngine], samples: int, seed: int,
@@ -110,6 +128,31 @@ def parity(policy: DiffusionPolicy, engines: dict[str, PolicyEngine], samples: i
             raw[name] = max(raw[name], float(diff.max()))
         progress(f"parity {i + 1}/{samples}: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
     return errors, raw
+
+
+def inpaint_parity(policy: DiffusionPolicy, engines: dict[str, PolicyEngine], samples: int, seed: int,
+                   progress: Callable[[str], None], steps: int) -> dict[str, float]:
+    """Max abs error (normalized action units) of each engine's inpainting vs the torch reference, with a
+    committed prefix of random length held fixed."""
+    rng = np.random.default_rng(seed + 1)
+    scale = policy.normalizer.params["action"].scale.abs().numpy()
+    cfg = policy.cfg
+    errors = {name: 0.0 for name in engines}
+    for i in range(samples):
+        obs = example_inputs(policy, 1, rng)
+        noise = rng.standard_normal((1, cfg.horizon, cfg.action_dim)).astype(np.float32)
+        known = policy.sample({k: torch.from_numpy(v) for k, v in obs.items()},
+                              torch.from_numpy(rng.standard_normal(noise.shape).astype(np.float32)),
+                              num_inference_steps=steps)
+        mask = np.zeros((1, cfg.horizon), bool)
+        mask[:, :int(rng.integers(1, cfg.horizon))] = True
+        ref = policy.sample({k: torch.from_numpy(v) for k, v in obs.items()}, torch.from_numpy(noise),
+                            num_inference_steps=steps, known=known, mask=torch.from_numpy(mask)).numpy()
+        for name, engine in engines.items():
+            got = engine.predict(obs, noise=noise, known=known.numpy(), mask=mask).actions
+            errors[name] = max(errors[name], float((np.abs(got - ref) * scale).max()))
+        progress(f"inpaint parity {i + 1}/{samples}: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
+    return errors
 
 
 def library_versions() -> dict[str, str]:
@@ -142,7 +185,8 @@ def build_manifest(ck: Checkpoint, ddim: SchedulerSpec, files: dict[str, FileEnt
 def export_bundle(checkpoint: str | Path | Checkpoint, out: str | Path, steps: int | None = None,
                   formats: tuple[str, ...] = FORMATS, opset: int = 17, seed: int = 0,
                   parity_samples: int = 4, progress: Callable[[str], None] | None = None,
-                  tolerance: float = PARITY_TOL) -> Path:
+                  tolerance: float = PARITY_TOL, inpaint: bool = False) -> Path:
+    """``inpaint``: also export the step graph that holds committed actions fixed (chunk_transition inpaint)."""
     """Export a checkpoint (path or already-loaded Checkpoint) to a bundle directory ``out``."""
     say = progress or (lambda msg: log.info(msg))
     ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_any(checkpoint)
@@ -158,29 +202,31 @@ def export_bundle(checkpoint: str | Path | Checkpoint, out: str | Path, steps: i
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        enc = EncoderGraph(policy).eval()
-        step = DenoiseStepGraph(policy, policy.ddim_scheduler(steps)).eval()
         engines = {}
         ddim = scheduler_spec(ck.config.scheduler, steps)
         io = ck.config.policy_spec()
+        traced = graphs_to_export(policy, steps, inpaint)
         for fmt in formats:
             say(f"exporting {fmt} graphs")
-            if fmt == "onnx":
-                _export_onnx(enc, step, policy, tmp, opset)
-                impl = OrtBackend(tmp / FILES[fmt][0], tmp / FILES[fmt][1], device="cpu")
-            else:
-                _export_torchscript(enc, step, policy, tmp)
-                impl = TorchScriptBackend(tmp / FILES[fmt][0], tmp / FILES[fmt][1], device="cpu")
-            engines[fmt] = PolicyEngine(io, ddim, impl)
+            for g in traced:
+                export_graph(g, fmt, tmp / file_name(fmt, g.role), opset)
+            engines[fmt] = PolicyEngine(io, ddim, open_backend(fmt, {g.role: tmp / file_name(fmt, g.role)
+                                                                     for g in traced}))
         errors, raw_errors = parity(policy, engines, parity_samples, seed, say, steps)
-        bad = {k: v for k, v in errors.items() if not v <= tolerance}
+        inpaint_errors = inpaint_parity(policy, engines, parity_samples, seed, say, steps) if inpaint else {}
+        bad = {k: v for k, v in {**errors, **{f"{k} inpaint": v for k, v in inpaint_errors.items()}}.items()
+               if not v <= tolerance}
         if bad:
             raise ParityError(f"export parity failed: max abs error {bad} (normalized action units) exceeds "
                               f"{tolerance} "
                               "(bundle graphs disagree with the torch policy)")
-        files = {name: FileEntry(sha256_file(tmp / name), (tmp / name).stat().st_size, role)
-                 for fmt in formats for name, role in zip(FILES[fmt], ("encoder", "step"))}
-        graphs = [GraphSet(fmt, FILES[fmt][0], FILES[fmt][1], "fp32", errors[fmt], raw_errors[fmt]) for fmt in formats]
+        files = {file_name(fmt, g.role): FileEntry(sha256_file(tmp / file_name(fmt, g.role)),
+                                                   (tmp / file_name(fmt, g.role)).stat().st_size, g.role)
+                 for fmt in formats for g in traced}
+        graphs = [GraphSet(fmt, file_name(fmt, "encoder"), file_name(fmt, "step"), "fp32", errors[fmt], raw_errors[fmt],
+                           inpaint_step=file_name(fmt, "inpaint_step") if inpaint else "",
+                           inpaint_max_abs_error=inpaint_errors.get(fmt, 0.0))
+                  for fmt in formats]
         spec = build_manifest(ck, ddim, files, graphs, parity_samples, tolerance, opset)
         (tmp / MANIFEST).write_text(json.dumps(spec.to_json(), indent=2))
         if out.exists():

@@ -88,3 +88,26 @@ class DenoiseStepGraph(nn.Module):
             x0 = x0.clamp(-self.clip_range, self.clip_range)
         prev = prev_alpha ** 0.5 * x0 + (1 - prev_alpha) ** 0.5 * eps
         return prev, self.policy.unnormalize_action(prev)
+
+
+class InpaintStepGraph(DenoiseStepGraph):
+    """One DDIM step that holds the committed actions fixed (chunk transitions ``inpaint``).
+
+    Extra inputs: ``known`` (B, T, A) raw actions, ``mask`` (B, T, 1) 1.0 where known, ``noise``
+    (B, T, A) the chunk's initial noise. The masked part of the input sample is the known actions
+    noised to ``timestep``, and of the output the known actions noised to ``prev_timestep`` (exactly
+    the known actions after the last step), as the torch reference ``DiffusionPolicy.sample(known=,
+    mask=)`` does with diffusers' ``add_noise``. A separate graph, so ``replace`` runs today's.
+    """
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, prev_timestep: torch.Tensor,
+                cond: torch.Tensor, known: torch.Tensor, mask: torch.Tensor,
+                noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        known_n = self.policy.normalizer.normalize("action", known)
+        alpha_t = self.alphas_cumprod[timestep].reshape(1, 1, 1)
+        sample = mask * (alpha_t ** 0.5 * known_n + (1 - alpha_t) ** 0.5 * noise) + (1 - mask) * sample
+        prev, _ = super().forward(sample, timestep, prev_timestep, cond)
+        prev_alpha = torch.where(prev_timestep >= 0, self.alphas_cumprod[prev_timestep.clamp(min=0)],
+                                 torch.ones_like(self.final_alpha_cumprod)).reshape(1, 1, 1)
+        prev = mask * (prev_alpha ** 0.5 * known_n + (1 - prev_alpha) ** 0.5 * noise) + (1 - mask) * prev
+        return prev, self.policy.unnormalize_action(prev)

@@ -150,15 +150,29 @@ class DiffusionPolicy(nn.Module):
 
     @torch.no_grad()
     def sample(self, obs: Mapping[str, torch.Tensor], noise: torch.Tensor,
-               num_inference_steps: int | None = None) -> torch.Tensor:
-        """Denoise ``noise`` (B, horizon, A) with diffusers' DDIMScheduler -> raw actions (B, horizon, A)."""
+               num_inference_steps: int | None = None, known: torch.Tensor | None = None,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Denoise ``noise`` (B, horizon, A) with diffusers' DDIMScheduler -> raw actions (B, horizon, A).
+
+        Inpainting (``known`` raw actions (B, horizon, A), ``mask`` (B, horizon) bool): before each
+        step the masked part of the sample is replaced by the known actions noised to that step with
+        the chunk's own initial noise (``scheduler.add_noise``), and by the known actions themselves at
+        the end, so the result continues exactly from the actions already committed.
+        """
         self.check_obs(obs)
         cond = self.encode({k: torch.as_tensor(v) for k, v in obs.items()})
         sched = self.ddim_scheduler(num_inference_steps)
         x = noise
+        if known is not None:
+            m = mask[..., None].to(torch.bool)
+            known_n = self.normalizer.normalize("action", known.float())
         for t in sched.timesteps:
+            if known is not None:
+                x = torch.where(m, sched.add_noise(known_n, noise, t.reshape(1)), x)
             eps = self.model(x, t, global_cond=cond)
             x = sched.step(eps, t, x).prev_sample
+        if known is not None:
+            x = torch.where(m, known_n, x)
         return self.unnormalize_action(x)
 
     # -- training --------------------------------------------------------------------

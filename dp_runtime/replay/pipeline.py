@@ -42,8 +42,9 @@ class ReplaySetup:
 
     def runner(self, seed: int, assumed_latency_s: float | None, keep_observations: bool = False) -> PolicyRunner:
         """A fresh control loop as the node builds it, on the bag's clock: every chunk record is kept."""
+        # per_chunk off: replay compares every executed action, whatever interface would publish them.
         return open_runtime(self.params, self.flat.get, engine=self.engine, keep_observations=keep_observations,
-                            seed=seed, assumed_latency_s=assumed_latency_s, keep_chunks=None).runner
+                            seed=seed, assumed_latency_s=assumed_latency_s, keep_chunks=None, per_chunk=False).runner
 
 
 @dataclass
@@ -66,6 +67,7 @@ class ReplayResult:
     node_diagnostics: dict = field(default_factory=dict)  # realtime: the node's last /diagnostics values
     first_of: dict[str, str] = field(default_factory=dict)  # cause key -> the first message of that kind
     last_error: str = ""  # the runner's last problem (stale inputs, inference failure)
+    continuity: dict = field(default_factory=dict)  # boundary_jump_ratio and chunk_switches
 
 
 def check_topics(bag: Bag, setup: ReplaySetup) -> None:
@@ -137,6 +139,8 @@ def replay_offline(bag_path: str | Path | Bag, setup: ReplaySetup, seed: int = 0
     result.stale_refusals = status.stale_refusals
     result.inference_errors = status.inference_errors
     result.last_error = status.last_error
+    result.continuity = {"boundary_jump_ratio": runner.jumps.ratio(), "chunk_switches": runner.jumps.switches,
+                         "chunk_transition": setup.params.chunk_transition}
     result.wall_s = time.perf_counter() - started
     return result
 

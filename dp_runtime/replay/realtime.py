@@ -135,6 +135,10 @@ def replay_realtime(bag_path: str | Path | Bag, setup: ReplaySetup, config: str 
     if diagnostics:
         values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
         result.node_diagnostics = values
+        ratio = values.get("boundary_jump_ratio", "n/a")
+        result.continuity = {"boundary_jump_ratio": None if ratio == "n/a" else float(ratio),
+                             "chunk_switches": int(values.get("chunk_switches", 0)),
+                             "chunk_transition": values.get("chunk_transition")}
         result.queue = {k: int(values[v]) for k, v in (("dropped", "dropped_actions"),
                                                          ("starved", "starvation_count"),
                                                          ("skipped", "skipped_actions")) if v in values}

@@ -66,6 +66,7 @@ def metrics(result: ReplayResult, setup: ReplaySetup) -> dict:
         "inference_latency_ms": _stats([c.latency_s for c in result.chunks], 1e3),
         "queue": result.queue, "stale_refusals": result.stale_refusals,
         "inference_errors": result.inference_errors, "last_error": result.last_error,
+        "continuity": result.continuity,
         "messages": {"read": result.messages_read, "used": result.messages_used,
                      "invalid": result.invalid, "invalid_total": int(sum(result.invalid.values()))},
         "bag_problems": result.problems,

@@ -14,10 +14,9 @@ import sys
 import threading
 import time
 
-import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.node import Node
@@ -65,9 +64,10 @@ class PolicyWiring:
         self.starved_reported = 0
         self.entities += [
             self.pub, self.diag_pub, self.create_timer(self.p.diagnostics_period, self._on_diagnostics),
-            self.create_service(Trigger, "~/start", self._srv(self.runner.start, "started")),
-            self.create_service(Trigger, "~/stop", self._srv(self.runner.stop, "stopped")),
-            self.create_service(Trigger, "~/reset", self._srv(self.runner.reset, "history and queue cleared"))]
+            self.create_service(Trigger, "~/start", self._srv(self.start_commands)),
+            self.create_service(Trigger, "~/stop", self._srv(lambda: self.runner.stop() or (True, "stopped"))),
+            self.create_service(Trigger, "~/reset",
+                                self._srv(lambda: self.runner.reset() or (True, "history and queue cleared")))]
         self.wake = threading.Event()
         self.alive = True
         self.sim_time = bool(self.get_parameter("use_sim_time").value)
@@ -86,12 +86,16 @@ class PolicyWiring:
     def now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _srv(self, action, message: str):
+    def _srv(self, action):
+        """A Trigger service around ``action() -> (success, message)``."""
         def handler(_req, resp):
-            action()
-            resp.success, resp.message = True, message
+            resp.success, resp.message = action()
             return resp
         return handler
+
+    def start_commands(self) -> tuple[bool, str]:
+        self.runner.start()
+        return True, "started"
 
     # -- inputs ----------------------------------------------------------------------
     def _on_msg(self, t: ObsTopic):
@@ -200,9 +204,9 @@ class PolicyWiring:
         """On deactivate with on_stale hold_position: one last command holding the measured joints."""
         if self.p.on_stale != "hold_position" or self.rt.interface.per_chunk:
             return
-        joints = [self.runner.latest_joints.get(n) for n in self.rt.action_names]
-        if all(v is not None for v in joints):
-            self._publish(np.asarray(joints), self.now())
+        joints = self.runner.measured_joints()
+        if joints is not None:
+            self._publish(joints, self.now())
 
 
 class PolicyNode(PolicyWiring, Node):
@@ -216,6 +220,12 @@ class LifecyclePolicyNode(PolicyWiring, LifecycleNode):
 
     def __init__(self) -> None:
         super().__init__("policy_node")
+        self.active = False
+
+    def start_commands(self) -> tuple[bool, str]:
+        if not self.active:
+            return False, "not started: the node is inactive (activate it through its lifecycle)"
+        return super().start_commands()
 
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         try:
@@ -226,11 +236,13 @@ class LifecyclePolicyNode(PolicyWiring, LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
+        self.active = True
         self.runner.start()
         self.get_logger().info("activated: commands on")
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self.active = False
         self.runner.stop()
         self.hold_on_stop()
         self.get_logger().info("deactivated: commands off")
@@ -296,7 +308,7 @@ def run(make, argv: list[str] | None, autostart: bool = False) -> int:
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 return 1
             node.trigger_activate()
-        executor = SingleThreadedExecutor()
+        executor = make_executor(node.p.executor if hasattr(node, "p") else "single", logger)
         executor.add_node(node)
         while not stop.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)
@@ -316,6 +328,19 @@ def run(make, argv: list[str] | None, autostart: bool = False) -> int:
         rclpy.try_shutdown()
         _ignore_signals()
     return code
+
+
+def make_executor(kind: str, logger):
+    """The executor delivering messages and services (control and inference have their own threads)."""
+    if kind == "events":
+        try:
+            from rclpy.experimental import EventsExecutor
+            return EventsExecutor()
+        except ImportError:
+            logger.warning("executor: events is not in this rclpy; using single")
+    if kind == "multi":
+        return MultiThreadedExecutor(num_threads=2)
+    return SingleThreadedExecutor()
 
 
 def _ignore_signals() -> None:

@@ -15,6 +15,7 @@ from .convert import OBS_MESSAGE_TYPES
 
 OBS_TYPES = tuple(OBS_MESSAGE_TYPES)
 QOS = ("best_effort", "reliable")
+EXECUTORS = ("single", "multi", "events")
 JOINT_FIELDS = ("position", "velocity", "effort")
 
 
@@ -39,7 +40,9 @@ class NodeParams:
     command_interface: str = "float64_multi_array"  # | joint_trajectory | joint_state
     command_topic: str = "/forward_position_controller/commands"
     command_qos: str = "reliable"
-    inference_lead: int = 2
+    inference_lead: int | str = 2  # actions left when the next inference starts; "auto": from measured latency
+    chunk_transition: str = "replace"  # replace | blend | inpaint (bundle exported with --inpaint)
+    blend_actions: int = 4  # blend: actions over which a new chunk cross-fades in
     max_obs_age: float = 0.5
     max_stamp_ahead: float = 0.1  # s an observation stamp may lead the node clock before it is refused
     execution_latency: float = 0.0
@@ -52,12 +55,17 @@ class NodeParams:
     resize_images: bool = False
     autostart: bool = True
     diagnostics_period: float = 1.0
+    # What delivers messages: events (rclpy's EventsExecutor; measured cheapest under sensor load, bench/soak.py),
+    # single or multi. events falls back to single where rclpy lacks it.
+    executor: str = "events"
     qos_warn_after: float = 3.0  # warn when a topic has publishers but nothing arrived for this long
 
     def validate(self) -> None:
         if not self.bundle:
             raise ConfigError("parameter 'bundle' is empty: set it to an exported bundle directory")
         command_interface(self.command_interface)
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"executor must be one of {EXECUTORS}, got {self.executor!r}")
         if self.command_qos not in QOS:
             raise ConfigError(f"command_qos must be one of {QOS}, got {self.command_qos!r}")
         for name in ("diagnostics_period", "qos_warn_after"):
@@ -72,7 +80,8 @@ class NodeParams:
                   execution_latency=self.execution_latency, inference_lead=self.inference_lead,
                   seed=self.seed if self.seed >= 0 else None, on_starvation=self.on_starvation,
                   on_stale=self.on_stale, per_chunk=command_interface(self.command_interface).per_chunk,
-                  action_names=tuple(self.action_joint_names), autostart=self.autostart)
+                  action_names=tuple(self.action_joint_names), autostart=self.autostart,
+                  chunk_transition=self.chunk_transition, blend_actions=self.blend_actions)
         kw.update(overrides)
         return RunnerConfig(**kw)
 
@@ -92,6 +101,12 @@ def coerce(name: str, value: Any, kind: str) -> Any:
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"parameter {name!r} must be {expected}, got {value!r} ({type(value).__name__})")
 
+    if kind == "int | str":  # an integer, or the word "auto"
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        raise bad("an integer or auto")
     if kind == "bool":
         if isinstance(value, bool):
             return value

@@ -99,7 +99,7 @@ def build_checkpoint(dataset: Path, plan: DemoPlan, seed: int):
 def build_bundle(checkpoint: Path):
     def go(target: Path) -> None:
         from ..export import export_bundle
-        export_bundle(checkpoint, target, progress=lambda m: print(f"  {m}", flush=True))
+        export_bundle(checkpoint, target, progress=lambda m: print(f"  {m}", flush=True), inpaint=True)
     return go
 
 
@@ -228,6 +228,8 @@ def closed_loop(bundle: Path, out: Path, episodes: int, seed: int) -> dict:
                                  "max": d.get("inference_latency_ms_max")},
         "provider": d.get("provider"), "chunks": d.get("chunks"), "starvation_count": d.get("starvation_count"),
         "dropped_actions": d.get("dropped_actions"), "node_exit_code": rc,
+        "chunk_transition": d.get("chunk_transition"), "inference_lead": d.get("inference_lead"),
+        "boundary_jump_ratio": d.get("boundary_jump_ratio"), "chunk_switches": d.get("chunk_switches"),
     }
 
 
@@ -270,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"inference latency: median {lp['inference_latency_ms']['median']} ms, "
           f"max {lp['inference_latency_ms']['max']} ms on {lp['provider']}")
     print(f"starvation: {lp['starvation_count']}, dropped actions: {lp['dropped_actions']}, chunks: {lp['chunks']}")
+    print(f"chunk transitions ({lp['chunk_transition']}, inference_lead {lp['inference_lead']}): boundary_jump_ratio "
+          f"{lp['boundary_jump_ratio']} over {lp['chunk_switches']} switches")
     print(f"replay of one expert episode: action MSE {replay['action_mse_mean']:.5f}; report in {report}")
     print(f"everything is in {out} (summary.json)")
     return 0

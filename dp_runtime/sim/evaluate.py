@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..control import PolicyRunner, RunnerConfig
+from ..control.continuity import BoundaryJumps
 from ..engine.engine import Prediction
 from .arm import ArmConfig, ReachingArm
 from .record import SimTopics
@@ -29,13 +30,18 @@ class TorchPolicyEngine:
         self.image_shapes, self.low_dim_sizes = self.spec.image_shapes, self.spec.low_dim_sizes
         self.horizon, self.action_dim = self.spec.horizon, self.spec.action.dim
 
-    def predict(self, history: dict[str, np.ndarray], seed: int | None = None) -> Prediction:
+    can_inpaint = True
+
+    def predict(self, history: dict[str, np.ndarray], seed: int | None = None, known: np.ndarray | None = None,
+                mask: np.ndarray | None = None) -> Prediction:
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         noise = torch.randn((1, self.horizon, self.action_dim), generator=gen)
         t0 = time.perf_counter()
         with torch.no_grad():
             obs = {k: torch.from_numpy(np.ascontiguousarray(v))[None] for k, v in history.items()}
-            actions = self.policy.sample(obs, noise)[0].numpy()
+            inpaint = {} if known is None else {"known": torch.from_numpy(np.asarray(known, np.float32))[None],
+                                                 "mask": torch.from_numpy(np.asarray(mask, bool))[None]}
+            actions = self.policy.sample(obs, noise, **inpaint)[0].numpy()
         return Prediction(actions, time.perf_counter() - t0, seed)
 
 
@@ -44,11 +50,33 @@ class EpisodeResult:
     success: bool
     seconds: float
     final_distance: float
+    jumps: BoundaryJumps | None = None  # continuity at the episode's chunk switches
+
+
+def boundary_jump_ratio(results: list[EpisodeResult]) -> tuple[float | None, int]:
+    """(ratio, switches) over all episodes: boundary and inside steps pooled, then the ratio per dim."""
+    pooled = BoundaryJumps()
+    for r in results:
+        j = r.jumps
+        if j is None or j.boundary_sum is None:
+            continue
+        if pooled.boundary_sum is None:
+            pooled.boundary_sum, pooled.inside_sum = np.zeros_like(j.boundary_sum), np.zeros_like(j.inside_sum)
+        pooled.boundary_sum += j.boundary_sum
+        pooled.inside_sum += j.inside_sum
+        pooled.switches += j.switches
+        pooled.steps_inside += j.steps_inside
+    return pooled.ratio(), pooled.switches
 
 
 def run_episodes(engine: Any, episodes: int, seed: int = 0, arm_cfg: ArmConfig = ArmConfig(),
-                 topics: SimTopics = SimTopics()) -> list[EpisodeResult]:
-    """Closed loop on the sim clock; inference is instantaneous in sim time (deterministic)."""
+                 topics: SimTopics = SimTopics(), **runner: Any) -> list[EpisodeResult]:
+    """Closed loop on the sim clock; inference takes no sim time unless ``delivery_delay_s`` (deterministic).
+
+    ``runner``: RunnerConfig fields to evaluate (chunk_transition, blend_actions, inference_lead,
+    delivery_delay_s); by default the next inference starts when the queue is empty.
+    """
+    settings = {"inference_lead": 0, **runner}
     arm = ReachingArm(arm_cfg, seed)
     dt_phys = 1.0 / arm_cfg.physics_hz
     every = topics.every(arm_cfg.physics_hz)
@@ -57,8 +85,8 @@ def run_episodes(engine: Any, episodes: int, seed: int = 0, arm_cfg: ArmConfig =
     results = []
     for ep in range(episodes):
         arm.reset()
-        runner = PolicyRunner(engine, RunnerConfig(topics.control_hz, max_obs_age=1.0, inference_lead=0,
-                                                   seed=seed * 100_000 + ep * 1000, assumed_latency_s=0.0))
+        runner = PolicyRunner(engine, RunnerConfig(topics.control_hz, max_obs_age=1.0, seed=seed * 100_000 + ep * 1000,
+                                                   assumed_latency_s=0.0, **settings))
         k = 0
         while True:
             t = k * dt_phys
@@ -76,5 +104,5 @@ def run_episodes(engine: Any, episodes: int, seed: int = 0, arm_cfg: ArmConfig =
             k += 1
             if arm.success() or arm.state.t >= arm_cfg.episode_seconds:
                 break
-        results.append(EpisodeResult(arm.success(), arm.state.t, arm.distance()))
+        results.append(EpisodeResult(arm.success(), arm.state.t, arm.distance(), runner.jumps))
     return results

@@ -1,0 +1,167 @@
+"""Chunk transitions (replace, blend, inpaint), the boundary-jump measure and inference_lead auto."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dp_runtime.control import ActionQueue, PolicyRunner, RunnerConfig
+from dp_runtime.control.continuity import BoundaryJumps
+from dp_runtime.errors import BundleError, ConfigError
+from test_control import FakeEngine, feed
+
+
+def test_blend_cross_fades_where_old_and_new_overlap():
+    q = ActionQueue(dt=0.1)
+    q.push(np.zeros((6, 1)), 1.0, 1.0)  # old chunk: 0.0 due 1.0 .. 1.5
+    q.push(np.ones((6, 1)), 1.2, 1.2, blend=3)  # new chunk: 1.0 due 1.2 .. 1.7
+    got = [float(a[0]) for _, a in q.remaining()]
+    # overlap at 1.2, 1.3, 1.4 (blended 1/4, 2/4, 3/4), 1.5 past the blend length, then only new actions
+    assert got == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+    q.push(np.full((3, 1), 5.0), 2.5, 2.5, blend=3)  # no overlap in due time: nothing to blend
+    assert [float(a[0]) for _, a in q.remaining()] == [5.0, 5.0, 5.0]
+
+
+def test_boundary_jump_ratio_on_hand_made_chunks():
+    j = BoundaryJumps()
+    for chunk, values in enumerate([[0.0, 0.1, 0.2, 0.3], [0.8, 0.9, 1.0, 1.1]]):
+        for v in values:
+            j.add(np.array([v, 2 * v]), chunk)
+    # inside: steps of 0.1 (dim 0) and 0.2 (dim 1); the switch jumps 0.5 and 1.0: five times each
+    assert j.switches == 1 and j.ratio() == pytest.approx(5.0)
+    j.break_sequence()  # after a stop the next action is no switch
+    j.add(np.array([9.0, 9.0]), 2)
+    assert j.switches == 1
+
+
+class LatencyEngine(FakeEngine):
+    def __init__(self, latencies):
+        super().__init__()
+        self.latencies = list(latencies)
+
+    def predict(self, history, seed=None, known=None, mask=None):
+        pred = super().predict(history, seed)
+        pred.latency_s = self.latencies.pop(0)
+        return pred
+
+
+def test_auto_lead_follows_the_measured_latency():
+    eng = LatencyEngine([0.05] * 10 + [0.25] * 10)
+    r = PolicyRunner(eng, RunnerConfig(control_rate_hz=10, inference_lead="auto"))
+    eng.warmup_latency_s = 0.12
+    assert r.inference_lead() == 3  # before any chunk: from the warm-up, ceil(0.12 / 0.1) + 1
+    for k in range(10):
+        feed(r, 1.0 + k, v=float(k))
+        r.infer(1.0 + k)
+    assert r.inference_lead() == 2  # p95 of 50 ms: ceil(0.5) + 1
+    for k in range(10, 20):
+        feed(r, 1.0 + k, v=float(k))
+        r.infer(1.0 + k)
+    assert r.inference_lead() == 3  # 250 ms -> 4 clamped to n_action_steps - 1 = 3
+    assert r.status(20.0).values()["inference_lead"] == "3"
+    fixed = PolicyRunner(FakeEngine(), RunnerConfig(inference_lead=2))
+    assert fixed.inference_lead() == 2
+
+
+class RecordingEngine(FakeEngine):
+    can_inpaint = True
+
+    def __init__(self):
+        super().__init__()
+        self.inpaint_calls = []
+
+    def predict(self, history, seed=None, known=None, mask=None):
+        self.inpaint_calls.append((known, mask))
+        return super().predict(history, seed)
+
+
+def test_inpaint_commits_the_actions_that_execute_before_the_new_chunk_arrives():
+    eng = RecordingEngine()
+    r = PolicyRunner(eng, RunnerConfig(control_rate_hz=10, inference_lead=3, chunk_transition="inpaint",
+                                       assumed_latency_s=0.0, execution_latency=0.2))
+    feed(r, 1.0, v=10.0)
+    r.infer(1.0)
+    assert eng.inpaint_calls[0] == (None, None)  # nothing queued yet: nothing to hold fixed
+    r.tick(1.0)  # arrives; 11, 12 (due 1.0, 1.1) are inside the execution latency: 13, 14 remain
+    feed(r, 1.1, v=20.0)
+    rec = r.infer(1.1)
+    known, mask = eng.inpaint_calls[1]
+    # The new chunk can act from 1.1 + 0.2 = 1.3: 13 (due 1.2) and 14 (due 1.3) will have executed.
+    # On its horizon (t_obs 1.1, executed from index 1) they sit at 1 + 1 and 1 + 2.
+    assert list(np.flatnonzero(mask)) == [2, 3]
+    assert known[2, 0] == pytest.approx(13.0) and known[3, 0] == pytest.approx(14.0)
+    assert rec.committed == 2
+
+
+def test_delivery_delay_keeps_the_old_chunk_running_until_the_new_one_arrives():
+    r = PolicyRunner(FakeEngine(), RunnerConfig(control_rate_hz=10, inference_lead=2, assumed_latency_s=0.0,
+                                                delivery_delay_s=0.2))
+    feed(r, 1.0, v=10.0)
+    r.infer(1.0)
+    assert r.tick(1.1) is None  # in flight until 1.2
+    assert r.tick(1.2)[0] == 13.0  # arrived at 1.2: 11 and 12 fell due before it
+    feed(r, 1.3, v=20.0)
+    assert r.needs_inference()
+    r.infer(1.3)  # arrives at 1.5; the old chunk runs on meanwhile
+    assert not r.needs_inference()  # one chunk in flight at a time
+    assert r.tick(1.3)[0] == 14.0
+    assert r.tick(1.5)[0] == 23.0
+
+
+def test_bad_transition_settings_are_refused_by_name():
+    with pytest.raises(ConfigError, match="chunk_transition must be one of .*'morph'"):
+        RunnerConfig(chunk_transition="morph")
+    with pytest.raises(ConfigError, match="blend_actions must be >= 0"):
+        RunnerConfig(chunk_transition="blend", blend_actions=-1)
+    with pytest.raises(ConfigError, match="inference_lead must be an integer >= 0 or 'auto'"):
+        RunnerConfig(inference_lead="soon")
+    with pytest.raises(ConfigError, match="re-export it with dp-export --inpaint"):
+        PolicyRunner(FakeEngine(), RunnerConfig(chunk_transition="inpaint"))
+
+
+# -- the exported inpainting graph ---------------------------------------------------------------------------
+
+def _obs(cfg, seed):
+    from dp_runtime.export.bundle import example_inputs
+    return example_inputs(cfg, 1, np.random.default_rng(seed))
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torchscript"])
+def test_inpaint_holds_the_committed_prefix_and_matches_the_torch_reference(tiny_bundle, tiny_ckpt, backend):
+    from dp_runtime.checkpoint import load_checkpoint
+    from dp_runtime.engine import load_bundle
+    engine = load_bundle(tiny_bundle, backend=backend)
+    policy = load_checkpoint(tiny_ckpt).policy
+    spec = engine.bundle.graph_set("onnx" if backend == "onnxruntime" else "torchscript")
+    assert spec.inpaint_step and spec.inpaint_max_abs_error <= 1e-4
+    rng = np.random.default_rng(4)
+    obs = {k: v[0] for k, v in _obs(policy, 1).items()}
+    noise = rng.standard_normal((8, 2)).astype(np.float32)
+    known = rng.uniform(-0.5, 0.5, (8, 2)).astype(np.float32)
+    mask = np.zeros(8, bool)
+    mask[:3] = True
+    got = engine.predict(obs, noise=noise, known=known, mask=mask).actions
+    assert np.abs(got[mask] - known[mask]).max() <= 1e-5  # the committed prefix is held fixed
+    ref = policy.sample({k: torch.from_numpy(v[None]) for k, v in obs.items()}, torch.from_numpy(noise[None]),
+                        known=torch.from_numpy(known[None]), mask=torch.from_numpy(mask[None])).numpy()[0]
+    scale = policy.normalizer.params["action"].scale.abs().numpy()
+    assert (np.abs(got - ref) * scale).max() <= 1e-4
+    # replace is untouched: the plain step graph gives what it always gave
+    plain = engine.predict(obs, noise=noise).actions
+    ref_plain = policy.sample({k: torch.from_numpy(v[None]) for k, v in obs.items()},
+                              torch.from_numpy(noise[None])).numpy()[0]
+    assert (np.abs(plain - ref_plain) * scale).max() <= 1e-4
+    assert np.abs(plain[mask] - known[mask]).max() > 1e-2  # and without inpainting the prefix is free
+
+
+def test_bundle_without_inpaint_graph_refuses_inpaint(tmp_path, tiny_ckpt):
+    from dp_runtime.engine import load_bundle
+    from dp_runtime.export import export_bundle
+    out = export_bundle(tiny_ckpt, tmp_path / "plain", formats=("onnx",), parity_samples=1)
+    engine = load_bundle(out)
+    assert not engine.can_inpaint
+    with pytest.raises(BundleError, match="re-export it with dp-export --inpaint"):
+        engine.predict({"camera": np.zeros((2, 24, 24, 3), np.uint8), "state": np.zeros((2, 2), np.float32)},
+                       known=np.zeros((8, 2)), mask=np.ones(8, bool))
+    with pytest.raises(ConfigError, match="--inpaint"):
+        PolicyRunner(engine, RunnerConfig(chunk_transition="inpaint"))
