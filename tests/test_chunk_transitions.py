@@ -165,3 +165,28 @@ def test_bundle_without_inpaint_graph_refuses_inpaint(tmp_path, tiny_ckpt):
                        known=np.zeros((8, 2)), mask=np.ones(8, bool))
     with pytest.raises(ConfigError, match="--inpaint"):
         PolicyRunner(engine, RunnerConfig(chunk_transition="inpaint"))
+
+
+def test_an_arrived_chunk_lets_the_next_inference_start_in_the_same_tick():
+    """On a simulated clock the loop asks needs_inference(now) before tick(now): a chunk due by now is
+    delivered first, so a saturated pipeline (delay = half a chunk) never runs the queue dry."""
+    r = PolicyRunner(FakeEngine(), RunnerConfig(control_rate_hz=10, inference_lead=2, assumed_latency_s=0.0,
+                                                delivery_delay_s=0.2))
+    feed(r, 1.0, v=10.0)
+    r.infer(1.0)
+    feed(r, 1.15, v=20.0)
+    assert r.needs_inference(1.2)  # the chunk arrived at 1.2 (13, 14 left <= lead 2): next one starts now
+    assert r.tick(1.2)[0] == 13.0
+
+
+def test_committed_actions_keep_their_order_when_the_grids_are_half_a_period_apart():
+    from collections import deque
+    eng = RecordingEngine()
+    r = PolicyRunner(eng, RunnerConfig(control_rate_hz=10, inference_lead=3, chunk_transition="inpaint",
+                                       assumed_latency_s=0.0, execution_latency=0.35))
+    r.queue.items = deque((1.1 + i * 0.1, np.array([float(i), 0.0])) for i in range(4))  # due 1.1 .. 1.4
+    feed(r, 1.05, v=20.0)
+    r.infer(1.05)  # arrives by 1.4: all four committed, 0.5, 1.5, 2.5 and 3.5 periods after t_obs
+    known, mask = eng.inpaint_calls[-1]
+    assert list(np.flatnonzero(mask)) == [2, 3, 4, 5]  # round-half-to-even would give 1, 3, 3, 5
+    assert list(known[2:6, 0]) == [0.0, 1.0, 2.0, 3.0]

@@ -237,11 +237,14 @@ class PolicyRunner:
         ahead = math.ceil((self.expected_latency() + self.cfg.execution_latency) / self.dt - 1e-9) + 1
         return int(min(max(ahead, 1), self.spec.n_action_steps - 1))
 
-    def needs_inference(self) -> bool:
+    def needs_inference(self, now: float | None = None) -> bool:
         """Running, queue at or below the lead, no chunk in flight, and an observation newer than the last
-        chunk's."""
+        chunk's. With ``now`` (simulated clocks), a chunk whose arrival time has come is delivered first, so
+        the next inference can start in the same tick."""
         lead = self.inference_lead()
         with self.lock:
+            if now is not None:
+                self._deliver(now)
             if not self.running or self._pending is not None or len(self.queue) > lead:
                 return False
             newest = self.buffer.newest_stamp()
@@ -337,7 +340,9 @@ class PolicyRunner:
         for due, action in self.queue.items:
             if due > arrive + 1e-9:
                 break
-            k = start + int(round((due - t_obs) / self.dt))
+            # Half up, never Python's half-to-even: the old chunk's grid is offset from the new one by the camera
+            # phase, and at half a period round() would put two committed actions on one slot and skip the next.
+            k = start + math.floor((due - t_obs) / self.dt + 0.5)
             if 0 <= k < h:
                 known[k], mask[k] = action, True
         return (known, mask) if mask.any() else (None, None)

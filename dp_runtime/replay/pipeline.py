@@ -146,7 +146,7 @@ def replay_offline(bag_path: str | Path | Bag, setup: ReplaySetup, seed: int = 0
 
 
 def _tick(runner: PolicyRunner, result: ReplayResult, now: float) -> None:
-    if runner.needs_inference():
+    if runner.needs_inference(now):
         runner.infer(now)
     result.commands.append((now, runner.tick(now)))
 

@@ -95,7 +95,7 @@ def run_episodes(engine: Any, episodes: int, seed: int = 0, arm_cfg: ArmConfig =
             if k % every["joints"] == 0:
                 runner.add(state_key, t, arm.state.q.astype(np.float32))
             if k % every["control"] == 0:
-                if runner.needs_inference():
+                if runner.needs_inference(t):
                     runner.infer(t)
                 cmd = runner.tick(t)
                 if cmd is not None:
