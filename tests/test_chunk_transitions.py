@@ -29,6 +29,11 @@ def test_boundary_jump_ratio_on_hand_made_chunks():
             j.add(np.array([v, 2 * v]), chunk)
     # inside: steps of 0.1 (dim 0) and 0.2 (dim 1); the switch jumps 0.5 and 1.0: five times each
     assert j.switches == 1 and j.ratio() == pytest.approx(5.0)
+    other = BoundaryJumps()  # a second episode that only moves inside its chunk
+    for v in (0.0, 0.1, 0.2):
+        other.add(np.array([v, 2 * v]), 0)
+    pooled = BoundaryJumps.pooled([j, other, BoundaryJumps()])
+    assert pooled.switches == 1 and pooled.steps_inside == 8 and pooled.ratio() == pytest.approx(5.0)
     j.break_sequence()  # after a stop the next action is no switch
     j.add(np.array([9.0, 9.0]), 2)
     assert j.switches == 1

@@ -33,6 +33,21 @@ class BoundaryJumps:
                 self.switches += 1
         self._last = (action, chunk)
 
+    @classmethod
+    def pooled(cls, parts: "list[BoundaryJumps]") -> "BoundaryJumps":
+        """Switches and inside steps of several runs (episodes) together, for one ratio over all."""
+        out = cls()
+        for j in parts:
+            if j.boundary_sum is None:
+                continue
+            if out.boundary_sum is None:
+                out.boundary_sum, out.inside_sum = np.zeros_like(j.boundary_sum), np.zeros_like(j.inside_sum)
+            out.boundary_sum += j.boundary_sum
+            out.inside_sum += j.inside_sum
+            out.switches += j.switches
+            out.steps_inside += j.steps_inside
+        return out
+
     def break_sequence(self) -> None:
         """Execution stopped (stale inputs, stop, reset): the next action starts afresh, not a switch."""
         self._last = None

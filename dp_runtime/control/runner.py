@@ -150,6 +150,7 @@ class PolicyRunner:
         self._last_reject = ""  # the newest input problem, named again when inputs go stale
         self._pending_t_obs: float | None = None  # a new chunk's observation stamp until its first command
         self._latencies: deque[float] = deque(maxlen=200)
+        self._latency_p95: float | None = None  # of _latencies, updated per chunk (read every tick by auto lead)
         self._obs_to_command: deque[float] = deque(maxlen=200)
         self._command_times: deque[float] = deque(maxlen=500)
         self._pending: tuple[np.ndarray, float, float, int] | None = None  # (actions, t_obs, arrival, generation)
@@ -173,21 +174,23 @@ class PolicyRunner:
     def stop(self) -> None:
         with self.lock:
             self.running = False
-            self.queue.clear()
-            self._pending = None
-            self.jumps.break_sequence()
+            self._drop_queue()
 
     def reset(self) -> None:
         with self.lock:
             self.buffer.reset()
-            self.queue.clear()
+            self._drop_queue()
             self.last_command = None
             self.last_t_obs = None
             self._pending_t_obs = None
-            self._pending = None
             self._stale = None
-            self.jumps.break_sequence()
             self.generation += 1
+
+    def _drop_queue(self) -> None:
+        """Execution stops (under the lock): nothing queued or in flight, and the next action is no switch."""
+        self.queue.clear()
+        self._pending = None
+        self.jumps.break_sequence()
 
     # -- inputs ----------------------------------------------------------------------
     def reject(self, key: str, error: Exception, what: str | None = None) -> None:
@@ -224,8 +227,8 @@ class PolicyRunner:
         recent chunks (the warm-up's before the first), plus any evaluation delay."""
         if self.cfg.assumed_latency_s is not None:
             lat = self.cfg.assumed_latency_s
-        elif self._latencies:
-            lat = float(np.percentile(np.asarray(self._latencies), 95))
+        elif self._latency_p95 is not None:
+            lat = self._latency_p95
         else:
             lat = float(getattr(self.engine, "warmup_latency_s", 0.0) or 0.0)
         return lat + self.cfg.delivery_delay_s
@@ -293,26 +296,23 @@ class PolicyRunner:
             took = self.cfg.assumed_latency_s if self.cfg.assumed_latency_s is not None else finished - started
             self.stats.chunks += 1
             self._latencies.append(pred.latency_s)
+            self._latency_p95 = float(np.percentile(np.asarray(self._latencies), 95))
+            dropped = 0
             if self.cfg.assumed_latency_s is not None or self.cfg.delivery_delay_s:
                 # On a simulated clock the chunk is in flight until it arrives; the queue runs on meanwhile.
                 self._pending = (executed, obs.stamp, now + took + self.cfg.delivery_delay_s, generation)
-                rec = ChunkRecord(obs.stamp, started, finished, pred.latency_s, executed, 0,
-                                  obs if self.keep_observations else None,
-                                  committed=0 if mask is None else int(mask.sum()))
-                self.chunks.append(rec)
-                return rec
-            dropped = self._push(executed, obs.stamp, now + took)
-            if self.cfg.per_chunk:
-                remaining = self.queue.remaining()
-                previous = self.last_command
-                trajectory = np.stack([self.limits.apply(a, None) for _, a in remaining])
-                self._issued(obs.stamp, now)
             else:
-                self._pending_t_obs = obs.stamp
-        rec = ChunkRecord(obs.stamp, started, finished, pred.latency_s, executed, dropped,
-                          obs if self.keep_observations else None, trajectory, previous,
-                          0 if mask is None else int(mask.sum()))
-        self.chunks.append(rec)
+                dropped = self._push(executed, obs.stamp, now + took)
+                if self.cfg.per_chunk:
+                    previous = self.last_command
+                    trajectory = np.stack([self.limits.apply(a, None) for _, a in self.queue.remaining()])
+                    self._issued(obs.stamp, now)
+                else:
+                    self._pending_t_obs = obs.stamp
+            rec = ChunkRecord(obs.stamp, started, finished, pred.latency_s, executed, dropped,
+                              obs if self.keep_observations else None, trajectory, previous,
+                              0 if mask is None else int(mask.sum()))
+            self.chunks.append(rec)  # under the lock: _deliver updates the newest record
         return rec
 
     def _push(self, executed: np.ndarray, t_obs: float, arrival: float) -> int:
@@ -359,9 +359,7 @@ class PolicyRunner:
         stale = self.inputs_stale(now)
         if stale:
             with self.lock:
-                self.queue.clear()
-                self._pending = None
-                self.jumps.break_sequence()
+                self._drop_queue()
             if self._stale is False:
                 self._stale = True
                 desc = self.buffer.describe(stale)

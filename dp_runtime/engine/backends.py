@@ -153,15 +153,7 @@ class TorchScriptBackend:
         batch 1 the loop is bound by kernel launches, not by the GPU.
         """
         th = self.torch
-        if known is not None:
-            with th.inference_mode():
-                dev = [th.from_numpy(a).to(self.device) for a in (known, mask, noise)]
-                cond = self.enc(*[th.from_numpy(o).to(self.device) for o in obs])
-                x, actions = dev[2], None
-                for t, prev in self.device_schedule(schedule):
-                    x, actions = self.inp(x, t, prev, cond, *dev)
-                return actions.cpu().numpy()
-        if self.device.type == "cuda" and self.cuda_graphs:
+        if self.device.type == "cuda" and self.cuda_graphs and known is None:
             key = (tuple((o.shape, o.dtype.str) for o in obs), noise.shape, id(schedule))
             graph = self._graphs.get(key)
             if graph is None:
@@ -175,14 +167,18 @@ class TorchScriptBackend:
                     g.replay()
                     return static_out.cpu().numpy()
         with th.inference_mode():
-            return self._loop([th.from_numpy(o).to(self.device) for o in obs], th.from_numpy(noise).to(self.device),
-                              schedule).cpu().numpy()
+            x = th.from_numpy(noise).to(self.device)
+            inpaint = () if known is None else (th.from_numpy(known).to(self.device),
+                                                 th.from_numpy(mask).to(self.device), x)
+            return self._loop([th.from_numpy(o).to(self.device) for o in obs], x, schedule, *inpaint).cpu().numpy()
 
-    def _loop(self, obs, x, schedule):
+    def _loop(self, obs, x, schedule, *inpaint):
+        """The denoising loop on device tensors; ``inpaint`` (known, mask, noise) selects the inpainting step."""
         cond = self.enc(*obs)
+        step = self.inp if inpaint else self.stp
         actions = None
         for t, prev in self.device_schedule(schedule):
-            x, actions = self.stp(x, t, prev, cond)
+            x, actions = step(x, t, prev, cond, *inpaint)
         return actions
 
     def _capture(self, obs, noise, schedule):

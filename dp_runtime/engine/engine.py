@@ -54,7 +54,6 @@ class PolicyEngine:
             ts, prev = ddim_schedule(ddim.config, num_inference_steps)
         else:
             ts, prev = ddim.timesteps, ddim.prev_timesteps
-        self.num_inference_steps = len(ts)
         self.warmup_latency_s = 0.0  # the last warm-up's latency: inference_lead auto's first estimate
         self.schedule = [(np.array([t], np.int64), np.array([p], np.int64)) for t, p in zip(ts, prev)]
         self._rng = np.random.default_rng()

@@ -106,53 +106,40 @@ def open_backend(fmt: str, files: dict[str, Path]):
 
 
 def parity(policy: DiffusionPolicy, engines: dict[str, PolicyEngine], samples: int, seed: int,
-           progress: Callable[[str], None], steps: int) -> tuple[dict[str, float], dict[str, float]]:
+           progress: Callable[[str], None], steps: int,
+           inpaint: bool = False) -> tuple[dict[str, float], dict[str, float]]:
     """Max abs error of each engine vs the torch policy stepping diffusers' DDIMScheduler.
 
     Returns (errors in normalized action units, errors in raw action units). The tolerance applies
     to the normalized ones: raw units can be pixels (PushT: 0..512) or radians, so only the
-    normalized [-1, 1] scale makes one tolerance mean the same for every policy.
+    normalized [-1, 1] scale makes one tolerance mean the same for every policy. ``inpaint``: the
+    inpainting graphs, each sample with a committed prefix of random length (actions the policy
+    itself would take) held fixed.
     """
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed + 1 if inpaint else seed)
     scale = policy.normalizer.params["action"].scale.abs().numpy()
+    cfg = policy.cfg
     errors = {name: 0.0 for name in engines}
     raw = {name: 0.0 for name in engines}
     for i in range(samples):
         obs = example_inputs(policy, 1, rng)
-        noise = rng.standard_normal((1, policy.cfg.horizon, policy.cfg.action_dim)).astype(np.float32)
-        ref = policy.sample({k: torch.from_numpy(v) for k, v in obs.items()}, torch.from_numpy(noise),
-                            num_inference_steps=steps).numpy()
+        tobs = {k: torch.from_numpy(v) for k, v in obs.items()}
+        noise = rng.standard_normal((1, cfg.horizon, cfg.action_dim)).astype(np.float32)
+        held = {}
+        if inpaint:
+            known = policy.sample(tobs, torch.from_numpy(rng.standard_normal(noise.shape).astype(np.float32)),
+                                  num_inference_steps=steps)
+            mask = np.zeros((1, cfg.horizon), bool)
+            mask[:, :int(rng.integers(1, cfg.horizon))] = True
+            held = {"known": known, "mask": torch.from_numpy(mask)}
+        ref = policy.sample(tobs, torch.from_numpy(noise), num_inference_steps=steps, **held).numpy()
         for name, engine in engines.items():
-            diff = np.abs(engine.predict(obs, noise=noise).actions - ref)
+            diff = np.abs(engine.predict(obs, noise=noise, **{k: v.numpy() for k, v in held.items()}).actions - ref)
             errors[name] = max(errors[name], float((diff * scale).max()))
             raw[name] = max(raw[name], float(diff.max()))
-        progress(f"parity {i + 1}/{samples}: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
+        progress(f"{'inpaint ' if inpaint else ''}parity {i + 1}/{samples}: "
+                 + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
     return errors, raw
-
-
-def inpaint_parity(policy: DiffusionPolicy, engines: dict[str, PolicyEngine], samples: int, seed: int,
-                   progress: Callable[[str], None], steps: int) -> dict[str, float]:
-    """Max abs error (normalized action units) of each engine's inpainting vs the torch reference, with a
-    committed prefix of random length held fixed."""
-    rng = np.random.default_rng(seed + 1)
-    scale = policy.normalizer.params["action"].scale.abs().numpy()
-    cfg = policy.cfg
-    errors = {name: 0.0 for name in engines}
-    for i in range(samples):
-        obs = example_inputs(policy, 1, rng)
-        noise = rng.standard_normal((1, cfg.horizon, cfg.action_dim)).astype(np.float32)
-        known = policy.sample({k: torch.from_numpy(v) for k, v in obs.items()},
-                              torch.from_numpy(rng.standard_normal(noise.shape).astype(np.float32)),
-                              num_inference_steps=steps)
-        mask = np.zeros((1, cfg.horizon), bool)
-        mask[:, :int(rng.integers(1, cfg.horizon))] = True
-        ref = policy.sample({k: torch.from_numpy(v) for k, v in obs.items()}, torch.from_numpy(noise),
-                            num_inference_steps=steps, known=known, mask=torch.from_numpy(mask)).numpy()
-        for name, engine in engines.items():
-            got = engine.predict(obs, noise=noise, known=known.numpy(), mask=mask).actions
-            errors[name] = max(errors[name], float((np.abs(got - ref) * scale).max()))
-        progress(f"inpaint parity {i + 1}/{samples}: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
-    return errors
 
 
 def library_versions() -> dict[str, str]:
@@ -213,7 +200,7 @@ def export_bundle(checkpoint: str | Path | Checkpoint, out: str | Path, steps: i
             engines[fmt] = PolicyEngine(io, ddim, open_backend(fmt, {g.role: tmp / file_name(fmt, g.role)
                                                                      for g in traced}))
         errors, raw_errors = parity(policy, engines, parity_samples, seed, say, steps)
-        inpaint_errors = inpaint_parity(policy, engines, parity_samples, seed, say, steps) if inpaint else {}
+        inpaint_errors = parity(policy, engines, parity_samples, seed, say, steps, inpaint=True)[0] if inpaint else {}
         bad = {k: v for k, v in {**errors, **{f"{k} inpaint": v for k, v in inpaint_errors.items()}}.items()
                if not v <= tolerance}
         if bad:

@@ -95,9 +95,7 @@ class Bag:
     def _open(self):
         files = storage_files(self.path)
         if self.path.is_file():
-            if self.path.suffix == ".mcap" and not mcap_complete(self.path):
-                return self._salvage(self.path, "its end is missing")
-            return self._reader(self.path)
+            return self._open_file(self.path)
         if not (self.path / "metadata.yaml").is_file():
             if len(files) == 1:
                 log.warning("bag %s has no metadata.yaml; reading %s directly", self.path, files[0].name)

@@ -189,16 +189,13 @@ class PolicyWiring:
         self.diag_pub.publish(arr)
 
     def shutdown(self) -> None:
-        """Stop the threads (idempotent); a second Ctrl-C while waiting does not interrupt the exit."""
+        """Stop the threads (idempotent). Signals only set a flag (see run), so nothing interrupts the joins."""
         if not getattr(self, "alive", False):
             return
         self.alive = False
         self.wake.set()
-        for thread, timeout in ((self.worker, 5.0), (self.control, 2.0)):
-            try:
-                thread.join(timeout=timeout)
-            except KeyboardInterrupt:  # the threads are daemons: go on exiting
-                pass
+        self.worker.join(timeout=5.0)
+        self.control.join(timeout=2.0)
 
     def hold_on_stop(self) -> None:
         """On deactivate with on_stale hold_position: one last command holding the measured joints."""

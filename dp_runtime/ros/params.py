@@ -148,7 +148,8 @@ def declare_any(node: Any, name: str, default: Any) -> Any:
 
 def declare(node: Any) -> NodeParams:
     """Declare every NodeParams field on ``node`` with its default, read the values back and validate."""
-    values = {f.name: coerce(f.name, declare_any(node, f.name, getattr(NodeParams(), f.name)), KINDS[f.name])
+    defaults = NodeParams()
+    values = {f.name: coerce(f.name, declare_any(node, f.name, getattr(defaults, f.name)), KINDS[f.name])
               for f in fields(NodeParams)}
     p = NodeParams(**values)
     p.validate()

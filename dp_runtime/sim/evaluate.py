@@ -55,17 +55,7 @@ class EpisodeResult:
 
 def boundary_jump_ratio(results: list[EpisodeResult]) -> tuple[float | None, int]:
     """(ratio, switches) over all episodes: boundary and inside steps pooled, then the ratio per dim."""
-    pooled = BoundaryJumps()
-    for r in results:
-        j = r.jumps
-        if j is None or j.boundary_sum is None:
-            continue
-        if pooled.boundary_sum is None:
-            pooled.boundary_sum, pooled.inside_sum = np.zeros_like(j.boundary_sum), np.zeros_like(j.inside_sum)
-        pooled.boundary_sum += j.boundary_sum
-        pooled.inside_sum += j.inside_sum
-        pooled.switches += j.switches
-        pooled.steps_inside += j.steps_inside
+    pooled = BoundaryJumps.pooled([r.jumps for r in results if r.jumps is not None])
     return pooled.ratio(), pooled.switches
 
 
