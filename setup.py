@@ -17,7 +17,7 @@ setup(
     # ROS 2 packages (rclpy, messages) come from the ROS install or the PyPI
     # wheels in requirements.txt; torch is pinned by the install path, not here.
     install_requires=[
-        "setuptools", "numpy", "torch>=2.1", "diffusers>=0.30", "safetensors>=0.4", "onnx>=1.16",
+        "setuptools", "numpy", "torch>=2.1", "diffusers>=0.30", "safetensors>=0.4", "onnx>=1.16", "onnx-ir>=0.1",
         "rosbags>=0.10", "mcap>=1.1", "pyyaml", "matplotlib", "tqdm", "pillow",
     ],
     zip_safe=True,

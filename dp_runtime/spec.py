@@ -9,14 +9,24 @@ contract without being exported.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import BundleError
 
 FORMAT = "dp_runtime.bundle"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: precision variants with measured error and latency, graphs_sha256
 MANIFEST = "manifest.json"
+
+
+def graphs_digest(graphs: list[dict[str, Any]]) -> str:
+    """sha256 of the graphs entries (files, precisions, recorded errors) as canonical JSON.
+
+    The graph files carry their own sha256; this covers the figures the runtime trusts when it picks a
+    variant, so an edited recorded error is refused like an edited graph file."""
+    return hashlib.sha256(json.dumps(graphs, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _need(d: dict, key: str, where: str) -> Any:
@@ -138,6 +148,12 @@ class GraphSet:
     max_abs_error_raw: float = 0.0  # the same in raw action units
     inpaint_step: str = ""  # the step graph holding committed actions fixed ("": exported without it)
     inpaint_max_abs_error: float = 0.0  # its parity vs the torch reference, normalized action units
+    p99_abs_error: float = 0.0  # 99th percentile over the samples of the per-chunk max error (normalized)
+    samples: int = 0  # observation/noise pairs the errors were measured on
+    tolerance: float = 0.0  # the bound max_abs_error was checked against at export
+    forced: bool = False  # exported above tolerance on request (dp-export --force-precision)
+    latency_ms: float = 0.0  # median per chunk, measured at export
+    latency_device: str = ""  # where latency_ms was measured (provider, machine)
 
     @property
     def name(self) -> str:
@@ -198,6 +214,7 @@ class BundleSpec:
                      "num_inference_steps": self.ddim.num_inference_steps, "timesteps": list(self.ddim.timesteps),
                      "prev_timesteps": list(self.ddim.prev_timesteps), "eta": self.ddim.eta},
             "graphs": [asdict(g) for g in self.graphs],
+            "graphs_sha256": graphs_digest([asdict(g) for g in self.graphs]),
             "files": {n: asdict(f) for n, f in self.files.items()},
             "norm_inventory": [asdict(n) for n in self.norm_inventory],
             "parity": self.parity, "source": self.source, "ema": self.ema, "normalizer": self.normalizer,
@@ -226,7 +243,11 @@ class BundleSpec:
                                  tuple(int(t) for t in _need(s, "timesteps", "ddim")),
                                  tuple(int(t) for t in _need(s, "prev_timesteps", "ddim")),
                                  s.get("scheduler_class", "DDIMScheduler"), float(s.get("eta", 0.0)))
-            graphs = [GraphSet(**g) for g in _need(d, "graphs", "the manifest")]
+            listed = _need(d, "graphs", "the manifest")
+            if d.get("graphs_sha256") != graphs_digest(listed):
+                raise BundleError(f"{MANIFEST}: the graphs entries do not match graphs_sha256 (their files, "
+                                  "precisions or recorded errors were altered after export); re-export the bundle")
+            graphs = [GraphSet(**g) for g in listed]
             files = {n: FileEntry(**f) for n, f in _need(d, "files", "the manifest").items()}
             norms = [NormLayer(**n) for n in _need(d, "norm_inventory", "the manifest")]
             return cls(policy, ddim, graphs, files, norms, dict(_need(d, "parity", "the manifest")),

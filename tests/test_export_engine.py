@@ -25,7 +25,7 @@ def obs1(cfg, seed=0):
 
 def test_manifest_records_the_contract(tiny_bundle, tiny_ckpt):
     m = json.loads((tiny_bundle / "manifest.json").read_text())
-    assert m["format_version"] == 2
+    assert m["format_version"] == 3
     assert m["obs_interval_s"] == 0.1 and m["action"]["execute_start"] == 1 and m["action"]["execute_end"] == 5
     assert m["source"]["weights"] == "ema" and len(m["source"]["sha256"]) == 64
     assert m["ema"]["power"] == 0.75

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -60,8 +61,27 @@ def ort_provider_chain(device: str) -> list[str]:
     return [p for p in wanted if p in available] + ["CPUExecutionProvider"]
 
 
+def resolve_device(backend: str, device: str) -> str:
+    """'cpu' or 'cuda': where ``device`` (auto | cpu | cuda | tensorrt) will run ``backend``."""
+    if device in ("cuda", "tensorrt", "cpu"):
+        return "cpu" if device == "cpu" else "cuda"
+    if device != "auto":
+        raise BundleError(f"device must be auto, cpu, cuda or tensorrt, got {device!r}")
+    if backend == "onnxruntime":
+        return "cpu" if ort_provider_chain("auto")[0] == "CPUExecutionProvider" else "cuda"
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def default_threads() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
+
+
+@dataclass(frozen=True)
+class BoundDevice:
+    """Where an ORT session's I/O-bound tensors live (TensorRT shares CUDA device memory)."""
+    type: str  # "cpu" | "cuda"
+    id: int
 
 
 class OrtBackend:
@@ -94,17 +114,56 @@ class OrtBackend:
         if device == "auto" and self.provider == "CPUExecutionProvider" and len(chain) > 1:
             log.warning("CUDA provider listed but not usable; running on CPUExecutionProvider")
         self.enc_inputs = [i.name for i in self.enc.get_inputs()]
+        self.ort = ort
+        self.device = BoundDevice("cpu" if self.provider == "CPUExecutionProvider" else "cuda", 0)
+        self._schedule_key, self._schedule = None, []
 
     def denoise(self, obs: Sequence[np.ndarray], noise: np.ndarray, schedule: Schedule,
                 known: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
-        cond = self.enc.run(None, dict(zip(self.enc_inputs, obs)))[0]
-        x, actions = noise, None
-        session, extra = self.stp, {}
+        """Encoder once, step graph per timestep, all through I/O binding.
+
+        The loop's tensors (cond, the sample, the committed actions) live on the session's device and
+        the step writes its output into the other of two preallocated buffers: on CUDA nothing crosses
+        to the host between steps; only the observations go in and the final actions come out."""
+        dev = self.device
+        enc = self.enc.io_binding()
+        for name, o in zip(self.enc_inputs, obs):
+            enc.bind_cpu_input(name, o)
+        enc.bind_output(self.enc.get_outputs()[0].name, dev.type, dev.id)
+        self.enc.run_with_iobinding(enc)
+        cond = enc.get_outputs()[0]
+        session, bound = self.stp, {"cond": cond}
         if known is not None:
-            session, extra = self.inp, {"known": known, "mask": mask, "noise": noise}
-        for t, prev in schedule:
-            x, actions = session.run(None, {"sample": x, "timestep": t, "prev_timestep": prev, "cond": cond, **extra})
-        return actions
+            session = self.inp
+            bound.update(known=self.on_device(known), mask=self.on_device(mask), noise=self.on_device(noise))
+        step = session.io_binding()
+        for name, value in bound.items():
+            step.bind_ortvalue_input(name, value)
+        x, y = self.on_device(noise), self.empty_like(noise)
+        actions = self.empty_like(noise)
+        step.bind_ortvalue_output("action", actions)
+        for t, prev in self.device_schedule(schedule):
+            step.bind_ortvalue_input("timestep", t)
+            step.bind_ortvalue_input("prev_timestep", prev)
+            step.bind_ortvalue_input("sample", x)
+            step.bind_ortvalue_output("prev_sample", y)
+            session.run_with_iobinding(step)
+            x, y = y, x
+        return actions.numpy()
+
+    def on_device(self, a: np.ndarray):
+        """A copy on the device (on the CPU ORT would wrap, not copy, the array: the loop writes into it)."""
+        return self.ort.OrtValue.ortvalue_from_numpy(np.array(a, order="C"), self.device.type, self.device.id)
+
+    def empty_like(self, a: np.ndarray):
+        return self.ort.OrtValue.ortvalue_from_shape_and_type(a.shape, a.dtype, self.device.type, self.device.id)
+
+    def device_schedule(self, schedule: Schedule) -> list:
+        """The (timestep, prev_timestep) pairs as device values, uploaded once per schedule."""
+        if self._schedule_key is not schedule:
+            self._schedule = [(self.on_device(t), self.on_device(p)) for t, p in schedule]
+            self._schedule_key = schedule
+        return self._schedule
 
 
 class TorchScriptBackend:

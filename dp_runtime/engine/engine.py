@@ -16,10 +16,12 @@ import numpy as np
 
 from ..errors import BundleError, ConfigError, ShapeError
 from ..obs_spec import validate_obs
-from ..spec import BundleSpec, PolicySpec, SchedulerSpec
-from .backends import Backend, OrtBackend, TorchScriptBackend
+from ..precision import check_runs_on
+from ..spec import BundleSpec, GraphSet, PolicySpec, SchedulerSpec
+from .backends import Backend, OrtBackend, TorchScriptBackend, resolve_device
 from .manifest import read_manifest, scan_onnx, verify_hashes, verify_norm_inventory
 from .schedule import ddim_schedule
+from .variants import choose_graphs
 
 BACKEND_FORMATS = {"onnxruntime": "onnx", "torchscript": "torchscript"}
 
@@ -35,9 +37,10 @@ class Prediction:
 
 class PolicyEngine:
     def __init__(self, spec: PolicySpec, ddim: SchedulerSpec, backend: Backend, num_inference_steps: int | None = None,
-                 bundle: BundleSpec | None = None):
+                 bundle: BundleSpec | None = None, graphs: GraphSet | None = None):
         self.spec = spec
         self.bundle = bundle  # the whole manifest when loaded from a bundle directory
+        self.graphs = graphs  # the variant running (precision, recorded error), when loaded from a bundle
         self.backend = backend
         self.image_shapes = spec.image_shapes
         self.low_dim_sizes = spec.low_dim_sizes
@@ -61,6 +64,19 @@ class PolicyEngine:
     @property
     def provider(self) -> str:
         return self.backend.provider
+
+    @property
+    def precision(self) -> str:
+        return self.graphs.precision if self.graphs else "fp32"
+
+    @property
+    def recorded_error(self) -> str:
+        """The running variant's action error measured at export, for logs and diagnostics."""
+        g = self.graphs
+        if g is None:
+            return "not measured"
+        return (f"max {g.max_abs_error:.2e} p99 {g.p99_abs_error:.2e} normalized over {g.samples} samples"
+                f"{', forced above tolerance' if g.forced else ''}")
 
     def make_noise(self, batch: int, seed: int | None) -> np.ndarray:
         rng = np.random.default_rng(seed) if seed is not None else self._rng
@@ -132,8 +148,12 @@ class PolicyEngine:
 
 def load_bundle(path: str | Path, backend: str = "auto", device: str = "auto",
                 num_inference_steps: int | None = None, threads: int | None = None,
-                warm_up: bool = True) -> PolicyEngine:
-    """Verify a bundle (hashes, norm inventory, graph scans) and open it on a backend."""
+                warm_up: bool = True, precision: str = "auto", max_action_error: float | None = None,
+                need_inpaint: bool = False) -> PolicyEngine:
+    """Verify a bundle (hashes, norm inventory, graph scans) and open one variant of it on a backend.
+
+    ``precision``: fp32 | int8 | fp16 | bf16, or auto (the fastest variant within its recorded error
+    bound that runs natively on the device); ``max_action_error`` replaces the recorded bounds."""
     path = Path(path)
     spec = read_manifest(path)
     verify_norm_inventory(spec)
@@ -142,9 +162,12 @@ def load_bundle(path: str | Path, backend: str = "auto", device: str = "auto",
     if backend not in BACKEND_FORMATS:
         raise BundleError(f"backend must be auto, onnxruntime or torchscript, got {backend!r}")
     fmt = BACKEND_FORMATS[backend]
-    graphs = spec.graph_set(fmt)
-    if graphs is None:
+    if fmt not in spec.formats:
         raise BundleError(f"{path}: bundle has no {fmt} graphs (has {spec.formats})")
+    try:
+        graphs = choose_graphs(spec, fmt, precision, resolve_device(backend, device), max_action_error, need_inpaint)
+    except BundleError as e:
+        raise BundleError(f"{path}: {e}") from e
     verify_hashes(path, spec)
     enc, step = path / graphs.encoder, path / graphs.step
     inpaint = path / graphs.inpaint_step if graphs.inpaint_step else None
@@ -155,8 +178,11 @@ def load_bundle(path: str | Path, backend: str = "auto", device: str = "auto",
         impl: Backend = OrtBackend(enc, step, device, threads, inpaint_step=inpaint)
     else:
         impl = TorchScriptBackend(enc, step, device, threads, inpaint_step=inpaint)
-    engine = PolicyEngine(spec.policy, spec.ddim, impl, num_inference_steps, bundle=spec)
+    ran_on = "cpu" if impl.provider in ("CPUExecutionProvider", "torch:cpu") else "cuda"
+    check_runs_on(graphs.precision, ran_on)  # device=auto may have fallen back to the CPU
+    engine = PolicyEngine(spec.policy, spec.ddim, impl, num_inference_steps, bundle=spec, graphs=graphs)
     if warm_up:
         engine.warm_up()
-    log.info("loaded bundle %s: backend=%s provider=%s", path, backend, engine.provider)
+    log.info("loaded bundle %s: backend=%s provider=%s precision=%s (recorded max action error %.2e)",
+             path, backend, engine.provider, graphs.precision, graphs.max_abs_error)
     return engine

@@ -28,19 +28,25 @@ from ..engine.schedule import ddim_config, ddim_schedule
 from ..errors import ConfigError, ParityError
 from ..model import DiffusionPolicy
 from ..model.norms import assert_no_running_stats, norm_inventory
+from ..precision import DEFAULT_TOLERANCE, PRECISIONS, parse_precisions, supported_on
 from ..spec import MANIFEST, BundleSpec, FileEntry, GraphSet, NormLayer, SchedulerSpec
+from .calibration import calibration_observations
 from .graphs import DenoiseStepGraph, EncoderGraph, InpaintStepGraph
+from .precision import quantize_int8, unet_for
 
 log = logging.getLogger(__name__)
-PARITY_TOL = 1e-4
+PARITY_TOL = 1e-4  # fp32 graphs vs the torch policy; reduced precisions use their own (precision.py)
+PRECISION_SAMPLES = 16  # random observations a reduced-precision variant is measured on (at least)
 FORMATS = ("onnx", "torchscript")
 FILE_STEMS = {"encoder": "encoder", "step": "denoise_step", "inpaint_step": "denoise_step_inpaint"}
 EXTENSIONS = {"onnx": ".onnx", "torchscript": ".pt"}
 STEP_INPUTS = ["sample", "timestep", "prev_timestep", "cond"]
 
 
-def file_name(fmt: str, role: str) -> str:
-    return FILE_STEMS[role] + EXTENSIONS[fmt]
+def file_name(fmt: str, role: str, precision: str = "fp32") -> str:
+    """Reduced-precision variants add only a step graph; they share the fp32 encoder."""
+    tag = "" if precision == "fp32" or role == "encoder" else f".{precision}"
+    return FILE_STEMS[role] + tag + EXTENSIONS[fmt]
 
 
 def example_inputs(policy: DiffusionPolicy, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -86,6 +92,12 @@ def graphs_to_export(policy: DiffusionPolicy, steps: int, inpaint: bool) -> list
     return out
 
 
+def variant_step(step: Traced, policy: DiffusionPolicy, steps: int, precision: str) -> Traced:
+    """The step graph of a reduced-precision variant: same inputs, the UNet in ``precision``."""
+    module = DenoiseStepGraph(policy, policy.ddim_scheduler(steps), unet_for(policy.model, precision)).eval()
+    return Traced("step", module, step.args, step.inputs, step.outputs)
+
+
 def export_graph(g: Traced, fmt: str, path: Path, opset: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -105,24 +117,42 @@ def open_backend(fmt: str, files: dict[str, Path]):
     return cls(files["encoder"], files["step"], device="cpu", inpaint_step=files.get("inpaint_step"))
 
 
-def parity(policy: DiffusionPolicy, engines: dict[str, PolicyEngine], samples: int, seed: int,
-           progress: Callable[[str], None], steps: int,
-           inpaint: bool = False) -> tuple[dict[str, float], dict[str, float]]:
-    """Max abs error of each engine vs the torch policy stepping diffusers' DDIMScheduler.
+@dataclass
+class Measured:
+    """One engine's action error against the torch policy over the check samples."""
+    errors: list[float]  # per sample, max over the chunk, normalized action units
+    raw_max: float  # the same in raw action units, max over samples
 
-    Returns (errors in normalized action units, errors in raw action units). The tolerance applies
-    to the normalized ones: raw units can be pixels (PushT: 0..512) or radians, so only the
-    normalized [-1, 1] scale makes one tolerance mean the same for every policy. ``inpaint``: the
+    @property
+    def max(self) -> float:
+        return max(self.errors, default=0.0)
+
+    @property
+    def p99(self) -> float:
+        return float(np.percentile(self.errors, 99)) if self.errors else 0.0
+
+
+def check_observations(policy: DiffusionPolicy, samples: int, seed: int,
+                       calibration: list[dict[str, np.ndarray]] = ()) -> list[dict[str, np.ndarray]]:
+    """The parity inputs: ``samples`` random observations, then the calibration observations."""
+    rng = np.random.default_rng(seed)
+    return [example_inputs(policy, 1, rng) for _ in range(samples)] + list(calibration)
+
+
+def parity(policy: DiffusionPolicy, engines: dict[str, PolicyEngine], observations: list[dict[str, np.ndarray]],
+           seed: int, progress: Callable[[str], None], steps: int, inpaint: bool = False) -> dict[str, Measured]:
+    """Action error of each engine vs the torch policy stepping diffusers' DDIMScheduler, per sample.
+
+    Errors are in normalized action units: raw units can be pixels (PushT: 0..512) or radians, so only
+    the normalized [-1, 1] scale makes one tolerance mean the same for every policy. ``inpaint``: the
     inpainting graphs, each sample with a committed prefix of random length (actions the policy
     itself would take) held fixed.
     """
     rng = np.random.default_rng(seed + 1 if inpaint else seed)
     scale = policy.normalizer.params["action"].scale.abs().numpy()
     cfg = policy.cfg
-    errors = {name: 0.0 for name in engines}
-    raw = {name: 0.0 for name in engines}
-    for i in range(samples):
-        obs = example_inputs(policy, 1, rng)
+    out = {name: Measured([], 0.0) for name in engines}
+    for i, obs in enumerate(observations):
         tobs = {k: torch.from_numpy(v) for k, v in obs.items()}
         noise = rng.standard_normal((1, cfg.horizon, cfg.action_dim)).astype(np.float32)
         held = {}
@@ -135,11 +165,16 @@ def parity(policy: DiffusionPolicy, engines: dict[str, PolicyEngine], samples: i
         ref = policy.sample(tobs, torch.from_numpy(noise), num_inference_steps=steps, **held).numpy()
         for name, engine in engines.items():
             diff = np.abs(engine.predict(obs, noise=noise, **{k: v.numpy() for k, v in held.items()}).actions - ref)
-            errors[name] = max(errors[name], float((diff * scale).max()))
-            raw[name] = max(raw[name], float(diff.max()))
-        progress(f"{'inpaint ' if inpaint else ''}parity {i + 1}/{samples}: "
-                 + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
-    return errors, raw
+            out[name].errors.append(float((diff * scale).max()))
+            out[name].raw_max = max(out[name].raw_max, float(diff.max()))
+        progress(f"{'inpaint ' if inpaint else ''}parity {i + 1}/{len(observations)}: "
+                 + ", ".join(f"{k} {v.max:.2e}" for k, v in out.items()))
+    return out
+
+
+def chunk_latency_ms(engine: PolicyEngine, obs: dict[str, np.ndarray], repeats: int = 3) -> float:
+    engine.predict(obs, seed=0)
+    return float(np.median([engine.predict(obs, seed=0).latency_s for _ in range(repeats)]) * 1e3)
 
 
 def library_versions() -> dict[str, str]:
@@ -169,12 +204,65 @@ def build_manifest(ck: Checkpoint, ddim: SchedulerSpec, files: dict[str, FileEnt
         onnx_opset=opset)
 
 
+@dataclass
+class Variant:
+    """One (format, precision) pair of graphs in the bundle; reduced precisions share the fp32 encoder."""
+    fmt: str
+    precision: str
+    graphs: list[Traced]
+
+    @property
+    def name(self) -> str:
+        return f"{self.fmt}-{self.precision}"
+
+    def files(self, root: Path) -> dict[str, Path]:
+        own = {g.role: root / file_name(self.fmt, g.role, self.precision) for g in self.graphs}
+        return {"encoder": root / file_name(self.fmt, "encoder"), **own}
+
+
+def plan_variants(policy: DiffusionPolicy, steps: int, formats: tuple[str, ...], precisions: tuple[str, ...],
+                  inpaint: bool) -> list[Variant]:
+    traced = graphs_to_export(policy, steps, inpaint)
+    step = next(g for g in traced if g.role == "step")
+    for prec in precisions:
+        if not set(PRECISIONS[prec].formats) & set(formats):
+            raise ConfigError(f"precision {prec} is exported as {' or '.join(PRECISIONS[prec].formats)} only; "
+                              f"add it to --formats (got {list(formats)})")
+    return [Variant(fmt, prec, traced if prec == "fp32" else [variant_step(step, policy, steps, prec)])
+            for fmt in formats for prec in precisions if fmt in PRECISIONS[prec].formats]
+
+
+def check_variant(name: str, precision: str, m: Measured, tolerance: float, precision_tolerance: float,
+                  force: bool, say: Callable[[str], None]) -> bool:
+    """Raise ParityError when a variant misses its bound; True when it was kept only by ``force``."""
+    if precision == "fp32":
+        if not m.max <= tolerance:
+            raise ParityError(f"export parity failed: {name} max abs error {m.max:.3e} (normalized action units) "
+                              f"exceeds {tolerance} (bundle graphs disagree with the torch policy)")
+        return False
+    if m.max <= precision_tolerance:
+        return False
+    msg = (f"{name}: max action error {m.max:.4f} (p99 {m.p99:.4f}) normalized over {len(m.errors)} samples "
+           f"exceeds the tolerance {precision_tolerance}")
+    if not force:
+        raise ParityError(msg + "; leave this precision out, raise --tolerance, or --force-precision to keep it "
+                                "(the runtime still refuses it unless max_action_error allows it)")
+    say(f"warning: {msg}; kept because of --force-precision")
+    return True
+
+
 def export_bundle(checkpoint: str | Path | Checkpoint, out: str | Path, steps: int | None = None,
                   formats: tuple[str, ...] = FORMATS, opset: int = 17, seed: int = 0,
                   parity_samples: int = 4, progress: Callable[[str], None] | None = None,
-                  tolerance: float = PARITY_TOL, inpaint: bool = False) -> Path:
-    """``inpaint``: also export the step graph that holds committed actions fixed (chunk_transition inpaint)."""
-    """Export a checkpoint (path or already-loaded Checkpoint) to a bundle directory ``out``."""
+                  tolerance: float = PARITY_TOL, inpaint: bool = False, precisions: str | tuple[str, ...] = "fp32",
+                  precision_tolerance: float = DEFAULT_TOLERANCE, force: bool = False,
+                  calibration: str | Path | None = None, calibration_samples: int = 16) -> Path:
+    """Export a checkpoint (path or already-loaded Checkpoint) to a bundle directory ``out``.
+
+    ``inpaint``: also export the step graph that holds committed actions fixed (chunk_transition
+    inpaint; fp32 only). ``precisions``: reduced-precision step-graph variants to add to fp32, each
+    measured against the torch policy on random (and ``calibration``) observations and refused above
+    ``precision_tolerance`` unless ``force``."""
     say = progress or (lambda msg: log.info(msg))
     ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_any(checkpoint)
     policy = ck.policy.eval()
@@ -182,39 +270,51 @@ def export_bundle(checkpoint: str | Path | Checkpoint, out: str | Path, steps: i
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
         raise ConfigError(f"formats must be a non-empty subset of {FORMATS}, got {formats}")
+    precisions = parse_precisions(precisions)
     steps = steps or ck.config.num_inference_steps
     if not 1 <= steps <= ck.config.num_train_timesteps:
         raise ConfigError(f"--steps {steps} must be in [1, {ck.config.num_train_timesteps}]")
+    io = ck.config.policy_spec()
+    calib = calibration_observations(calibration, io, calibration_samples, seed) if calibration else []
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        engines = {}
         ddim = scheduler_spec(ck.config.scheduler, steps)
-        io = ck.config.policy_spec()
-        traced = graphs_to_export(policy, steps, inpaint)
-        for fmt in formats:
-            say(f"exporting {fmt} graphs")
-            for g in traced:
-                export_graph(g, fmt, tmp / file_name(fmt, g.role), opset)
-            engines[fmt] = PolicyEngine(io, ddim, open_backend(fmt, {g.role: tmp / file_name(fmt, g.role)
-                                                                     for g in traced}))
-        errors, raw_errors = parity(policy, engines, parity_samples, seed, say, steps)
-        inpaint_errors = parity(policy, engines, parity_samples, seed, say, steps, inpaint=True)[0] if inpaint else {}
-        bad = {k: v for k, v in {**errors, **{f"{k} inpaint": v for k, v in inpaint_errors.items()}}.items()
-               if not v <= tolerance}
-        if bad:
-            raise ParityError(f"export parity failed: max abs error {bad} (normalized action units) exceeds "
-                              f"{tolerance} "
-                              "(bundle graphs disagree with the torch policy)")
-        files = {file_name(fmt, g.role): FileEntry(sha256_file(tmp / file_name(fmt, g.role)),
-                                                   (tmp / file_name(fmt, g.role)).stat().st_size, g.role)
-                 for fmt in formats for g in traced}
-        graphs = [GraphSet(fmt, file_name(fmt, "encoder"), file_name(fmt, "step"), "fp32", errors[fmt], raw_errors[fmt],
-                           inpaint_step=file_name(fmt, "inpaint_step") if inpaint else "",
-                           inpaint_max_abs_error=inpaint_errors.get(fmt, 0.0))
-                  for fmt in formats]
-        spec = build_manifest(ck, ddim, files, graphs, parity_samples, tolerance, opset)
+        variants = plan_variants(policy, steps, formats, precisions, inpaint)
+        engines = {}
+        for v in variants:
+            say(f"exporting {v.name} graphs")
+            for g in v.graphs:
+                export_graph(g, v.fmt, v.files(tmp)[g.role], opset)
+                if v.precision == "int8":
+                    quantize_int8(v.files(tmp)[g.role])
+            engines[v.name] = PolicyEngine(io, ddim, open_backend(v.fmt, v.files(tmp)))
+        samples = parity_samples if precisions == ("fp32",) else max(parity_samples, PRECISION_SAMPLES)
+        obs = check_observations(policy, samples, seed, calib)
+        measured = parity(policy, engines, obs, seed, say, steps)
+        fp32 = {v.name: engines[v.name] for v in variants if v.precision == "fp32"}
+        inpainted = parity(policy, fp32, obs[:parity_samples], seed, say, steps, inpaint=True) if inpaint else {}
+        for name, m in inpainted.items():
+            check_variant(f"{name} inpaint", "fp32", m, tolerance, precision_tolerance, force, say)
+        graphs = []
+        for v in variants:
+            m = measured[v.name]
+            forced = check_variant(v.name, v.precision, m, tolerance, precision_tolerance, force, say)
+            files = v.files(tmp)
+            emulated = "" if v.precision in supported_on("cpu") else " (emulated: no native kernels here)"
+            graphs.append(GraphSet(
+                v.fmt, files["encoder"].name, files["step"].name, v.precision, m.max, m.raw_max,
+                inpaint_step=files["inpaint_step"].name if "inpaint_step" in files else "",
+                inpaint_max_abs_error=inpainted[v.name].max if v.name in inpainted else 0.0,
+                p99_abs_error=m.p99, samples=len(m.errors),
+                tolerance=tolerance if v.precision == "fp32" else precision_tolerance, forced=forced,
+                latency_ms=chunk_latency_ms(engines[v.name], obs[0]),
+                latency_device=f"{engines[v.name].provider} {platform.machine()}{emulated}"))
+        files = {p.name: FileEntry(sha256_file(p), p.stat().st_size, role)
+                 for v in variants for role, p in v.files(tmp).items()}
+        spec = build_manifest(ck, ddim, files, graphs, len(obs), tolerance, opset)
+        spec.parity["calibration"] = {"path": Path(calibration).name, "samples": len(calib)} if calib else None
         (tmp / MANIFEST).write_text(json.dumps(spec.to_json(), indent=2))
         if out.exists():
             shutil.rmtree(out)
@@ -222,5 +322,6 @@ def export_bundle(checkpoint: str | Path | Checkpoint, out: str | Path, steps: i
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    say(f"bundle written to {out} (parity {', '.join(f'{k} {v:.2e}' for k, v in errors.items())})")
+    say(f"bundle written to {out} (max action error " + ", ".join(f"{g.name} {g.max_abs_error:.2e}"
+                                                                for g in graphs) + ")")
     return out

@@ -52,9 +52,14 @@ class EncoderGraph(nn.Module):
 
 
 class DenoiseStepGraph(nn.Module):
-    def __init__(self, policy: DiffusionPolicy, scheduler: DDIMScheduler):
+    """``unet``: the UNet to trace in place of the policy's (a reduced-precision form, export/precision.py).
+
+    Holds only the UNet and the action normalizer: the encoder's weights stay out of the step file."""
+
+    def __init__(self, policy: DiffusionPolicy, scheduler: DDIMScheduler, unet: nn.Module | None = None):
         super().__init__()
-        self.policy = policy
+        self.unet = policy.model if unet is None else unet
+        self.action_norm = policy.normalizer.params["action"]
         linears, self.film_sizes, dsed = _split_film_weights(policy)
         model = policy.model
         with torch.no_grad():
@@ -79,7 +84,7 @@ class DenoiseStepGraph(nn.Module):
         Returns (prev_sample (B, T, A) normalized, actions (B, T, A) unnormalized from prev_sample).
         """
         film = (cond + self.film_t[timestep]).unsqueeze(-1)
-        eps = self.policy.model.forward_film(sample, list(torch.split(film, self.film_sizes, dim=1)))
+        eps = self.unet.forward_film(sample, list(torch.split(film, self.film_sizes, dim=1)))
         alpha_t = self.alphas_cumprod[timestep].reshape(1, 1, 1)
         prev_alpha = torch.where(prev_timestep >= 0, self.alphas_cumprod[prev_timestep.clamp(min=0)],
                                  self.final_alpha_cumprod).reshape(1, 1, 1)
@@ -87,7 +92,7 @@ class DenoiseStepGraph(nn.Module):
         if self.clip_sample:
             x0 = x0.clamp(-self.clip_range, self.clip_range)
         prev = prev_alpha ** 0.5 * x0 + (1 - prev_alpha) ** 0.5 * eps
-        return prev, self.policy.unnormalize_action(prev)
+        return prev, self.action_norm.unnormalize(prev)
 
 
 class InpaintStepGraph(DenoiseStepGraph):
@@ -103,11 +108,11 @@ class InpaintStepGraph(DenoiseStepGraph):
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, prev_timestep: torch.Tensor,
                 cond: torch.Tensor, known: torch.Tensor, mask: torch.Tensor,
                 noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        known_n = self.policy.normalizer.normalize("action", known)
+        known_n = self.action_norm.normalize(known)
         alpha_t = self.alphas_cumprod[timestep].reshape(1, 1, 1)
         sample = mask * (alpha_t ** 0.5 * known_n + (1 - alpha_t) ** 0.5 * noise) + (1 - mask) * sample
         prev, _ = super().forward(sample, timestep, prev_timestep, cond)
         prev_alpha = torch.where(prev_timestep >= 0, self.alphas_cumprod[prev_timestep.clamp(min=0)],
                                  torch.ones_like(self.final_alpha_cumprod)).reshape(1, 1, 1)
         prev = mask * (prev_alpha ** 0.5 * known_n + (1 - prev_alpha) ** 0.5 * noise) + (1 - mask) * prev
-        return prev, self.policy.unnormalize_action(prev)
+        return prev, self.action_norm.unnormalize(prev)

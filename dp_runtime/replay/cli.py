@@ -30,6 +30,7 @@ def parser() -> argparse.ArgumentParser:
                         "bag has it; 'none' to skip)")
     p.add_argument("--backend", default=None, help="override the config's backend")
     p.add_argument("--device", default=None, help="override the config's device")
+    p.add_argument("--precision", default=None, help="override the config's precision (auto, fp32, int8, fp16, bf16)")
     p.add_argument("--assumed-latency", type=float, default=0.0,
                    help="offline: inference time assumed on the bag clock, s (deterministic)")
     p.add_argument("--no-progress", action="store_true")
@@ -46,7 +47,8 @@ def resolve_recorded_topic(arg: str | None, command_topic: str, bag: Bag) -> str
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    params, flat = load_params_file(args.config, backend=args.backend, device=args.device, bundle=args.bundle)
+    params, flat = load_params_file(args.config, backend=args.backend, device=args.device, bundle=args.bundle,
+                                     precision=args.precision)
     engine = open_engine(params)
     with Bag(args.bag, args.distro) as bag:  # opened once: each problem with it is reported once
         recorded = resolve_recorded_topic(args.recorded_topic, params.command_topic, bag)

@@ -54,6 +54,7 @@ def metrics(result: ReplayResult, setup: ReplaySetup) -> dict:
     return {
         "bag": result.bag, "mode": result.mode, "recorded_distro": result.distro,
         "bundle": setup.engine.bundle.source if setup.engine.bundle else {}, "provider": setup.engine.provider,
+        "precision": setup.engine.precision, "recorded_action_error": setup.engine.recorded_error,
         "control_rate_hz": setup.params.control_rate_hz,
         "recorded_topic": setup.recorded_topic,
         "commands": int(len(times)), "ticks": len(result.commands),
@@ -167,7 +168,8 @@ def summary(m: dict, out: Path) -> str:
                      "(mean over dims; per dim in metrics.json)")
     lat = m["inference_latency_ms"]
     if lat:
-        lines.append(f"inference {lat['p50']:.1f} ms median, {lat['max']:.1f} ms max on {m['provider']}")
+        lines.append(f"inference {lat['p50']:.1f} ms median, {lat['max']:.1f} ms max on {m['provider']} "
+                     f"({m.get('precision', 'fp32')})")
     tp = m["throughput"]
     if tp["messages_per_s"] and tp["share_outside_inference"] is not None:
         lines.append(f"throughput {tp['messages_per_s']:.0f} msg/s, {tp['chunks_per_s']:.1f} chunks/s, "

@@ -78,7 +78,8 @@ class PolicyWiring:
         self.control = threading.Thread(target=self._control_loop, name="control", daemon=True)
         self.worker.start()
         self.control.start()
-        log.info(f"bundle {self.p.bundle}: backend {self.engine.backend.name}, provider {self.engine.provider}; "
+        log.info(f"bundle {self.p.bundle}: backend {self.engine.backend.name}, provider {self.engine.provider}, "
+                 f"precision {self.engine.precision} ({self.engine.recorded_error}); "
                  f"inputs {', '.join(f'{t.topic} [{t.type}]' for t in self.rt.topics)}; "
                  f"{self.p.control_rate_hz} Hz -> {self.p.command_interface} on {self.p.command_topic}; "
                  f"{'running' if self.runner.running else 'stopped (call ~/start)'}")
@@ -180,7 +181,9 @@ class PolicyWiring:
         st = self.runner.status(self.now())
         level, message = st.health(self.starved_reported)
         self.starved_reported = st.queue.starved
-        values = {"provider": self.engine.provider, "backend": self.engine.backend.name, **st.values()}
+        values = {"provider": self.engine.provider, "backend": self.engine.backend.name,
+                  "precision": self.engine.precision, "recorded_action_error": self.engine.recorded_error,
+                  **st.values()}
         status = DiagnosticStatus(level=LEVELS[level], name="dp_runtime: policy_node", message=message,
                                   hardware_id=self.get_name(),
                                   values=[KeyValue(key=k, value=v) for k, v in values.items()])

@@ -9,6 +9,7 @@ import yaml
 
 from ..control import ActionLimits, RunnerConfig
 from ..errors import ConfigError
+from ..precision import PRECISIONS
 from ..spec import ObsSpec
 from .commands import command_interface
 from .convert import OBS_MESSAGE_TYPES
@@ -35,6 +36,8 @@ class NodeParams:
     backend: str = "auto"  # auto | onnxruntime | torchscript
     device: str = "auto"  # auto | cpu | cuda | tensorrt
     num_inference_steps: int = 0  # 0: as exported
+    precision: str = "auto"  # auto | fp32 | int8 | fp16 | bf16: the bundle variant to run (auto: fastest allowed)
+    max_action_error: float = 0.0  # run variants up to this recorded error (normalized); 0: as checked at export
     control_rate_hz: float = 10.0
     action_joint_names: list[str] = field(default_factory=list)
     command_interface: str = "float64_multi_array"  # | joint_trajectory | joint_state
@@ -64,6 +67,11 @@ class NodeParams:
         if not self.bundle:
             raise ConfigError("parameter 'bundle' is empty: set it to an exported bundle directory")
         command_interface(self.command_interface)
+        if self.precision not in ("auto", *PRECISIONS):
+            raise ConfigError(f"precision must be auto or one of {list(PRECISIONS)}, got {self.precision!r}")
+        if self.max_action_error < 0:
+            raise ConfigError(f"max_action_error must be >= 0 (0: the bounds recorded at export), got "
+                              f"{self.max_action_error}")
         if self.executor not in EXECUTORS:
             raise ConfigError(f"executor must be one of {EXECUTORS}, got {self.executor!r}")
         if self.command_qos not in QOS:

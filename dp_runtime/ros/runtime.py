@@ -32,7 +32,9 @@ class Runtime:
 
 
 def open_engine(p: NodeParams) -> PolicyEngine:
-    return load_bundle(p.bundle, backend=p.backend, device=p.device, num_inference_steps=p.num_inference_steps or None)
+    return load_bundle(p.bundle, backend=p.backend, device=p.device, num_inference_steps=p.num_inference_steps or None,
+                       precision=p.precision, max_action_error=p.max_action_error or None,
+                       need_inpaint=p.chunk_transition == "inpaint")
 
 
 def open_runtime(p: NodeParams, get: Callable[[str, Any], Any], engine: PolicyEngine | None = None,
