@@ -20,6 +20,7 @@ def _run(fn) -> int:
 
 def export_main(argv: list[str] | None = None) -> int:
     from .checkpoint import FORMATS, IMPORTERS
+    from .precision import DEFAULT_TOLERANCE, PRECISIONS
     p = argparse.ArgumentParser(prog="dp-export", description="Export an EMA checkpoint to a bundle.")
     p.add_argument("checkpoint", help="dp_runtime .safetensors, diffusion_policy .ckpt, robomimic .pth or a "
                                       "LeRobot pretrained_model/ directory (format told from the content)")
@@ -37,6 +38,20 @@ def export_main(argv: list[str] | None = None) -> int:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
     p.add_argument("--seed", type=int, default=0, help="seed for the parity check inputs")
     p.add_argument("--parity-samples", type=int, default=4)
+    p.add_argument("--precision", default="fp32",
+                   help="comma list of step-graph precisions to export beside fp32: " + "; ".join(
+                       f"{n}: {pr.how} (formats {'/'.join(pr.formats)}, native on {'/'.join(pr.devices)})"
+                       for n, pr in PRECISIONS.items() if n != "fp32"))
+    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                   help="max action error (normalized units) a reduced-precision variant may show against the fp32 "
+                        "torch policy; above it the export is refused")
+    p.add_argument("--force-precision", action="store_true",
+                   help="keep variants above --tolerance (marked forced; the runtime runs one only when "
+                        "max_action_error allows its recorded error)")
+    p.add_argument("--calibration", default=None,
+                   help="dataset .npz (dp-dataset output: one (N, n_obs_steps, ...) array per observation key): "
+                        "variants are also measured on real observations from it")
+    p.add_argument("--calibration-samples", type=int, default=16)
     p.add_argument("--inpaint", action="store_true",
                    help="also export the inpainting step graph (node parameter chunk_transition: inpaint); it holds "
                         "a second copy of the UNet weights")
@@ -56,7 +71,9 @@ def export_main(argv: list[str] | None = None) -> int:
         export_bundle(ck, args.out, steps=args.steps,
                       formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
                       opset=args.opset, seed=args.seed, parity_samples=args.parity_samples, progress=print,
-                      inpaint=args.inpaint)
+                      inpaint=args.inpaint, precisions=args.precision, precision_tolerance=args.tolerance,
+                      force=args.force_precision, calibration=args.calibration,
+                      calibration_samples=args.calibration_samples)
     return _run(go)
 
 
@@ -65,6 +82,7 @@ def inspect_main(argv: list[str] | None = None) -> int:
     p.add_argument("bundle")
     p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torchscript"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
+    p.add_argument("--precision", default="auto", help="variant to self-test: auto, fp32, int8, fp16, bf16")
     p.add_argument("--steps", default=None,
                    help="comma list of DDIM step counts to compare with the exported one (e.g. 16,8,4): action "
                         "difference on the same noise and chunk latency")
@@ -93,18 +111,21 @@ def inspect_main(argv: list[str] | None = None) -> int:
         norms = sorted({n.type for n in m.norm_inventory})
         print(f"norm layers {len(m.norm_inventory)} ({', '.join(norms)}); running-stats layers: "
               f"{len(m.running_stats_layers) or 'none'}")
+        print(f"graphs      action error vs the fp32 torch policy (normalized units) over {m.parity.get('samples')} "
+              f"samples{'' if not m.parity.get('calibration') else ' incl. calibration data'}; latency at export")
         for g in m.graphs:
-            print(f"graphs      {g.name:<16} {g.encoder} + {g.step}: parity {g.max_abs_error:.2e} "
-                  f"(normalized action units, tolerance {m.parity.get('tolerance')})")
+            flag = " FORCED above tolerance" if g.forced else ""
+            print(f"  {g.name:<18} {g.step:<26} max {g.max_abs_error:.2e} p99 {g.p99_abs_error:.2e} "
+                  f"(tolerance {g.tolerance:g}){flag}; {g.latency_ms:.1f} ms on {g.latency_device or '?'}")
             if g.inpaint_step:
                 print(f"            {'':<16} {g.inpaint_step} (chunk_transition inpaint): parity "
                       f"{g.inpaint_max_abs_error:.2e}")
         print(f"providers   {ort.get_available_providers()}")
-        engine = load_bundle(args.bundle, backend=args.backend, device=args.device)
+        engine = load_bundle(args.bundle, backend=args.backend, device=args.device, precision=args.precision)
         lat = sorted(engine.warm_up() for _ in range(5))
         print("verified    hashes, norm inventory, graph scan: OK")
-        print(f"self-test   backend {engine.backend.name} provider {engine.provider}: "
-              f"median {lat[2] * 1e3:.1f} ms per chunk")
+        print(f"self-test   backend {engine.backend.name} provider {engine.provider} precision {engine.precision} "
+              f"(recorded {engine.recorded_error}): median {lat[2] * 1e3:.1f} ms per chunk")
         if args.steps:
             from .engine.step_counts import compare_step_counts
             counts = [int(x) for x in args.steps.split(",") if x.strip()]

@@ -3,15 +3,18 @@
 Reference size: ConditionalUnet1D down_dims 256/512/1024 (kernel 5, FiLM scale),
 two 84x84 RGB cameras through the ResNet-18 GroupNorm encoder, a 10-d
 low-dim state, n_obs_steps 2, horizon 16, action dim 10, 16 DDIM steps.
-Random weights (timing only). Prints a table with ratios to eager and the
-weight-streaming floor, and writes JSON (--out; bench/latency.py writes to bench/results/).
+Random weights (timing only). One row per precision variant (exported with
+dp-export's --precision) and per step count, each with its ratio to eager, its
+error against eager fp32 on the same noise and the weight-streaming floor of
+that precision; writes JSON (--out; bench/latency.py writes to bench/results/).
 
-    dp-bench [--repeats 10] [--device cpu|cuda] [--out latency_cpu.json]
+    dp-bench [--repeats 10] [--device cpu|cuda] [--precision int8,fp16,bf16] [--steps 16,8]
 """
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict, dataclass
 import platform
 import statistics
 import tempfile
@@ -23,10 +26,15 @@ import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .engine import load_bundle, read_manifest
+from .engine.engine import BACKEND_FORMATS
 from .errors import BundleError
+from .precision import PRECISIONS, supported_on
 from .export import export_bundle
 from .export.bundle import example_inputs
 from .model import DiffusionPolicy, EncoderConfig, ImageSpec, LowDimSpec, PolicyConfig, UnetConfig
+
+
+FORMAT_BACKENDS = {fmt: backend for backend, fmt in BACKEND_FORMATS.items()}
 
 
 def reference_config() -> PolicyConfig:
@@ -59,11 +67,49 @@ def median_ms(fn, repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
+@dataclass
+class Row:
+    label: str
+    precision: str
+    steps: int
+    median_ms: float
+    max_error: float  # vs eager fp32 at the bundle's step count, same noise, normalized action units
+    floor_ms: float  # weight-streaming floor of this precision and step count
+
+
+def gpu_read_bandwidth(gib: float = 1.0) -> float:
+    a = torch.ones(int(gib * (1 << 30) / 4), device="cuda")
+    best = float("inf")
+    for _ in range(5):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        a.sum().item()
+        best = min(best, time.perf_counter() - t)
+    return a.numel() * 4 / best
+
+
+def variant_engine(bundle: Path, g, device: str, steps: int):
+    """A variant opened the way the runtime opens it, or directly (marked emulated) where the runtime
+    would refuse it for lack of native kernels, so every precision gets a row."""
+    from .engine import PolicyEngine
+    from .engine.backends import OrtBackend, TorchScriptBackend
+    if g.precision in supported_on(device):
+        return load_bundle(bundle, backend=FORMAT_BACKENDS[g.format], device=device, precision=g.precision,
+                           max_action_error=1.0, num_inference_steps=steps), ""
+    spec = read_manifest(bundle)
+    cls = OrtBackend if g.format == "onnx" else TorchScriptBackend
+    engine = PolicyEngine(spec.policy, spec.ddim, cls(bundle / g.encoder, bundle / g.step, device=device),
+                          steps, bundle=spec, graphs=g)
+    return engine, " emulated"
+
+
 def main(argv: list[str] | None = None, results_dir: Path | None = None) -> None:
     """``results_dir``: where --out defaults to (latency_<device>.json); the current directory if None."""
     ap = argparse.ArgumentParser(prog="dp-bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--precision", default="int8,fp16,bf16", help="variants to export and time beside fp32")
+    ap.add_argument("--steps", default="16,8", help="step counts to time (the first is the exported one)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--workdir", default=None, help="keep the exported bundle here")
     args = ap.parse_args(argv)
@@ -71,8 +117,10 @@ def main(argv: list[str] | None = None, results_dir: Path | None = None) -> None
     if args.device == "cuda":  # the fp32 reference (TF32 would differ by ~1e-3; the bundle runs fp32 too)
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
+    step_counts = [int(x) for x in args.steps.split(",")]
 
     cfg = reference_config()
+    cfg.num_inference_steps = step_counts[0]
     torch.manual_seed(0)
     policy = DiffusionPolicy(cfg).eval()
     unet_params = sum(p.numel() for p in policy.model.parameters())
@@ -80,7 +128,10 @@ def main(argv: list[str] | None = None, results_dir: Path | None = None) -> None
     work = Path(args.workdir or tempfile.mkdtemp(prefix="dp_bench_"))
     ck_path = save_checkpoint(work / "reference.safetensors", policy, policy, {"note": "random weights"})
     t = time.perf_counter()
-    bundle = export_bundle(ck_path, work / "bundle", parity_samples=2, progress=print)
+    # Random weights: reduced precisions are kept with force (their error here is reported, not judged;
+    # a trained policy's is, at export).
+    bundle = export_bundle(ck_path, work / "bundle", parity_samples=2, progress=print, precisions=args.precision,
+                           force=True)
     export_s = time.perf_counter() - t
     spec = read_manifest(bundle)
 
@@ -90,62 +141,66 @@ def main(argv: list[str] | None = None, results_dir: Path | None = None) -> None
     eager_policy = load_checkpoint(ck_path).policy.to(dev)
     t_obs = {k: torch.from_numpy(v[None]).to(dev) for k, v in obs.items()}
     t_noise = torch.from_numpy(noise[None]).to(dev)
+    scale = policy.normalizer.params["action"].scale.abs().numpy()
 
     def eager():
         with torch.inference_mode():
             out = eager_policy.sample(t_obs, t_noise)
         return out.cpu().numpy()[0]
 
-    rows = {"eager torch + diffusers DDIM": median_ms(eager, args.repeats)}
-    ref = eager()
-    errors = {}
-    device = "cuda" if args.device == "cuda" else "cpu"
-    for backend in ("onnxruntime", "torchscript"):
-        try:
-            engine = load_bundle(bundle, backend=backend, device=device)
-        except BundleError as e:  # e.g. onnxruntime without the CUDA provider: measure what it falls back to
-            print(f"{backend}: {e}; measuring device=auto instead")
-            engine = load_bundle(bundle, backend=backend, device="auto")
-        label = f"bundle {backend} ({engine.provider})"
-        rows[label] = median_ms(lambda: engine.predict(obs, noise=noise), args.repeats)
-        errors[label] = float(np.abs(engine.predict(obs, noise=noise).actions - ref).max())
-
-    if args.device == "cuda":  # the same bundle without CUDA graphs, to show what capture buys
-        import os
-        os.environ["DP_RUNTIME_CUDA_GRAPHS"] = "0"
-        engine = load_bundle(bundle, backend="torchscript", device="cuda")
-        label = "bundle torchscript (torch:cuda, no CUDA graph)"
-        rows[label] = median_ms(lambda: engine.predict(obs, noise=noise), args.repeats)
-        errors[label] = float(np.abs(engine.predict(obs, noise=noise).actions - ref).max())
-    bw = read_bandwidth()
-    steps = cfg.num_inference_steps
+    bw = gpu_read_bandwidth() if args.device == "cuda" else read_bandwidth()
     film = sum(b.cond_encoder[1].weight.numel() + b.cond_encoder[1].bias.numel()
                for b in policy.model.film_blocks())
     step_enc = sum(p.numel() for p in policy.model.diffusion_step_encoder.parameters())
     per_step = unet_params - film - step_enc  # what the bundle's step graph still streams per step
-    floor_ms = (unet_params * 4 * steps + enc_params * 4) / bw * 1e3
-    split_floor_ms = (per_step * 4 * steps + (enc_params + film) * 4) / bw * 1e3
-    base = rows["eager torch + diffusers DDIM"]
+
+    def floor_ms(precision: str, steps: int) -> float:
+        """Step weights x bytes per weight x steps + the fp32 encoder and FiLM weights once."""
+        return (per_step * PRECISIONS[precision].bytes_per_weight * steps + (enc_params + film) * 4) / bw * 1e3
+
+    eager_floor = (unet_params * 4 * step_counts[0] + enc_params * 4) / bw * 1e3
+    ref = eager()
+    rows = [Row("eager torch + diffusers DDIM", "fp32", step_counts[0], median_ms(eager, args.repeats), 0.0,
+                eager_floor)]
+    device = "cuda" if args.device == "cuda" else "cpu"
+    for g in spec.graphs:
+        for steps in step_counts if g.format == "onnx" else step_counts[:1]:
+            try:
+                engine, note = variant_engine(bundle, g, device, steps)
+            except BundleError as e:  # e.g. onnxruntime without the CUDA provider
+                print(f"{g.name}: {e}; skipped")
+                break
+            label = f"bundle {engine.backend.name} {g.precision} {steps} steps ({engine.provider}{note})"
+            ms = median_ms(lambda: engine.predict(obs, noise=noise), args.repeats)
+            err = float((np.abs(engine.predict(obs, noise=noise).actions - ref) * scale).max())
+            rows.append(Row(label, g.precision, steps, ms, err, floor_ms(g.precision, steps)))
+    if args.device == "cuda":  # the same bundle without CUDA graphs, to show what capture buys
+        import os
+        os.environ["DP_RUNTIME_CUDA_GRAPHS"] = "0"
+        engine = load_bundle(bundle, backend="torchscript", device="cuda", precision="fp32")
+        ms = median_ms(lambda: engine.predict(obs, noise=noise), args.repeats)
+        err = float((np.abs(engine.predict(obs, noise=noise).actions - ref) * scale).max())
+        rows.append(Row("bundle torchscript fp32 (torch:cuda, no CUDA graph)", "fp32", step_counts[0], ms, err,
+                        floor_ms("fp32", step_counts[0])))
+    base = rows[0].median_ms
     print(f"\nDP-CNN reference size: UNet {unet_params / 1e6:.1f} M params, encoders "
-          f"{enc_params / 1e6:.1f} M params, {steps} DDIM steps, batch 1, device {args.device}, "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"memory read bandwidth {bw / 1e9:.1f} GB/s -> weight-streaming floor {floor_ms:.0f} ms "
-          "(all UNet bytes x steps + encoder bytes once)")
-    print(f"FiLM layers hold {film / 1e6:.1f} M of the UNet's params; the bundle streams "
-          f"{per_step / 1e6:.1f} M per step -> its floor {split_floor_ms:.0f} ms")
-    print(f"{'path':<52} {'median ms':>10} {'speed-up':>9} {'floor/lat':>9} {'max|err|':>9}")
-    for label, ms in rows.items():
-        err = errors.get(label, 0.0)
-        print(f"{label:<52} {ms:>10.1f} {base / ms:>8.2f}x {floor_ms / ms:>9.2f} {err:>9.1e}")
+          f"{enc_params / 1e6:.1f} M params, batch 1, device {args.device}, torch threads {torch.get_num_threads()}")
+    print(f"memory read bandwidth {bw / 1e9:.1f} GB/s; eager floor {eager_floor:.0f} ms (all UNet bytes x steps + "
+          f"encoder once); the bundle streams {per_step / 1e6:.1f} M step weights per step (FiLM hoisted)")
+    print("max|err|: vs eager fp32 at the exported step count, same noise, normalized action units (random "
+          "weights: a trained policy's errors are the manifest's)")
+    print(f"{'path':<76} {'median ms':>9} {'vs eager':>8} {'floor ms':>8} {'lat/floor':>9} {'max|err|':>9}")
+    for r in rows:
+        print(f"{r.label:<76} {r.median_ms:>9.1f} {base / r.median_ms:>7.2f}x {r.floor_ms:>8.1f} "
+              f"{r.median_ms / r.floor_ms:>9.2f} {r.max_error:>9.1e}")
     result = {"device": args.device, "machine": platform.processor() or platform.machine(),
               "torch_threads": torch.get_num_threads(), "unet_params": unet_params,
-              "encoder_params": enc_params, "steps": steps, "repeats": args.repeats,
-              "median_ms": rows, "speedup_vs_eager": {k: base / v for k, v in rows.items()},
-              "max_abs_error_vs_eager": errors, "read_bandwidth_gbps": bw / 1e9,
-              "weight_streaming_floor_ms": floor_ms,
-              "bundle_weight_streaming_floor_ms": split_floor_ms, "film_params": film,
-              "per_step_streamed_params": per_step, "export_seconds": export_s,
-              "export_parity": {g.format: g.max_abs_error for g in spec.graphs}}
+              "encoder_params": enc_params, "steps": step_counts, "repeats": args.repeats,
+              "read_bandwidth_gbps": bw / 1e9, "film_params": film, "per_step_streamed_params": per_step,
+              "export_seconds": export_s,
+              "rows": [{**asdict(r), "speedup_vs_eager": base / r.median_ms} for r in rows],
+              "export_recorded": {g.name: {"max_abs_error": g.max_abs_error, "p99_abs_error": g.p99_abs_error,
+                                           "latency_ms": g.latency_ms, "forced": g.forced} for g in spec.graphs}}
     out = Path(args.out or Path(results_dir or ".") / f"latency_{args.device}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

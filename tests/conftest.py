@@ -36,3 +36,23 @@ def tiny_bundle(tmp_path_factory, tiny_ckpt) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     export_bundle(tiny_ckpt, out, seed=0, parity_samples=3, inpaint=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def calibration_npz(tmp_path_factory, tiny_data) -> Path:
+    """Observation histories from the training data, as dp-export --calibration reads them."""
+    import numpy as np
+    out = tmp_path_factory.mktemp("calib") / "calibration.npz"
+    np.savez(out, camera=tiny_data["camera"][:64], state=tiny_data["state"][:64])
+    return out
+
+
+@pytest.fixture(scope="session")
+def variant_bundle(tmp_path_factory, tiny_ckpt, calibration_npz) -> Path:
+    """The tiny policy in every precision (int8 and bf16 measure above the default tolerance on this
+    policy, so they are kept with force; the exporter's refusal is tested in test_precision.py)."""
+    from dp_runtime.export import export_bundle
+    out = tmp_path_factory.mktemp("variants") / "tiny"
+    export_bundle(tiny_ckpt, out, seed=0, parity_samples=3, precisions="int8,fp16,bf16", force=True,
+                  calibration=calibration_npz, calibration_samples=8)
+    return out

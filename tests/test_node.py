@@ -32,9 +32,9 @@ def node_params(bundle, **over):
     return p
 
 
-def candidate_actions(bundle, chunks: int) -> np.ndarray:
+def candidate_actions(bundle, chunks: int, **load) -> np.ndarray:
     """Every action the node may publish for the publisher's constant scene: chunk k uses seed k."""
-    engine = load_bundle(bundle)
+    engine = load_bundle(bundle, **load)
     obs = {"camera": np.stack([render_dot(SCENE_TARGET, 24)] * 2),
            "state": np.array([[JOINTS["joint1"], JOINTS["joint2"]]] * 2, np.float32)}
     return np.concatenate([engine.executed_slice(engine.predict(obs, seed=k).actions) for k in range(chunks)])
@@ -207,3 +207,32 @@ def test_inpaint_transition_over_dds(tmp_path, tiny_bundle, domain):
     assert diag["chunk_transition"] == "inpaint" and int(diag["inference_lead"]) >= 1
     assert int(diag["chunk_switches"]) > 10 and diag["boundary_jump_ratio"] != "n/a"
     assert int(diag["inference_errors"]) == 0
+
+
+def test_reduced_precision_bundle_over_dds(tmp_path, variant_bundle, domain):
+    """The node runs the int8 variant it is asked for (its recorded error allowed by max_action_error):
+    commands at rate, equal to the int8 engine's, precision and recorded error in /diagnostics."""
+    allow = {"precision": "int8", "max_action_error": 0.05}
+    col, log, alive, t0, rc = run(tmp_path, variant_bundle, domain, allow, ["--rate", "30"], 5.0)
+    assert alive and rc == 0, log
+    assert "precision int8" in log
+    times = np.array([t for t, _ in col.commands])
+    assert (times > t0 + 2.0).sum() > 80
+    data = np.array([list(m.data) for _, m in col.commands])
+    cands = candidate_actions(variant_bundle, 400, **allow)
+    dist = np.abs(data[:, None, :] - cands[None]).max(-1).min(-1)
+    assert dist.max() < 1e-5, dist.max()
+    fp32 = candidate_actions(variant_bundle, 400, precision="fp32")
+    assert np.abs(data[:, None, :] - fp32[None]).max(-1).min(-1).max() > 1e-4  # not the fp32 actions
+    diag = col.last_diag()
+    assert diag["precision"] == "int8" and "normalized over 24 samples" in diag["recorded_action_error"]
+
+
+def test_precision_the_device_cannot_run_makes_node_exit_with_reason(tmp_path, variant_bundle, domain):
+    env = ros_env(domain)
+    params = node_params(variant_bundle, precision="fp16", device="cpu")
+    node = start_node(write_params(tmp_path / "p.yaml", params), env, tmp_path / "node.log")
+    node.p.wait(60)
+    rc = node.stop()
+    assert rc != 0
+    assert "'fp16' does not run natively on cpu (it needs cuda); this device runs ['fp32', 'int8'" in node.text()
