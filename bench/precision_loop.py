@@ -29,7 +29,7 @@ def engine_for(bundle: Path, precision: str, steps: int) -> tuple[PolicyEngine, 
     """The runtime's engine for a variant; one without native kernels here is opened directly (emulated)."""
     spec = read_manifest(bundle)
     g = spec.graph_set("onnx", precision)
-    if precision in supported_on("cpu"):
+    if precision in supported_on("cpu", "onnx"):
         return load_bundle(bundle, backend="onnxruntime", device="cpu", precision=precision,
                            num_inference_steps=steps), ""
     files = {"encoder": bundle / g.encoder, "step": bundle / g.step}

@@ -40,7 +40,7 @@ def export_main(argv: list[str] | None = None) -> int:
     p.add_argument("--parity-samples", type=int, default=4)
     p.add_argument("--precision", default="fp32",
                    help="comma list of step-graph precisions to export beside fp32: " + "; ".join(
-                       f"{n}: {pr.how} (formats {'/'.join(pr.formats)}, native on {'/'.join(pr.devices)})"
+                       f"{n}: {pr.how} (" + ", ".join(f"{fmt} on {'/'.join(d)}" for fmt, d in pr.native.items()) + ")"
                        for n, pr in PRECISIONS.items() if n != "fp32"))
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                    help="max action error (normalized units) a reduced-precision variant may show against the fp32 "

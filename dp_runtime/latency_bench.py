@@ -93,7 +93,7 @@ def variant_engine(bundle: Path, g, device: str, steps: int):
     would refuse it for lack of native kernels, so every precision gets a row."""
     from .engine import PolicyEngine
     from .engine.backends import OrtBackend, TorchScriptBackend
-    if g.precision in supported_on(device):
+    if g.precision in supported_on(device, g.format):
         return load_bundle(bundle, backend=FORMAT_BACKENDS[g.format], device=device, precision=g.precision,
                            max_action_error=1.0, num_inference_steps=steps), ""
     spec = read_manifest(bundle)

@@ -21,20 +21,26 @@ DEFAULT_TOLERANCE = 0.01  # max action error of a reduced-precision variant, nor
 class Precision:
     name: str
     bytes_per_weight: float  # what one UNet weight costs to stream (the weight-streaming floor)
-    formats: tuple[str, ...]  # bundle formats it is exported in
-    devices: tuple[str, ...]  # device kinds whose kernels run it natively
-    how: str  # one line for dp-export --help and the manifest
+    native: dict[str, tuple[str, ...]]  # bundle format -> device kinds whose kernels run it (not emulated)
+    how: str  # one line for dp-export --help
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return tuple(self.native)
 
 
+# Which (format, device) pairs have real kernels was measured at the reference size (bench/latency.py,
+# 2-core AVX2 CPU): ONNX Runtime's CPU provider runs the fp16 graph 1.2x faster than fp32, while
+# TorchScript on that CPU runs fp16 3x and bf16 4x slower than fp32 (emulated), so those are refused there.
 PRECISIONS: dict[str, Precision] = {p.name: p for p in (
-    Precision("fp32", 4.0, ("onnx", "torchscript"), ("cpu", "cuda"),
+    Precision("fp32", 4.0, {"onnx": ("cpu", "cuda"), "torchscript": ("cpu", "cuda")},
               "the trained policy, exact to ~1e-6"),
-    Precision("int8", 1.0 + 4.0 / 32, ("onnx",), ("cpu",),
+    Precision("int8", 1.0 + 4.0 / 32, {"onnx": ("cpu",)},
               "UNet convolutions as ONNX Runtime MatMulNBits: int8 weights in blocks of 32 with an fp32 scale, "
               "activations quantized per block at run time (no calibration set needed)"),
-    Precision("fp16", 2.0, ("onnx", "torchscript"), ("cuda",),
-              "UNet in float16 (tensor cores); the DDIM update and encoder stay fp32"),
-    Precision("bf16", 2.0, ("torchscript",), ("cuda", "cpu-bf16"),
+    Precision("fp16", 2.0, {"onnx": ("cpu", "cuda"), "torchscript": ("cuda",)},
+              "UNet in float16; the DDIM update and encoder stay fp32"),
+    Precision("bf16", 2.0, {"torchscript": ("cuda", "cpu-bf16")},
               "UNet in bfloat16; native on CUDA (sm80+) and CPUs with AVX-512 BF16 or AMX"),
 )}
 
@@ -69,14 +75,16 @@ def device_kinds(device: str) -> set[str]:
     return kinds
 
 
-def supported_on(device: str) -> list[str]:
+def supported_on(device: str, fmt: str) -> list[str]:
+    """Precisions ``fmt`` graphs run natively on ``device`` ('cpu' | 'cuda')."""
     kinds = device_kinds(device)
-    return [p.name for p in PRECISIONS.values() if kinds & set(p.devices)]
+    return [p.name for p in PRECISIONS.values() if kinds & set(p.native.get(fmt, ()))]
 
 
-def check_runs_on(precision: str, device: str) -> None:
+def check_runs_on(precision: str, device: str, fmt: str) -> None:
     """Refuse a precision whose kernels the device lacks (it would run emulated, slower than fp32)."""
-    if precision not in supported_on(device):
-        need = " or ".join(PRECISIONS[precision].devices) if precision in PRECISIONS else "?"
-        raise BundleError(f"precision {precision!r} does not run natively on {device} (it needs {need}); this "
-                          f"device runs {supported_on(device)}: set precision to one of them, or auto")
+    if precision not in supported_on(device, fmt):
+        need = " or ".join(PRECISIONS[precision].native.get(fmt, ())) or "another format"
+        raise BundleError(f"precision {precision!r} does not run natively on {device} with {fmt} graphs (it "
+                          f"needs {need}); {fmt} on this device runs {supported_on(device, fmt)}: set precision "
+                          "to one of them, or auto")

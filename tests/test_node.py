@@ -230,9 +230,10 @@ def test_reduced_precision_bundle_over_dds(tmp_path, variant_bundle, domain):
 
 def test_precision_the_device_cannot_run_makes_node_exit_with_reason(tmp_path, variant_bundle, domain):
     env = ros_env(domain)
-    params = node_params(variant_bundle, precision="fp16", device="cpu")
+    params = node_params(variant_bundle, backend="torchscript", precision="fp16", device="cpu")
     node = start_node(write_params(tmp_path / "p.yaml", params), env, tmp_path / "node.log")
     node.p.wait(60)
     rc = node.stop()
     assert rc != 0
-    assert "'fp16' does not run natively on cpu (it needs cuda); this device runs ['fp32', 'int8'" in node.text()
+    assert ("'fp16' does not run natively on cpu with torchscript graphs (it needs cuda); torchscript on this "
+            "device runs ['fp32'") in node.text()

@@ -88,31 +88,38 @@ def test_variant_above_tolerance_refused_unless_forced(tmp_path, tiny_ckpt, vari
 
 
 def test_auto_picks_fastest_allowed_variant_for_the_device():
-    def gs(precision, err, lat, tol=0.01, device="CPUExecutionProvider x86_64", inpaint=""):
+    def gs(precision, err, lat, tol=0.01, inpaint=""):
         return GraphSet("onnx", "encoder.onnx", f"step.{precision}.onnx", precision, err, 0.0, inpaint_step=inpaint,
-                        tolerance=tol, latency_ms=lat, latency_device=device)
+                        tolerance=tol, latency_ms=lat, latency_device="CPUExecutionProvider x86_64")
 
-    spec = SimpleNamespace(formats=["onnx"], graphs=[gs("fp32", 1e-6, 100.0, 1e-4, inpaint="inp.onnx"), gs("int8", 0.005, 40.0),
-                   gs("fp16", 0.001, 90.0, device="CPUExecutionProvider x86_64 (emulated: no native kernels here)")])
-    assert choose_graphs(spec, "onnx", "auto", "cpu").precision == "int8"  # measured faster, within tolerance
-    assert choose_graphs(spec, "onnx", "auto", "cpu", max_action_error=0.001).precision == "fp32"
+    spec = SimpleNamespace(formats=["onnx"], graphs=[gs("fp32", 1e-6, 100.0, 1e-4, inpaint="inp.onnx"),
+                                                     gs("int8", 0.005, 40.0), gs("fp16", 0.001, 90.0)])
+    assert choose_graphs(spec, "onnx", "auto", "cpu").precision == "int8"  # measured fastest, within tolerance
+    assert choose_graphs(spec, "onnx", "auto", "cpu", max_action_error=0.002).precision == "fp16"
+    assert choose_graphs(spec, "onnx", "auto", "cpu", max_action_error=0.0005).precision == "fp32"
     assert choose_graphs(spec, "onnx", "auto", "cpu", need_inpaint=True).precision == "fp32"
-    # on CUDA no latency was measured there: fewest bytes among those with native kernels
+    # no latency measured on CUDA: the fewest bytes among the variants with CUDA kernels (int8 has none)
     assert choose_graphs(spec, "onnx", "auto", "cuda").precision == "fp16"
     spec.graphs[1] = gs("int8", 0.005, 400.0)  # slower than fp32 where it was measured: not chosen
-    assert choose_graphs(spec, "onnx", "auto", "cpu").precision == "fp32"
+    assert choose_graphs(spec, "onnx", "auto", "cpu").precision == "fp16"
+    spec.graphs[1] = gs("int8", 0.02, 40.0, tol=0.01)  # forced above its tolerance: never chosen by auto
+    assert choose_graphs(spec, "onnx", "auto", "cpu").precision == "fp16"
     with pytest.raises(BundleError, match="no onnx graphs in precision 'bf16'"):
         choose_graphs(spec, "onnx", "bf16", "cpu")
 
 
 def test_precision_without_native_kernels_refused_at_load(variant_bundle):
-    with pytest.raises(BundleError, match=r"'fp16' does not run natively on cpu \(it needs cuda\); this device "
-                                          r"runs \['fp32', 'int8'"):
-        load_bundle(variant_bundle, precision="fp16", device="cpu", warm_up=False)
-    if "bf16" not in supported_on("cpu"):
+    with pytest.raises(BundleError, match=r"'fp16' does not run natively on cpu with torchscript graphs \(it needs "
+                                          r"cuda\); torchscript on this device runs \['fp32'"):
+        load_bundle(variant_bundle, backend="torchscript", precision="fp16", device="cpu", warm_up=False)
+    if "bf16" not in supported_on("cpu", "torchscript"):
         assert not {"avx512_bf16", "amx_bf16"} & cpu_flags()
         with pytest.raises(BundleError, match="'bf16' does not run natively on cpu"):
             load_bundle(variant_bundle, backend="torchscript", precision="bf16", device="cpu", warm_up=False)
+    with pytest.raises(BundleError, match="'int8' does not run natively on cuda with onnx graphs"):
+        load_bundle(variant_bundle, precision="int8", device="cuda", max_action_error=0.05, warm_up=False)
+    # ONNX Runtime's CPU provider has fp16 kernels: the fp16 ONNX graph runs there
+    assert load_bundle(variant_bundle, precision="fp16", device="cpu", warm_up=False).precision == "fp16"
 
 
 def test_int8_variant_runs_with_its_recorded_error(variant_bundle):

@@ -179,7 +179,7 @@ def load_bundle(path: str | Path, backend: str = "auto", device: str = "auto",
     else:
         impl = TorchScriptBackend(enc, step, device, threads, inpaint_step=inpaint)
     ran_on = "cpu" if impl.provider in ("CPUExecutionProvider", "torch:cpu") else "cuda"
-    check_runs_on(graphs.precision, ran_on)  # device=auto may have fallen back to the CPU
+    check_runs_on(graphs.precision, ran_on, fmt)  # device=auto may have fallen back to the CPU
     engine = PolicyEngine(spec.policy, spec.ddim, impl, num_inference_steps, bundle=spec, graphs=graphs)
     if warm_up:
         engine.warm_up()

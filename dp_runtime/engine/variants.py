@@ -35,7 +35,7 @@ def choose_graphs(spec: BundleSpec, fmt: str, precision: str, device: str, max_a
         if g is None:
             raise BundleError(f"bundle has no {fmt} graphs in precision {precision!r} (has "
                               f"{[s.precision for s in sets]}; dp-export --precision adds variants)")
-        check_runs_on(precision, device)
+        check_runs_on(precision, device, fmt)
         limit = error_limit(g, max_action_error)
         if not g.max_abs_error <= limit:
             raise BundleError(f"{g.name}: recorded max action error {g.max_abs_error:.4f} (normalized) exceeds "
@@ -43,7 +43,7 @@ def choose_graphs(spec: BundleSpec, fmt: str, precision: str, device: str, max_a
                               f">= {g.max_abs_error:.4f} to run it anyway")
         return g
     allowed = [g for g in sets if g.max_abs_error <= error_limit(g, max_action_error)
-               and g.precision in supported_on(device) and (g.inpaint_step or not need_inpaint)]
+               and g.precision in supported_on(device, fmt) and (g.inpaint_step or not need_inpaint)]
     if not allowed:
         raise BundleError(f"no {fmt} variant of this bundle runs on {device} within its recorded error bound "
                           f"(variants: {[(g.precision, round(g.max_abs_error, 5)) for g in sets]}"

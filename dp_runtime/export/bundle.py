@@ -302,7 +302,7 @@ def export_bundle(checkpoint: str | Path | Checkpoint, out: str | Path, steps: i
             m = measured[v.name]
             forced = check_variant(v.name, v.precision, m, tolerance, precision_tolerance, force, say)
             files = v.files(tmp)
-            emulated = "" if v.precision in supported_on("cpu") else " (emulated: no native kernels here)"
+            emulated = "" if v.precision in supported_on("cpu", v.fmt) else " (emulated: no native kernels here)"
             graphs.append(GraphSet(
                 v.fmt, files["encoder"].name, files["step"].name, v.precision, m.max, m.raw_max,
                 inpaint_step=files["inpaint_step"].name if "inpaint_step" in files else "",
