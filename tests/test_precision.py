@@ -174,3 +174,39 @@ def test_io_binding_loop_matches_plain_session_runs(tiny_bundle):
     for t, prev in engine.schedule:
         x, ref = be.stp.run(None, {"sample": x, "timestep": t, "prev_timestep": prev, "cond": cond})
     assert np.array_equal(actions, ref)
+
+
+def test_provider_chain_and_device_resolution(monkeypatch, tiny_bundle):
+    import onnxruntime as ort
+
+    from dp_runtime.engine import backends
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert backends.ort_provider_chain("cpu") == ["CPUExecutionProvider"]
+    assert backends.ort_provider_chain("tensorrt") == ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                                       "CPUExecutionProvider"]
+    monkeypatch.setattr(backends, "cuda_driver_present", lambda: False)
+    assert backends.ort_provider_chain("auto") == ["CPUExecutionProvider"]  # no driver: don't try CUDA
+    assert backends.resolve_device("onnxruntime", "auto") == "cpu"
+    monkeypatch.setattr(backends, "cuda_driver_present", lambda: True)
+    assert backends.ort_provider_chain("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert backends.resolve_device("onnxruntime", "auto") == "cuda"
+    assert backends.resolve_device("torchscript", "tensorrt") == "cuda"
+    with pytest.raises(BundleError, match="device must be auto, cpu, cuda or tensorrt, got 'gpu'"):
+        backends.resolve_device("onnxruntime", "gpu")
+    monkeypatch.undo()
+    if not backends.cuda_driver_present():  # a CPU machine: asking for CUDA is an error, not a silent CPU run
+        with pytest.raises(BundleError, match="could not start CUDAExecutionProvider"):
+            load_bundle(tiny_bundle, device="cuda", precision="fp32", warm_up=False)
+
+
+def test_cli_refuses_then_forces_and_inspect_lists_variants(tmp_path, tiny_ckpt, capsys):
+    from dp_runtime.cli import export_main, inspect_main
+    out = str(tmp_path / "b")
+    args = [str(tiny_ckpt), "-o", out, "--formats", "onnx", "--precision", "int8", "--tolerance", "0.001"]
+    assert export_main(args) == 2
+    assert "ParityError: onnx-int8: max action error" in capsys.readouterr().err
+    assert export_main(args + ["--force-precision"]) == 0
+    assert inspect_main([out, "--precision", "fp32"]) == 0
+    text = capsys.readouterr().out
+    assert "onnx-int8" in text and "FORCED above tolerance" in text and "precision fp32" in text
