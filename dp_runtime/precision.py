@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import BundleError
+from .errors import BundleError, ConfigError
 
 DEFAULT_TOLERANCE = 0.01  # max action error of a reduced-precision variant, normalized units (0.5 % of [-1, 1])
 
@@ -50,7 +50,7 @@ def parse_precisions(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]
     names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
     unknown = [n for n in names if n not in PRECISIONS]
     if unknown:
-        raise BundleError(f"precision {unknown} is not one of {list(PRECISIONS)}")
+        raise ConfigError(f"precision {unknown} is not one of {list(PRECISIONS)}")
     return ("fp32",) + tuple(dict.fromkeys(n for n in names if n != "fp32"))
 
 

@@ -210,3 +210,32 @@ def test_cli_refuses_then_forces_and_inspect_lists_variants(tmp_path, tiny_ckpt,
     assert inspect_main([out, "--precision", "fp32"]) == 0
     text = capsys.readouterr().out
     assert "onnx-int8" in text and "FORCED above tolerance" in text and "precision fp32" in text
+
+
+def test_precision_requests_checked_before_any_work(tmp_path, tiny_ckpt):
+    with pytest.raises(ConfigError, match=r"precision bf16 is exported as torchscript only; add it to --formats"):
+        export_bundle(tiny_ckpt, tmp_path / "o", formats=("onnx",), precisions="bf16")
+    with pytest.raises(ConfigError, match=r"precision \['int4'\] is not one of \['fp32', 'int8', 'fp16', 'bf16'\]"):
+        export_bundle(tiny_ckpt, tmp_path / "o", precisions="int8,int4")
+    assert not (tmp_path / "o").exists()
+
+
+def test_replay_runs_the_variant_asked_for(tmp_path, variant_bundle, capsys):
+    import yaml
+
+    from dp_runtime.replay.cli import main as replay_cli
+    from helpers.bags import write_test_bag
+    bag = write_test_bag(tmp_path / "bag", "mcap", seconds=3.0)
+    cfg = tmp_path / "policy.yaml"
+    cfg.write_text(yaml.safe_dump({"policy_node": {"ros__parameters": {
+        "control_rate_hz": 10.0, "command_topic": "/commands", "max_action_error": 0.05,
+        "obs": {"state": {"joint_names": ["joint1", "joint2"]}}}}}))
+    metrics = {}
+    for precision in ("int8", "fp32"):
+        out = tmp_path / precision
+        assert replay_cli([str(bag), "--bundle", str(variant_bundle), "--config", str(cfg), "--out", str(out),
+                           "--seed", "1", "--no-progress", "--precision", precision]) == 0
+        metrics[precision] = json.loads((out / "metrics.json").read_text())
+        assert metrics[precision]["precision"] == precision
+        assert f"on CPUExecutionProvider ({precision})" in capsys.readouterr().out
+    assert metrics["int8"]["action_mse_mean"] != metrics["fp32"]["action_mse_mean"]

@@ -224,10 +224,6 @@ def plan_variants(policy: DiffusionPolicy, steps: int, formats: tuple[str, ...],
                   inpaint: bool) -> list[Variant]:
     traced = graphs_to_export(policy, steps, inpaint)
     step = next(g for g in traced if g.role == "step")
-    for prec in precisions:
-        if not set(PRECISIONS[prec].formats) & set(formats):
-            raise ConfigError(f"precision {prec} is exported as {' or '.join(PRECISIONS[prec].formats)} only; "
-                              f"add it to --formats (got {list(formats)})")
     return [Variant(fmt, prec, traced if prec == "fp32" else [variant_step(step, policy, steps, prec)])
             for fmt in formats for prec in precisions if fmt in PRECISIONS[prec].formats]
 
@@ -271,6 +267,10 @@ def export_bundle(checkpoint: str | Path | Checkpoint, out: str | Path, steps: i
     if unknown or not formats:
         raise ConfigError(f"formats must be a non-empty subset of {FORMATS}, got {formats}")
     precisions = parse_precisions(precisions)
+    for prec in precisions:
+        if not set(PRECISIONS[prec].formats) & set(formats):
+            raise ConfigError(f"precision {prec} is exported as {' or '.join(PRECISIONS[prec].formats)} only; "
+                              f"add it to --formats (got {list(formats)})")
     steps = steps or ck.config.num_inference_steps
     if not 1 <= steps <= ck.config.num_train_timesteps:
         raise ConfigError(f"--steps {steps} must be in [1, {ck.config.num_train_timesteps}]")

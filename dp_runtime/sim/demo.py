@@ -226,7 +226,7 @@ def closed_loop(bundle: Path, out: Path, episodes: int, seed: int) -> dict:
         "command_period_ms_node": {"p50": d.get("command_period_ms_p50"), "p99": d.get("command_period_ms_p99")},
         "inference_latency_ms": {"median": d.get("inference_latency_ms_median"),
                                  "max": d.get("inference_latency_ms_max")},
-        "provider": d.get("provider"), "chunks": d.get("chunks"), "starvation_count": d.get("starvation_count"),
+        "provider": d.get("provider"), "precision": d.get("precision"), "chunks": d.get("chunks"), "starvation_count": d.get("starvation_count"),
         "dropped_actions": d.get("dropped_actions"), "node_exit_code": rc,
         "chunk_transition": d.get("chunk_transition"), "inference_lead": d.get("inference_lead"),
         "boundary_jump_ratio": d.get("boundary_jump_ratio"), "chunk_switches": d.get("chunk_switches"),
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
           f"p99 {lp['command_period_ms_node']['p99']} ms (node clock); received p50 "
           f"{_fmt(lp['command_period_ms_received']['p50'])} ms, p99 {_fmt(lp['command_period_ms_received']['p99'])} ms")
     print(f"inference latency: median {lp['inference_latency_ms']['median']} ms, "
-          f"max {lp['inference_latency_ms']['max']} ms on {lp['provider']}")
+          f"max {lp['inference_latency_ms']['max']} ms on {lp['provider']} ({lp['precision']})")
     print(f"starvation: {lp['starvation_count']}, dropped actions: {lp['dropped_actions']}, chunks: {lp['chunks']}")
     print(f"chunk transitions ({lp['chunk_transition']}, inference_lead {lp['inference_lead']}): boundary_jump_ratio "
           f"{lp['boundary_jump_ratio']} over {lp['chunk_switches']} switches")
