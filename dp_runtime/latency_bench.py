@@ -57,14 +57,17 @@ def read_bandwidth(gib: float = 1.0) -> float:
     return a.nbytes / best
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def interleaved_median_ms(fns: list, repeats: int) -> list[float]:
+    """Median ms of each callable, timed round-robin so a busy spell of a shared machine hits every path."""
+    for fn in fns:
+        fn()  # warm-up
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+        for fn, out in zip(fns, times):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+    return [statistics.median(t) * 1e3 for t in times]
 
 
 @dataclass
@@ -160,9 +163,15 @@ def main(argv: list[str] | None = None, results_dir: Path | None = None) -> None
 
     eager_floor = (unet_params * 4 * step_counts[0] + enc_params * 4) / bw * 1e3
     ref = eager()
-    rows = [Row("eager torch + diffusers DDIM", "fp32", step_counts[0], median_ms(eager, args.repeats), 0.0,
-                eager_floor)]
+    rows = [Row("eager torch + diffusers DDIM", "fp32", step_counts[0], 0.0, 0.0, eager_floor)]
+    runs = [eager]
     device = "cuda" if args.device == "cuda" else "cpu"
+
+    def add(label: str, engine, precision: str, steps: int) -> None:
+        err = float((np.abs(engine.predict(obs, noise=noise).actions - ref) * scale).max())
+        rows.append(Row(label, precision, steps, 0.0, err, floor_ms(precision, steps)))
+        runs.append(lambda: engine.predict(obs, noise=noise))
+
     for g in spec.graphs:
         for steps in step_counts if g.format == "onnx" else step_counts[:1]:
             try:
@@ -170,18 +179,15 @@ def main(argv: list[str] | None = None, results_dir: Path | None = None) -> None
             except BundleError as e:  # e.g. onnxruntime without the CUDA provider
                 print(f"{g.name}: {e}; skipped")
                 break
-            label = f"bundle {engine.backend.name} {g.precision} {steps} steps ({engine.provider}{note})"
-            ms = median_ms(lambda: engine.predict(obs, noise=noise), args.repeats)
-            err = float((np.abs(engine.predict(obs, noise=noise).actions - ref) * scale).max())
-            rows.append(Row(label, g.precision, steps, ms, err, floor_ms(g.precision, steps)))
+            add(f"bundle {engine.backend.name} {g.precision} {steps} steps ({engine.provider}{note})", engine,
+                g.precision, steps)
     if args.device == "cuda":  # the same bundle without CUDA graphs, to show what capture buys
         import os
         os.environ["DP_RUNTIME_CUDA_GRAPHS"] = "0"
-        engine = load_bundle(bundle, backend="torchscript", device="cuda", precision="fp32")
-        ms = median_ms(lambda: engine.predict(obs, noise=noise), args.repeats)
-        err = float((np.abs(engine.predict(obs, noise=noise).actions - ref) * scale).max())
-        rows.append(Row("bundle torchscript fp32 (torch:cuda, no CUDA graph)", "fp32", step_counts[0], ms, err,
-                        floor_ms("fp32", step_counts[0])))
+        add("bundle torchscript fp32 (torch:cuda, no CUDA graph)",
+            load_bundle(bundle, backend="torchscript", device="cuda", precision="fp32"), "fp32", step_counts[0])
+    for row, ms in zip(rows, interleaved_median_ms(runs, args.repeats)):
+        row.median_ms = ms
     base = rows[0].median_ms
     print(f"\nDP-CNN reference size: UNet {unet_params / 1e6:.1f} M params, encoders "
           f"{enc_params / 1e6:.1f} M params, batch 1, device {args.device}, torch threads {torch.get_num_threads()}")
