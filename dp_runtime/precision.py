@@ -30,7 +30,7 @@ class Precision:
 
 
 # Which (format, device) pairs have real kernels was measured at the reference size (bench/latency.py,
-# 2-core AVX2 CPU): ONNX Runtime's CPU provider runs the fp16 graph 1.2x faster than fp32, while
+# 2-core AVX2 CPU): ONNX Runtime's CPU provider runs the fp16 graph at about fp32 speed (371 vs 350 ms),
 # TorchScript on that CPU runs fp16 3x and bf16 4x slower than fp32 (emulated), so those are refused there.
 PRECISIONS: dict[str, Precision] = {p.name: p for p in (
     Precision("fp32", 4.0, {"onnx": ("cpu", "cuda"), "torchscript": ("cpu", "cuda")},

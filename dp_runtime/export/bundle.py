@@ -247,6 +247,19 @@ def check_variant(name: str, precision: str, m: Measured, tolerance: float, prec
     return True
 
 
+def graph_entry(v: Variant, root: Path, m: Measured, inpainted: Measured | None, bound: float, forced: bool,
+                engine: PolicyEngine, obs: dict[str, np.ndarray]) -> GraphSet:
+    """The manifest's record of one variant: files, measured errors, bound, and its latency here."""
+    files = v.files(root)
+    emulated = "" if v.precision in supported_on("cpu", v.fmt) else " (emulated: no native kernels here)"
+    return GraphSet(v.fmt, files["encoder"].name, files["step"].name, v.precision, m.max, m.raw_max,
+                    inpaint_step=files["inpaint_step"].name if "inpaint_step" in files else "",
+                    inpaint_max_abs_error=inpainted.max if inpainted else 0.0, p99_abs_error=m.p99,
+                    samples=len(m.errors), tolerance=bound, forced=forced,
+                    latency_ms=chunk_latency_ms(engine, obs),
+                    latency_device=f"{engine.provider} {platform.machine()}{emulated}")
+
+
 def export_bundle(checkpoint: str | Path | Checkpoint, out: str | Path, steps: int | None = None,
                   formats: tuple[str, ...] = FORMATS, opset: int = 17, seed: int = 0,
                   parity_samples: int = 4, progress: Callable[[str], None] | None = None,
@@ -299,18 +312,10 @@ def export_bundle(checkpoint: str | Path | Checkpoint, out: str | Path, steps: i
             check_variant(f"{name} inpaint", "fp32", m, tolerance, precision_tolerance, force, say)
         graphs = []
         for v in variants:
-            m = measured[v.name]
-            forced = check_variant(v.name, v.precision, m, tolerance, precision_tolerance, force, say)
-            files = v.files(tmp)
-            emulated = "" if v.precision in supported_on("cpu", v.fmt) else " (emulated: no native kernels here)"
-            graphs.append(GraphSet(
-                v.fmt, files["encoder"].name, files["step"].name, v.precision, m.max, m.raw_max,
-                inpaint_step=files["inpaint_step"].name if "inpaint_step" in files else "",
-                inpaint_max_abs_error=inpainted[v.name].max if v.name in inpainted else 0.0,
-                p99_abs_error=m.p99, samples=len(m.errors),
-                tolerance=tolerance if v.precision == "fp32" else precision_tolerance, forced=forced,
-                latency_ms=chunk_latency_ms(engines[v.name], obs[0]),
-                latency_device=f"{engines[v.name].provider} {platform.machine()}{emulated}"))
+            forced = check_variant(v.name, v.precision, measured[v.name], tolerance, precision_tolerance, force, say)
+            bound = tolerance if v.precision == "fp32" else precision_tolerance
+            graphs.append(graph_entry(v, tmp, measured[v.name], inpainted.get(v.name), bound, forced,
+                                      engines[v.name], obs[0]))
         files = {p.name: FileEntry(sha256_file(p), p.stat().st_size, role)
                  for v in variants for role, p in v.files(tmp).items()}
         spec = build_manifest(ck, ddim, files, graphs, len(obs), tolerance, opset)
