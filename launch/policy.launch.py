@@ -1,5 +1,5 @@
-"""ros2 launch dp_runtime policy.launch.py [bundle:=DIR] [config:=FILE] [backend:=...] [use_sim_time:=...]
-                                          [lifecycle:=false] [lifecycle_autostart:=true]
+"""ros2 launch dp_runtime policy.launch.py [bundle:=DIR] [config:=FILE] [backend:=...] [precision:=...]
+                                          [use_sim_time:=...] [lifecycle:=false] [lifecycle_autostart:=true]
 
 One node. The config file is the source of truth; a launch argument overrides it only when given,
 always as a string (bundle:=1.5 stays the text "1.5"). A missing config file, or the node exiting
@@ -18,7 +18,7 @@ from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 # launch argument -> type of the node parameter it overrides (only when given)
-OVERRIDES = {"bundle": str, "backend": str, "use_sim_time": bool}
+OVERRIDES = {"bundle": str, "backend": str, "precision": str, "use_sim_time": bool}
 
 
 def node_exited(event, context):
@@ -55,6 +55,8 @@ def generate_launch_description():
             description="node parameters (ROS 2 parameter YAML)"),
         DeclareLaunchArgument("backend", default_value="", description="auto | onnxruntime | torchscript "
                               "(default: the config's)"),
+        DeclareLaunchArgument("precision", default_value="", description="auto | fp32 | int8 | fp16 | bf16: bundle "
+                              "variant (default: the config's)"),
         DeclareLaunchArgument("use_sim_time", default_value="", description="follow /clock (default: the config's)"),
         DeclareLaunchArgument("lifecycle", default_value="false", description="start the managed (lifecycle) node"),
         DeclareLaunchArgument("lifecycle_autostart", default_value="true",

@@ -89,13 +89,15 @@ def test_launch_file_compiles_and_names_the_installed_executables(monkeypatch):
 
 def test_the_config_file_is_the_source_of_truth_unless_an_argument_is_given(monkeypatch):
     _, declared, node, _ = launch_with(monkeypatch)
-    assert {"bundle", "config", "backend", "use_sim_time", "lifecycle", "lifecycle_autostart"} == set(declared)
+    assert {"bundle", "config", "backend", "precision", "use_sim_time", "lifecycle",
+            "lifecycle_autostart"} == set(declared)
     assert node.kwargs["parameters"] == [str(ROOT / "config" / "policy.yaml")]  # nothing given: no override
-    _, _, node, _ = launch_with(monkeypatch, bundle="1.5", backend="1", use_sim_time="true")
+    _, _, node, _ = launch_with(monkeypatch, bundle="1.5", backend="1", precision="int8", use_sim_time="true")
     overrides = node.kwargs["parameters"][1]
     assert set(overrides) <= NODE_PARAMS
     assert (overrides["bundle"].args, overrides["bundle"].kwargs) == (("1.5",), {"value_type": str})  # text, not 1.5
     assert overrides["backend"].kwargs["value_type"] is str and overrides["use_sim_time"].kwargs["value_type"] is bool
+    assert overrides["precision"].args == ("int8",)
 
 
 def test_a_missing_config_file_ends_the_launch(monkeypatch, tmp_path):
