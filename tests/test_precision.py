@@ -106,6 +106,8 @@ def test_auto_picks_fastest_allowed_variant_for_the_device():
     assert choose_graphs(spec, "onnx", "auto", "cpu").precision == "fp16"
     with pytest.raises(BundleError, match="no onnx graphs in precision 'bf16'"):
         choose_graphs(spec, "onnx", "bf16", "cpu")
+    with pytest.raises(BundleError, match=r"onnx-fp16 has no inpainting step graph .*variants with one: \['fp32'\]"):
+        choose_graphs(spec, "onnx", "fp16", "cpu", need_inpaint=True)
 
 
 def test_precision_without_native_kernels_refused_at_load(variant_bundle):
