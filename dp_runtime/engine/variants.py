@@ -38,8 +38,8 @@ def choose_graphs(spec: BundleSpec, fmt: str, precision: str, device: str, max_a
         check_runs_on(precision, device, fmt)
         if need_inpaint and not g.inpaint_step:
             has = [s.precision for s in sets if s.inpaint_step]
-            raise BundleError(f"{g.name} has no inpainting step graph (chunk_transition inpaint); "
-                              + (f"variants with one: {has}" if has else "re-export the bundle with dp-export --inpaint"))
+            fix = f"variants with one: {has}" if has else "re-export the bundle with dp-export --inpaint"
+            raise BundleError(f"{g.name} has no inpainting step graph (chunk_transition inpaint); {fix}")
         limit = error_limit(g, max_action_error)
         if not g.max_abs_error <= limit:
             raise BundleError(f"{g.name}: recorded max action error {g.max_abs_error:.4f} (normalized) exceeds "
