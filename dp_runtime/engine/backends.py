@@ -73,6 +73,26 @@ def resolve_device(backend: str, device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def device_kind(provider: str) -> str:
+    """'cpu' or 'cuda': where a backend's provider (ORT provider name or torch:<device>) runs."""
+    return "cpu" if provider in ("CPUExecutionProvider", "torch:cpu") else "cuda"
+
+
+class DeviceSchedule:
+    """The (timestep, prev_timestep) pairs as device values, converted once per schedule object."""
+
+    def __init__(self, convert):
+        self.convert = convert
+        self.key: Schedule | None = None
+        self.pairs: list = []
+
+    def __call__(self, schedule: Schedule) -> list:
+        if self.key is not schedule:
+            self.pairs = [(self.convert(t), self.convert(p)) for t, p in schedule]
+            self.key = schedule
+        return self.pairs
+
+
 def default_threads() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
@@ -115,8 +135,8 @@ class OrtBackend:
             log.warning("CUDA provider listed but not usable; running on CPUExecutionProvider")
         self.enc_inputs = [i.name for i in self.enc.get_inputs()]
         self.ort = ort
-        self.device = BoundDevice("cpu" if self.provider == "CPUExecutionProvider" else "cuda", 0)
-        self._schedule_key, self._schedule = None, []
+        self.device = BoundDevice(device_kind(self.provider), 0)
+        self.device_schedule = DeviceSchedule(self.on_device)  # uploaded once per schedule
 
     def denoise(self, obs: Sequence[np.ndarray], noise: np.ndarray, schedule: Schedule,
                 known: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
@@ -158,13 +178,6 @@ class OrtBackend:
     def empty_like(self, a: np.ndarray):
         return self.ort.OrtValue.ortvalue_from_shape_and_type(a.shape, a.dtype, self.device.type, self.device.id)
 
-    def device_schedule(self, schedule: Schedule) -> list:
-        """The (timestep, prev_timestep) pairs as device values, uploaded once per schedule."""
-        if self._schedule_key is not schedule:
-            self._schedule = [(self.on_device(t), self.on_device(p)) for t, p in schedule]
-            self._schedule_key = schedule
-        return self._schedule
-
 
 class TorchScriptBackend:
     name = "torchscript"
@@ -200,7 +213,7 @@ class TorchScriptBackend:
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cuda.matmul.allow_tf32 = False
         self.provider = f"torch:{self.device.type}"
-        self._schedule_key, self._schedule = None, []
+        self.device_schedule = DeviceSchedule(lambda a: torch.from_numpy(a).to(self.device))
         self.cuda_graphs = os.environ.get("DP_RUNTIME_CUDA_GRAPHS", "1") != "0"
         self._graphs: dict = {}
 
@@ -259,11 +272,3 @@ class TorchScriptBackend:
         except RuntimeError as e:  # capture is an optimization: fall back to plain launches
             log.warning("CUDA graph capture failed (%s); running without graphs", e)
             return False
-
-    def device_schedule(self, schedule):
-        key = id(schedule)
-        if self._schedule_key != key:
-            self._schedule = [(self.torch.from_numpy(t).to(self.device), self.torch.from_numpy(p).to(self.device))
-                              for t, p in schedule]
-            self._schedule_key = key
-        return self._schedule

@@ -18,7 +18,7 @@ from ..errors import BundleError, ConfigError, ShapeError
 from ..obs_spec import validate_obs
 from ..precision import check_runs_on
 from ..spec import BundleSpec, GraphSet, PolicySpec, SchedulerSpec
-from .backends import Backend, OrtBackend, TorchScriptBackend, resolve_device
+from .backends import Backend, OrtBackend, TorchScriptBackend, device_kind, resolve_device
 from .manifest import read_manifest, scan_onnx, verify_hashes, verify_norm_inventory
 from .schedule import ddim_schedule
 from .variants import choose_graphs
@@ -162,8 +162,6 @@ def load_bundle(path: str | Path, backend: str = "auto", device: str = "auto",
     if backend not in BACKEND_FORMATS:
         raise BundleError(f"backend must be auto, onnxruntime or torchscript, got {backend!r}")
     fmt = BACKEND_FORMATS[backend]
-    if fmt not in spec.formats:
-        raise BundleError(f"{path}: bundle has no {fmt} graphs (has {spec.formats})")
     try:
         graphs = choose_graphs(spec, fmt, precision, resolve_device(backend, device), max_action_error, need_inpaint)
     except BundleError as e:
@@ -178,8 +176,7 @@ def load_bundle(path: str | Path, backend: str = "auto", device: str = "auto",
         impl: Backend = OrtBackend(enc, step, device, threads, inpaint_step=inpaint)
     else:
         impl = TorchScriptBackend(enc, step, device, threads, inpaint_step=inpaint)
-    ran_on = "cpu" if impl.provider in ("CPUExecutionProvider", "torch:cpu") else "cuda"
-    check_runs_on(graphs.precision, ran_on, fmt)  # device=auto may have fallen back to the CPU
+    check_runs_on(graphs.precision, device_kind(impl.provider), fmt)  # device=auto may have fallen back to the CPU
     engine = PolicyEngine(spec.policy, spec.ddim, impl, num_inference_steps, bundle=spec, graphs=graphs)
     if warm_up:
         engine.warm_up()

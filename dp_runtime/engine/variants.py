@@ -10,14 +10,17 @@ from __future__ import annotations
 from ..errors import BundleError
 from ..precision import PRECISIONS, check_runs_on, supported_on
 from ..spec import BundleSpec, GraphSet
+from .backends import device_kind
 
 
 def measured_on(g: GraphSet) -> str:
-    """The device kind ('cpu' | 'cuda') whose latency the variant recorded ('' when emulated or unknown)."""
+    """The device kind ('cpu' | 'cuda') whose latency the variant recorded ('' when emulated or unknown).
+
+    ``latency_device`` is "<provider> <machine>[ (emulated...)]", as the exporter writes it."""
     label = g.latency_device
     if not label or "emulated" in label:
         return ""
-    return "cuda" if any(k in label for k in ("CUDA", "Tensorrt", "torch:cuda")) else "cpu"
+    return device_kind(label.split()[0])
 
 
 def error_limit(g: GraphSet, max_action_error: float | None) -> float:
