@@ -28,13 +28,11 @@ def calibration_observations(path: str | Path, spec: PolicySpec, samples: int,
             arrays = {k: z[k] for k in spec.keys}
     except (OSError, ValueError) as e:
         raise ConfigError(f"calibration data {path}: {e} (expected an .npz, e.g. written by dp-dataset)") from e
-    n = {a.shape[0] if a.ndim else 0 for a in arrays.values()}
-    if len(n) != 1 or not min(n):
-        raise ConfigError(f"calibration data {path}: arrays disagree on the sample count or are empty "
-                          f"({ {k: a.shape for k, a in arrays.items()} })")
     try:
-        validate_obs(arrays, spec.image_shapes, spec.low_dim_sizes, spec.n_obs_steps)
+        count = validate_obs(arrays, spec.image_shapes, spec.low_dim_sizes, spec.n_obs_steps)
     except ShapeError as e:
         raise ConfigError(f"calibration data {path} does not match the policy: {e}") from e
-    rows = np.random.default_rng(seed).permutation(n.pop())[:samples]
+    if not count:
+        raise ConfigError(f"calibration data {path} holds no samples")
+    rows = np.random.default_rng(seed).permutation(count)[:samples]
     return [{k: a[i:i + 1] for k, a in arrays.items()} for i in rows]
