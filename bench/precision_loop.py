@@ -15,26 +15,13 @@ import json
 import time
 from pathlib import Path
 
-from dp_runtime.engine import PolicyEngine, load_bundle, read_manifest
+from dp_runtime.engine import load_bundle, read_manifest
 from dp_runtime.engine.step_counts import compare_step_counts
 from dp_runtime.export import export_bundle
-from dp_runtime.export.bundle import open_backend
-from dp_runtime.precision import supported_on
+from dp_runtime.latency_bench import variant_engine
 from dp_runtime.sim.evaluate import run_episodes
 
 HERE = Path(__file__).resolve().parent
-
-
-def engine_for(bundle: Path, precision: str, steps: int) -> tuple[PolicyEngine, str]:
-    """The runtime's engine for a variant; one without native kernels here is opened directly (emulated)."""
-    spec = read_manifest(bundle)
-    g = spec.graph_set("onnx", precision)
-    if precision in supported_on("cpu", "onnx"):
-        return load_bundle(bundle, backend="onnxruntime", device="cpu", precision=precision,
-                           num_inference_steps=steps), ""
-    files = {"encoder": bundle / g.encoder, "step": bundle / g.step}
-    return PolicyEngine(spec.policy, spec.ddim, open_backend("onnx", files), steps, bundle=spec, graphs=g), \
-        " (emulated on this CPU)"
 
 
 def main() -> None:
@@ -60,7 +47,7 @@ def main() -> None:
     rows = []
     for precision, steps in runs:
         g = spec.graph_set("onnx", precision)
-        engine, note = engine_for(bundle, precision, steps)
+        engine, note = variant_engine(bundle, g, "cpu", steps)
         # error vs the fp32 torch policy at the exported step count: recorded at export for variants,
         # vs the fp32 bundle at the exported steps (same noise) for fewer steps
         max_error = g.max_abs_error if steps == exported else step_error[steps]
