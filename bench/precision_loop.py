@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dp_runtime.engine import load_bundle, read_manifest
 from dp_runtime.engine.step_counts import compare_step_counts
-from dp_runtime.export import export_bundle
+from dp_runtime.export import ExportOptions, export_bundle
 from dp_runtime.latency_bench import variant_engine
 from dp_runtime.sim.evaluate import run_episodes
 
@@ -34,9 +34,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "precision_loop.json")
     args = ap.parse_args()
     bundle = args.demo / "bundle-variants"
-    export_bundle(args.demo / "checkpoint" / "policy.safetensors", bundle, formats=("onnx",),
-                  precisions=args.precision, force=True, calibration=args.demo / "dataset.npz",
-                  progress=lambda m: None)
+    export_bundle(args.demo / "checkpoint" / "policy.safetensors", bundle,
+                  ExportOptions(formats=("onnx",), precisions=args.precision, force=True,
+                                calibration=args.demo / "dataset.npz"), progress=lambda m: None)
     spec = read_manifest(bundle)
     exported = spec.ddim.num_inference_steps
     runs = [("fp32", exported)]

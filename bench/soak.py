@@ -26,7 +26,7 @@ RATE, CAMERA_HZ, JOINTS_HZ, SIZE = 50.0, 30.0, 100.0, 96
 EXPORT = """
 import sys
 from dp_runtime.checkpoint import save_checkpoint
-from dp_runtime.export import export_bundle
+from dp_runtime.export import ExportOptions, export_bundle
 from dp_runtime.model import DiffusionPolicy, EncoderConfig, ImageSpec, LowDimSpec, PolicyConfig, UnetConfig
 cfg = PolicyConfig(images=[ImageSpec("camera", (96, 96, 3), topic="/camera/image_raw")],
                    low_dims=[LowDimSpec("state", 2, topic="/joint_states", names=["shoulder", "elbow"])],
@@ -36,7 +36,7 @@ cfg = PolicyConfig(images=[ImageSpec("camera", (96, 96, 3), topic="/camera/image
                    unet=UnetConfig(down_dims=(32, 64, 128), kernel_size=5, n_groups=8, diffusion_step_embed_dim=64))
 p = DiffusionPolicy(cfg)
 ck = save_checkpoint(sys.argv[1] + "/policy.safetensors", p, p, {"note": "random weights"})
-export_bundle(ck, sys.argv[1] + "/bundle", formats=("onnx",), parity_samples=1)
+export_bundle(ck, sys.argv[1] + "/bundle", ExportOptions(formats=("onnx",), parity_samples=1))
 """
 
 

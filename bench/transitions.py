@@ -40,7 +40,7 @@ def main() -> None:
             t0 = time.perf_counter()
             results = run_episodes(engine, args.episodes, seed=args.seed, arm_cfg=ArmConfig(),
                                    chunk_transition=mode, blend_actions=args.blend_actions, inference_lead="auto",
-                                   delivery_delay_s=delay * dt)
+                                   delay_s=delay * dt)
             ratio, switches = boundary_jump_ratio(results)
             success = sum(r.success for r in results) / len(results)
             cells.append({"mode": mode, "delay_periods": delay, "episodes": len(results), "success_rate": success,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from .errors import DpRuntimeError
@@ -59,7 +60,12 @@ def export_main(argv: list[str] | None = None) -> int:
 
     def go():
         from .checkpoint import load_any
-        from .export import export_bundle
+        from .export import ExportOptions, export_bundle
+        options = ExportOptions(steps=args.steps, formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
+                                opset=args.opset, seed=args.seed, parity_samples=args.parity_samples,
+                                inpaint=args.inpaint, precisions=args.precision, precision_tolerance=args.tolerance,
+                                force=args.force_precision, calibration=args.calibration,
+                                calibration_samples=args.calibration_samples)
         ck = load_any(args.checkpoint, format=args.format, trust_pickle=args.trust_pickle,
                       allow_non_ema=args.allow_non_ema)
         if ck.weights != "ema":
@@ -68,12 +74,7 @@ def export_main(argv: list[str] | None = None) -> int:
         if args.obs_interval is not None:
             ck.config.obs_interval_s = args.obs_interval
         print(f"loaded {ck.source_format} checkpoint {args.checkpoint} ({ck.weights} weights)")
-        export_bundle(ck, args.out, steps=args.steps,
-                      formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
-                      opset=args.opset, seed=args.seed, parity_samples=args.parity_samples, progress=print,
-                      inpaint=args.inpaint, precisions=args.precision, precision_tolerance=args.tolerance,
-                      force=args.force_precision, calibration=args.calibration,
-                      calibration_samples=args.calibration_samples)
+        export_bundle(ck, args.out, options, progress=print)
     return _run(go)
 
 
@@ -103,16 +104,16 @@ def inspect_main(argv: list[str] | None = None) -> int:
         print(f"horizon     {pol.horizon}  n_obs_steps {pol.n_obs_steps} every {pol.obs_interval_s:g} s  "
               f"n_action_steps {pol.n_action_steps}  DDIM steps {m.ddim.num_inference_steps}")
         src = m.source
-        print(f"source      {src.get('path')} sha256 {str(src.get('sha256'))[:16]}... weights "
-              f"{src.get('weights')} ({src.get('format')})  EMA {m.ema or None}")
-        renamed = (src.get("details") or {}).get("lerobot_features") or {}
+        ema = {k: v for k, v in asdict(m.ema).items() if v is not None} or None
+        print(f"source      {src.path} sha256 {src.sha256[:16]}... weights {src.weights} ({src.format})  EMA {ema}")
+        renamed = src.details.get("lerobot_features") or {}
         if renamed:
             print("renamed     " + ", ".join(f"{ours} <- {theirs}" for ours, theirs in renamed.items()))
         norms = sorted({n.type for n in m.norm_inventory})
         print(f"norm layers {len(m.norm_inventory)} ({', '.join(norms)}); running-stats layers: "
               f"{len(m.running_stats_layers) or 'none'}")
-        print(f"graphs      action error vs the fp32 torch policy (normalized units) over {m.parity.get('samples')} "
-              f"samples{'' if not m.parity.get('calibration') else ' incl. calibration data'}; latency at export")
+        print(f"graphs      action error vs the fp32 torch policy (normalized units) over {m.parity.samples} "
+              f"samples{'' if not m.parity.calibration else ' incl. calibration data'}; latency at export")
         for g in m.graphs:
             flag = " FORCED above tolerance" if g.forced else ""
             print(f"  {g.name:<18} {g.step:<26} max {g.max_abs_error:.2e} p99 {g.p99_abs_error:.2e} "

@@ -26,15 +26,13 @@ import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .engine import load_bundle, read_manifest
-from .engine.engine import BACKEND_FORMATS
 from .errors import BundleError
 from .precision import PRECISIONS, supported_on
-from .export import export_bundle
+from .export import ExportOptions, export_bundle
 from .export.bundle import example_inputs
 from .model import DiffusionPolicy, EncoderConfig, ImageSpec, LowDimSpec, PolicyConfig, UnetConfig
 
 
-FORMAT_BACKENDS = {fmt: backend for backend, fmt in BACKEND_FORMATS.items()}
 
 
 def reference_config() -> PolicyConfig:
@@ -95,14 +93,15 @@ def variant_engine(bundle: Path, g, device: str, steps: int):
     """A variant opened the way the runtime opens it, or directly (marked emulated) where the runtime
     would refuse it for lack of native kernels, so every precision gets a row."""
     from .engine import PolicyEngine
-    from .engine.backends import OrtBackend, TorchScriptBackend
+    from .engine.backends import BackendOptions
+    from .engine.formats import graph_format
+    fmt = graph_format(g.format)
     if g.precision in supported_on(device, g.format):
-        return load_bundle(bundle, backend=FORMAT_BACKENDS[g.format], device=device, precision=g.precision,
+        return load_bundle(bundle, backend=fmt.backend, device=device, precision=g.precision,
                            max_action_error=1.0, num_inference_steps=steps), ""
     spec = read_manifest(bundle)
-    cls = OrtBackend if g.format == "onnx" else TorchScriptBackend
-    engine = PolicyEngine(spec.policy, spec.ddim, cls(bundle / g.encoder, bundle / g.step, device=device),
-                          steps, bundle=spec, graphs=g)
+    engine = PolicyEngine(spec.policy, spec.ddim, fmt.open(bundle / g.encoder, bundle / g.step, device,
+                                                           BackendOptions()), steps, bundle=spec, graphs=g)
     return engine, " emulated"
 
 
@@ -133,8 +132,8 @@ def main(argv: list[str] | None = None, results_dir: Path | None = None) -> None
     t = time.perf_counter()
     # Random weights: reduced precisions are kept with force (their error here is reported, not judged;
     # a trained policy's is, at export).
-    bundle = export_bundle(ck_path, work / "bundle", parity_samples=2, progress=print, precisions=args.precision,
-                           force=True)
+    bundle = export_bundle(ck_path, work / "bundle", ExportOptions(parity_samples=2, precisions=args.precision,
+                                                                  force=True), progress=print)
     export_s = time.perf_counter() - t
     spec = read_manifest(bundle)
 
@@ -182,10 +181,10 @@ def main(argv: list[str] | None = None, results_dir: Path | None = None) -> None
             add(f"bundle {engine.backend.name} {g.precision} {steps} steps ({engine.provider}{note})", engine,
                 g.precision, steps)
     if args.device == "cuda":  # the same bundle without CUDA graphs, to show what capture buys
-        import os
-        os.environ["DP_RUNTIME_CUDA_GRAPHS"] = "0"
+        from .engine.backends import BackendOptions
         add("bundle torchscript fp32 (torch:cuda, no CUDA graph)",
-            load_bundle(bundle, backend="torchscript", device="cuda", precision="fp32"), "fp32", step_counts[0])
+            load_bundle(bundle, backend="torchscript", device="cuda", precision="fp32",
+                        options=BackendOptions(cuda_graphs=False)), "fp32", step_counts[0])
     for row, ms in zip(rows, interleaved_median_ms(runs, args.repeats)):
         row.median_ms = ms
     base = rows[0].median_ms

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .errors import BundleError
 
 FORMAT = "dp_runtime.bundle"
-FORMAT_VERSION = 3  # 3: precision variants with measured error and latency, graphs_sha256
+FORMAT_VERSION = 4  # 4: typed parity, source, EMA and DDIM config; 3: precision variants, graphs_sha256
 MANIFEST = "manifest.json"
 
 
@@ -121,10 +121,54 @@ class PolicySpec:
         return actions[..., self.action.execute_start:self.action.execute_end, :]
 
 
+def _typed(cls, d: Any, where: str):
+    """A frozen dataclass from its JSON object; unknown or mistyped keys are a BundleError naming ``where``."""
+    if not isinstance(d, dict):
+        raise BundleError(f"{MANIFEST}: {where} must be an object, got {d!r}")
+    unknown = set(d) - {f.name for f in fields(cls)}
+    if unknown:
+        raise BundleError(f"{MANIFEST}: {where} has unknown key(s) {sorted(unknown)}")
+    return cls(**d)
+
+
+def _present(obj) -> dict[str, Any]:
+    """A dataclass as JSON, fields left unset (None) out."""
+    return {k: v for k, v in asdict(obj).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class DdimConfig:
+    """diffusers' DDIMScheduler config as exported (its defaults filled in): what the graphs' DDIM update used."""
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    beta_schedule: str = "linear"
+    trained_betas: list[float] | None = None
+    clip_sample: bool = True
+    set_alpha_to_one: bool = True
+    steps_offset: int = 0
+    prediction_type: str = "epsilon"
+    thresholding: bool = False
+    dynamic_thresholding_ratio: float = 0.995
+    clip_sample_range: float = 1.0
+    sample_max_value: float = 1.0
+    timestep_spacing: str = "leading"
+    rescale_betas_zero_snr: bool = False
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> "DdimConfig":
+        """The fields this class knows of a full diffusers config (diffusers' private keys dropped)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in config.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass(frozen=True)
 class SchedulerSpec:
-    """The DDIM schedule the graphs were exported for (a diffusers config dict and its walk)."""
-    config: dict[str, Any]
+    """The DDIM schedule the graphs were exported for (diffusers' config and its walk)."""
+    config: DdimConfig
     num_inference_steps: int
     timesteps: tuple[int, ...]
     prev_timesteps: tuple[int, ...]
@@ -159,6 +203,11 @@ class GraphSet:
     def name(self) -> str:
         return f"{self.format}-{self.precision}"
 
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The variant's graph files inside the bundle."""
+        return tuple(f for f in (self.encoder, self.step, self.inpaint_step) if f)
+
 
 @dataclass(frozen=True)
 class FileEntry:
@@ -174,18 +223,72 @@ class NormLayer:
     running_stats: bool
 
 
-@dataclass
+@dataclass(frozen=True)
+class CalibrationInfo:
+    path: str  # the dataset file's name
+    samples: int  # real observation histories taken from it
+
+
+@dataclass(frozen=True)
+class ParityInfo:
+    """How the graphs were checked against the torch policy."""
+    samples: int
+    tolerance: float  # fp32 graphs' bound, normalized action units
+    units: str = "normalized action ([-1, 1] training range)"
+    reference: str = "torch policy + diffusers DDIMScheduler.step"
+    calibration: CalibrationInfo | None = None
+
+    @classmethod
+    def from_json(cls, d: Any) -> "ParityInfo":
+        p = _typed(cls, d, "parity")
+        cal = p.calibration
+        return p if cal is None else cls(p.samples, p.tolerance, p.units, p.reference,
+                                          _typed(CalibrationInfo, cal, "parity.calibration"))
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """The checkpoint the bundle was exported from."""
+    path: str  # file or directory name
+    sha256: str
+    format: str  # the importer that read it
+    weights: str  # "ema" | "live"
+    details: dict[str, Any] = field(default_factory=dict)  # importer notes for people (crop, renamed keys)
+
+
+@dataclass(frozen=True)
+class EmaInfo:
+    """EMA settings as the checkpoint recorded them (each framework records a different subset)."""
+    library: str | None = None
+    power: float | None = None
+    inv_gamma: float | None = None
+    use_ema_warmup: bool | None = None
+    max_decay: float | None = None
+    min_value: float | None = None
+    max_value: float | None = None
+    update_after_step: int | None = None
+    decay: float | None = None  # the decay reached at the last update
+    step: int | None = None  # optimization steps averaged
+
+    @classmethod
+    def of(cls, settings: dict[str, Any]) -> "EmaInfo":
+        """The settings this record knows; a checkpoint's other notes stay in the source checkpoint."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in settings.items() if k in names})
+
+
+@dataclass(frozen=True)
 class BundleSpec:
     policy: PolicySpec
     ddim: SchedulerSpec
     graphs: list[GraphSet]
     files: dict[str, FileEntry]
     norm_inventory: list[NormLayer]  # every normalization layer of the torch module at export
-    parity: dict[str, Any]  # samples, tolerance, units, reference
-    source: dict[str, Any]  # path, sha256, format, weights (ema|live), details
-    ema: dict[str, Any] = field(default_factory=dict)  # EMA settings when known
+    parity: ParityInfo
+    source: SourceInfo
+    ema: EmaInfo = EmaInfo()
     normalizer: dict[str, Any] = field(default_factory=dict)  # per-key scale/offset baked into the graphs
-    config: dict[str, Any] = field(default_factory=dict)  # the PolicyConfig the graphs were built from
+    config: dict[str, Any] = field(default_factory=dict)  # the PolicyConfig the graphs were built from (a record)
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
     onnx_opset: int | None = None
@@ -210,14 +313,16 @@ class BundleSpec:
                        "execute_start": p.action.execute_start, "execute_end": p.action.execute_end},
             "horizon": p.horizon, "n_obs_steps": p.n_obs_steps, "n_action_steps": p.n_action_steps,
             "obs_interval_s": p.obs_interval_s,
-            "ddim": {"scheduler_class": self.ddim.scheduler_class, "config": self.ddim.config,
+            "ddim": {"scheduler_class": self.ddim.scheduler_class, "config": self.ddim.config.to_dict(),
                      "num_inference_steps": self.ddim.num_inference_steps, "timesteps": list(self.ddim.timesteps),
                      "prev_timesteps": list(self.ddim.prev_timesteps), "eta": self.ddim.eta},
             "graphs": [asdict(g) for g in self.graphs],
             "graphs_sha256": graphs_digest([asdict(g) for g in self.graphs]),
             "files": {n: asdict(f) for n, f in self.files.items()},
             "norm_inventory": [asdict(n) for n in self.norm_inventory],
-            "parity": self.parity, "source": self.source, "ema": self.ema, "normalizer": self.normalizer,
+            "parity": _present(self.parity) | ({"calibration": asdict(self.parity.calibration)}
+                                              if self.parity.calibration else {}),
+            "source": asdict(self.source), "ema": _present(self.ema), "normalizer": self.normalizer,
             "policy_config": self.config, "versions": self.versions, "onnx_opset": self.onnx_opset,
         }
 
@@ -239,7 +344,7 @@ class BundleSpec:
                 int(_need(d, "horizon", "the manifest")), int(_need(d, "n_obs_steps", "the manifest")),
                 float(_need(d, "obs_interval_s", "the manifest")))
             s = _need(d, "ddim", "the manifest")
-            ddim = SchedulerSpec(dict(_need(s, "config", "ddim")), int(_need(s, "num_inference_steps", "ddim")),
+            ddim = SchedulerSpec(_typed(DdimConfig, _need(s, "config", "ddim"), "ddim.config"), int(_need(s, "num_inference_steps", "ddim")),
                                  tuple(int(t) for t in _need(s, "timesteps", "ddim")),
                                  tuple(int(t) for t in _need(s, "prev_timesteps", "ddim")),
                                  s.get("scheduler_class", "DDIMScheduler"), float(s.get("eta", 0.0)))
@@ -250,8 +355,9 @@ class BundleSpec:
             graphs = [GraphSet(**g) for g in listed]
             files = {n: FileEntry(**f) for n, f in _need(d, "files", "the manifest").items()}
             norms = [NormLayer(**n) for n in _need(d, "norm_inventory", "the manifest")]
-            return cls(policy, ddim, graphs, files, norms, dict(_need(d, "parity", "the manifest")),
-                       dict(_need(d, "source", "the manifest")), d.get("ema") or {}, d.get("normalizer") or {},
+            return cls(policy, ddim, graphs, files, norms, ParityInfo.from_json(_need(d, "parity", "the manifest")),
+                       _typed(SourceInfo, _need(d, "source", "the manifest"), "source"),
+                       _typed(EmaInfo, d.get("ema") or {}, "ema"), d.get("normalizer") or {},
                        d.get("policy_config") or {}, d.get("versions") or {}, d.get("created", ""),
                        d.get("onnx_opset"))
         except (TypeError, ValueError, AttributeError) as e:

@@ -32,9 +32,9 @@ def tiny_ckpt(tmp_path_factory, tiny_cfg, tiny_data) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, tiny_ckpt) -> Path:
-    from dp_runtime.export import export_bundle
+    from dp_runtime.export import ExportOptions, export_bundle
     out = tmp_path_factory.mktemp("bundle") / "tiny"
-    export_bundle(tiny_ckpt, out, seed=0, parity_samples=3, inpaint=True)
+    export_bundle(tiny_ckpt, out, ExportOptions(seed=0, parity_samples=3, inpaint=True))
     return out
 
 
@@ -51,8 +51,8 @@ def calibration_npz(tmp_path_factory, tiny_data) -> Path:
 def variant_bundle(tmp_path_factory, tiny_ckpt, calibration_npz) -> Path:
     """The tiny policy in every precision (int8 and bf16 measure above the default tolerance on this
     policy, so they are kept with force; the exporter's refusal is tested in test_precision.py)."""
-    from dp_runtime.export import export_bundle
+    from dp_runtime.export import ExportOptions, export_bundle
     out = tmp_path_factory.mktemp("variants") / "tiny"
-    export_bundle(tiny_ckpt, out, seed=0, parity_samples=3, precisions="int8,fp16,bf16", force=True,
-                  calibration=calibration_npz, calibration_samples=8)
+    export_bundle(tiny_ckpt, out, ExportOptions(seed=0, parity_samples=3, precisions="int8,fp16,bf16", force=True,
+                                                calibration=calibration_npz, calibration_samples=8))
     return out

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from dp_runtime.control import ActionQueue, PolicyRunner, RunnerConfig
+from dp_runtime.control import ActionQueue, PolicyRunner, RunnerConfig, simulated
 from dp_runtime.control.continuity import BoundaryJumps
 from dp_runtime.errors import BundleError, ConfigError
 from test_control import FakeEngine, feed
@@ -83,7 +83,7 @@ class RecordingEngine(FakeEngine):
 def test_inpaint_commits_the_actions_that_execute_before_the_new_chunk_arrives():
     eng = RecordingEngine()
     r = PolicyRunner(eng, RunnerConfig(control_rate_hz=10, inference_lead=3, chunk_transition="inpaint",
-                                       assumed_latency_s=0.0, execution_latency=0.2))
+                                       execution_latency=0.2), delivery=simulated(0.0))
     feed(r, 1.0, v=10.0)
     r.infer(1.0)
     assert eng.inpaint_calls[0] == (None, None)  # nothing queued yet: nothing to hold fixed
@@ -99,8 +99,8 @@ def test_inpaint_commits_the_actions_that_execute_before_the_new_chunk_arrives()
 
 
 def test_delivery_delay_keeps_the_old_chunk_running_until_the_new_one_arrives():
-    r = PolicyRunner(FakeEngine(), RunnerConfig(control_rate_hz=10, inference_lead=2, assumed_latency_s=0.0,
-                                                delivery_delay_s=0.2))
+    r = PolicyRunner(FakeEngine(), RunnerConfig(control_rate_hz=10, inference_lead=2),
+                     delivery=simulated(0.0, 0.2))
     feed(r, 1.0, v=10.0)
     r.infer(1.0)
     assert r.tick(1.1) is None  # in flight until 1.2
@@ -161,8 +161,8 @@ def test_inpaint_holds_the_committed_prefix_and_matches_the_torch_reference(tiny
 
 def test_bundle_without_inpaint_graph_refuses_inpaint(tmp_path, tiny_ckpt):
     from dp_runtime.engine import load_bundle
-    from dp_runtime.export import export_bundle
-    out = export_bundle(tiny_ckpt, tmp_path / "plain", formats=("onnx",), parity_samples=1)
+    from dp_runtime.export import ExportOptions, export_bundle
+    out = export_bundle(tiny_ckpt, tmp_path / "plain", ExportOptions(formats=("onnx",), parity_samples=1))
     engine = load_bundle(out)
     assert not engine.can_inpaint
     with pytest.raises(BundleError, match="re-export it with dp-export --inpaint"):
@@ -175,8 +175,8 @@ def test_bundle_without_inpaint_graph_refuses_inpaint(tmp_path, tiny_ckpt):
 def test_an_arrived_chunk_lets_the_next_inference_start_in_the_same_tick():
     """On a simulated clock the loop asks needs_inference(now) before tick(now): a chunk due by now is
     delivered first, so a saturated pipeline (delay = half a chunk) never runs the queue dry."""
-    r = PolicyRunner(FakeEngine(), RunnerConfig(control_rate_hz=10, inference_lead=2, assumed_latency_s=0.0,
-                                                delivery_delay_s=0.2))
+    r = PolicyRunner(FakeEngine(), RunnerConfig(control_rate_hz=10, inference_lead=2),
+                     delivery=simulated(0.0, 0.2))
     feed(r, 1.0, v=10.0)
     r.infer(1.0)
     feed(r, 1.15, v=20.0)
@@ -188,7 +188,7 @@ def test_committed_actions_keep_their_order_when_the_grids_are_half_a_period_apa
     from collections import deque
     eng = RecordingEngine()
     r = PolicyRunner(eng, RunnerConfig(control_rate_hz=10, inference_lead=3, chunk_transition="inpaint",
-                                       assumed_latency_s=0.0, execution_latency=0.35))
+                                       execution_latency=0.35), delivery=simulated(0.0))
     r.queue.items = deque((1.1 + i * 0.1, np.array([float(i), 0.0])) for i in range(4))  # due 1.1 .. 1.4
     feed(r, 1.05, v=20.0)
     r.infer(1.05)  # arrives by 1.4: all four committed, 0.5, 1.5, 2.5 and 3.5 periods after t_obs

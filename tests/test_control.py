@@ -103,6 +103,8 @@ class FakeEngine:
     """Stands in for a bundle (the runner's contract with it) so timing logic is tested exactly."""
 
     spec = SPEC
+    can_inpaint = False
+    warmup_latency_s = 0.0
 
     def __init__(self, fail=False, latency=0.001):
         self.fail = fail
@@ -263,7 +265,7 @@ def test_hold_position_commands_the_measured_joints_when_stale():
     per_chunk.add("state", 1.0, np.array([0.3, -0.7]), joint_names=["j1", "j2"])
     assert per_chunk.tick(1.5) is None  # a trajectory interface holds by not sending a new trajectory
     unknown = PolicyRunner(FakeEngine(), RunnerConfig(control_rate_hz=10, max_obs_age=0.2, on_stale="hold_position",
-                                                      action_names=("a", "b")))
+                                                      action_joint_names=["a", "b"]))
     unknown.add("state", 1.0, np.array([0.3, -0.7]), joint_names=["j1", "j2"])
     assert unknown.tick(1.5) is None  # the commanded joints were never measured: nothing to hold
 
@@ -301,12 +303,12 @@ def test_stop_start_and_status_snapshot():
 
 
 def test_histories_are_bounded():
-    r = PolicyRunner(FakeEngine(), RunnerConfig(control_rate_hz=10, inference_lead=10, keep_chunks=5))
+    r = PolicyRunner(FakeEngine(), RunnerConfig(control_rate_hz=10, inference_lead=10), keep_chunks=5)
     for k in range(300):
         feed(r, 1.0 + k * 0.1, v=float(k))
         r.infer(1.0 + k * 0.1)
         r.tick(1.0 + k * 0.1)
-    assert len(r.chunks) == 5 and len(r._latencies) <= 200 and len(r._command_times) <= 500
+    assert len(r.chunks) == 5 and len(r.scheduler.latencies) <= 200 and len(r.metrics.command_times) <= 500
 
 
 def test_runner_config_refuses_bad_values():
@@ -315,7 +317,7 @@ def test_runner_config_refuses_bad_values():
     with pytest.raises(ConfigError, match="on_stale"):
         RunnerConfig(on_stale="freeze")
     with pytest.raises(ConfigError, match="action_joint_names has 3 names"):
-        PolicyRunner(FakeEngine(), RunnerConfig(action_names=("a", "b", "c")))
+        PolicyRunner(FakeEngine(), RunnerConfig(action_joint_names=["a", "b", "c"]))
 
 
 def test_tick_grid_skips_missed_slots_and_restarts():

@@ -12,7 +12,7 @@ import torch
 from dp_runtime.checkpoint import load_checkpoint
 from dp_runtime.engine import load_bundle
 from dp_runtime.errors import BatchNormError, BundleError, ConfigError, InputError, ShapeError
-from dp_runtime.export import export_bundle
+from dp_runtime.export import ExportOptions, export_bundle
 from dp_runtime.export.bundle import example_inputs
 from dp_runtime.model import DiffusionPolicy
 
@@ -25,7 +25,7 @@ def obs1(cfg, seed=0):
 
 def test_manifest_records_the_contract(tiny_bundle, tiny_ckpt):
     m = json.loads((tiny_bundle / "manifest.json").read_text())
-    assert m["format_version"] == 3
+    assert m["format_version"] == 4
     assert m["obs_interval_s"] == 0.1 and m["action"]["execute_start"] == 1 and m["action"]["execute_end"] == 5
     assert m["source"]["weights"] == "ema" and len(m["source"]["sha256"]) == 64
     assert m["ema"]["power"] == 0.75
@@ -182,9 +182,9 @@ def test_batchnorm_policy_refused_before_export(tmp_path, tiny_cfg):
 
 def test_unsupported_export_options(tmp_path, tiny_ckpt):
     with pytest.raises(ConfigError, match="steps"):
-        export_bundle(tiny_ckpt, tmp_path / "o", steps=1000)
+        export_bundle(tiny_ckpt, tmp_path / "o", ExportOptions(steps=1000))
     with pytest.raises(ConfigError, match="formats"):
-        export_bundle(tiny_ckpt, tmp_path / "o", formats=("tflite",))
+        export_bundle(tiny_ckpt, tmp_path / "o", ExportOptions(formats=("tflite",)))
 
 
 def test_cli_inspect_and_export(tiny_bundle, tiny_ckpt, tmp_path, bundle_copy):

@@ -18,7 +18,7 @@ from dp_runtime.checkpoint import detect_format, load_any
 from dp_runtime.cli import export_main
 from dp_runtime.engine import load_bundle
 from dp_runtime.errors import BatchNormError, CheckpointError
-from dp_runtime.export import export_bundle
+from dp_runtime.export import ExportOptions, export_bundle
 from dp_runtime.export.bundle import example_inputs
 from tests.helpers import foreign_ckpts as fc
 
@@ -38,7 +38,7 @@ def assert_same_policy(source, ck):
 
 
 def export_and_check(ck, source_path, out, fmt, weights="ema"):
-    bundle = export_bundle(ck, out, parity_samples=2)
+    bundle = export_bundle(ck, out, ExportOptions(parity_samples=2))
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert max(g["max_abs_error"] for g in manifest["graphs"]) <= 1e-4
     assert manifest["source"]["format"] == fmt and manifest["source"]["weights"] == weights

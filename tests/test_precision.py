@@ -15,7 +15,7 @@ from dp_runtime.checkpoint import load_any
 from dp_runtime.engine import PolicyEngine, load_bundle, read_manifest
 from dp_runtime.engine.variants import choose_graphs
 from dp_runtime.errors import BundleError, ConfigError, ParityError
-from dp_runtime.export import export_bundle
+from dp_runtime.export import ExportOptions, export_bundle
 from dp_runtime.export.bundle import check_observations, open_backend
 from dp_runtime.export.calibration import calibration_observations
 from dp_runtime.precision import cpu_flags, supported_on
@@ -72,11 +72,12 @@ def test_variant_above_tolerance_refused_unless_forced(tmp_path, tiny_ckpt, vari
     recorded = read_manifest(variant_bundle).graph_set("onnx", "int8").max_abs_error
     tol = recorded / 2
     with pytest.raises(ParityError, match=r"onnx-int8: max action error .* exceeds the tolerance") as e:
-        export_bundle(tiny_ckpt, tmp_path / "b", formats=("onnx",), precisions="int8", precision_tolerance=tol)
+        export_bundle(tiny_ckpt, tmp_path / "b", ExportOptions(formats=("onnx",), precisions="int8",
+                                                               precision_tolerance=tol))
     assert f"{recorded:.4f}" in str(e.value)  # the measured error, the same as the forced export recorded
     assert not (tmp_path / "b").exists()
-    out = export_bundle(tiny_ckpt, tmp_path / "b", formats=("onnx",), precisions="int8", precision_tolerance=tol,
-                        force=True)
+    out = export_bundle(tiny_ckpt, tmp_path / "b", ExportOptions(formats=("onnx",), precisions="int8",
+                                                                 precision_tolerance=tol, force=True))
     g = read_manifest(out).graph_set("onnx", "int8")
     assert g.forced and g.tolerance == tol
     # the runtime refuses a variant above its recorded bound unless max_action_error covers it
@@ -155,11 +156,11 @@ def test_calibration_data_of_wrong_shape_refused(tmp_path, tiny_ckpt, tiny_data)
     bad = tmp_path / "bad.npz"
     np.savez(bad, camera=tiny_data["camera"][:8, :, :12], state=tiny_data["state"][:8])
     with pytest.raises(ConfigError, match=r"calibration data .*bad.npz does not match the policy: image 'camera'"):
-        export_bundle(tiny_ckpt, tmp_path / "o", precisions="int8", calibration=bad)
+        export_bundle(tiny_ckpt, tmp_path / "o", ExportOptions(precisions="int8", calibration=bad))
     missing = tmp_path / "missing.npz"
     np.savez(missing, camera=tiny_data["camera"][:8])
     with pytest.raises(ConfigError, match=r"no array for observation key\(s\) \['state'\]"):
-        export_bundle(tiny_ckpt, tmp_path / "o", precisions="int8", calibration=missing)
+        export_bundle(tiny_ckpt, tmp_path / "o", ExportOptions(precisions="int8", calibration=missing))
 
 
 def test_io_binding_loop_matches_plain_session_runs(tiny_bundle):
@@ -216,9 +217,9 @@ def test_cli_refuses_then_forces_and_inspect_lists_variants(tmp_path, tiny_ckpt,
 
 def test_precision_requests_checked_before_any_work(tmp_path, tiny_ckpt):
     with pytest.raises(ConfigError, match=r"precision bf16 is exported as torchscript only; add it to --formats"):
-        export_bundle(tiny_ckpt, tmp_path / "o", formats=("onnx",), precisions="bf16")
+        export_bundle(tiny_ckpt, tmp_path / "o", ExportOptions(formats=("onnx",), precisions="bf16"))
     with pytest.raises(ConfigError, match=r"precision \['int4'\] is not one of \['fp32', 'int8', 'fp16', 'bf16'\]"):
-        export_bundle(tiny_ckpt, tmp_path / "o", precisions="int8,int4")
+        export_bundle(tiny_ckpt, tmp_path / "o", ExportOptions(precisions="int8,int4"))
     assert not (tmp_path / "o").exists()
 
 

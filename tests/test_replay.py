@@ -126,10 +126,10 @@ def test_empty_bag_and_not_a_bag(tmp_path, tiny_bundle):
 def test_unknown_types_out_of_order_and_corrupt_messages_are_counted(tmp_path, tiny_bundle):
     bag = write_test_bag(tmp_path / "bag", "mcap", extra_unknown=True, shuffle_stamps=True, corrupt_every=17)
     r = replay_offline(bag, make_setup(tiny_bundle, config_file(tmp_path)), seed=0)
-    assert r.problems["unknown_types"] == {"/vendor/status": {"type": "vendor_msgs/msg/Status", "skipped": 1}}
+    assert asdict(r.problems)["unknown_types"] == {"/vendor/status": {"type": "vendor_msgs/msg/Status", "skipped": 1}}
     assert any("out-of-order stamp" in k for k in r.invalid), r.invalid
-    assert len(r.problems["corrupt"]) > 3
-    assert "/joint_states message" in r.problems["corrupt"][0]
+    assert len(r.problems.corrupt) > 3
+    assert "/joint_states message" in r.problems.corrupt[0]
     assert sum(c is not None for _, c in r.commands) > 20  # the rest of the bag was still used
 
 
@@ -141,7 +141,7 @@ def test_truncated_bag_keeps_what_can_be_read(tmp_path, tiny_bundle):
     f = next(cut.glob("*.mcap"))
     f.write_bytes(f.read_bytes()[: int(f.stat().st_size * 0.6)])
     r = replay_offline(cut, make_setup(tiny_bundle, config_file(tmp_path)), seed=0)
-    assert "is truncated" in r.problems["truncated"]
+    assert "is truncated" in r.problems.truncated
     assert 0 < r.messages_read < full.messages_read
     n = len(r.commands)
     assert n > 10
@@ -209,7 +209,7 @@ def test_complete_bags_with_odd_metadata_replay_and_are_not_called_truncated(tmp
     for bag in (empty, v1, nometa):
         caplog.clear()
         r = replay_offline(bag, setup, seed=0)
-        assert r.problems["truncated"] == "", bag
+        assert r.problems.truncated == "", bag
         assert [c is None for _, c in r.commands] == [c is None for _, c in reference.commands]
         warnings = [rec.getMessage() for rec in caplog.records if rec.levelname == "WARNING"]
         assert len(warnings) == 1 and "reading" in warnings[0] and "truncated" not in warnings[0], warnings

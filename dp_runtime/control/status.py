@@ -1,7 +1,8 @@
 """RunnerStatus: one snapshot of the control loop, read by the node's /diagnostics and by replay.
 
-Histories behind these figures are bounded (deques), so a node that runs for
-days keeps constant memory.
+``values()`` writes it as diagnostic_msgs key/values (strings); ``from_values()`` reads those back
+into the same typed snapshot, so whoever listens to /diagnostics (real-time replay, the demo) gets
+numbers without parsing strings of its own.
 """
 from __future__ import annotations
 
@@ -20,13 +21,23 @@ def percentiles_ms(values_s, *qs: float) -> list[float] | None:
     return [float(np.percentile(v, q)) for q in qs] if v.size else None
 
 
+QUEUE_KEYS = {"dropped": "dropped_actions", "skipped": "skipped_actions", "starved": "starvation_count"}
+COUNTS = {"chunks": "chunks", "queue_depth": "queue_depth", "stale_refusals": "stale_refusals",
+          "invalid_inputs": "invalid_inputs", "inference_errors": "inference_errors",
+          "overruns": "inference_overruns", "commands": "commands_published", "inference_lead": "inference_lead",
+          "chunk_switches": "chunk_switches"}
+PAIRS = {"latency_ms": ("inference_latency_ms_median", "inference_latency_ms_max", "{:.1f}"),
+         "command_period_ms": ("command_period_ms_p50", "command_period_ms_p99", "{:.2f}"),
+         "obs_to_command_ms": ("obs_to_first_command_ms_p50", "obs_to_first_command_ms_max", "{:.1f}")}
+
+
 @dataclass
 class RunnerStatus:
     running: bool
-    stale: dict[str, float]  # stale inputs at the snapshot time (empty: all fresh)
-    ages: dict[str, float]  # age of each input's newest sample, s (inf: never received)
-    queue: QueueStats
-    queue_depth: int
+    stale: dict[str, float] = field(default_factory=dict)  # stale inputs at the snapshot time (empty: all fresh)
+    ages: dict[str, float] = field(default_factory=dict)  # age of each input's newest sample, s (inf: never)
+    queue: QueueStats = field(default_factory=QueueStats)
+    queue_depth: int = 0
     chunks: int = 0
     inference_errors: int = 0
     stale_refusals: int = 0
@@ -37,7 +48,10 @@ class RunnerStatus:
     latency_ms: list[float] | None = None  # median, max over recent chunks
     command_period_ms: list[float] | None = None  # p50, p99 of wall-clock periods between commands
     obs_to_command_ms: list[float] | None = None  # p50, max: observation stamp -> first command of its chunk
-    extra: dict[str, str] = field(default_factory=dict)
+    inference_lead: int = 0
+    chunk_transition: str = ""
+    chunk_switches: int = 0
+    boundary_jump_ratio: float | None = None
 
     def health(self, starved_before: int) -> tuple[str, str]:
         """(level, message) for diagnostics; ``starved_before`` is the starvation count last reported."""
@@ -54,22 +68,36 @@ class RunnerStatus:
     def values(self) -> dict[str, str]:
         """Diagnostics key/values (strings, as diagnostic_msgs carries them)."""
         lat = self.latency_ms
-        out = {
-            "inference_latency_ms_median": f"{lat[0]:.1f}" if lat else "n/a",
-            "inference_latency_ms_max": f"{lat[1]:.1f}" if lat else "n/a",
-            "chunks": str(self.chunks), "queue_depth": str(self.queue_depth),
-            "dropped_actions": str(self.queue.dropped), "skipped_actions": str(self.queue.skipped),
-            "starvation_count": str(self.queue.starved), "stale_refusals": str(self.stale_refusals),
-            "invalid_inputs": str(self.invalid_inputs), "inference_errors": str(self.inference_errors),
-            "inference_overruns": str(self.overruns), "commands_published": str(self.commands),
-            "last_error": self.last_error,
-        }
-        if self.command_period_ms:
-            out["command_period_ms_p50"] = f"{self.command_period_ms[0]:.2f}"
-            out["command_period_ms_p99"] = f"{self.command_period_ms[1]:.2f}"
-        if self.obs_to_command_ms:
-            out["obs_to_first_command_ms_p50"] = f"{self.obs_to_command_ms[0]:.1f}"
-            out["obs_to_first_command_ms_max"] = f"{self.obs_to_command_ms[1]:.1f}"
-        out.update(self.extra)
+        out = {PAIRS["latency_ms"][0]: f"{lat[0]:.1f}" if lat else "n/a",
+               PAIRS["latency_ms"][1]: f"{lat[1]:.1f}" if lat else "n/a"}
+        out.update({key: str(getattr(self, name)) for name, key in COUNTS.items()})
+        out.update({key: str(getattr(self.queue, name)) for name, key in QUEUE_KEYS.items()})
+        out["last_error"] = self.last_error
+        for name in ("command_period_ms", "obs_to_command_ms"):
+            pair = getattr(self, name)
+            if pair:
+                first, second, fmt = PAIRS[name]
+                out[first], out[second] = fmt.format(pair[0]), fmt.format(pair[1])
+        out["chunk_transition"] = self.chunk_transition
+        ratio = self.boundary_jump_ratio
+        out["boundary_jump_ratio"] = "n/a" if ratio is None else f"{ratio:.3f}"
         out.update({f"age.{k}": ("never" if math.isinf(a) else f"{a:.3f}") for k, a in self.ages.items()})
         return out
+
+    @classmethod
+    def from_values(cls, values: dict[str, str], running: bool = True) -> "RunnerStatus":
+        """The snapshot a /diagnostics message carried (figures it lacks stay at their defaults)."""
+        def number(key: str) -> float | None:
+            v = values.get(key, "n/a")
+            return None if v in ("n/a", "") else float(v)
+
+        pairs = {}
+        for name, (first, second, _) in PAIRS.items():
+            a, b = number(first), number(second)
+            pairs[name] = None if a is None or b is None else [a, b]
+        ages = {k[4:]: (math.inf if v == "never" else float(v)) for k, v in values.items() if k.startswith("age.")}
+        return cls(running, ages=ages,
+                   queue=QueueStats(**{name: int(values[key]) for name, key in QUEUE_KEYS.items() if key in values}),
+                   last_error=values.get("last_error", ""), chunk_transition=values.get("chunk_transition", ""),
+                   boundary_jump_ratio=number("boundary_jump_ratio"),
+                   **{name: int(values[key]) for name, key in COUNTS.items() if key in values}, **pairs)

@@ -1,6 +1,7 @@
 """Inference backends: ONNX Runtime sessions or TorchScript modules, same two-graph interface."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -18,6 +19,24 @@ PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
+
+
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")  # the device parameter's values
+
+
+def check_device(device: str) -> None:
+    if device not in DEVICES:
+        raise BundleError(f"device must be {', '.join(DEVICES[:-1])} or {DEVICES[-1]}, got {device!r}")
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """How a backend runs its graphs: explicit, never read from the environment or set process-wide."""
+    threads: int | None = None  # CPU intra-op threads (None: min(cores, 8) for ORT, torch's own for TorchScript)
+    cuda_graphs: bool = True  # TorchScript on CUDA: capture the whole denoising loop once per input shape
+    # TF32 convolutions differ from the fp32 policy by ~1e-3 (measured on an H100): off, so the bundle runs
+    # the policy that was trained, within the export parity tolerance.
+    tf32: bool = False
 
 
 Schedule = Sequence[tuple[np.ndarray, np.ndarray]]  # (timestep, previous timestep) int64 (1,) pairs
@@ -50,23 +69,21 @@ def ort_provider_chain(device: str) -> list[str]:
     """Providers to ask ORT for, best first; 'auto' takes what is available, CPU last."""
     import onnxruntime as ort
     available = ort.get_available_providers()
+    check_device(device)
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device == "auto":
         wanted = ["CUDAExecutionProvider"] if cuda_driver_present() else []
-    elif device in ("cuda", "tensorrt"):
-        wanted = [PROVIDERS[device]] + (["CUDAExecutionProvider"] if device == "tensorrt" else [])
     else:
-        raise BundleError(f"device must be auto, cpu, cuda or tensorrt, got {device!r}")
+        wanted = [PROVIDERS[device]] + (["CUDAExecutionProvider"] if device == "tensorrt" else [])
     return [p for p in wanted if p in available] + ["CPUExecutionProvider"]
 
 
 def resolve_device(backend: str, device: str) -> str:
     """'cpu' or 'cuda': where ``device`` (auto | cpu | cuda | tensorrt) will run ``backend``."""
-    if device in ("cuda", "tensorrt", "cpu"):
-        return "cpu" if device == "cpu" else "cuda"
+    check_device(device)
     if device != "auto":
-        raise BundleError(f"device must be auto, cpu, cuda or tensorrt, got {device!r}")
+        return "cpu" if device == "cpu" else "cuda"
     if backend == "onnxruntime":
         return "cpu" if ort_provider_chain("auto")[0] == "CPUExecutionProvider" else "cuda"
     import torch
@@ -107,11 +124,11 @@ class BoundDevice:
 class OrtBackend:
     name = "onnxruntime"
 
-    def __init__(self, encoder: Path, step: Path, device: str = "auto", threads: int | None = None,
+    def __init__(self, encoder: Path, step: Path, device: str = "auto", options: BackendOptions = BackendOptions(),
                  inpaint_step: Path | None = None):
         import onnxruntime as ort
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or default_threads()
+        opts.intra_op_num_threads = options.threads or default_threads()
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -182,14 +199,11 @@ class OrtBackend:
 class TorchScriptBackend:
     name = "torchscript"
 
-    def __init__(self, encoder: Path, step: Path, device: str = "auto", threads: int | None = None,
+    def __init__(self, encoder: Path, step: Path, device: str = "auto", options: BackendOptions = BackendOptions(),
                  inpaint_step: Path | None = None):
         import torch
-        from .manifest import scan_torchscript
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "tensorrt":
-            raise BundleError("device 'tensorrt' is only available with backend onnxruntime")
         if device == "cuda" and not torch.cuda.is_available():
             raise BundleError("device='cuda' asked for, but torch sees no CUDA device")
         self.torch = torch
@@ -200,22 +214,20 @@ class TorchScriptBackend:
             self.inp = torch.jit.load(str(inpaint_step), map_location=self.device).eval() if inpaint_step else None
         except Exception as e:  # torch.jit raises RuntimeError with its own text
             raise BundleError(f"TorchScript cannot load {encoder.name}/{step.name}: {e}") from e
-        scan_torchscript(self.enc, encoder.name)
-        scan_torchscript(self.stp, step.name)
-        if self.inp is not None:
-            scan_torchscript(self.inp, Path(inpaint_step).name)
         self.can_inpaint = self.inp is not None
-        if self.device.type == "cpu" and threads:
-            torch.set_num_threads(threads)
-        if self.device.type == "cuda":
-            # TF32 convolutions differ from the fp32 policy by ~1e-3 (measured on an H100): keep fp32 so
-            # the bundle runs the policy that was trained, within the export parity tolerance.
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
+        if self.device.type == "cpu" and options.threads:
+            torch.set_num_threads(options.threads)  # asked for explicitly: torch's CPU pool is per process
+        self.options = options
         self.provider = f"torch:{self.device.type}"
         self.device_schedule = DeviceSchedule(lambda a: torch.from_numpy(a).to(self.device))
-        self.cuda_graphs = os.environ.get("DP_RUNTIME_CUDA_GRAPHS", "1") != "0"
+        self.cuda_graphs = options.cuda_graphs and self.device.type == "cuda"
         self._graphs: dict = {}
+
+    def _math_mode(self):
+        """TF32 on or off for this backend's CUDA work only (torch's switches are process-wide: restored after)."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        return _tf32(self.torch, self.options.tf32)
 
     def denoise(self, obs: Sequence[np.ndarray], noise: np.ndarray, schedule: Schedule,
                 known: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
@@ -224,8 +236,12 @@ class TorchScriptBackend:
         On CUDA the whole loop is captured once per input shape as a CUDA graph and replayed: at
         batch 1 the loop is bound by kernel launches, not by the GPU.
         """
+        with self._math_mode():
+            return self._denoise(obs, noise, schedule, known, mask)
+
+    def _denoise(self, obs, noise, schedule, known, mask) -> np.ndarray:
         th = self.torch
-        if self.device.type == "cuda" and self.cuda_graphs and known is None:
+        if self.cuda_graphs and known is None:
             key = (tuple((o.shape, o.dtype.str) for o in obs), noise.shape, id(schedule))
             graph = self._graphs.get(key)
             if graph is None:
@@ -272,3 +288,13 @@ class TorchScriptBackend:
         except RuntimeError as e:  # capture is an optimization: fall back to plain launches
             log.warning("CUDA graph capture failed (%s); running without graphs", e)
             return False
+
+
+@contextlib.contextmanager
+def _tf32(torch, enabled: bool):
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

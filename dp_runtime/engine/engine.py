@@ -18,12 +18,11 @@ from ..errors import BundleError, ConfigError, ShapeError
 from ..obs_spec import validate_obs
 from ..precision import check_runs_on
 from ..spec import BundleSpec, GraphSet, PolicySpec, SchedulerSpec
-from .backends import Backend, OrtBackend, TorchScriptBackend, device_kind, resolve_device
-from .manifest import read_manifest, scan_onnx, verify_hashes, verify_norm_inventory
+from .backends import Backend, BackendOptions, device_kind, resolve_device
+from .formats import FORMATS, by_backend, graph_format
+from .manifest import read_manifest, verify_hashes, verify_norm_inventory
 from .schedule import ddim_schedule
 from .variants import choose_graphs
-
-BACKEND_FORMATS = {"onnxruntime": "onnx", "torchscript": "torchscript"}
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +49,11 @@ class PolicyEngine:
         self.action_dim = spec.action.dim
         self.n_action_steps = spec.n_action_steps
         if num_inference_steps and num_inference_steps != ddim.num_inference_steps:
-            train = int(ddim.config.get("num_train_timesteps", 1000))
+            train = ddim.config.num_train_timesteps
             if not 1 <= num_inference_steps <= train:
                 raise ConfigError(f"num_inference_steps {num_inference_steps} must be in [1, {train}] (the policy "
                                   f"was trained with {train} diffusion timesteps; 0 = as exported)")
-            ts, prev = ddim_schedule(ddim.config, num_inference_steps)
+            ts, prev = ddim_schedule(ddim.config.to_dict(), num_inference_steps)
         else:
             ts, prev = ddim.timesteps, ddim.prev_timesteps
         self.warmup_latency_s = 0.0  # the last warm-up's latency: inference_lead auto's first estimate
@@ -84,7 +83,7 @@ class PolicyEngine:
 
     @property
     def can_inpaint(self) -> bool:
-        return bool(getattr(self.backend, "can_inpaint", False))
+        return self.backend.can_inpaint
 
     def predict(self, obs_history: Mapping[str, np.ndarray], noise: np.ndarray | None = None,
                 seed: int | None = None, known: np.ndarray | None = None,
@@ -146,40 +145,44 @@ class PolicyEngine:
         return self.warmup_latency_s
 
 
+def verify_graphs(path: Path, spec: BundleSpec, graphs: GraphSet) -> None:
+    """Every file of the variant: sha256 as the manifest says, and no BatchNorm by its format's scanner."""
+    verify_hashes(path, spec)
+    scan = graph_format(graphs.format).scan
+    for name in graphs.files:
+        scan(path / name)
+
+
 def load_bundle(path: str | Path, backend: str = "auto", device: str = "auto",
-                num_inference_steps: int | None = None, threads: int | None = None,
+                num_inference_steps: int | None = None, options: BackendOptions = BackendOptions(),
                 warm_up: bool = True, precision: str = "auto", max_action_error: float | None = None,
                 need_inpaint: bool = False) -> PolicyEngine:
     """Verify a bundle (hashes, norm inventory, graph scans) and open one variant of it on a backend.
 
+    ``backend``: auto (the first format of the table the bundle has) or a GraphFormat's backend name;
     ``precision``: fp32 | int8 | fp16 | bf16, or auto (the fastest variant within its recorded error
-    bound that runs natively on the device); ``max_action_error`` replaces the recorded bounds."""
+    bound that runs natively on the device); ``max_action_error`` replaces the recorded bounds;
+    ``options``: threads, CUDA graphs, TF32."""
     path = Path(path)
     spec = read_manifest(path)
     verify_norm_inventory(spec)
     if backend == "auto":
-        backend = "onnxruntime" if "onnx" in spec.formats else "torchscript"
-    if backend not in BACKEND_FORMATS:
-        raise BundleError(f"backend must be auto, onnxruntime or torchscript, got {backend!r}")
-    fmt = BACKEND_FORMATS[backend]
+        fmt = next((f for f in FORMATS.values() if f.name in spec.formats), None) or graph_format(spec.formats[0])
+    else:
+        fmt = by_backend(backend)
+    fmt.check_device(device)
     try:
-        graphs = choose_graphs(spec, fmt, precision, resolve_device(backend, device), max_action_error, need_inpaint)
+        graphs = choose_graphs(spec, fmt.name, precision, resolve_device(fmt.backend, device), max_action_error,
+                               need_inpaint)
     except BundleError as e:
         raise BundleError(f"{path}: {e}") from e
-    verify_hashes(path, spec)
-    enc, step = path / graphs.encoder, path / graphs.step
-    inpaint = path / graphs.inpaint_step if graphs.inpaint_step else None
-    if fmt == "onnx":
-        for g in (enc, step, inpaint):
-            if g is not None:
-                scan_onnx(g)
-        impl: Backend = OrtBackend(enc, step, device, threads, inpaint_step=inpaint)
-    else:
-        impl = TorchScriptBackend(enc, step, device, threads, inpaint_step=inpaint)
-    check_runs_on(graphs.precision, device_kind(impl.provider), fmt)  # device=auto may have fallen back to the CPU
+    verify_graphs(path, spec, graphs)
+    impl = fmt.open(path / graphs.encoder, path / graphs.step, device, options,
+                    inpaint_step=path / graphs.inpaint_step if graphs.inpaint_step else None)
+    check_runs_on(graphs.precision, device_kind(impl.provider), fmt.name)  # device=auto may have fallen back to CPU
     engine = PolicyEngine(spec.policy, spec.ddim, impl, num_inference_steps, bundle=spec, graphs=graphs)
     if warm_up:
         engine.warm_up()
     log.info("loaded bundle %s: backend=%s provider=%s precision=%s (recorded max action error %.2e)",
-             path, backend, engine.provider, graphs.precision, graphs.max_abs_error)
+             path, fmt.backend, engine.provider, graphs.precision, graphs.max_abs_error)
     return engine

@@ -64,6 +64,16 @@ def scan_onnx(path: Path) -> None:
         raise BatchNormError(nodes, where=f"ONNX graph {path.name}")
 
 
+def scan_torchscript_file(path: Path) -> None:
+    """Load a TorchScript graph on the CPU and scan its module tree (no weights run)."""
+    import torch
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:  # torch.jit raises RuntimeError with its own text
+        raise BundleError(f"TorchScript cannot load {path.name}: {e}") from e
+    scan_torchscript(module, path.name)
+
+
 def scan_torchscript(module: Any, name: str) -> None:
     bad = []
     for qual, sub in module.named_modules():

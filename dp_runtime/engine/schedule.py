@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..spec import DdimConfig
+
 
 def ddim_schedule(scheduler_config: dict[str, Any], num_inference_steps: int) -> tuple[list[int], list[int]]:
     """(timesteps, prev_timesteps) as DDIMScheduler walks them for ``num_inference_steps``."""
@@ -18,8 +20,7 @@ def ddim_schedule(scheduler_config: dict[str, Any], num_inference_steps: int) ->
     return ts, [t - ratio for t in ts]
 
 
-def ddim_config(scheduler_config: dict[str, Any]) -> dict[str, Any]:
-    """The full DDIMScheduler config (diffusers' defaults filled in, private keys dropped) for the manifest."""
+def ddim_config(scheduler_config: dict[str, Any]) -> DdimConfig:
+    """The full DDIMScheduler config (diffusers' defaults filled in) for the manifest."""
     from diffusers import DDIMScheduler
-    cfg = dict(DDIMScheduler.from_config(scheduler_config).config)
-    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+    return DdimConfig.of(dict(DDIMScheduler.from_config(scheduler_config).config))

@@ -1,4 +1,4 @@
 """Bundle writer: ONNX + TorchScript + manifest, with the parity check."""
-from .bundle import export_bundle
+from .bundle import ExportOptions, export_bundle
 
-__all__ = ["export_bundle"]
+__all__ = ["ExportOptions", "export_bundle"]

@@ -12,8 +12,7 @@ import logging
 import platform
 import shutil
 import tempfile
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,14 +21,16 @@ import torch
 
 from ..checkpoint import Checkpoint, load_any
 from ..digest import sha256_file
-from ..engine.backends import OrtBackend, TorchScriptBackend
+from ..engine.backends import BackendOptions
 from ..engine.engine import PolicyEngine
+from ..engine.formats import FORMATS, graph_format
 from ..engine.schedule import ddim_config, ddim_schedule
 from ..errors import ConfigError, ParityError
 from ..model import DiffusionPolicy
 from ..model.norms import assert_no_running_stats, norm_inventory
 from ..precision import DEFAULT_TOLERANCE, PRECISIONS, parse_precisions, supported_on
-from ..spec import MANIFEST, BundleSpec, FileEntry, GraphSet, NormLayer, SchedulerSpec
+from ..spec import (MANIFEST, BundleSpec, CalibrationInfo, EmaInfo, FileEntry, GraphSet, NormLayer, ParityInfo,
+                    SchedulerSpec, SourceInfo)
 from .calibration import calibration_observations
 from .graphs import DenoiseStepGraph, EncoderGraph, InpaintStepGraph
 from .precision import quantize_int8, unet_for
@@ -37,16 +38,14 @@ from .precision import quantize_int8, unet_for
 log = logging.getLogger(__name__)
 PARITY_TOL = 1e-4  # fp32 graphs vs the torch policy; reduced precisions use their own (precision.py)
 PRECISION_SAMPLES = 16  # random observations a reduced-precision variant is measured on (at least)
-FORMATS = ("onnx", "torchscript")
 FILE_STEMS = {"encoder": "encoder", "step": "denoise_step", "inpaint_step": "denoise_step_inpaint"}
-EXTENSIONS = {"onnx": ".onnx", "torchscript": ".pt"}
 STEP_INPUTS = ["sample", "timestep", "prev_timestep", "cond"]
 
 
 def file_name(fmt: str, role: str, precision: str = "fp32") -> str:
     """Reduced-precision variants add only a step graph; they share the fp32 encoder."""
     tag = "" if precision == "fp32" or role == "encoder" else f".{precision}"
-    return FILE_STEMS[role] + tag + EXTENSIONS[fmt]
+    return FILE_STEMS[role] + tag + graph_format(fmt).suffix
 
 
 def example_inputs(policy: DiffusionPolicy, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -98,23 +97,10 @@ def variant_step(step: Traced, policy: DiffusionPolicy, steps: int, precision: s
     return Traced("step", module, step.args, step.inputs, step.outputs)
 
 
-def export_graph(g: Traced, fmt: str, path: Path, opset: int) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if fmt == "onnx":
-            import onnx
-            batch = {name: {0: "batch"} for name in g.inputs + g.outputs if name not in ("timestep", "prev_timestep")}
-            torch.onnx.export(g.module, g.args, str(path), input_names=g.inputs, output_names=g.outputs,
-                              dynamic_axes=batch, opset_version=opset, dynamo=False)
-            onnx.checker.check_model(str(path), full_check=True)
-        else:
-            torch.jit.trace(g.module, g.args, check_trace=False).save(str(path))
-
-
 def open_backend(fmt: str, files: dict[str, Path]):
     """The exported graphs on CPU, as the runtime opens them (for the parity check)."""
-    cls = OrtBackend if fmt == "onnx" else TorchScriptBackend
-    return cls(files["encoder"], files["step"], device="cpu", inpaint_step=files.get("inpaint_step"))
+    return graph_format(fmt).open(files["encoder"], files["step"], "cpu", BackendOptions(),
+                                  inpaint_step=files.get("inpaint_step"))
 
 
 @dataclass
@@ -191,15 +177,13 @@ def scheduler_spec(scheduler: dict[str, Any], steps: int) -> SchedulerSpec:
 
 
 def build_manifest(ck: Checkpoint, ddim: SchedulerSpec, files: dict[str, FileEntry], graphs: list[GraphSet],
-                   samples: int, tolerance: float, opset: int) -> BundleSpec:
+                   samples: int, tolerance: float, opset: int, calibration: CalibrationInfo | None) -> BundleSpec:
     return BundleSpec(
         policy=ck.config.policy_spec(), ddim=ddim, graphs=graphs, files=files,
         norm_inventory=[NormLayer(e["name"], e["type"], bool(e["running_stats"])) for e in norm_inventory(ck.policy)],
-        parity={"units": "normalized action ([-1, 1] training range)", "samples": samples, "tolerance": tolerance,
-                "reference": "torch policy + diffusers DDIMScheduler.step"},
-        source={"path": Path(ck.source).name, "sha256": ck.sha256, "format": ck.source_format,
-                "weights": ck.weights, "details": ck.extra},
-        ema=ck.ema or {}, normalizer=ck.policy.normalizer.stats(), config=ck.config.to_dict(),
+        parity=ParityInfo(samples, tolerance, calibration=calibration),
+        source=SourceInfo(Path(ck.source).name, ck.sha256, ck.source_format, ck.weights, ck.extra),
+        ema=EmaInfo.of(ck.ema or {}), normalizer=ck.policy.normalizer.stats(), config=ck.config.to_dict(),
         versions=library_versions(), created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         onnx_opset=opset)
 
@@ -260,66 +244,80 @@ def graph_entry(v: Variant, root: Path, m: Measured, inpainted: Measured | None,
                     latency_device=f"{engine.provider} {platform.machine()}{emulated}")
 
 
-def export_bundle(checkpoint: str | Path | Checkpoint, out: str | Path, steps: int | None = None,
-                  formats: tuple[str, ...] = FORMATS, opset: int = 17, seed: int = 0,
-                  parity_samples: int = 4, progress: Callable[[str], None] | None = None,
-                  tolerance: float = PARITY_TOL, inpaint: bool = False, precisions: str | tuple[str, ...] = "fp32",
-                  precision_tolerance: float = DEFAULT_TOLERANCE, force: bool = False,
-                  calibration: str | Path | None = None, calibration_samples: int = 16) -> Path:
+@dataclass(frozen=True)
+class ExportOptions:
+    """What dp-export builds and how strictly it checks it (the CLI's options, one field each)."""
+    steps: int | None = None  # DDIM inference steps (None: the checkpoint's configured count)
+    formats: tuple[str, ...] = tuple(FORMATS)
+    opset: int = 17
+    seed: int = 0  # parity inputs and noises
+    parity_samples: int = 4
+    tolerance: float = PARITY_TOL  # fp32 graphs vs the torch policy, normalized action units
+    inpaint: bool = False  # also the step graph holding committed actions fixed (chunk_transition inpaint; fp32)
+    precisions: tuple[str, ...] = ("fp32",)  # step-graph variants, each measured against the torch policy
+    precision_tolerance: float = DEFAULT_TOLERANCE
+    force: bool = False  # keep variants above precision_tolerance, marked forced
+    calibration: str | Path | None = None  # dataset .npz: real observations for the variants' check
+    calibration_samples: int = 16
+
+    def __post_init__(self) -> None:
+        unknown = set(self.formats) - set(FORMATS)
+        if unknown or not self.formats:
+            raise ConfigError(f"formats must be a non-empty subset of {tuple(FORMATS)}, got {self.formats}")
+        object.__setattr__(self, "precisions", parse_precisions(self.precisions))
+        for prec in self.precisions:
+            if not set(PRECISIONS[prec].formats) & set(self.formats):
+                raise ConfigError(f"precision {prec} is exported as {' or '.join(PRECISIONS[prec].formats)} only; "
+                                  f"add it to --formats (got {list(self.formats)})")
+
+
+def export_bundle(checkpoint: str | Path | Checkpoint, out: str | Path, options: ExportOptions = ExportOptions(),
+                  progress: Callable[[str], None] | None = None) -> Path:
     """Export a checkpoint (path or already-loaded Checkpoint) to a bundle directory ``out``.
 
-    ``inpaint``: also export the step graph that holds committed actions fixed (chunk_transition
-    inpaint; fp32 only). ``precisions``: reduced-precision step-graph variants to add to fp32, each
-    measured against the torch policy on random (and ``calibration``) observations and refused above
-    ``precision_tolerance`` unless ``force``."""
+    Reduced-precision variants are measured against the torch policy on random (and calibration)
+    observations and refused above ``options.precision_tolerance`` unless ``options.force``."""
+    o = options
     say = progress or (lambda msg: log.info(msg))
     ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_any(checkpoint)
     policy = ck.policy.eval()
     assert_no_running_stats(policy, where=f"policy from {Path(ck.source).name}")
-    unknown = set(formats) - set(FORMATS)
-    if unknown or not formats:
-        raise ConfigError(f"formats must be a non-empty subset of {FORMATS}, got {formats}")
-    precisions = parse_precisions(precisions)
-    for prec in precisions:
-        if not set(PRECISIONS[prec].formats) & set(formats):
-            raise ConfigError(f"precision {prec} is exported as {' or '.join(PRECISIONS[prec].formats)} only; "
-                              f"add it to --formats (got {list(formats)})")
-    steps = steps or ck.config.num_inference_steps
+    steps = o.steps or ck.config.num_inference_steps
     if not 1 <= steps <= ck.config.num_train_timesteps:
         raise ConfigError(f"--steps {steps} must be in [1, {ck.config.num_train_timesteps}]")
     io = ck.config.policy_spec()
-    calib = calibration_observations(calibration, io, calibration_samples, seed) if calibration else []
+    calib = calibration_observations(o.calibration, io, o.calibration_samples, o.seed) if o.calibration else []
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         ddim = scheduler_spec(ck.config.scheduler, steps)
-        variants = plan_variants(policy, steps, formats, precisions, inpaint)
+        variants = plan_variants(policy, steps, o.formats, o.precisions, o.inpaint)
         engines = {}
         for v in variants:
             say(f"exporting {v.name} graphs")
             for g in v.graphs:
-                export_graph(g, v.fmt, v.files(tmp)[g.role], opset)
+                graph_format(v.fmt).export(g.module, g.args, g.inputs, g.outputs, v.files(tmp)[g.role], o.opset)
                 if v.precision == "int8":
                     quantize_int8(v.files(tmp)[g.role])
             engines[v.name] = PolicyEngine(io, ddim, open_backend(v.fmt, v.files(tmp)))
-        samples = parity_samples if precisions == ("fp32",) else max(parity_samples, PRECISION_SAMPLES)
-        obs = check_observations(policy, samples, seed, calib)
-        measured = parity(policy, engines, obs, seed, say, steps)
+        samples = o.parity_samples if o.precisions == ("fp32",) else max(o.parity_samples, PRECISION_SAMPLES)
+        obs = check_observations(policy, samples, o.seed, calib)
+        measured = parity(policy, engines, obs, o.seed, say, steps)
         fp32 = {v.name: engines[v.name] for v in variants if v.precision == "fp32"}
-        inpainted = parity(policy, fp32, obs[:parity_samples], seed, say, steps, inpaint=True) if inpaint else {}
+        inpainted = parity(policy, fp32, obs[:o.parity_samples], o.seed, say, steps, inpaint=True) if o.inpaint else {}
         for name, m in inpainted.items():
-            check_variant(f"{name} inpaint", "fp32", m, tolerance, force, say)
+            check_variant(f"{name} inpaint", "fp32", m, o.tolerance, o.force, say)
         graphs = []
         for v in variants:
-            bound = tolerance if v.precision == "fp32" else precision_tolerance
-            forced = check_variant(v.name, v.precision, measured[v.name], bound, force, say)
+            bound = o.tolerance if v.precision == "fp32" else o.precision_tolerance
+            forced = check_variant(v.name, v.precision, measured[v.name], bound, o.force, say)
             graphs.append(graph_entry(v, tmp, measured[v.name], inpainted.get(v.name), bound, forced,
                                       engines[v.name], obs[0]))
         files = {p.name: FileEntry(sha256_file(p), p.stat().st_size, role)
                  for v in variants for role, p in v.files(tmp).items()}
-        spec = build_manifest(ck, ddim, files, graphs, len(obs), tolerance, opset)
-        spec.parity["calibration"] = {"path": Path(calibration).name, "samples": len(calib)} if calib else None
+        calibrated = CalibrationInfo(Path(o.calibration).name, len(calib)) if calib else None
+        spec = build_manifest(ck, ddim, files, graphs, len(obs), o.tolerance, o.opset, calibrated)
         (tmp / MANIFEST).write_text(json.dumps(spec.to_json(), indent=2))
         if out.exists():
             shutil.rmtree(out)

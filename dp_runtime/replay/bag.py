@@ -6,6 +6,7 @@ corrupt message is reported with its place and the rest is kept.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 import tempfile
@@ -36,11 +37,18 @@ class BagMessage:
     raw: bytes
 
 
+@dataclass(frozen=True)
+class UnknownTopic:
+    type: str  # a message type this distro's type store lacks (and the bag does not define)
+    skipped: int  # its messages, none of which could be read
+
+
 @dataclass
 class BagProblems:
-    """What could not be read; replay keeps going and the report lists these."""
+    """What could not be read; replay keeps going and the report lists these (one shape in every mode)."""
     corrupt: list[str] = field(default_factory=list)  # "topic @ t: why"
     truncated: str = ""  # where reading stopped early, if it did
+    unknown_types: dict[str, UnknownTopic] = field(default_factory=dict)  # topic -> its type and skipped count
 
 
 MCAP_MAGIC = b"\x89MCAP0\r\n"
@@ -235,6 +243,11 @@ class Bag:
     def message_count(self) -> int:
         return int(self.reader.message_count)
 
+    def problems_found(self) -> BagProblems:
+        """Everything that could not be read so far, unknown message types included."""
+        return BagProblems(list(self.problems.corrupt), self.problems.truncated,
+                           {t: UnknownTopic(m, self.counts.get(t, 0)) for t, m in self.unknown_types.items()})
+
     def describe_topics(self) -> str:
         return ", ".join(f"{t} [{m}]" for t, m in sorted(self.topics.items())) or "(none)"
 
@@ -341,3 +354,8 @@ class SalvagedMcap:
 
     def close(self) -> None:
         self._messages.clear()
+
+
+def open_bag(bag: "str | Path | Bag", distro: str = "kilted"):
+    """A context giving an open Bag: the caller's (left open) or one opened from a path (closed after)."""
+    return contextlib.nullcontext(bag) if isinstance(bag, Bag) else Bag(bag, distro)

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..control import ChunkRecord, PolicyRunner, cause_key
+from ..control import ChunkRecord, PolicyRunner, RunnerStatus, cause_key, simulated
 from ..engine import PolicyEngine
 from ..errors import BagError, DpRuntimeError
 from ..ros import convert
 from ..ros.commands import RECORDED_COMMAND_TYPES, command_to_vector
 from ..ros.params import NodeParams, ObsTopic
 from ..ros.runtime import open_runtime
-from .bag import Bag
+from .bag import Bag, BagProblems, open_bag
 
 
 @dataclass
@@ -40,11 +40,12 @@ class ReplaySetup:
         rt = open_runtime(params, flat.get, engine=engine)
         return cls(engine, params, rt.topics, rt.action_names, recorded_topic, flat)
 
-    def runner(self, seed: int, assumed_latency_s: float | None, keep_observations: bool = False) -> PolicyRunner:
+    def runner(self, seed: int, assumed_latency_s: float, keep_observations: bool = False) -> PolicyRunner:
         """A fresh control loop as the node builds it, on the bag's clock: every chunk record is kept."""
         # per_chunk off: replay compares every executed action, whatever interface would publish them.
         return open_runtime(self.params, self.flat.get, engine=self.engine, keep_observations=keep_observations,
-                            seed=seed, assumed_latency_s=assumed_latency_s, keep_chunks=None, per_chunk=False).runner
+                            delivery=simulated(assumed_latency_s or 0.0), keep_chunks=None,
+                            seed=seed, per_chunk=False).runner
 
 
 @dataclass
@@ -61,7 +62,7 @@ class ReplayResult:
     queue: dict[str, int] = field(default_factory=dict)
     stale_refusals: int = 0
     inference_errors: int = 0
-    problems: dict = field(default_factory=dict)
+    problems: BagProblems = field(default_factory=BagProblems)
     wall_s: float = 0.0
     distro: str = "unknown"
     node_diagnostics: dict = field(default_factory=dict)  # realtime: the node's last /diagnostics values
@@ -77,9 +78,15 @@ def check_topics(bag: Bag, setup: ReplaySetup) -> None:
         bag.require(setup.recorded_topic, RECORDED_COMMAND_TYPES, "recorded commands")
 
 
-def opened(bag: str | Path | Bag, distro: str = "kilted"):
-    """A context giving an open Bag: the caller's (left open) or one opened from a path (closed after)."""
-    return contextlib.nullcontext(bag) if isinstance(bag, Bag) else Bag(bag, distro)
+@contextlib.contextmanager
+def opened(bag: str | Path | Bag, setup: ReplaySetup, distro: str = "kilted"):
+    """An open Bag that has messages and the topics ``setup`` reads: the caller's (left open) or one
+    opened from a path (closed after). Both replay modes open and check a bag here."""
+    with open_bag(bag, distro) as b:
+        if b.message_count == 0:
+            raise BagError(f"bag {b.path} is empty (no messages)")
+        check_topics(b, setup)
+        yield b
 
 
 def replay_offline(bag_path: str | Path | Bag, setup: ReplaySetup, seed: int = 0, distro: str = "kilted",
@@ -89,12 +96,8 @@ def replay_offline(bag_path: str | Path | Bag, setup: ReplaySetup, seed: int = 0
     runner = setup.runner(seed, assumed_latency_s, keep_observations)
     by_topic = {t.topic: t for t in setup.topics}
     dt = 1.0 / setup.params.control_rate_hz
-    with opened(bag_path, distro) as bag:
-        bag_path = bag.path
-        if bag.message_count == 0:
-            raise BagError(f"bag {bag_path} is empty (no messages)")
-        check_topics(bag, setup)
-        result = ReplayResult(str(bag_path), "offline", [], [], runner.chunks, distro=bag.distro)
+    with opened(bag_path, setup, distro) as bag:
+        result = ReplayResult(str(bag.path), "offline", [], [], runner.chunks, distro=bag.distro)
         wanted = set(by_topic) | ({setup.recorded_topic} if setup.recorded_topic else set())
         bar = _progress(bag.message_count if progress else 0)
         t0: float | None = None
@@ -131,18 +134,20 @@ def replay_offline(bag_path: str | Path | Bag, setup: ReplaySetup, seed: int = 0
             else:
                 _count(result, runner.stats.last_error)
         bar.close()
-        result.problems = {"corrupt": bag.problems.corrupt, "truncated": bag.problems.truncated,
-                           "unknown_types": {t: {"type": m, "skipped": bag.counts.get(t, 0)}
-                                             for t, m in bag.unknown_types.items()}}
+        result.problems = bag.problems_found()
     status = runner.status(t0 + k * dt if t0 is not None else 0.0)
     result.queue = status.queue.as_dict()
     result.stale_refusals = status.stale_refusals
     result.inference_errors = status.inference_errors
     result.last_error = status.last_error
-    result.continuity = {"boundary_jump_ratio": runner.jumps.ratio(), "chunk_switches": runner.jumps.switches,
-                         "chunk_transition": setup.params.chunk_transition}
+    result.continuity = continuity(status)
     result.wall_s = time.perf_counter() - started
     return result
+
+
+def continuity(status: RunnerStatus) -> dict:
+    return {"boundary_jump_ratio": status.boundary_jump_ratio, "chunk_switches": status.chunk_switches,
+            "chunk_transition": status.chunk_transition}
 
 
 def _tick(runner: PolicyRunner, result: ReplayResult, now: float) -> None:

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from ..ros.convert import sec_to_stamp_fields
-from .bag import Bag
-from .pipeline import ReplayResult, ReplaySetup, opened
+from .bag import Bag, open_bag
+from .pipeline import ReplayResult, ReplaySetup
 
 PREDICTED_TOPIC = "/dp_runtime/predicted_actions"
 
@@ -53,7 +54,7 @@ def metrics(result: ReplayResult, setup: ReplaySetup) -> dict:
     local = result.mode == "offline"  # realtime: inference ran in the node process, not here
     return {
         "bag": result.bag, "mode": result.mode, "recorded_distro": result.distro,
-        "bundle": setup.engine.bundle.source if setup.engine.bundle else {}, "provider": setup.engine.provider,
+        "bundle": asdict(setup.engine.bundle.source) if setup.engine.bundle else {}, "provider": setup.engine.provider,
         "precision": setup.engine.precision, "recorded_action_error": setup.engine.recorded_error,
         "control_rate_hz": setup.params.control_rate_hz,
         "recorded_topic": setup.recorded_topic,
@@ -70,7 +71,7 @@ def metrics(result: ReplayResult, setup: ReplaySetup) -> dict:
         "continuity": result.continuity,
         "messages": {"read": result.messages_read, "used": result.messages_used,
                      "invalid": result.invalid, "invalid_total": int(sum(result.invalid.values()))},
-        "bag_problems": result.problems,
+        "bag_problems": asdict(result.problems),
         "header_stamp_vs_bag_time_ms": {t: _stats(v, 1e3) for t, v in result.stamp_lag.items()},
         "throughput": {
             "wall_s": result.wall_s,
@@ -125,7 +126,7 @@ def write_bag(path: Path, result: ReplayResult, setup: ReplaySetup, distro: str,
     Header = kilted.types["std_msgs/msg/Header"]
     Time = kilted.types["builtin_interfaces/msg/Time"]
     inputs = {t.topic for t in setup.topics} | ({setup.recorded_topic} if setup.recorded_topic else set())
-    with opened(bag or result.bag, distro) as src, Writer(path, version=8, storage_plugin=StoragePlugin.MCAP) as dst:
+    with open_bag(bag or result.bag, distro) as src, Writer(path, version=8, storage_plugin=StoragePlugin.MCAP) as dst:
         conns = {}
         for topic, msgtype in src.topics.items():
             if topic in inputs and msgtype in src.typestore.fielddefs:

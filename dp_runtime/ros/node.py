@@ -30,11 +30,14 @@ from std_srvs.srv import Trigger
 
 from ..control import TickGrid
 from ..control.status import ERROR, OK, WARN
-from ..errors import DpRuntimeError
+from ..errors import ConfigError, DpRuntimeError
 from . import convert
-from .params import ObsTopic, declare, declare_any
+from ..control import PolicyRunner
+from ..engine import PolicyEngine
+from ..settings import coerce
+from .params import PARAMETERS, NodeParams, ObsTopic, declare, declare_any
 from .qos_watchdog import QosWatchdog
-from .runtime import open_runtime
+from .runtime import Runtime, open_runtime
 
 LEVELS = {OK: DiagnosticStatus.OK, WARN: DiagnosticStatus.WARN, ERROR: DiagnosticStatus.ERROR}
 
@@ -45,7 +48,34 @@ def qos(kind: str, depth: int = 10) -> QoSProfile:
 
 
 class PolicyWiring:
-    """Parameters, runtime, subscriptions, publishers, services and the two threads, on an rclpy node."""
+    """Parameters, runtime, subscriptions, publishers, services and the two threads, on an rclpy node.
+
+    Every attribute exists from construction (None until configured), as in ros2/demos' lifecycle
+    talker; ``wire`` fills them, ``_release`` (lifecycle cleanup) empties them again."""
+
+    def __init__(self, node_name: str) -> None:
+        super().__init__(node_name)
+        self.p: NodeParams | None = None
+        self.rt: Runtime | None = None
+        self.runner: PolicyRunner | None = None
+        self.engine: PolicyEngine | None = None
+        self.watchdog: QosWatchdog | None = None
+        self.entities: list = []
+        self.pub: Publisher | None = None
+        self.diag_pub: Publisher | None = None
+        self.starved_reported = 0
+        self.wake = threading.Event()
+        self.alive = False
+        self.sim_time = False
+        self.grid: TickGrid | None = None
+        self.worker: threading.Thread | None = None
+        self.control: threading.Thread | None = None
+        # The executor spins the node before configure (lifecycle), so its parameter is read now.
+        rule, tp = PARAMETERS["executor"]
+        self.executor_kind = coerce("executor", declare_any(self, "executor", NodeParams.executor, rule.doc,
+                                                            rule.describe()), tp)
+        if self.executor_kind not in rule.choices:
+            raise ConfigError(f"executor must be {rule.describe()}, got {self.executor_kind!r}")
 
     def wire(self, autostart: bool | None = None) -> None:
         self.p = declare(self)
@@ -193,7 +223,7 @@ class PolicyWiring:
 
     def shutdown(self) -> None:
         """Stop the threads (idempotent). Signals only set a flag (see run), so nothing interrupts the joins."""
-        if not getattr(self, "alive", False):
+        if not self.alive:
             return
         self.alive = False
         self.wake.set()
@@ -261,7 +291,7 @@ class LifecyclePolicyNode(PolicyWiring, LifecycleNode):
         self.shutdown()
         destroy = {Subscription: self.destroy_subscription, Publisher: self.destroy_publisher,
                    Service: self.destroy_service, Timer: self.destroy_timer}
-        for entity in getattr(self, "entities", []):
+        for entity in self.entities:
             destroy[type(entity)](entity)
         self.entities = []
         self.pub = self.diag_pub = self.rt = self.runner = self.engine = None
@@ -308,7 +338,7 @@ def run(make, argv: list[str] | None, autostart: bool = False) -> int:
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 return 1
             node.trigger_activate()
-        executor = make_executor(node.p.executor if hasattr(node, "p") else "single", logger)
+        executor = make_executor(node.executor_kind, logger)
         executor.add_node(node)
         while not stop.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)

@@ -1,17 +1,20 @@
-"""Node parameters: defaults in one dataclass, declared on the node, documented in config/policy.yaml."""
+"""Node parameters: each declared once (NodeParams), declared on the node, documented from the same fields."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import yaml
 
 from ..control import ActionLimits, RunnerConfig
+from ..engine.backends import DEVICES
+from ..engine.formats import BACKENDS
 from ..errors import ConfigError
 from ..precision import PRECISIONS
+from ..settings import coerce, coerce_all, default_of, setting, settings_of
 from ..spec import ObsSpec
-from .commands import command_interface
+from .commands import COMMAND_INTERFACES, command_interface
 from .convert import OBS_MESSAGE_TYPES
 
 OBS_TYPES = tuple(OBS_MESSAGE_TYPES)
@@ -31,135 +34,76 @@ class ObsTopic:
 
 
 @dataclass
-class NodeParams:
-    bundle: str = ""
-    backend: str = "auto"  # auto | onnxruntime | torchscript
-    device: str = "auto"  # auto | cpu | cuda | tensorrt
-    num_inference_steps: int = 0  # 0: as exported
-    precision: str = "auto"  # auto | fp32 | int8 | fp16 | bf16: the bundle variant to run (auto: fastest allowed)
-    max_action_error: float = 0.0  # run variants up to this recorded error (normalized); 0: as checked at export
-    control_rate_hz: float = 10.0
-    action_joint_names: list[str] = field(default_factory=list)
-    command_interface: str = "float64_multi_array"  # | joint_trajectory | joint_state
-    command_topic: str = "/forward_position_controller/commands"
-    command_qos: str = "reliable"
-    inference_lead: int | str = 2  # actions left when the next inference starts; "auto": from measured latency
-    chunk_transition: str = "replace"  # replace | blend | inpaint (bundle exported with --inpaint)
-    blend_actions: int = 4  # blend: actions over which a new chunk cross-fades in
-    max_obs_age: float = 0.5
-    max_stamp_ahead: float = 0.1  # s an observation stamp may lead the node clock before it is refused
-    execution_latency: float = 0.0
-    on_starvation: str = "hold"  # hold | stop
-    on_stale: str = "stop"  # stop | hold_position (publish the measured joint positions)
-    action_lower: list[float] = field(default_factory=list)
-    action_upper: list[float] = field(default_factory=list)
-    action_max_delta: list[float] = field(default_factory=list)
-    seed: int = -1  # >= 0: chunk k uses noise seed + k (reproducible); -1: random
-    resize_images: bool = False
-    autostart: bool = True
-    diagnostics_period: float = 1.0
-    # What delivers messages: events (rclpy's EventsExecutor; measured cheapest under sensor load, bench/soak.py),
-    # single or multi. events falls back to single where rclpy lacks it.
-    executor: str = "events"
-    qos_warn_after: float = 3.0  # warn when a topic has publishers but nothing arrived for this long
+class NodeParams(RunnerConfig):
+    """Every node parameter, declared once: the control loop's (RunnerConfig) and the node's own.
+
+    From these fields come the ROS declarations (descriptions, constraints), coercion and
+    validation, the launch arguments' descriptions, the README's parameter table and
+    config/policy.yaml (``python -m dp_runtime.ros.params --write``; a test fails when they drift).
+    """
+    bundle: str = setting("", "exported bundle directory (dp-export -o ...)", shown="(required)")
+    backend: str = setting("auto", "graph format to run: auto (the first the bundle has: onnxruntime, then "
+                                   "torchscript)", choices=("auto", *BACKENDS))
+    device: str = setting("auto", "auto (TensorRT/CUDA if usable, else CPU), cpu, cuda, tensorrt", choices=DEVICES)
+    num_inference_steps: int = setting(0, "DDIM steps; 0 = as exported", ge=0)
+    precision: str = setting("auto", "bundle variant; auto = the fastest within its recorded error bound with "
+                                     "native kernels on the device (dp-inspect lists them)",
+                             choices=("auto", *PRECISIONS))
+    max_action_error: float = setting(0.0, "run variants whose recorded max action error (normalized) is up to "
+                                           "this; 0 = the bound each was checked against at export", ge=0)
+    command_interface: str = setting("float64_multi_array", "command message: float64_multi_array, "
+                                     "joint_trajectory (the remaining chunk) or joint_state",
+                                     choices=tuple(COMMAND_INTERFACES))
+    command_topic: str = setting("/forward_position_controller/commands", "topic the commands go to")
+    command_qos: str = setting("reliable", "command publisher reliability", choices=QOS)
+    action_lower: list[float] = setting([], "clip: one value or one per action joint", shown="unset")
+    action_upper: list[float] = setting([], "clip: one value or one per action joint", shown="unset")
+    action_max_delta: list[float] = setting([], "max change per control step", shown="unset")
+    resize_images: bool = setting(False, "resize camera images to the bundle's size instead of refusing them")
+    diagnostics_period: float = setting(1.0, "s between /diagnostics messages", gt=0)
+    executor: str = setting("events", "what delivers messages: events (rclpy's EventsExecutor, measured "
+                                      "cheapest under sensor load; single where rclpy lacks it), single or multi",
+                            choices=EXECUTORS)
+    qos_warn_after: float = setting(3.0, "s a topic may have publishers but deliver nothing before a QoS warning",
+                                    gt=0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.per_chunk = command_interface(self.command_interface).per_chunk
 
     def validate(self) -> None:
+        """What only a running node needs: a bundle to load."""
         if not self.bundle:
             raise ConfigError("parameter 'bundle' is empty: set it to an exported bundle directory")
-        command_interface(self.command_interface)
-        if self.precision not in ("auto", *PRECISIONS):
-            raise ConfigError(f"precision must be auto or one of {list(PRECISIONS)}, got {self.precision!r}")
-        if self.max_action_error < 0:
-            raise ConfigError(f"max_action_error must be >= 0 (0: the bounds recorded at export), got "
-                              f"{self.max_action_error}")
-        if self.executor not in EXECUTORS:
-            raise ConfigError(f"executor must be one of {EXECUTORS}, got {self.executor!r}")
-        if self.command_qos not in QOS:
-            raise ConfigError(f"command_qos must be one of {QOS}, got {self.command_qos!r}")
-        for name in ("diagnostics_period", "qos_warn_after"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        self.runner_config()
 
     def runner_config(self, **overrides: Any) -> RunnerConfig:
-        """The control loop's settings (validated there) from these parameters."""
-        kw = dict(control_rate_hz=self.control_rate_hz, max_obs_age=self.max_obs_age,
-                  max_stamp_ahead=self.max_stamp_ahead,
-                  execution_latency=self.execution_latency, inference_lead=self.inference_lead,
-                  seed=self.seed if self.seed >= 0 else None, on_starvation=self.on_starvation,
-                  on_stale=self.on_stale, per_chunk=command_interface(self.command_interface).per_chunk,
-                  action_names=tuple(self.action_joint_names), autostart=self.autostart,
-                  chunk_transition=self.chunk_transition, blend_actions=self.blend_actions)
-        kw.update(overrides)
-        return RunnerConfig(**kw)
+        """The control loop's settings from these parameters."""
+        return RunnerConfig(**{**self.runner_fields(), **overrides})
 
     def limits(self, action_dim: int) -> ActionLimits:
         return ActionLimits.from_lists(action_dim, self.action_lower, self.action_upper, self.action_max_delta)
 
 
-KINDS = {f.name: f.type for f in fields(NodeParams)}
+PARAMETERS = {f.name: (rule, tp) for f, rule, tp in settings_of(NodeParams)}
 
 
-def coerce(name: str, value: Any, kind: str) -> Any:
-    """A parameter value as its field's type; integers where a decimal is meant are accepted.
-
-    ``kind`` is the dataclass annotation: str, int, float, bool, list[str], list[float].
-    Raises ConfigError naming the parameter and the type expected.
-    """
-    def bad(expected: str) -> ConfigError:
-        return ConfigError(f"parameter {name!r} must be {expected}, got {value!r} ({type(value).__name__})")
-
-    if kind == "int | str":  # an integer, or the word "auto"
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() == "auto":
-            return "auto"
-        raise bad("an integer or auto")
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        raise bad("true or false")
-    if kind == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise bad("an integer")
-    if kind == "float":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise bad("a number")
-    if kind == "str":
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)  # ros2 launch / -p type a bare 1.5 as a double; a path or name is still text
-        raise bad("a string")
-    if kind.startswith("list"):
-        if value is None:
-            return []
-        if not isinstance(value, (list, tuple)):
-            raise bad(f"a list ({kind})")
-        item = kind[5:-1]
-        return [coerce(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
-    raise AssertionError(f"no coercion for {kind}")
-
-
-def declare_any(node: Any, name: str, default: Any) -> Any:
+def declare_any(node: Any, name: str, default: Any, description: str = "", constraints: str = "") -> Any:
     """Declare with dynamic typing so a mistyped value reaches our own check (not an rclpy traceback)."""
     from rcl_interfaces.msg import ParameterDescriptor
     if node.has_parameter(name):  # a lifecycle node configured a second time
         value = node.get_parameter(name).value
     else:
-        value = node.declare_parameter(name, None if default == [] else default,
-                                       ParameterDescriptor(dynamic_typing=True)).value
+        descriptor = ParameterDescriptor(dynamic_typing=True, description=description,
+                                         additional_constraints=constraints)
+        value = node.declare_parameter(name, None if default == [] else default, descriptor).value
     return default if value is None else value
 
 
 def declare(node: Any) -> NodeParams:
-    """Declare every NodeParams field on ``node`` with its default, read the values back and validate."""
-    defaults = NodeParams()
-    values = {f.name: coerce(f.name, declare_any(node, f.name, getattr(defaults, f.name)), KINDS[f.name])
-              for f in fields(NodeParams)}
-    p = NodeParams(**values)
+    """Declare every NodeParams setting on ``node`` (default, description, constraints), read back, validate."""
+    values = {f.name: declare_any(node, f.name, default_of(f), rule.doc, rule.describe())
+              for f, rule, _ in settings_of(NodeParams)}
+    p = NodeParams(**coerce_all(NodeParams, values))
     p.validate()
     return p
 
@@ -175,7 +119,7 @@ def resolve_obs_topics(get: Callable[[str, Any], Any], observations: Sequence[Ob
         key, image = o.key, o.kind == "image"
         prefix = f"obs.{key}."
 
-        def param(name: str, default: Any, kind: str = "str") -> Any:
+        def param(name: str, default: Any, kind: Any = str) -> Any:
             return coerce(prefix + name, get(prefix + name, default), kind)
         topic = param("topic", o.topic or f"/{key}")
         kind = param("type", "image" if image else "joint_state")
@@ -183,7 +127,7 @@ def resolve_obs_topics(get: Callable[[str, Any], Any], observations: Sequence[Ob
         fld = param("field", "position")
         names = []
         if not image:
-            names = param("joint_names", list(o.names), "list[str]")
+            names = param("joint_names", list(o.names), list[str])
             if len(names) != o.shape[0]:
                 raise ConfigError(f"{prefix}joint_names has {len(names)} names, the bundle's {key!r} has "
                                   f"{o.shape[0]} dims")
@@ -214,11 +158,10 @@ def load_params_file(path: str | Path | None, node_name: str = "policy_node",
             raise ConfigError(f"{path}: expected '{node_name}: ros__parameters: ...' (ROS 2 parameter file)")
         flat = flatten_params(section["ros__parameters"])
     flat.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in fields(NodeParams)}
-    unknown = [k for k in flat if k not in known and not k.startswith("obs.") and k != "use_sim_time"]
+    unknown = [k for k in flat if k not in PARAMETERS and not k.startswith("obs.") and k != "use_sim_time"]
     if unknown:
         raise ConfigError(f"{path}: unknown parameter(s) {unknown}")
-    p = NodeParams(**{k: coerce(k, v, KINDS[k]) for k, v in flat.items() if k in known})
+    p = NodeParams(**coerce_all(NodeParams, {k: v for k, v in flat.items() if k in PARAMETERS}))
     return p, flat
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..control import PolicyRunner
+from ..control import IMMEDIATE, Delivery, PolicyRunner
 from ..engine import PolicyEngine, load_bundle
 from .commands import CommandInterface, command_interface
 from .params import NodeParams, ObsTopic, resolve_obs_topics
@@ -34,15 +34,19 @@ class Runtime:
 def open_engine(p: NodeParams) -> PolicyEngine:
     return load_bundle(p.bundle, backend=p.backend, device=p.device, num_inference_steps=p.num_inference_steps or None,
                        precision=p.precision, max_action_error=p.max_action_error or None,
-                       need_inpaint=p.chunk_transition == "inpaint")
+                       need_inpaint=p.transition.inpaints)
 
 
 def open_runtime(p: NodeParams, get: Callable[[str, Any], Any], engine: PolicyEngine | None = None,
                  warn: Callable[[str, str], None] | None = None, info: Callable[[str], None] | None = None,
-                 keep_observations: bool = False, **runner_overrides: Any) -> Runtime:
-    """Build the control loop; ``get(name, default)`` reads per-observation ``obs.<key>.*`` parameters."""
+                 keep_observations: bool = False, delivery: Delivery = IMMEDIATE, keep_chunks: int | None = 100,
+                 **runner_overrides: Any) -> Runtime:
+    """Build the control loop; ``get(name, default)`` reads per-observation ``obs.<key>.*`` parameters.
+
+    ``delivery``, ``keep_chunks``: replay's simulated clock and full chunk record (PolicyRunner's)."""
     engine = engine or open_engine(p)
     topics = resolve_obs_topics(get, engine.spec.observations)
     runner = PolicyRunner(engine, p.runner_config(**runner_overrides), p.limits(engine.spec.action.dim),
-                          keep_observations=keep_observations, warn=warn, info=info)
+                          keep_observations=keep_observations, warn=warn, info=info, delivery=delivery,
+                          keep_chunks=keep_chunks)
     return Runtime(p, engine, runner, topics, command_interface(p.command_interface))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..control import RunnerStatus
 from ..ros.process import stop_process
 from ..ros.side_node import SideNode
 
@@ -98,8 +99,8 @@ def build_checkpoint(dataset: Path, plan: DemoPlan, seed: int):
 
 def build_bundle(checkpoint: Path):
     def go(target: Path) -> None:
-        from ..export import export_bundle
-        export_bundle(checkpoint, target, progress=lambda m: print(f"  {m}", flush=True), inpaint=True)
+        from ..export import ExportOptions, export_bundle
+        export_bundle(checkpoint, target, ExportOptions(inpaint=True), progress=lambda m: print(f"  {m}", flush=True))
     return go
 
 
@@ -173,10 +174,11 @@ def read_episodes(path: Path) -> list[dict]:
     return out
 
 
-def closed_loop(bundle: Path, out: Path, episodes: int, seed: int) -> dict:
+def closed_loop(bundle: Path, out: Path, episodes: int, seed: int, domain: int | None = None) -> dict:
+    """``domain``: the ROS_DOMAIN_ID to run on (None: a free one)."""
     from ..ros.params import load_params_file
     params, _ = load_params_file(config_path("sim_policy.yaml"))
-    domain = int(os.environ.get("DP_DEMO_DOMAIN_ID") or free_domain_id(150 + os.getpid() % 50))
+    domain = free_domain_id(150 + os.getpid() % 50) if domain is None else domain
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED="1",
                RMW_IMPLEMENTATION=os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp"))
     print(f"  closed loop on ROS_DOMAIN_ID {domain}: dp-sim + policy_node, {episodes} episodes")
@@ -217,20 +219,21 @@ def closed_loop(bundle: Path, out: Path, episodes: int, seed: int) -> dict:
     periods = np.diff(np.array(watcher.command_times)) * 1e3
     periods = periods[periods < 500]  # drop the pauses between episodes (stale inputs during reset)
     d = watcher.diag
+    st = RunnerStatus.from_values(d)
+    lat, period = st.latency_ms or [None, None], st.command_period_ms or [None, None]
     return {
         "domain_id": domain, "episodes": len(run),
         "success_rate": float(np.mean([e["success"] for e in run])) if run else 0.0,
         "episode_results": run, "episode_reports_received_over_dds": len(watcher.episodes),
         "command_period_ms_received": {"p50": float(np.percentile(periods, 50)) if periods.size else None,
                                        "p99": float(np.percentile(periods, 99)) if periods.size else None},
-        "command_period_ms_node": {"p50": d.get("command_period_ms_p50"), "p99": d.get("command_period_ms_p99")},
-        "inference_latency_ms": {"median": d.get("inference_latency_ms_median"),
-                                 "max": d.get("inference_latency_ms_max")},
+        "command_period_ms_node": {"p50": period[0], "p99": period[1]},
+        "inference_latency_ms": {"median": lat[0], "max": lat[1]},
         "provider": d.get("provider"), "precision": d.get("precision"),
-        "chunks": d.get("chunks"), "starvation_count": d.get("starvation_count"),
-        "dropped_actions": d.get("dropped_actions"), "node_exit_code": rc,
-        "chunk_transition": d.get("chunk_transition"), "inference_lead": d.get("inference_lead"),
-        "boundary_jump_ratio": d.get("boundary_jump_ratio"), "chunk_switches": d.get("chunk_switches"),
+        "chunks": st.chunks, "starvation_count": st.queue.starved,
+        "dropped_actions": st.queue.dropped, "node_exit_code": rc,
+        "chunk_transition": st.chunk_transition, "inference_lead": st.inference_lead,
+        "boundary_jump_ratio": st.boundary_jump_ratio, "chunk_switches": st.chunk_switches,
     }
 
 
@@ -241,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=None, help="closed-loop episodes")
     p.add_argument("--steps", type=int, default=None, help="training steps")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID of the closed loop (default: a free one)")
     args = p.parse_args(argv)
     plan = QUICK if args.quick else FULL
     plan = DemoPlan(plan.demos, args.steps or plan.train_steps, args.episodes or plan.episodes,
@@ -255,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     bundle = step("bundle (dp-export: ONNX + TorchScript)", out / "bundle", build_bundle(ckpt))
     report = step("replay report of one episode (dp-replay)", out / "report", build_report(bundle, out, args.seed))
     print("[run] closed loop over DDS ...", flush=True)
-    loop = closed_loop(bundle, out, plan.episodes, args.seed)
+    loop = closed_loop(bundle, out, plan.episodes, args.seed, args.domain_id)
     demos_info = json.loads((out / "demos_info.json").read_text()) if (out / "demos_info.json").exists() else {}
     replay = json.loads((report / "metrics.json").read_text())
     summary = {"expert_success_rate": demos_info.get("expert_success_rate"), "policy": loop,
@@ -267,14 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     print("\n=== dp-demo ===")
     print(f"expert success rate (demonstrations): {summary['expert_success_rate']:.0%}")
     print(f"policy success rate (closed loop over DDS): {lp['success_rate']:.0%} of {lp['episodes']} episodes")
-    print(f"command period at 10 Hz: p50 {lp['command_period_ms_node']['p50']} ms, "
-          f"p99 {lp['command_period_ms_node']['p99']} ms (node clock); received p50 "
+    print(f"command period at 10 Hz: p50 {_fmt(lp['command_period_ms_node']['p50'])} ms, "
+          f"p99 {_fmt(lp['command_period_ms_node']['p99'])} ms (node clock); received p50 "
           f"{_fmt(lp['command_period_ms_received']['p50'])} ms, p99 {_fmt(lp['command_period_ms_received']['p99'])} ms")
-    print(f"inference latency: median {lp['inference_latency_ms']['median']} ms, "
-          f"max {lp['inference_latency_ms']['max']} ms on {lp['provider']} ({lp['precision']})")
+    print(f"inference latency: median {_fmt(lp['inference_latency_ms']['median'])} ms, "
+          f"max {_fmt(lp['inference_latency_ms']['max'])} ms on {lp['provider']} ({lp['precision']})")
     print(f"starvation: {lp['starvation_count']}, dropped actions: {lp['dropped_actions']}, chunks: {lp['chunks']}")
     print(f"chunk transitions ({lp['chunk_transition']}, inference_lead {lp['inference_lead']}): boundary_jump_ratio "
-          f"{lp['boundary_jump_ratio']} over {lp['chunk_switches']} switches")
+          f"{_fmt(lp['boundary_jump_ratio'])} over {lp['chunk_switches']} switches")
     print(f"replay of one expert episode: action MSE {replay['action_mse_mean']:.5f}; report in {report}")
     print(f"everything is in {out} (summary.json)")
     return 0

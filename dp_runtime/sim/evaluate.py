@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..control import PolicyRunner, RunnerConfig
+from ..control import PolicyRunner, RunnerConfig, simulated
 from ..control.continuity import BoundaryJumps
 from ..engine.engine import Prediction
 from .arm import ArmConfig, ReachingArm
@@ -31,6 +31,7 @@ class TorchPolicyEngine:
         self.horizon, self.action_dim = self.spec.horizon, self.spec.action.dim
 
     can_inpaint = True
+    warmup_latency_s = 0.0
 
     def predict(self, history: dict[str, np.ndarray], seed: int | None = None, known: np.ndarray | None = None,
                 mask: np.ndarray | None = None) -> Prediction:
@@ -60,11 +61,12 @@ def boundary_jump_ratio(results: list[EpisodeResult]) -> tuple[float | None, int
 
 
 def run_episodes(engine: Any, episodes: int, seed: int = 0, arm_cfg: ArmConfig = ArmConfig(),
-                 topics: SimTopics = SimTopics(), **runner: Any) -> list[EpisodeResult]:
-    """Closed loop on the sim clock; inference takes no sim time unless ``delivery_delay_s`` (deterministic).
+                 topics: SimTopics = SimTopics(), delay_s: float = 0.0, **runner: Any) -> list[EpisodeResult]:
+    """Closed loop on the sim clock; inference takes no sim time, each chunk arrives ``delay_s`` after its
+    inference starts (deterministic).
 
-    ``runner``: RunnerConfig fields to evaluate (chunk_transition, blend_actions, inference_lead,
-    delivery_delay_s); by default the next inference starts when the queue is empty.
+    ``runner``: RunnerConfig fields to evaluate (chunk_transition, blend_actions, inference_lead); by
+    default the next inference starts when the queue is empty.
     """
     settings = {"inference_lead": 0, **runner}
     arm = ReachingArm(arm_cfg, seed)
@@ -76,7 +78,7 @@ def run_episodes(engine: Any, episodes: int, seed: int = 0, arm_cfg: ArmConfig =
     for ep in range(episodes):
         arm.reset()
         runner = PolicyRunner(engine, RunnerConfig(topics.control_hz, max_obs_age=1.0, seed=seed * 100_000 + ep * 1000,
-                                                   assumed_latency_s=0.0, **settings))
+                                                   **settings), delivery=simulated(0.0, delay_s))
         k = 0
         while True:
             t = k * dt_phys

@@ -1,0 +1,51 @@
+"""What the control loop counts and times: statistics, latency and command-period histories, continuity.
+
+Histories are bounded (deques), so a node that runs for days keeps constant memory.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from .continuity import BoundaryJumps
+from .status import RunnerStatus, percentiles_ms
+
+
+@dataclass
+class RunnerStats:
+    chunks: int = 0
+    inference_errors: int = 0
+    stale_refusals: int = 0
+    invalid_inputs: int = 0
+    overruns: int = 0  # inferences that took longer than a chunk lasts
+    commands: int = 0
+    last_error: str = ""
+
+
+class RunnerMetrics:
+    def __init__(self) -> None:
+        self.stats = RunnerStats()
+        self.jumps = BoundaryJumps()
+        self.obs_to_command: deque[float] = deque(maxlen=200)
+        self.command_times: deque[float] = deque(maxlen=500)
+
+    def issued(self, t_obs: float | None, now: float) -> None:
+        """Account one published command (or trajectory); ``t_obs``: the first command of a new chunk."""
+        self.stats.commands += 1
+        self.command_times.append(time.perf_counter())
+        if t_obs is not None:  # how old the chunk's observation is at its first command
+            self.obs_to_command.append(now - t_obs)
+
+    def snapshot(self, **state) -> RunnerStatus:
+        """RunnerStatus of these figures plus the loop's ``state`` (running, stale, ages, queue, depth, ...)."""
+        times = np.asarray(self.command_times)
+        periods = np.diff(times) if times.size > 11 else np.zeros(0)
+        s = self.stats
+        return RunnerStatus(chunks=s.chunks, inference_errors=s.inference_errors, stale_refusals=s.stale_refusals,
+                            invalid_inputs=s.invalid_inputs, overruns=s.overruns, commands=s.commands,
+                            last_error=s.last_error, command_period_ms=percentiles_ms(periods, 50, 99),
+                            obs_to_command_ms=percentiles_ms(self.obs_to_command, 50, 100),
+                            chunk_switches=self.jumps.switches, boundary_jump_ratio=self.jumps.ratio(), **state)
