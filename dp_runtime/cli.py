@@ -61,7 +61,8 @@ def export_main(argv: list[str] | None = None) -> int:
     def go():
         from .checkpoint import load_any
         from .export import ExportOptions, export_bundle
-        options = ExportOptions(steps=args.steps, formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
+        formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+        options = ExportOptions(steps=args.steps, formats=formats,
                                 opset=args.opset, seed=args.seed, parity_samples=args.parity_samples,
                                 inpaint=args.inpaint, precisions=args.precision, precision_tolerance=args.tolerance,
                                 force=args.force_precision, calibration=args.calibration,

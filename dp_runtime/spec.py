@@ -344,7 +344,8 @@ class BundleSpec:
                 int(_need(d, "horizon", "the manifest")), int(_need(d, "n_obs_steps", "the manifest")),
                 float(_need(d, "obs_interval_s", "the manifest")))
             s = _need(d, "ddim", "the manifest")
-            ddim = SchedulerSpec(_typed(DdimConfig, _need(s, "config", "ddim"), "ddim.config"), int(_need(s, "num_inference_steps", "ddim")),
+            ddim = SchedulerSpec(_typed(DdimConfig, _need(s, "config", "ddim"), "ddim.config"),
+                                 int(_need(s, "num_inference_steps", "ddim")),
                                  tuple(int(t) for t in _need(s, "timesteps", "ddim")),
                                  tuple(int(t) for t in _need(s, "prev_timesteps", "ddim")),
                                  s.get("scheduler_class", "DDIMScheduler"), float(s.get("eta", 0.0)))

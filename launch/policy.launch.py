@@ -17,6 +17,8 @@ from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
+from dp_runtime.ros.params import PARAMETERS
+
 # launch argument -> type of the node parameter it overrides (only when given)
 OVERRIDES = {"bundle": str, "backend": str, "precision": str, "use_sim_time": bool}
 
@@ -47,16 +49,21 @@ def launch_node(context):
     return [node, RegisterEventHandler(OnProcessExit(target_action=node, on_exit=node_exited))]
 
 
+def overrides(name: str) -> str:
+    """A launch argument's description: the node parameter's own (dp_runtime/ros/params.py)."""
+    rule = PARAMETERS[name][0]
+    allowed = f" ({rule.describe()})" if rule.describe() else ""
+    return f"{rule.doc}{allowed}; default: the config's"
+
+
 def generate_launch_description():
     return LaunchDescription([
-        DeclareLaunchArgument("bundle", default_value="", description="bundle directory (default: the config's)"),
+        DeclareLaunchArgument("bundle", default_value="", description=overrides("bundle")),
         DeclareLaunchArgument(
             "config", default_value=PathJoinSubstitution([FindPackageShare("dp_runtime"), "config", "policy.yaml"]),
             description="node parameters (ROS 2 parameter YAML)"),
-        DeclareLaunchArgument("backend", default_value="", description="auto | onnxruntime | torchscript "
-                              "(default: the config's)"),
-        DeclareLaunchArgument("precision", default_value="", description="auto | fp32 | int8 | fp16 | bf16: bundle "
-                              "variant (default: the config's)"),
+        DeclareLaunchArgument("backend", default_value="", description=overrides("backend")),
+        DeclareLaunchArgument("precision", default_value="", description=overrides("precision")),
         DeclareLaunchArgument("use_sim_time", default_value="", description="follow /clock (default: the config's)"),
         DeclareLaunchArgument("lifecycle", default_value="false", description="start the managed (lifecycle) node"),
         DeclareLaunchArgument("lifecycle_autostart", default_value="true",

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dp_runtime.ros.params import NodeParams, flatten_params
+from dp_runtime.ros.params import PARAMETERS, NodeParams, flatten_params
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "policy.launch.py"
 OBS_FIELDS = {"topic", "type", "qos", "field", "joint_names"}
-NODE_PARAMS = {f.name for f in fields(NodeParams)} | {"use_sim_time"}
+NODE_PARAMS = set(PARAMETERS) | {"use_sim_time"}
 
 
 def console_scripts() -> dict[str, str]:
@@ -131,8 +131,29 @@ def test_default_config_documents_the_dataclass_defaults():
     text = (ROOT / "config" / "policy.yaml").read_text()
     params = yaml.safe_load(text)["policy_node"]["ros__parameters"]
     defaults = NodeParams()
-    for f in fields(NodeParams):
+    for f in (f for f in fields(NodeParams) if f.name in PARAMETERS):
         if isinstance(getattr(defaults, f.name), list):
             assert f"# {f.name}:" in text, f"list parameter {f.name} is not documented"
         else:
             assert params[f.name] == getattr(defaults, f.name), f.name
+
+
+def test_generated_parameter_docs_match_the_declarations():
+    """README's table and config/policy.yaml are produced from NodeParams: editing either by hand, or adding a
+    parameter without regenerating them, fails here (python -m dp_runtime.ros.params --write)."""
+    from dp_runtime.ros.params import PARAMETERS, documented_files
+    for path, text in documented_files(ROOT).items():
+        assert path.read_text() == text, f"{path.name} drifted from NodeParams"
+    doc = yaml.safe_load((ROOT / "config" / "policy.yaml").read_text())["policy_node"]["ros__parameters"]
+    listed = set(doc) | set(re.findall(r"# (\w+): \[\.\.\.\]", (ROOT / "config" / "policy.yaml").read_text()))
+    assert listed == set(PARAMETERS)
+
+
+def test_launch_argument_descriptions_come_from_the_parameters(monkeypatch):
+    import runpy
+    from dp_runtime.ros.params import PARAMETERS
+    stub_launch_modules(monkeypatch)
+    entities = runpy.run_path(str(LAUNCH))["generate_launch_description"]().args[0]
+    described = {e.args[0]: e.kwargs["description"] for e in entities
+                 if type(e).__name__ == "DeclareLaunchArgument" and e.args[0] in ("bundle", "backend", "precision")}
+    assert len(described) == 3 and all(PARAMETERS[name][0].doc in text for name, text in described.items())

@@ -130,3 +130,27 @@ def test_lifecycle_autostart_refuses_a_bad_bundle_with_exit_1(tmp_path):
     assert node.stop() == 1
     assert "configure failed" in node.text() and "does not exist" in node.text()
     assert "Traceback" not in node.text()
+
+
+def test_lifecycle_node_honours_executor_before_configure(monkeypatch):
+    """The executor spins an unconfigured lifecycle node: its parameter is read at construction (every other
+    attribute exists, None, until configure), and a bad value is refused by name."""
+    import rclpy
+
+    from dp_runtime.errors import ConfigError
+    from dp_runtime.ros.node import LifecyclePolicyNode
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain_id() + 32))
+    for value, expected in (("multi", "multi"), ("single", "single"), ("fast", None)):
+        rclpy.init(args=["--ros-args", "-p", f"executor:={value}"])
+        try:
+            if expected is None:
+                with pytest.raises(ConfigError, match="executor must be one of single, multi, events, got 'fast'"):
+                    LifecyclePolicyNode()
+                continue
+            node = LifecyclePolicyNode()
+            assert node.executor_kind == expected
+            assert node.runner is None and node.p is None and node.entities == [] and not node.alive
+            node.shutdown()  # nothing started: a no-op
+            node.destroy_node()
+        finally:
+            rclpy.try_shutdown()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -292,3 +293,16 @@ def test_an_unparseable_definition_is_one_short_log_line(tmp_path, caplog):
         assert b.unknown_types == {"/odd": "odd_msgs/msg/Thing"}
     lines = [rec.getMessage() for rec in caplog.records if rec.levelname == "WARNING"]
     assert len(lines) == 1 and "\n" not in lines[0] and len(lines[0]) < 400 and "garbage line 5" not in lines[0], lines
+
+
+def test_both_replay_modes_report_bag_problems_in_one_shape(tmp_path, tiny_bundle):
+    """Real-time replay reads the bag through the same check and the same BagProblems as offline replay, so
+    the two report.json files agree (unknown types: topic -> {type, skipped} in both)."""
+    from dp_runtime.replay.realtime import read_recording
+    bag = write_test_bag(tmp_path / "bag", "mcap", extra_unknown=True, corrupt_every=17)
+    setup = make_setup(tiny_bundle, config_file(tmp_path))
+    offline = replay_offline(bag, setup, seed=0)
+    realtime = read_recording(bag, setup, "kilted")
+    assert asdict(realtime.problems)["unknown_types"] == asdict(offline.problems)["unknown_types"] == {
+        "/vendor/status": {"type": "vendor_msgs/msg/Status", "skipped": 1}}
+    assert set(asdict(realtime.problems)) == set(asdict(offline.problems)) == {"corrupt", "truncated", "unknown_types"}

@@ -174,3 +174,83 @@ def flatten_params(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[prefix + k] = v
     return out
+
+
+# -- documentation produced from the declarations (python -m dp_runtime.ros.params --write) ----------------
+OBS_ROW = ("| `obs.<key>.topic` / `.type` / `.qos` / `.field` / `.joint_names` | from the manifest | per observation "
+           "key: topic, `image`/`compressed_image`/`joint_state`, `best_effort`/`reliable`, JointState field, joint "
+           "order (matched by name) |")
+TABLE_BEGIN, TABLE_END = "<!-- parameters: generated from NodeParams -->", "<!-- parameters: end -->"
+YAML_HEADER = """# dp_runtime policy_node parameters (ROS 2 parameter file), generated from
+# dp_runtime/ros/params.py:NodeParams (python -m dp_runtime.ros.params --write). Every key is optional except `bundle` (set here or with
+# `bundle:=` on the launch line). List parameters are left out when unused: ROS 2 cannot type an empty list.
+policy_node:
+  ros__parameters:
+"""
+YAML_OBS = """    # Per observation key (the keys come from the bundle manifest; `dp-inspect BUNDLE` lists them):
+    # obs.<key>.topic: topic name (default: the manifest's topic, else /<key>)
+    # obs.<key>.type: image | compressed_image | joint_state
+    # obs.<key>.qos: best_effort (cameras) | reliable (joint states)
+    # obs.<key>.field: position | velocity | effort (joint_state only)
+    # obs.<key>.joint_names: [..] order of the low-dim vector, matched by name
+"""
+
+
+def yaml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value == "":
+        return '""'
+    return str(value)
+
+
+def markdown_table() -> str:
+    """The README's parameter table."""
+    rows = ["| parameter | default | meaning |", "|---|---|---|"]
+    for f, rule, _ in settings_of(NodeParams):
+        default = rule.shown or f"`{yaml_value(default_of(f))}`"
+        allowed = f" ({rule.describe()})" if rule.describe() else ""
+        rows.append(f"| `{f.name}` | {default} | {rule.doc}{allowed} |")
+    return "\n".join([TABLE_BEGIN, *rows, OBS_ROW, TABLE_END])
+
+
+def policy_yaml() -> str:
+    """config/policy.yaml: every parameter with its default, described above it."""
+    import textwrap
+    lines = [YAML_HEADER.rstrip("\n")]
+    for f, rule, _ in settings_of(NodeParams):
+        allowed = f" ({rule.describe()})" if rule.describe() else ""
+        lines += textwrap.wrap(rule.doc + allowed, 110, initial_indent="    # ", subsequent_indent="    #   ")
+        default = default_of(f)
+        lines.append(f"    # {f.name}: [...]" if isinstance(default, list) else f"    {f.name}: {yaml_value(default)}")
+    return "\n".join(lines) + "\n" + YAML_OBS
+
+
+def documented_files(root: Path) -> dict[Path, str]:
+    """The files generated from NodeParams, as they should read (README.md: its table only)."""
+    readme = root / "README.md"
+    text = readme.read_text()
+    begin, end = text.index(TABLE_BEGIN), text.index(TABLE_END) + len(TABLE_END)
+    return {readme: text[:begin] + markdown_table() + text[end:], root / "config" / "policy.yaml": policy_yaml()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(description="Write the README's parameter table and config/policy.yaml from "
+                                             "NodeParams (or --check that they match).")
+    ap.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[2])
+    ap.add_argument("--write", action="store_true", help="(the default) write the files")
+    ap.add_argument("--check", action="store_true", help="exit 1 when a file differs")
+    args = ap.parse_args(argv)
+    stale = [p for p, text in documented_files(args.root).items() if p.read_text() != text]
+    if args.check:
+        for p in stale:
+            print(f"{p} differs from NodeParams: run python -m dp_runtime.ros.params --write")
+        return 1 if stale else 0
+    for p, text in documented_files(args.root).items():
+        p.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
