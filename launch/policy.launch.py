@@ -17,8 +17,6 @@ from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
-from dp_runtime.ros.params import PARAMETERS
-
 # launch argument -> type of the node parameter it overrides (only when given)
 OVERRIDES = {"bundle": str, "backend": str, "precision": str, "use_sim_time": bool}
 
@@ -49,21 +47,22 @@ def launch_node(context):
     return [node, RegisterEventHandler(OnProcessExit(target_action=node, on_exit=node_exited))]
 
 
-def overrides(name: str) -> str:
-    """A launch argument's description: the node parameter's own (dp_runtime/ros/params.py)."""
-    rule = PARAMETERS[name][0]
-    allowed = f" ({rule.describe()})" if rule.describe() else ""
-    return f"{rule.doc}{allowed}; default: the config's"
-
-
 def generate_launch_description():
     return LaunchDescription([
-        DeclareLaunchArgument("bundle", default_value="", description=overrides("bundle")),
+        # Descriptions: the node parameters' own (dp_runtime/ros/params.py); a test checks they match.
+        DeclareLaunchArgument("bundle", default_value="",
+                              description="exported bundle directory (dp-export -o ...); default: the config's"),
         DeclareLaunchArgument(
             "config", default_value=PathJoinSubstitution([FindPackageShare("dp_runtime"), "config", "policy.yaml"]),
             description="node parameters (ROS 2 parameter YAML)"),
-        DeclareLaunchArgument("backend", default_value="", description=overrides("backend")),
-        DeclareLaunchArgument("precision", default_value="", description=overrides("precision")),
+        DeclareLaunchArgument("backend", default_value="",
+                              description="graph format to run: auto (the first the bundle has: onnxruntime, then "
+                                          "torchscript) (one of auto, onnxruntime, torchscript); "
+                                          "default: the config's"),
+        DeclareLaunchArgument("precision", default_value="",
+                              description="bundle variant; auto = the fastest within its recorded error bound with "
+                                          "native kernels on the device (dp-inspect lists them) (one of auto, fp32, "
+                                          "int8, fp16, bf16); default: the config's"),
         DeclareLaunchArgument("use_sim_time", default_value="", description="follow /clock (default: the config's)"),
         DeclareLaunchArgument("lifecycle", default_value="false", description="start the managed (lifecycle) node"),
         DeclareLaunchArgument("lifecycle_autostart", default_value="true",
