@@ -98,7 +98,7 @@ class PolicyWiring:
             self.create_service(Trigger, "~/stop", self._srv(lambda: self.runner.stop() or (True, "stopped"))),
             self.create_service(Trigger, "~/reset",
                                 self._srv(lambda: self.runner.reset() or (True, "history and queue cleared")))]
-        self.wake = threading.Event()
+        self.wake.clear()  # set by a previous configuration's shutdown
         self.alive = True
         self.sim_time = bool(self.get_parameter("use_sim_time").value)
         self.grid = TickGrid(self.now(), self.rt.dt)
@@ -120,6 +120,9 @@ class PolicyWiring:
     def _srv(self, action):
         """A Trigger service around ``action() -> (success, message)``."""
         def handler(_req, resp):
+            if self.runner is None:  # a request delivered after lifecycle cleanup
+                resp.success, resp.message = False, "not configured"
+                return resp
             resp.success, resp.message = action()
             return resp
         return handler
@@ -130,19 +133,22 @@ class PolicyWiring:
 
     # -- inputs ----------------------------------------------------------------------
     def _on_msg(self, t: ObsTopic):
+        """The subscription callback, bound to this configuration's runner: an executor may still deliver a
+        message after lifecycle cleanup released it (the EventsExecutor does), and it then goes nowhere."""
         shape = self.engine.image_shapes.get(t.key)
         joints = t.joint_names if t.type == "joint_state" and t.joint_field == "position" else None
+        runner, watchdog, wake, resize = self.runner, self.watchdog, self.wake, self.p.resize_images
 
         def callback(msg) -> None:
-            self.watchdog.delivered(t.key)
+            watchdog.delivered(t.key)
             try:
-                stamp, value = convert.to_observation(t.type, msg, shape, t.joint_names, t.joint_field,
-                                                      self.p.resize_images, what=t.topic)
+                stamp, value = convert.to_observation(t.type, msg, shape, t.joint_names, t.joint_field, resize,
+                                                      what=t.topic)
             except DpRuntimeError as e:
-                self.runner.reject(t.key, e, t.topic)
+                runner.reject(t.key, e, t.topic)
                 return
-            if self.runner.add(t.key, stamp, value, now=self.now() or None, joint_names=joints):  # 0: no /clock yet
-                self.wake.set()
+            if runner.add(t.key, stamp, value, now=self.now() or None, joint_names=joints):  # 0: no /clock yet
+                wake.set()
         return callback
 
     # -- inference (worker thread, never the control thread's) -----------------------
@@ -206,6 +212,8 @@ class PolicyWiring:
 
     # -- diagnostics -----------------------------------------------------------------
     def _on_diagnostics(self) -> None:
+        if self.runner is None:  # a timer event delivered after lifecycle cleanup
+            return
         for key, msg in self.watchdog.check(time.monotonic(), self.count_publishers):
             self.runner.warn_once(f"qos:{key}", msg)
         st = self.runner.status(self.now())
