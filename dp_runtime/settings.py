@@ -8,6 +8,7 @@ table and config/policy.yaml from the same fields. Torch- and ROS-free.
 """
 from __future__ import annotations
 
+import array
 import types
 import typing
 from dataclasses import MISSING, Field, dataclass, field, fields
@@ -24,6 +25,7 @@ class Rule:
     gt: float | None = None  # value must be > gt
     ge: float | None = None  # value must be >= ge
     shown: str | None = None  # the default as documented, where its literal says nothing ("(required)")
+    live: bool = False  # a running node applies a new value (ros2 param set) from its next tick
 
     def describe(self) -> str:
         """The constraint in words, for descriptors and errors."""
@@ -34,9 +36,9 @@ class Rule:
 
 
 def setting(default: Any, doc: str, *, choices: tuple[str, ...] = (), gt: float | None = None,
-            ge: float | None = None, shown: str | None = None) -> Any:
+            ge: float | None = None, shown: str | None = None, live: bool = False) -> Any:
     """A dataclass field with its rule; list defaults are copied per instance."""
-    rule = Rule(doc, tuple(choices), gt, ge, shown)
+    rule = Rule(doc, tuple(choices), gt, ge, shown, live)
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"rule": rule})
     return field(default=default, metadata={"rule": rule})
@@ -124,6 +126,8 @@ def coerce(name: str, value: Any, tp: Any, choices: tuple[str, ...] = ()) -> Any
     if typing.get_origin(tp) is list:
         if value is None:
             return []
+        if isinstance(value, array.array):  # rclpy gives double and integer arrays as array.array
+            value = value.tolist()
         if not isinstance(value, (list, tuple)):
             raise bad(type_name(tp))
         item = typing.get_args(tp)[0]

@@ -344,3 +344,17 @@ def test_qos_watchdog_warns_once_after_publishers_deliver_nothing():
     w2.check(0.0, pubs.get)
     w2.check(2.0, lambda t: 0)  # the publisher left: the clock starts again
     assert w2.check(4.0, pubs.get) == []
+
+
+def test_waiting_for_the_first_inputs_is_information_then_a_warning_after_the_grace_period():
+    from dp_runtime.control.runner import STARTUP_GRACE_S
+    warned, infos = [], []
+    r = PolicyRunner(FakeEngine(), RunnerConfig(control_rate_hz=10, max_obs_age=0.5),
+                     warn=lambda cause, msg: warned.append(msg), info=infos.append)
+    r.add("cam", 1.0, img(0))  # the camera is up, the joint states are not yet
+    assert r.infer(1.0) is None and r.infer(1.1) is None
+    assert warned == [] and infos == ["waiting for the first state message (a warning if still missing "
+                                      f"{STARTUP_GRACE_S:g} s after the first input)"]
+    r.add("cam", 1.0 + STARTUP_GRACE_S, img(0))
+    assert r.infer(1.0 + STARTUP_GRACE_S) is None
+    assert len(warned) == 1 and "state (never received)" in warned[0]

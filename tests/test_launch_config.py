@@ -34,7 +34,17 @@ class _LaunchConfiguration(_Stub):
 
 
 class _ParameterValue(_Stub):
-    pass
+    """launch_ros.ParameterValue's own rule (launch.utilities.type_utils.normalize_typed_substitution): a plain
+    scalar must already be an instance of value_type; only a substitution is typed later, when performed."""
+
+    def __init__(self, value, *, value_type=None):
+        if isinstance(value, (str, int, float, bool)) and value_type is not None:
+            ok = isinstance(value, value_type) and not (value_type is int and isinstance(value, bool))
+            if value_type is float and isinstance(value, int) and not isinstance(value, bool):
+                ok = True
+            if not ok:
+                raise TypeError(f"value='{value}' is not an instance of {value_type}")
+        super().__init__(value, value_type=value_type)
 
 
 def stub_launch_modules(monkeypatch) -> None:
@@ -44,7 +54,7 @@ def stub_launch_modules(monkeypatch) -> None:
     names = {
         "launch": ["LaunchDescription"],
         "launch.actions": ["DeclareLaunchArgument", "EmitEvent", "OpaqueFunction", "RegisterEventHandler"],
-        "launch.event_handlers": ["OnProcessExit"], "launch.events": ["Shutdown"],
+        "launch.event_handlers": ["OnProcessExit", "OnProcessIO"], "launch.events": ["Shutdown"],
         "launch.substitutions": ["PathJoinSubstitution"], "launch_ros.actions": ["Node"],
         "launch_ros.substitutions": ["FindPackageShare"], "launch_ros": [],
         "launch_ros.parameter_descriptions": [],
@@ -70,8 +80,8 @@ def launch_with(monkeypatch, **given):
     context["config"] = str(ROOT / "config" / "policy.yaml")
     context.update(given)
     opaque = next(e for e in entities if type(e).__name__ == "OpaqueFunction")
-    node, handler = opaque.kwargs["function"](context)
-    return module, declared, node, handler
+    node, output, exit_handler = opaque.kwargs["function"](context)
+    return module, declared, node, exit_handler
 
 
 def test_launch_file_compiles_and_names_the_installed_executables(monkeypatch):
@@ -80,9 +90,10 @@ def test_launch_file_compiles_and_names_the_installed_executables(monkeypatch):
     _, _, node, _ = launch_with(monkeypatch)
     assert node.kwargs["package"] == "dp_runtime" and scripts[node.kwargs["executable"]] == "ros.node:main"
     _, _, lc, _ = launch_with(monkeypatch, lifecycle="true")
-    assert scripts[lc.kwargs["executable"]] == "ros.node:lifecycle_main" and lc.kwargs["arguments"] == ["--autostart"]
+    assert scripts[lc.kwargs["executable"]] == "ros.node:lifecycle_main"
+    assert lc.kwargs["arguments"] == ["--autostart", "--exit-with-parent"]
     _, _, manual, _ = launch_with(monkeypatch, lifecycle="true", lifecycle_autostart="false")
-    assert manual.kwargs["arguments"] == []
+    assert manual.kwargs["arguments"] == ["--exit-with-parent"]
     node_src = (ROOT / "dp_runtime" / "ros" / "node.py").read_text()
     assert f'super().__init__("{node.kwargs["name"]}")' in node_src
 
@@ -95,9 +106,36 @@ def test_the_config_file_is_the_source_of_truth_unless_an_argument_is_given(monk
     _, _, node, _ = launch_with(monkeypatch, bundle="1.5", backend="1", precision="int8", use_sim_time="true")
     overrides = node.kwargs["parameters"][1]
     assert set(overrides) <= NODE_PARAMS
-    assert (overrides["bundle"].args, overrides["bundle"].kwargs) == (("1.5",), {"value_type": str})  # text, not 1.5
+    # launch_ros types a substitution when the node starts: "1.5" as str stays text, "true" as bool is a bool.
+    # A performed string with value_type=bool is what real launch_ros refuses (the stub applies its rule).
+    (bundle,), kind = overrides["bundle"].args, overrides["bundle"].kwargs["value_type"]
+    assert isinstance(bundle, _LaunchConfiguration) and bundle.perform({"bundle": "1.5"}) == "1.5" and kind is str
     assert overrides["backend"].kwargs["value_type"] is str and overrides["use_sim_time"].kwargs["value_type"] is bool
-    assert overrides["precision"].args == ("int8",)
+    assert overrides["precision"].args[0].args == ("precision",)
+    for spelling in ("true", "false", "True", "1"):
+        _, _, node, _ = launch_with(monkeypatch, use_sim_time=spelling)
+        assert isinstance(node.kwargs["parameters"][1]["use_sim_time"].args[0], _LaunchConfiguration)
+
+
+def test_launch_stub_refuses_what_real_launch_ros_refuses():
+    with pytest.raises(TypeError, match="value='false' is not an instance of <class 'bool'>"):
+        _ParameterValue("false", value_type=bool)
+    _ParameterValue(_LaunchConfiguration("use_sim_time"), value_type=bool)
+
+
+def test_boolean_launch_arguments_take_ros_spellings_and_refuse_others(monkeypatch):
+    for spelling in ("yes", "1", "on", "True"):
+        _, _, node, _ = launch_with(monkeypatch, lifecycle=spelling)
+        assert node.kwargs["executable"] == "policy_lifecycle_node", spelling
+    _, _, node, _ = launch_with(monkeypatch, lifecycle="0")
+    assert node.kwargs["executable"] == "policy_node"
+    with pytest.raises(RuntimeError, match="lifecycle:=maybe: expected true or false"):
+        launch_with(monkeypatch, lifecycle="maybe")
+
+
+def test_show_args_describes_the_config_default_in_words(monkeypatch):
+    _, declared, _, _ = launch_with(monkeypatch)
+    assert declared["config"] == ""  # resolved to the package's config/policy.yaml when the launch runs
 
 
 def test_a_missing_config_file_ends_the_launch(monkeypatch, tmp_path):
@@ -110,7 +148,11 @@ def test_the_nodes_exit_ends_the_launch_and_an_error_exit_fails_it(monkeypatch):
     on_exit = handler.args[0]
     assert on_exit.kwargs["target_action"] is node
     exited = on_exit.kwargs["on_exit"]
-    with pytest.raises(RuntimeError, match="policy_node exited with status 1"):  # ros2 launch then exits 1
+    with pytest.raises(RuntimeError, match="policy_node exited with status 1$"):  # ros2 launch then exits 1
+        exited(type("Event", (), {"returncode": 1})(), None)
+    reason = exited.__self__
+    reason.on_output(type("IO", (), {"text": b"[FATAL] [1.2] [policy_node]: refusing to start: BundleError: no x\n"})())
+    with pytest.raises(RuntimeError, match="status 1: refusing to start: BundleError: no x$"):
         exited(type("Event", (), {"returncode": 1})(), None)
     (emit,) = exited(type("Event", (), {"returncode": 0})(), None)
     assert type(emit.kwargs["event"]).__name__ == "Shutdown"

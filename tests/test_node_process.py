@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 import time
 
+import numpy as np
 import pytest
 
 pytest.importorskip("rclpy")
@@ -101,6 +102,8 @@ def test_lifecycle_node_configure_activate_deactivate_cleanup(tmp_path, tiny_bun
         assert col.commands == [] and "bundle" not in node.text()  # unconfigured: nothing loaded
         assert col.transition("policy_node", Transition.TRANSITION_CONFIGURE)
         assert "provider" in node.text()  # configure loaded, verified and warmed up the bundle
+        assert "inactive (activate it: ros2 lifecycle set /policy_node activate)" in node.text()
+        assert "call ~/start" not in node.text()  # refused while inactive: the hint names the lifecycle
         assert "not started: the node is inactive" in col.call("/policy_node/start")  # the lifecycle decides
         time.sleep(1.5)
         assert col.commands == []  # inactive: no commands
@@ -154,3 +157,53 @@ def test_lifecycle_node_honours_executor_before_configure(monkeypatch):
             node.destroy_node()
         finally:
             rclpy.try_shutdown()
+
+
+def test_param_set_applies_live_settings_and_refuses_the_rest_with_a_reason(tmp_path, tiny_bundle):
+    """`ros2 param set` (the SetParameters service it calls): on_starvation / limits change from the next tick
+    and are logged; control_rate_hz, bundle and a mistyped value are refused with the reason."""
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+    from std_msgs.msg import Float64MultiArray
+    domain = domain_id() + 33
+    env = ros_env(domain)
+    pf = write_params(tmp_path / "p.yaml", node_params(tiny_bundle))
+    col = Collector(domain, Float64MultiArray, "/test/commands")
+    node = start_node(pf, env, tmp_path / "p.log")
+    pub = start_publisher(env, tmp_path / "pub.log", "--duration", "40")
+
+    def set_param(name, value):
+        kind = {float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING,
+                list: ParameterType.PARAMETER_DOUBLE_ARRAY}[type(value)]
+        v = ParameterValue(type=kind)
+        if kind == ParameterType.PARAMETER_DOUBLE:
+            v.double_value = value
+        elif kind == ParameterType.PARAMETER_STRING:
+            v.string_value = value
+        else:
+            v.double_array_value = value
+        res = col.request(SetParameters, "/policy_node/set_parameters",
+                          SetParameters.Request(parameters=[Parameter(name=name, value=v)]))
+        return res.results[0]
+
+    try:
+        assert wait_for(lambda: "running" in node.text(), 60), node.text()
+        assert wait_for(lambda: len(col.commands) > 5, 20)
+        r = set_param("control_rate_hz", 20.0)
+        assert not r.successful and "control_rate_hz is read when the node starts: restart the node" in r.reason
+        r = set_param("bundle", "/elsewhere")
+        assert not r.successful and "read when the node starts" in r.reason
+        r = set_param("on_stale", "freeze")
+        assert not r.successful and "on_stale must be one of stop, hold_position, got 'freeze'" in r.reason
+        assert set_param("on_starvation", "stop").successful
+        assert set_param("action_max_delta", [0.001]).successful
+        assert wait_for(lambda: "parameters set: action_max_delta=[0.001] (from the next tick)" in node.text(), 5)
+        n = len(col.commands)
+        assert wait_for(lambda: len(col.commands) > n + 10, 10)
+        recent = np.array([list(m.data) for _, m in col.commands[n + 2:n + 10]])
+        assert np.all(np.abs(np.diff(recent, axis=0)) <= 0.001 + 1e-9)  # the new limit holds from the next tick
+    finally:
+        pub.stop()
+        assert node.stop() == 0
+        col.close()
+    assert "Traceback" not in node.text()

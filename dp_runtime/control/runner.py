@@ -13,6 +13,7 @@ tests reach them without DDS.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
@@ -23,7 +24,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from ..errors import ConfigError, DpRuntimeError, StaleInputError
-from ..settings import check, setting
+from ..settings import check, setting, settings_of
 from ..spec import PolicySpec
 from .action_queue import ActionQueue
 from .delivery import IMMEDIATE, Delivery
@@ -35,6 +36,8 @@ from .status import RunnerStatus, percentiles_ms
 from .transitions import TRANSITIONS, Transition, transition
 
 log = logging.getLogger(__name__)
+# An input not yet received this long after the first one is a problem worth a warning; before, it is start-up.
+STARTUP_GRACE_S = 5.0
 NUMBER = re.compile(r"[-+]?\d[\d.e+-]*")
 
 
@@ -66,16 +69,16 @@ class RunnerConfig:
         "replace", "how a new chunk meets the actions already queued: replace, blend (cross-fade), inpaint "
                    "(denoised with the committed actions held fixed; needs a bundle exported with --inpaint)",
         choices=tuple(TRANSITIONS))
-    blend_actions: int = setting(4, "blend: actions over which a new chunk cross-fades in", ge=0)
+    blend_actions: int = setting(4, "blend: actions over which a new chunk cross-fades in", ge=0, live=True)
     max_obs_age: float = setting(0.5, "s; older inputs stop the policy (never act on stale data)", gt=0)
     max_stamp_ahead: float = setting(0.1, "s an observation stamp may lead the node clock (clock skew, /clock "
                                           "granularity); a message stamped further ahead is refused and logged", ge=0)
     execution_latency: float = setting(0.0, "s; actions due sooner than this after a chunk arrives are dropped",
                                        ge=0)
     on_starvation: str = setting("hold", "when the queue runs dry: hold the last command, or stop publishing",
-                                 choices=("hold", "stop"))
+                                 choices=("hold", "stop"), live=True)
     on_stale: str = setting("stop", "on stale inputs: stop publishing, or hold_position (publish the measured "
-                                    "joint positions)", choices=("stop", "hold_position"))
+                                    "joint positions)", choices=("stop", "hold_position"), live=True)
     seed: int = setting(-1, ">= 0: chunk k uses noise seed + k (reproducible); -1: random")
     autostart: bool = setting(True, "start running; false: wait for the ~/start service")
     per_chunk: bool = False  # one trajectory per chunk (JointTrajectory) instead of a command per tick
@@ -88,6 +91,9 @@ class RunnerConfig:
     def runner_fields(self) -> dict:
         """These settings as RunnerConfig keywords (a subclass adds its own settings)."""
         return {name: getattr(self, name) for name in RunnerConfig.__dataclass_fields__ if name != "transition"}
+
+
+LIVE = {f.name for f, rule, _ in settings_of(RunnerConfig) if rule.live}
 
 
 @dataclass
@@ -126,8 +132,7 @@ class PolicyRunner:
                               "graph; re-export it with dp-export --inpaint (or use replace or blend)")
         if cfg.per_chunk and delivery.delay_s:
             raise ConfigError("a delivery delay (evaluation) is for per-tick command interfaces")
-        self.hold_on_stale = cfg.on_stale == "hold_position"
-        self.hold_on_starvation = cfg.on_starvation == "hold"
+        self._resolve(cfg)
         self.buffer = ObservationBuffer(self.spec.image_shapes, self.spec.low_dim_sizes, self.spec.n_obs_steps,
                                         self.spec.obs_interval_s, cfg.max_obs_age,
                                         max_ahead=cfg.max_stamp_ahead)
@@ -148,11 +153,29 @@ class PolicyRunner:
         self.lock = threading.Lock()
         self._stale: bool | None = None  # None: waiting for the first fresh inputs (nothing to report yet)
         self._last_reject = ""  # the newest input problem, named again when inputs go stale
+        self._first_input: float | None = None  # stamp of the first usable sample since start or reset
         self._pending_t_obs: float | None = None  # a new chunk's observation stamp until its first command
         self._in_flight: tuple[np.ndarray, float, float, int] | None = None  # (actions, t_obs, arrival, generation)
         self._warned: set[str] = set()
         self._warn = warn or (lambda cause, msg: log.warning(msg))
         self._info = info or log.info
+
+    def _resolve(self, cfg: RunnerConfig) -> None:
+        self.hold_on_stale = cfg.on_stale == "hold_position"
+        self.hold_on_starvation = cfg.on_starvation == "hold"
+
+    def reconfigure(self, cfg: RunnerConfig, limits: ActionLimits) -> None:
+        """New live settings (on_stale, on_starvation, blend_actions) and limits, from the next tick on.
+
+        Only settings marked live may differ: the rest shape the queue, buffer and schedule built at start."""
+        fixed = [f for f in RunnerConfig.__dataclass_fields__ if f not in LIVE and f != "transition"
+                 and getattr(cfg, f) != getattr(self.cfg, f)]
+        if fixed:
+            raise ConfigError(f"{', '.join(fixed)} cannot change while running")
+        with self.lock:
+            self.cfg = cfg
+            self._resolve(cfg)
+            self.limits = limits
 
     # -- logging ---------------------------------------------------------------------
     def warn_once(self, cause: str, msg: str) -> None:
@@ -179,6 +202,7 @@ class PolicyRunner:
             self.last_t_obs = None
             self._pending_t_obs = None
             self._stale = None
+            self._first_input = None
             self.generation += 1
 
     def _drop_queue(self) -> None:
@@ -204,6 +228,8 @@ class PolicyRunner:
         try:
             with self.lock:
                 self.buffer.add(key, stamp, value, now)
+                if self._first_input is None:
+                    self._first_input = stamp
         except DpRuntimeError as e:
             self.reject(key, e)
             return False
@@ -247,7 +273,11 @@ class PolicyRunner:
             except StaleInputError as e:
                 self.stats.stale_refusals += 1
                 self.queue.clear()  # never act on a chunk computed before inputs went stale
-                self.warn_once("stale", str(e))
+                never = [k for k, a in self.buffer.ages(now).items() if math.isinf(a)]
+                if never and self._first_input is not None and now - self._first_input < STARTUP_GRACE_S:
+                    self._waiting_for(never)
+                else:
+                    self.warn_once("stale", str(e))
                 return None
             self.last_t_obs = obs.stamp
             generation = self.generation
@@ -288,6 +318,14 @@ class PolicyRunner:
                               0 if committed is None else int(committed[1].sum()))
             self.chunks.append(rec)  # under the lock: _deliver updates the newest record
         return rec
+
+    def _waiting_for(self, keys: list[str]) -> None:
+        """Start-up: some inputs have not arrived yet. Said once per set of inputs, as information."""
+        cause = "waiting:" + ",".join(keys)
+        if cause not in self._warned:
+            self._warned.add(cause)
+            self._info(f"waiting for the first {', '.join(keys)} message{'s' if len(keys) > 1 else ''} "
+                       f"(a warning if still missing {STARTUP_GRACE_S:g} s after the first input)")
 
     def _predict(self, history: dict[str, np.ndarray], seed: int | None, committed):
         """The engine's prediction, or None (counted, logged once per cause) when it fails."""

@@ -9,6 +9,8 @@ verifies and warms up the bundle, activate starts commands, deactivate stops the
 """
 from __future__ import annotations
 
+import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -16,6 +18,7 @@ import time
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
@@ -40,6 +43,8 @@ from .qos_watchdog import QosWatchdog
 from .runtime import Runtime, open_runtime
 
 LEVELS = {OK: DiagnosticStatus.OK, WARN: DiagnosticStatus.WARN, ERROR: DiagnosticStatus.ERROR}
+CLOCK_WAIT_WARN_S = 2.0
+NO_CLOCK = "use_sim_time is true but no /clock message has arrived: no commands until one does"
 
 
 def qos(kind: str, depth: int = 10) -> QoSProfile:
@@ -70,6 +75,8 @@ class PolicyWiring:
         self.grid: TickGrid | None = None
         self.worker: threading.Thread | None = None
         self.control: threading.Thread | None = None
+        self.configured = False  # parameter changes before configure are simply taken (read at configure)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         # The executor spins the node before configure (lifecycle), so its parameter is read now.
         rule, tp = PARAMETERS["executor"]
         self.executor_kind = coerce("executor", declare_any(self, "executor", NodeParams.executor, rule.doc,
@@ -112,7 +119,37 @@ class PolicyWiring:
                  f"precision {self.engine.precision} ({self.engine.recorded_error}); "
                  f"inputs {', '.join(f'{t.topic} [{t.type}]' for t in self.rt.topics)}; "
                  f"{self.p.control_rate_hz} Hz -> {self.p.command_interface} on {self.p.command_topic}; "
-                 f"{'running' if self.runner.running else 'stopped (call ~/start)'}")
+                 f"{'running' if self.runner.running else self.stopped_hint}")
+        self.configured = True
+
+    stopped_hint = "stopped (call ~/start)"
+    restart_hint = "restart the node to change it"
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        """`ros2 param set`: a live setting applies from the next tick (logged); any other is refused with the
+        reason, never accepted and ignored."""
+        if not self.configured:
+            return SetParametersResult(successful=True)
+        changes = {}
+        for prm in params:
+            rule, tp = PARAMETERS.get(prm.name, (None, None))
+            if rule is None or not rule.live:
+                live = ", ".join(n for n, (r, _) in PARAMETERS.items() if r.live)
+                return SetParametersResult(successful=False, reason=f"{prm.name} is read when the node starts: "
+                                           f"{self.restart_hint} (live: {live})")
+            try:
+                changes[prm.name] = coerce(prm.name, prm.value, tp, rule.choices)
+            except DpRuntimeError as e:
+                return SetParametersResult(successful=False, reason=str(e))
+        try:
+            new = dataclasses.replace(self.p, **changes)  # validated as at start
+            self.runner.reconfigure(new.runner_config(), new.limits(self.engine.spec.action.dim))
+        except DpRuntimeError as e:
+            return SetParametersResult(successful=False, reason=str(e))
+        self.p = new
+        self.get_logger().info("parameters set: " + ", ".join(f"{k}={v!r}" for k, v in changes.items())
+                               + " (from the next tick)")
+        return SetParametersResult(successful=True)
 
     def now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -197,12 +234,15 @@ class PolicyWiring:
             clock.sleep_until(Time(nanoseconds=int(target * 1e9), clock_type=clock.clock_type))
             return True
         last = self.now()
+        started = time.monotonic()
         while self.alive:
             now = self.now()
             if now < last:
                 return False
             if now >= target:
                 return True
+            if now == 0.0 and time.monotonic() - started > CLOCK_WAIT_WARN_S:
+                self.runner.warn_once("no-clock", NO_CLOCK)
             last = now
             time.sleep(0.001)
         return True
@@ -218,6 +258,8 @@ class PolicyWiring:
             self.runner.warn_once(f"qos:{key}", msg)
         st = self.runner.status(self.now())
         level, message = st.health(self.starved_reported)
+        if self.sim_time and self.now() == 0.0:
+            level, message = WARN, "waiting for /clock (use_sim_time is true)"
         self.starved_reported = st.queue.starved
         values = {"provider": self.engine.provider, "backend": self.engine.backend.name,
                   "precision": self.engine.precision, "recorded_action_error": self.engine.recorded_error,
@@ -255,6 +297,8 @@ class PolicyNode(PolicyWiring, Node):
 
 class LifecyclePolicyNode(PolicyWiring, LifecycleNode):
     """The managed node: configure = load, verify and warm up; activate = commands; deactivate = stop."""
+    stopped_hint = "inactive (activate it: ros2 lifecycle set /policy_node activate)"
+    restart_hint = "deactivate, clean up and configure the node again to change it"
 
     def __init__(self) -> None:
         super().__init__("policy_node")
@@ -302,7 +346,8 @@ class LifecyclePolicyNode(PolicyWiring, LifecycleNode):
         for entity in self.entities:
             destroy[type(entity)](entity)
         self.entities = []
-        self.pub = self.diag_pub = self.rt = self.runner = self.engine = None
+        self.configured = False
+        self.pub = self.diag_pub = self.rt = self.runner = self.engine = self.p = None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,8 +374,12 @@ def run(make, argv: list[str] | None, autostart: bool = False) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stop.set())
+    argv = list(sys.argv if argv is None else argv)
+    if EXIT_WITH_PARENT in argv:
+        argv = [a for a in argv if a != EXIT_WITH_PARENT]
+        exit_with_parent(stop, logger)
     try:
-        rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+        rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
     except Exception as e:  # a broken --params-file or argument: rcl's own error, one line
         logger.fatal(f"refusing to start: cannot read the ROS arguments: {str(e).splitlines()[0]}")
         return 1
@@ -366,6 +415,27 @@ def run(make, argv: list[str] | None, autostart: bool = False) -> int:
         rclpy.try_shutdown()
         _ignore_signals()
     return code
+
+
+EXIT_WITH_PARENT = "--exit-with-parent"  # the launch file passes it
+
+
+def exit_with_parent(stop: threading.Event, logger) -> None:
+    """Get SIGTERM (a clean shutdown, as from a supervisor) when the parent process dies.
+
+    `ros2 launch` killed by SIGTERM or SIGKILL exits without signalling its children; upstream launch
+    behaves so for any process. Linux's parent-death signal is the clean way out (no polling)."""
+    import ctypes
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGTERM, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+            raise OSError(ctypes.get_errno(), "prctl failed")
+    except (OSError, AttributeError) as e:
+        logger.warning(f"{EXIT_WITH_PARENT}: not available here ({e}); stop the node with SIGINT/SIGTERM")
+        return
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        stop.set()
 
 
 def make_executor(kind: str, logger):

@@ -56,9 +56,9 @@ class NodeParams(RunnerConfig):
                                      choices=tuple(COMMAND_INTERFACES))
     command_topic: str = setting("/forward_position_controller/commands", "topic the commands go to")
     command_qos: str = setting("reliable", "command publisher reliability", choices=QOS)
-    action_lower: list[float] = setting([], "clip: one value or one per action joint", shown="unset")
-    action_upper: list[float] = setting([], "clip: one value or one per action joint", shown="unset")
-    action_max_delta: list[float] = setting([], "max change per control step", shown="unset")
+    action_lower: list[float] = setting([], "clip: one value or one per action joint", shown="unset", live=True)
+    action_upper: list[float] = setting([], "clip: one value or one per action joint", shown="unset", live=True)
+    action_max_delta: list[float] = setting([], "max change per control step", shown="unset", live=True)
     resize_images: bool = setting(False, "resize camera images to the bundle's size instead of refusing them")
     diagnostics_period: float = setting(1.0, "s between /diagnostics messages", gt=0)
     executor: str = setting("events", "what delivers messages: events (rclpy's EventsExecutor, measured "
