@@ -16,18 +16,18 @@ class BatchNormError(DpRuntimeError):
     EMA_REASON = ("EMA averages parameters, not BatchNorm running statistics, so an EMA policy "
                   "with BatchNorm silently performs badly")
 
+    SHOWN = 3  # layers named in the message; all of them are in ``layers``
+    FIX = "replace BatchNorm with GroupNorm (dp_runtime.model.replace_bn_with_gn) before training"
+
     def __init__(self, layers, where: str = "model", hint: str = "", reason: str = ""):
-        """``reason``: why the rule applies to this source (default: the EMA mismatch)."""
+        """``hint``: the fix in the source framework's terms (default: ours); ``reason``: why the rule applies
+        to this source (default: the EMA mismatch). Two lines: what and the fix, then why."""
         self.layers = list(layers)
-        listed = ", ".join(f"{name} ({kind})" for name, kind in self.layers)
-        msg = (
-            f"{where} has {len(self.layers)} layer(s) with running statistics: {listed}. "
-            f"{reason or self.EMA_REASON}; replace BatchNorm with GroupNorm "
-            "(dp_runtime.model.replace_bn_with_gn) before training."
-        )
-        if hint:
-            msg += " " + hint
-        super().__init__(msg)
+        named = ", ".join(f"{name} ({'BatchNorm' if kind.startswith('state-dict') else kind})"
+                          for name, kind in self.layers[:self.SHOWN])
+        more = f" and {len(self.layers) - self.SHOWN} more" if len(self.layers) > self.SHOWN else ""
+        super().__init__(f"{where}: {len(self.layers)} layer(s) keep running statistics: {named}{more}. "
+                         f"Fix: {hint or self.FIX}\nWhy: {reason or self.EMA_REASON}.")
 
 
 class ConfigError(DpRuntimeError):

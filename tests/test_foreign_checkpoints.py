@@ -7,6 +7,7 @@ unsupported policies, config/weight mismatches and truncated files are refused
 with errors that say so.
 """
 import json
+import re
 import shutil
 
 import numpy as np
@@ -405,3 +406,29 @@ def test_omegaconf_interpolations_resolve_without_eval():
         resolve(root, root["p"]["bad"])
     with pytest.raises(ConfigError, match="unsupported expression"):
         resolve(root, root["p"]["code"])  # the eval resolver's arithmetic only: never code
+
+
+def test_batchnorm_refusal_is_short_names_the_framework_fix_and_comes_before_the_live_warning(tmp_path, caplog):
+    """A LeRobot user with a BatchNorm backbone (trained without EMA, exported with --allow-non-ema) reads two
+    lines: how many layers (the first few named), LeRobot's own fix, why; and no LIVE-weights warning first."""
+    source = fc.lr_source()
+    bn = fc.add_batchnorm_buffers(fc.lr_state_dict(source), "diffusion.rgb_encoder.backbone")
+    d = fc.write_lerobot(tmp_path / "pretrained_model", source, state=bn)
+    with caplog.at_level("INFO"), pytest.raises(BatchNormError) as e:
+        load_any(d, allow_non_ema=True)
+    msg = str(e.value)
+    lines = msg.splitlines()
+    n = len(e.value.layers)
+    assert n > 3 and len(lines) == 2 and f"{n} layer(s) keep running statistics" in lines[0]
+    assert f"and {n - 3} more" in lines[0] and "num_batches_tracked" not in msg
+    assert "Fix: Retrain with use_group_norm=True" in lines[0] and "replace_bn_with_gn" not in msg
+    assert lines[1].startswith("Why: LeRobot trains without EMA")
+    assert "LIVE" not in caplog.text  # refused before any export warning
+
+
+def test_ddpm_trained_checkpoint_says_its_ddim_step_count(tmp_path, caplog):
+    path = fc.write_dp(tmp_path / "ddpm.ckpt", fc.dp_source())
+    with caplog.at_level("INFO"):
+        ck = load_any(path, trust_pickle=True)
+    assert re.search(rf"trained with DDPM, \d+ steps; the bundle samples with DDIM at {ck.config.num_inference_steps} "
+                     r"steps by default \(dp-export --steps N to change\)", caplog.text), caplog.text

@@ -32,6 +32,15 @@ def node_params(bundle, **over):
     return p
 
 
+def commanded(rel: np.ndarray, start: float, end: float = np.inf, rate: float = RATE) -> None:
+    """Commands flowed at the control rate in (start, end) s after the publisher started, measured over the
+    commands actually sent: a loaded machine may start them late, never slower. At least half a second of
+    them, at >= 80 % of the rate."""
+    t = np.sort(rel[(rel > start) & (rel < end)])
+    assert t.size > 1 and t[-1] - t[0] >= 0.5, (start, end, t)
+    assert (t.size - 1) / (t[-1] - t[0]) >= 0.8 * rate, (start, end, (t.size - 1) / (t[-1] - t[0]))
+
+
 def candidate_actions(bundle, chunks: int, **load) -> np.ndarray:
     """Every action the node may publish for the publisher's constant scene: chunk k uses seed k."""
     engine = load_bundle(bundle, **load)
@@ -101,10 +110,10 @@ def test_stopped_camera_stops_commands_and_raises_error(tmp_path, tiny_bundle, d
     rel = np.array([t - t0 for t, _ in col.commands])
     # Commands flowed before the stop, none from max_obs_age (+ one control period + delivery) after
     # the last frame until the camera returned, and they resumed.
-    assert ((rel > 4.0) & (rel < 5.0)).sum() > 20
+    commanded(rel, 4.0, 5.0)
     gap = (rel > 5.0 + 0.5 + 0.15) & (rel < 7.5)
     assert gap.sum() == 0, rel[gap]
-    assert (rel > 8.5).sum() > 20
+    commanded(rel, 8.5)
     assert any(lvl == 2 and 5.7 < t < 7.5 for t, lvl, _ in levels), levels
     assert any(lvl == 0 and t > 9.0 for t, lvl, _ in levels), [x for x in levels if x[0] > 7]
     assert "stale inputs" in log
@@ -188,8 +197,8 @@ def test_sim_time_loop_resets_history_and_keeps_commanding(tmp_path, tiny_bundle
     assert alive and rc == 0, log
     assert log.count("clock jumped back") == 1, log
     rel = np.array([t - t0 for t, _ in col.commands])
-    assert ((rel > 2.0) & (rel < 4.0)).sum() > 50  # 50 Hz on the sim clock before the loop
-    assert (rel > 4.8).sum() > 50  # and again after it
+    commanded(rel, 2.0, 4.0)  # 50 Hz on the sim clock before the loop
+    commanded(rel, 4.8)  # and again after it
     data = np.array([list(m.data) for _, m in col.commands])
     cands = candidate_actions(tiny_bundle, 800)
     assert np.abs(data[:, None, :] - cands[None]).max(-1).min(-1).max() < 1e-5
@@ -201,8 +210,7 @@ def test_inpaint_transition_over_dds(tmp_path, tiny_bundle, domain):
                                   {"chunk_transition": "inpaint", "inference_lead": "auto", "seed": -1},
                                   ["--rate", "30"], 5.0)
     assert alive and rc == 0, log
-    times = np.array([t for t, _ in col.commands])
-    assert (times > t0 + 2.0).sum() > 80  # ~50 Hz after warm-up
+    commanded(np.array([t - t0 for t, _ in col.commands]), 2.0)  # ~50 Hz after warm-up
     diag = col.last_diag()
     assert diag["chunk_transition"] == "inpaint" and int(diag["inference_lead"]) >= 1
     assert int(diag["chunk_switches"]) > 10 and diag["boundary_jump_ratio"] != "n/a"
@@ -216,8 +224,7 @@ def test_reduced_precision_bundle_over_dds(tmp_path, variant_bundle, domain):
     col, log, alive, t0, rc = run(tmp_path, variant_bundle, domain, allow, ["--rate", "30"], 5.0)
     assert alive and rc == 0, log
     assert "precision int8" in log
-    times = np.array([t for t, _ in col.commands])
-    assert (times > t0 + 2.0).sum() > 80
+    commanded(np.array([t - t0 for t, _ in col.commands]), 2.0)
     data = np.array([list(m.data) for _, m in col.commands])
     cands = candidate_actions(variant_bundle, 400, **allow)
     dist = np.abs(data[:, None, :] - cands[None]).max(-1).min(-1)

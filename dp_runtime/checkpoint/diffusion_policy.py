@@ -74,10 +74,11 @@ def load(path: Path, trust_pickle: bool = False, allow_non_ema: bool = False) ->
     target = _supported_policy(path, field)
     hybrid = target.endswith(HYBRID_POLICY)
     dicts = payload["state_dicts"]
+    def guard(state: dict) -> None:
+        which = "ema_model" if state is dicts.get("ema_model") else "model"
+        guard_raw(state.keys(), where=f"{path.name} state_dicts['{which}']", hint=BN_HINT)
     state, weights = ema_or_live(path, dicts.get("ema_model"), dicts.get("model"), allow_non_ema,
-                                 "state_dicts has no 'ema_model'; training.use_ema was false")
-    guard_raw(state.keys(), where=f"{path.name} state_dicts['{'ema_model' if weights == 'ema' else 'model'}']",
-              hint=BN_HINT)
+                                 "state_dicts has no 'ema_model'; training.use_ema was false", guard)
     obs_meta, rgb, low, action_dim = _shape_meta(path, field)
     layout = _hybrid_layout(path, field, obs_meta) if hybrid else _image_layout(path, field, rgb, low)
     images, low_dims, hw = _observation_specs(obs_meta, rgb, low, layout)

@@ -84,8 +84,9 @@ def load(path: Path, allow_non_ema: bool = False) -> Checkpoint:
     raw = {k.replace("._orig_mod", ""): v for k, v in _read_safetensors(weights_file).items()}
     ema = path.name.endswith("_ema") or bool(config.get("use_ema") or config.get("ema"))
     raw, weights = ema_or_live(path, raw if ema else None, raw, allow_non_ema,
-                               "live weights only: LeRobot trains without EMA by default")
-    guard_raw(raw.keys(), where=f"{path.name}/model.safetensors", hint=BN_HINT, reason=BN_REASON)
+                               "live weights only: LeRobot trains without EMA by default",
+                               lambda s: guard_raw(s.keys(), where=f"{path.name}/model.safetensors", hint=BN_HINT,
+                                                   reason=BN_REASON))
     inputs, cams, lows = _features(path, config, where)
     images, low_dims, hw = _observation_specs(config, inputs, cams, lows)
 

@@ -69,16 +69,20 @@ class Imported:
         self.defaults.append(f"normalizer.params.{key}.")
 
 
-def ema_or_live(path: Path, ema: Any, live: Any, allow_non_ema: bool, why: str) -> tuple[Any, str]:
+def ema_or_live(path: Path, ema: Any, live: Any, allow_non_ema: bool, why: str,
+                guard: Callable[[Any], None]) -> tuple[Any, str]:
     """(state, "ema"), or the live state only when asked (--allow-non-ema), with a warning.
 
-    ``why``: why the checkpoint has no EMA weights, in the source framework's words.
+    ``why``: why the checkpoint has no EMA weights, in the source framework's words. ``guard`` checks the
+    chosen state (the running-statistics refusal) before any warning about it.
     """
     if ema is not None:
+        guard(ema)
         return ema, "ema"
     if not allow_non_ema:
         raise CheckpointError(f"{path} holds no EMA weights ({why}); pass --allow-non-ema to export the live "
                               "weights deliberately")
+    guard(live)
     log.warning("%s: exporting the LIVE weights (%s)", path, why)
     return live, "live"
 
@@ -111,7 +115,9 @@ def export_steps(configured: int | None, scheduler: dict[str, Any], trained_with
     """
     steps = int(configured or scheduler["num_train_timesteps"])
     if not trained_with_ddim:
-        steps = min(steps, DDPM_EXPORT_STEPS)
+        chain, steps = steps, min(steps, DDPM_EXPORT_STEPS)
+        log.info(f"trained with DDPM, {chain} steps; the bundle samples with DDIM at "
+                 f"{min(steps, int(scheduler['num_train_timesteps']))} steps by default (dp-export --steps N to change)")
     return min(steps, int(scheduler["num_train_timesteps"]))
 
 

@@ -136,11 +136,15 @@ def load(path: Path, trust_pickle: bool = False, allow_non_ema: bool = False) ->
     where = f"{path.name} config"
     algo = _supported_algo(path, params, config)
     model = params["model"]
-    state, weights = ema_or_live(path, model.get("ema"), model["nets"], allow_non_ema,
-                                 "algo.ema.enabled was false, params['model']['ema'] is None")
-    if weights == "ema" and "shadow_params" in state:  # robomimic versions on diffusers' newer EMAModel
-        state = shadow_to_state_dict(model["nets"], state, path)
-    guard_raw(state.keys(), where=f"{path.name} ({weights} weights)", hint=BN_HINT)
+    ema = model.get("ema")
+    if ema is not None and "shadow_params" in ema:  # robomimic versions on diffusers' newer EMAModel
+        ema = shadow_to_state_dict(model["nets"], ema, path)
+
+    def guard(state: dict) -> None:
+        guard_raw(state.keys(), where=f"{path.name} ({'live' if state is model['nets'] else 'ema'} weights)",
+                  hint=BN_HINT)
+    state, weights = ema_or_live(path, ema, model["nets"], allow_non_ema,
+                                 "algo.ema.enabled was false, params['model']['ema'] is None", guard)
     images, low_dims, hw, order = _observation_specs(path, params, config)
     action_dim = int(params["shape_metadata"].get("ac_dim") or
                      state["policy.noise_pred_net.final_conv.1.weight"].shape[0])
