@@ -306,3 +306,23 @@ def test_both_replay_modes_report_bag_problems_in_one_shape(tmp_path, tiny_bundl
     assert asdict(realtime.problems)["unknown_types"] == asdict(offline.problems)["unknown_types"] == {
         "/vendor/status": {"type": "vendor_msgs/msg/Status", "skipped": 1}}
     assert set(asdict(realtime.problems)) == set(asdict(offline.problems)) == {"corrupt", "truncated", "unknown_types"}
+
+
+def test_realtime_verdict_names_the_nodes_own_rejection_causes(tmp_path, tiny_bundle, monkeypatch):
+    """Every camera frame unusable (wrong size): real-time replay fails naming the node's cause, as offline does,
+    not only "no usable observation"."""
+    pytest.importorskip("rclpy")
+    from helpers.ros_harness import domain_id, ros_env
+    for k, v in ros_env(domain_id() + 2).items():
+        monkeypatch.setenv(k, v)
+    from dp_runtime.replay.realtime import replay_realtime
+    from dp_runtime.replay.report import verdict, write_report
+    bag = write_test_bag(tmp_path / "bag", "mcap", seconds=3.0, size=32)
+    cfg = config_file(tmp_path)
+    setup = make_setup(tiny_bundle, cfg)
+    offline = write_report(tmp_path / "off", replay_offline(bag, setup, seed=0), setup)
+    live = write_report(tmp_path / "rt", replay_realtime(bag, setup, str(cfg), seed=0), setup)
+    for m in (offline, live):
+        ok, lines = verdict(m)
+        assert not ok and any("image is 32x32" in line and "policy expects" in line for line in lines), lines
+        assert m["messages"]["invalid_total"] > 10

@@ -25,9 +25,13 @@ class RunnerStats:
     last_error: str = ""
 
 
+MAX_CAUSES = 20  # kinds of input problem counted apiece (a bounded record however long the node runs)
+
+
 class RunnerMetrics:
     def __init__(self) -> None:
         self.stats = RunnerStats()
+        self.input_problems: dict[str, list] = {}  # cause key -> [its first message, count]
         self.jumps = BoundaryJumps()
         self.obs_to_command: deque[float] = deque(maxlen=200)
         self.command_times: deque[float] = deque(maxlen=500)
@@ -39,6 +43,15 @@ class RunnerMetrics:
         if t_obs is not None:  # how old the chunk's observation is at its first command
             self.obs_to_command.append(now - t_obs)
 
+    def rejected(self, cause: str, msg: str) -> None:
+        """One unusable input, counted under its kind of problem (listed by its first message)."""
+        self.stats.invalid_inputs += 1
+        entry = self.input_problems.get(cause)
+        if entry is not None:
+            entry[1] += 1
+        elif len(self.input_problems) < MAX_CAUSES:
+            self.input_problems[cause] = [msg, 1]
+
     def snapshot(self, **state) -> RunnerStatus:
         """RunnerStatus of these figures plus the loop's ``state`` (running, stale, ages, queue, depth, ...)."""
         times = np.asarray(self.command_times)
@@ -48,4 +61,5 @@ class RunnerMetrics:
                             invalid_inputs=s.invalid_inputs, overruns=s.overruns, commands=s.commands,
                             last_error=s.last_error, command_period_ms=percentiles_ms(periods, 50, 99),
                             obs_to_command_ms=percentiles_ms(self.obs_to_command, 50, 100),
-                            chunk_switches=self.jumps.switches, boundary_jump_ratio=self.jumps.ratio(), **state)
+                            chunk_switches=self.jumps.switches, boundary_jump_ratio=self.jumps.ratio(),
+                            input_problems={m: n for m, n in self.input_problems.values()}, **state)

@@ -214,10 +214,11 @@ class PolicyRunner:
     # -- inputs ----------------------------------------------------------------------
     def reject(self, key: str, error: Exception, what: str | None = None) -> None:
         """Count an unusable input and log its kind of problem once."""
-        self.stats.invalid_inputs += 1
         msg = f"dropped {what or key} message: {error}"
+        cause = f"input:{key}:{type(error).__name__}:{cause_key(str(error))}"
+        self.metrics.rejected(cause, msg)
         self._last_reject = msg
-        self.warn_once(f"input:{key}:{type(error).__name__}:{cause_key(str(error))}", msg)
+        self.warn_once(cause, msg)
 
     def add(self, key: str, stamp: float, value: np.ndarray, now: float | None = None,
             joint_names: Sequence[str] | None = None) -> bool:

@@ -21,6 +21,7 @@ def percentiles_ms(values_s, *qs: float) -> list[float] | None:
     return [float(np.percentile(v, q)) for q in qs] if v.size else None
 
 
+PROBLEMS_SHOWN = 5  # kinds of input problem in a diagnostics message, most frequent first
 QUEUE_KEYS = {"dropped": "dropped_actions", "skipped": "skipped_actions", "starved": "starvation_count"}
 COUNTS = {"chunks": "chunks", "queue_depth": "queue_depth", "stale_refusals": "stale_refusals",
           "invalid_inputs": "invalid_inputs", "inference_errors": "inference_errors",
@@ -52,6 +53,7 @@ class RunnerStatus:
     chunk_transition: str = ""
     chunk_switches: int = 0
     boundary_jump_ratio: float | None = None
+    input_problems: dict[str, int] = field(default_factory=dict)  # kind of unusable input (first message) -> count
 
     def health(self, starved_before: int) -> tuple[str, str]:
         """(level, message) for diagnostics; ``starved_before`` is the starvation count last reported."""
@@ -82,6 +84,8 @@ class RunnerStatus:
         ratio = self.boundary_jump_ratio
         out["boundary_jump_ratio"] = "n/a" if ratio is None else f"{ratio:.3f}"
         out.update({f"age.{k}": ("never" if math.isinf(a) else f"{a:.3f}") for k, a in self.ages.items()})
+        top = sorted(self.input_problems.items(), key=lambda kv: -kv[1])[:PROBLEMS_SHOWN]
+        out.update({f"input_problem.{i}": f"{n} x {msg}" for i, (msg, n) in enumerate(top)})
         return out
 
     @classmethod
@@ -96,8 +100,10 @@ class RunnerStatus:
             a, b = number(first), number(second)
             pairs[name] = None if a is None or b is None else [a, b]
         ages = {k[4:]: (math.inf if v == "never" else float(v)) for k, v in values.items() if k.startswith("age.")}
+        problems = dict(reversed(v.split(" x ", 1)) for k, v in values.items() if k.startswith("input_problem."))
         return cls(running, ages=ages,
                    queue=QueueStats(**{name: int(values[key]) for name, key in QUEUE_KEYS.items() if key in values}),
                    last_error=values.get("last_error", ""), chunk_transition=values.get("chunk_transition", ""),
                    boundary_jump_ratio=number("boundary_jump_ratio"),
+                   input_problems={msg: int(n) for msg, n in problems.items()},
                    **{name: int(values[key]) for name, key in COUNTS.items() if key in values}, **pairs)

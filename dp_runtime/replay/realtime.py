@@ -157,6 +157,10 @@ def take_node_status(result: ReplayResult, values: dict[str, str]) -> None:
     result.node_diagnostics = values
     result.continuity = continuity(status)
     result.queue = {k: getattr(status.queue, k) for k in ("dropped", "starved", "skipped")}
+    # The node's own rejection causes, as offline replay names them: the verdict and report say why.
+    result.invalid = dict(status.input_problems)
+    result.stale_refusals, result.inference_errors = status.stale_refusals, status.inference_errors
+    result.last_error = status.last_error
 
 
 def replay_realtime(bag_path: str | Path | Bag, setup: ReplaySetup, config: str | None, seed: int = 0,
