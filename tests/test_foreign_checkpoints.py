@@ -432,3 +432,29 @@ def test_ddpm_trained_checkpoint_says_its_ddim_step_count(tmp_path, caplog):
         ck = load_any(path, trust_pickle=True)
     assert re.search(rf"trained with DDPM, \d+ steps; the bundle samples with DDIM at {ck.config.num_inference_steps} "
                      r"steps by default \(dp-export --steps N to change\)", caplog.text), caplog.text
+
+
+def test_dp_lowdim_policy_exports_exactly(tmp_path):
+    """DiffusionUnetLowdimPolicy (PushT / robomimic lowdim tasks): one ``obs`` vector as the global condition."""
+    source = fc.dp_lowdim_source()
+    path = fc.write_dp(tmp_path / "lowdim.ckpt", source, state=fc.dp_lowdim_state_dict(source),
+                       cfg=fc.dp_lowdim_cfg())
+    ck = load_any(path, trust_pickle=True)
+    assert [s.key for s in ck.config.low_dims] == ["obs"] and not ck.config.images
+    assert ck.config.action_slice == (1, 5)  # oa_step_convention: from n_obs_steps - 1
+    assert_same_policy(source, ck)
+    export_and_check(ck, path, tmp_path / "bundle", "diffusion_policy")
+
+
+@pytest.mark.parametrize("over, words", [
+    ({"obs_as_local_cond": True, "obs_as_global_cond": False}, "obs_as_local_cond=True (local conditioning"),
+    ({"obs_as_global_cond": False}, "obs_as_global_cond=False (inpainting)"),
+    ({"pred_action_steps_only": True}, "pred_action_steps_only=True"),
+    ({"oa_step_convention": False}, "oa_step_convention=False"),
+])
+def test_dp_lowdim_settings_that_cannot_export_exactly_are_refused_by_name(tmp_path, over, words):
+    source = fc.dp_lowdim_source()
+    path = fc.write_dp(tmp_path / "lowdim.ckpt", source, state=fc.dp_lowdim_state_dict(source),
+                       cfg=fc.dp_lowdim_cfg(**over))
+    with pytest.raises(CheckpointError, match=re.escape(words)):
+        load_any(path, trust_pickle=True)

@@ -15,6 +15,13 @@ Supported policies:
 - ``DiffusionUnetHybridImagePolicy``: robomimic ObservationEncoder,
   ``obs_encoder.obs_nets.<cam>.*`` (see robomimic.map_obs_nets), features in
   shape_meta order.
+- ``DiffusionUnetLowdimPolicy`` (state only: PushT keypoints, robomimic lowdim tasks) with
+  ``obs_as_global_cond=True``: one ``obs`` vector, normalized, its n_obs_steps frames flattened
+  as the global condition (our encoder with no camera does exactly that); the UNet settings
+  are under ``policy.model``. Refused by name: ``obs_as_local_cond`` (local conditioning),
+  neither (the observation inpainted into the trajectory), ``pred_action_steps_only`` and
+  ``oa_step_convention=False`` (actions from step n_obs_steps, where the bundle executes from
+  n_obs_steps - 1).
 The UNet (``model.*``) has our parameter names already.
 """
 from __future__ import annotations
@@ -38,6 +45,8 @@ from .robomimic import map_obs_nets
 log = logging.getLogger(__name__)
 FORMAT = "diffusion_policy"
 IMAGE_POLICY = "DiffusionUnetImagePolicy"
+LOWDIM_POLICY = "DiffusionUnetLowdimPolicy"
+LOWDIM_KEY = "obs"  # the lowdim policy's one observation vector (its normalizer key)
 HYBRID_POLICY = "DiffusionUnetHybridImagePolicy"
 BN_HINT = ("Retrain with GroupNorm: policy.obs_encoder.use_group_norm=True (image policy) or "
            "policy.obs_encoder_group_norm=True (hybrid policy). Beware share_rgb_model=True: "
@@ -79,6 +88,8 @@ def load(path: Path, trust_pickle: bool = False, allow_non_ema: bool = False) ->
         guard_raw(state.keys(), where=f"{path.name} state_dicts['{which}']", hint=BN_HINT)
     state, weights = ema_or_live(path, dicts.get("ema_model"), dicts.get("model"), allow_non_ema,
                                  "state_dicts has no 'ema_model'; training.use_ema was false", guard)
+    if target.endswith(LOWDIM_POLICY):
+        return _load_lowdim(path, field, target, state, weights)
     obs_meta, rgb, low, action_dim = _shape_meta(path, field)
     layout = _hybrid_layout(path, field, obs_meta) if hybrid else _image_layout(path, field, rgb, low)
     images, low_dims, hw = _observation_specs(obs_meta, rgb, low, layout)
@@ -98,6 +109,18 @@ def load(path: Path, trust_pickle: bool = False, allow_non_ema: bool = False) ->
     return assemble(imp, path, BN_HINT)
 
 
+def _load_lowdim(path: Path, field: _Cfg, target: str, state: dict, weights: str) -> Checkpoint:
+    """DiffusionUnetLowdimPolicy: ``global_cond = normalize(obs)[:, :To].reshape(B, -1)``, the UNet on actions."""
+    low_dims = [LowDimSpec(LOWDIM_KEY, field("policy.obs_dim", int))]
+    imp = Imported(source_format=FORMAT, weights=weights, ema=_ema_settings(field) if weights == "ema" else {})
+    copy_prefixed(imp, state, "model", "model")
+    _normalizers(imp, state, [], low_dims, imagenet=False)
+    imp.config = _policy_config(path, field, [], low_dims, field("policy.action_dim", int),
+                                _ImageLayout(None, "", [LOWDIM_KEY]), EncoderConfig(), unet="policy.model.")
+    imp.extra = {"policy_class": target, "obs_keys": [LOWDIM_KEY]}
+    return assemble(imp, path, BN_HINT)
+
+
 def _read(path: Path, trust_pickle: bool) -> tuple[dict, _Cfg]:
     payload = load_torch_pickle(path, trust_pickle, FORMAT)
     if not isinstance(payload, dict) or "state_dicts" not in payload or "cfg" not in payload:
@@ -112,10 +135,21 @@ def _read(path: Path, trust_pickle: bool) -> tuple[dict, _Cfg]:
 def _supported_policy(path: Path, field: _Cfg) -> str:
     target = field("policy._target_", str)
     cls = target.rsplit(".", 1)[-1]
-    if cls not in (IMAGE_POLICY, HYBRID_POLICY):
-        raise CheckpointError(f"{path}: not supported: {cls} ({target}); supported: {IMAGE_POLICY}, {HYBRID_POLICY}")
-    if not field("policy.obs_as_global_cond", bool, True):
+    if cls not in (IMAGE_POLICY, HYBRID_POLICY, LOWDIM_POLICY):
+        raise CheckpointError(f"{path}: not supported: {cls} ({target}); supported: {IMAGE_POLICY}, {HYBRID_POLICY}, "
+                              f"{LOWDIM_POLICY}")
+    lowdim = cls == LOWDIM_POLICY
+    if lowdim and field("policy.obs_as_local_cond", bool, False):
+        raise CheckpointError(f"{path}: not supported: {cls} with obs_as_local_cond=True (local conditioning; "
+                              "the bundle conditions globally: retrain with obs_as_global_cond=True)")
+    if not field("policy.obs_as_global_cond", bool, not lowdim):
         raise CheckpointError(f"{path}: not supported: {cls} with obs_as_global_cond=False (inpainting)")
+    if lowdim and field("policy.pred_action_steps_only", bool, False):
+        raise CheckpointError(f"{path}: not supported: {cls} with pred_action_steps_only=True (a trajectory of "
+                              "n_action_steps only)")
+    if lowdim and not field("policy.oa_step_convention", bool, False):
+        raise CheckpointError(f"{path}: not supported: {cls} with oa_step_convention=False (actions from step "
+                              "n_obs_steps; the bundle executes from n_obs_steps - 1, as the config files set)")
     return target
 
 
@@ -180,7 +214,8 @@ def _observation_specs(obs_meta: dict, rgb: list[str], low: list[str], layout: _
 
 
 def _policy_config(path: Path, field: _Cfg, images, low_dims, action_dim: int, layout: _ImageLayout,
-                   encoder: EncoderConfig) -> PolicyConfig:
+                   encoder: EncoderConfig, unet: str = "policy.") -> PolicyConfig:
+    """``unet``: where the UNet settings are (the image policies: on the policy; lowdim: its model)."""
     sched = field("policy.noise_scheduler", dict)
     scheduler = ddim_scheduler(sched, {"num_train_timesteps": 1000, "beta_schedule": "linear"}, path)
     steps = export_steps(field("policy.num_inference_steps", int, None), scheduler,
@@ -192,10 +227,10 @@ def _policy_config(path: Path, field: _Cfg, images, low_dims, action_dim: int, l
             num_inference_steps=steps, obs_interval_s=_obs_interval(field),
             image_range="mean_std" if images else "minus_one_one", obs_order=layout.order,
             scheduler=scheduler, encoder=encoder,
-            unet=UnetConfig(down_dims=tuple(field("policy.down_dims", list, [256, 512, 1024])),
-                            kernel_size=field("policy.kernel_size", int, 5), n_groups=field("policy.n_groups", int, 8),
-                            diffusion_step_embed_dim=field("policy.diffusion_step_embed_dim", int, 256),
-                            cond_predict_scale=field("policy.cond_predict_scale", bool, True)))
+            unet=UnetConfig(down_dims=tuple(field(f"{unet}down_dims", list, [256, 512, 1024])),
+                            kernel_size=field(f"{unet}kernel_size", int, 5), n_groups=field(f"{unet}n_groups", int, 8),
+                            diffusion_step_embed_dim=field(f"{unet}diffusion_step_embed_dim", int, 256),
+                            cond_predict_scale=field(f"{unet}cond_predict_scale", bool, True)))
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from e
 

@@ -419,3 +419,63 @@ def write_lerobot(directory: Path, policy: DiffusionPolicy, config: dict | None 
         {"registry_name": "unnormalizer_processor", "config": step_cfg, "state_file": post_file},
         {"registry_name": "device_processor", "config": {"device": "cpu", "float_dtype": None}}]}))
     return directory
+
+
+# -- diffusion_policy's state-only policy (DiffusionUnetLowdimPolicy) ------------------------------------------
+OBS_DIM = 5
+
+
+def dp_lowdim_source(seed: int = 0) -> DiffusionPolicy:
+    """No camera: the condition is the normalized ``obs`` vector of each history frame, flattened."""
+    cfg = PolicyConfig(images=[], low_dims=[LowDimSpec("obs", OBS_DIM)], action_dim=2, horizon=8, n_obs_steps=2,
+                       n_action_steps=4, num_inference_steps=8, unet=UNET)
+    policy = randomize(DiffusionPolicy(cfg), seed)
+    set_affine(policy, "obs", [0.004, 0.005, 0.5, 2.0, 1.0], [-1.1, -0.9, 0.0, 0.3, -0.2])
+    set_affine(policy, "action", [0.004, 0.005], [-1.0, -1.2])
+    return policy
+
+
+def dp_lowdim_state_dict(policy: DiffusionPolicy) -> dict:
+    """As DiffusionUnetLowdimPolicy.state_dict() names it: model.*, normalizer.params_dict.{obs,action}.*, and the
+    ModuleAttrMixin dummies of the policy and its mask generator."""
+    sd = policy.state_dict()
+    out = {k: v for k, v in sd.items() if k.startswith("model.")}
+    out["_dummy_variable"] = torch.zeros(0)
+    out["mask_generator._dummy_variable"] = torch.zeros(0)
+    for key, dim in (("obs", OBS_DIM), ("action", 2)):
+        out[f"normalizer.params_dict.{key}.scale"] = sd[f"normalizer.params.{key}.scale"]
+        out[f"normalizer.params_dict.{key}.offset"] = sd[f"normalizer.params.{key}.offset"]
+        out[f"normalizer.params_dict.{key}.input_stats.min"] = torch.zeros(dim)
+    return out
+
+
+def dp_lowdim_cfg(**policy_over):
+    """train_diffusion_unet_lowdim_workspace.yaml's shape (the UNet under policy.model, its dims by eval)."""
+    from omegaconf import OmegaConf
+    policy = {
+        "_target_": "diffusion_policy.policy.diffusion_unet_lowdim_policy.DiffusionUnetLowdimPolicy",
+        "model": {"_target_": "diffusion_policy.model.diffusion.conditional_unet1d.ConditionalUnet1D",
+                  "input_dim": "${action_dim}", "local_cond_dim": None,
+                  "global_cond_dim": "${eval:'${obs_dim}*${n_obs_steps}'}",
+                  "diffusion_step_embed_dim": 32, "down_dims": [32, 64], "kernel_size": 3, "n_groups": 4,
+                  "cond_predict_scale": True},
+        "noise_scheduler": {"_target_": "diffusers.schedulers.scheduling_ddpm.DDPMScheduler",
+                            "num_train_timesteps": 100, "beta_start": 0.0001, "beta_end": 0.02,
+                            "beta_schedule": "squaredcos_cap_v2", "variance_type": "fixed_small",
+                            "clip_sample": True, "prediction_type": "epsilon"},
+        "horizon": "${horizon}", "obs_dim": "${obs_dim}", "action_dim": "${action_dim}",
+        "n_action_steps": "${eval:'${n_action_steps}+${n_latency_steps}'}", "n_obs_steps": "${n_obs_steps}",
+        "num_inference_steps": 8, "obs_as_local_cond": "${obs_as_local_cond}",
+        "obs_as_global_cond": "${obs_as_global_cond}", "pred_action_steps_only": "${pred_action_steps_only}",
+        "oa_step_convention": True,
+    }
+    policy.update(policy_over)
+    return OmegaConf.create({
+        "name": "train_diffusion_unet_lowdim", "obs_dim": OBS_DIM, "action_dim": 2, "horizon": 8, "n_obs_steps": 2,
+        "n_action_steps": 4, "n_latency_steps": 0, "obs_as_local_cond": False, "obs_as_global_cond": True,
+        "pred_action_steps_only": False, "policy": policy,
+        "ema": {"_target_": "diffusion_policy.model.diffusion.ema_model.EMAModel", "update_after_step": 0,
+                "inv_gamma": 1.0, "power": 0.75, "min_value": 0.0, "max_value": 0.9999},
+        "training": {"use_ema": True},
+        "task": {"name": "pusht_lowdim", "obs_dim": OBS_DIM, "action_dim": 2, "env_runner": {"fps": 10}},
+    })
