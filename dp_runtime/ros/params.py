@@ -210,7 +210,8 @@ def markdown_table() -> str:
     for f, rule, _ in settings_of(NodeParams):
         default = rule.shown or f"`{yaml_value(default_of(f))}`"
         allowed = f" ({rule.describe()})" if rule.describe() else ""
-        rows.append(f"| `{f.name}` | {default} | {rule.doc}{allowed} |")
+        live = " **live**: `ros2 param set` applies it from the next tick" if rule.live else ""
+        rows.append(f"| `{f.name}` | {default} | {rule.doc}{allowed}{live} |")
     return "\n".join([TABLE_BEGIN, *rows, OBS_ROW, TABLE_END])
 
 
