@@ -33,7 +33,7 @@ class Precision:
 # 2-core AVX2 CPU): ONNX Runtime's CPU provider runs the fp16 graph at about fp32 speed (371 vs 350 ms),
 # TorchScript on that CPU runs fp16 3x and bf16 4x slower than fp32 (emulated), so those are refused there.
 PRECISIONS: dict[str, Precision] = {p.name: p for p in (
-    Precision("fp32", 4.0, {"onnx": ("cpu", "cuda"), "torchscript": ("cpu", "cuda")},
+    Precision("fp32", 4.0, {"onnx": ("cpu", "cuda"), "torchscript": ("cpu", "cuda"), "export": ("cpu", "cuda")},
               "the trained policy, exact to ~1e-6"),
     Precision("int8", 1.0 + 4.0 / 32, {"onnx": ("cpu",)},
               "UNet convolutions as ONNX Runtime MatMulNBits: int8 weights in blocks of 32 with an fp32 scale, "

@@ -37,6 +37,7 @@ class BackendOptions:
     # TF32 convolutions differ from the fp32 policy by ~1e-3 (measured on an H100): off, so the bundle runs
     # the policy that was trained, within the export parity tolerance.
     tf32: bool = False
+    compile_cache: Path | None = None  # compiled formats: where compiled packages are kept (None: ~/.cache/...)
 
 
 Schedule = Sequence[tuple[np.ndarray, np.ndarray]]  # (timestep, previous timestep) int64 (1,) pairs

@@ -3,7 +3,8 @@
 Each entry names its file suffix, the backend that runs it (and the name a user selects it by),
 the devices that backend accepts, the scanner that proves a graph file has no BatchNorm, and the
 exporter that writes a traced module in this format. ``load_bundle``, the exporter, dp-inspect and
-the latency bench read this table; a new format (the compiled GPU format next) is one entry.
+the latency bench read this table; a new format is one entry. ``export`` is the compiled one: a
+torch.export program of the whole chunk, compiled by AOTInductor where it runs (engine/compiled.py).
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from typing import Any, Callable, Sequence
 
 from ..errors import BundleError
 from .backends import DEVICES, Backend, BackendOptions, OrtBackend, TorchScriptBackend, check_device
-from .manifest import scan_onnx, scan_torchscript_file
+from .compiled import CompiledBackend, batch_dims
+from .manifest import scan_exported, scan_onnx, scan_torchscript_file
 
 
 def export_onnx(module: Any, args: tuple, inputs: Sequence[str], outputs: Sequence[str], path: Path,
@@ -38,6 +40,16 @@ def export_torchscript(module: Any, args: tuple, inputs: Sequence[str], outputs:
         torch.jit.trace(module, args, check_trace=False).save(str(path))
 
 
+def export_program(module: Any, args: tuple, inputs: Sequence[str], outputs: Sequence[str], path: Path,
+                   opset: int) -> None:
+    """torch.export (batch axis dynamic up to MAX_BATCH) saved as a portable program; compiled where it runs."""
+    import torch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ep = torch.export.export(module, args, dynamic_shapes=batch_dims(module, args), strict=False)
+    torch.export.save(ep, str(path))
+
+
 @dataclass(frozen=True)
 class GraphFormat:
     name: str  # the manifest's graphs[].format
@@ -47,6 +59,7 @@ class GraphFormat:
     backend_class: Callable[..., Backend]  # (encoder, step, device, options, inpaint_step) -> Backend
     scan: Callable[[Path], None]  # raises BatchNormError when a graph file holds running statistics
     export: Callable[[Any, tuple, Sequence[str], Sequence[str], Path, int], None]
+    whole_chunk: bool = False  # one graph per chunk (encoder + the exported DDIM steps), no separate encoder
 
     def check_device(self, device: str) -> None:
         check_device(device)
@@ -64,6 +77,8 @@ FORMATS: dict[str, GraphFormat] = {f.name: f for f in (
     GraphFormat("onnx", "onnxruntime", ".onnx", DEVICES, OrtBackend, scan_onnx, export_onnx),
     GraphFormat("torchscript", "torchscript", ".pt", ("auto", "cpu", "cuda"), TorchScriptBackend,
                 scan_torchscript_file, export_torchscript),
+    GraphFormat("export", "aoti", ".pt2", ("auto", "cpu", "cuda"), CompiledBackend, scan_exported, export_program,
+                whole_chunk=True),
 )}
 BACKENDS: dict[str, GraphFormat] = {f.backend: f for f in FORMATS.values()}
 

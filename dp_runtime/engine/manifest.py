@@ -64,6 +64,21 @@ def scan_onnx(path: Path) -> None:
         raise BatchNormError(nodes, where=f"ONNX graph {path.name}")
 
 
+def scan_exported(path: Path) -> None:
+    """A torch.export program: BatchNorm ops in its graph (export keeps them unfolded) or running-statistics
+    buffers in its state."""
+    import torch
+    try:
+        ep = torch.export.load(str(path))
+    except Exception as e:  # torch raises its own errors for a damaged archive
+        raise BundleError(f"cannot load the exported program {path.name}: {e}") from e
+    bad = [(n.name, str(n.target)) for n in ep.graph.nodes if n.op == "call_function" and "batch_norm" in str(n.target)]
+    bad += [(name, "running-statistics buffer") for name in ep.state_dict
+            if name.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")]
+    if bad:
+        raise BatchNormError(bad, where=f"exported program {path.name}")
+
+
 def scan_torchscript_file(path: Path) -> None:
     """Load a TorchScript graph on the CPU and scan its module tree (no weights run)."""
     import torch

@@ -32,20 +32,23 @@ from ..precision import DEFAULT_TOLERANCE, PRECISIONS, parse_precisions, support
 from ..spec import (MANIFEST, BundleSpec, CalibrationInfo, EmaInfo, FileEntry, GraphSet, NormLayer, ParityInfo,
                     SchedulerSpec, SourceInfo)
 from .calibration import calibration_observations
-from .graphs import DenoiseStepGraph, EncoderGraph, InpaintStepGraph
+from .graphs import ChunkGraph, DenoiseStepGraph, EncoderGraph, InpaintStepGraph
 from .precision import quantize_int8, unet_for
 
 log = logging.getLogger(__name__)
 PARITY_TOL = 1e-4  # fp32 graphs vs the torch policy; reduced precisions use their own (precision.py)
 PRECISION_SAMPLES = 16  # random observations a reduced-precision variant is measured on (at least)
 FILE_STEMS = {"encoder": "encoder", "step": "denoise_step", "inpaint_step": "denoise_step_inpaint"}
+CHUNK_STEMS = {"step": "chunk", "inpaint_step": "chunk_inpaint"}  # whole-chunk formats: one graph per chunk
 STEP_INPUTS = ["sample", "timestep", "prev_timestep", "cond"]
+CHUNK_HELD = ["known", "mask"]
 
 
 def file_name(fmt: str, role: str, precision: str = "fp32") -> str:
     """Reduced-precision variants add only a step graph; they share the fp32 encoder."""
     tag = "" if precision == "fp32" or role == "encoder" else f".{precision}"
-    return FILE_STEMS[role] + tag + graph_format(fmt).suffix
+    fmt_ = graph_format(fmt)
+    return (CHUNK_STEMS if fmt_.whole_chunk else FILE_STEMS)[role] + tag + fmt_.suffix
 
 
 def example_inputs(policy: DiffusionPolicy, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -99,7 +102,7 @@ def variant_step(step: Traced, policy: DiffusionPolicy, steps: int, precision: s
 
 def open_backend(fmt: str, files: dict[str, Path]):
     """The exported graphs on CPU, as the runtime opens them (for the parity check)."""
-    return graph_format(fmt).open(files["encoder"], files["step"], "cpu", BackendOptions(),
+    return graph_format(fmt).open(files.get("encoder"), files["step"], "cpu", BackendOptions(),
                                   inpaint_step=files.get("inpaint_step"))
 
 
@@ -201,15 +204,35 @@ class Variant:
 
     def files(self, root: Path) -> dict[str, Path]:
         own = {g.role: root / file_name(self.fmt, g.role, self.precision) for g in self.graphs}
+        if graph_format(self.fmt).whole_chunk:
+            return own
         return {"encoder": root / file_name(self.fmt, "encoder"), **own}
 
 
-def plan_variants(policy: DiffusionPolicy, steps: int, formats: tuple[str, ...], precisions: tuple[str, ...],
-                  inpaint: bool) -> list[Variant]:
+def whole_chunk(traced: list[Traced], ddim: SchedulerSpec) -> list[Traced]:
+    """The encoder and each step graph joined into one chunk graph per role (compiled formats)."""
+    enc = next(g for g in traced if g.role == "encoder")
+    sample = next(g for g in traced if g.role == "step").args[0]
+    out = []
+    for g in (g for g in traced if g.role != "encoder"):
+        held = g.args[4:6] if g.role == "inpaint_step" else ()  # known, mask
+        out.append(Traced(g.role, ChunkGraph(enc.module, g.module, ddim.timesteps, ddim.prev_timesteps).eval(),
+                          (*enc.args, torch.randn_like(sample), *held), [*enc.inputs, "noise", *CHUNK_HELD[:len(held)]],
+                          ["action"]))
+    return out
+
+
+def plan_variants(policy: DiffusionPolicy, ddim: SchedulerSpec, formats: tuple[str, ...],
+                  precisions: tuple[str, ...], inpaint: bool) -> list[Variant]:
+    steps = ddim.num_inference_steps
     traced = graphs_to_export(policy, steps, inpaint)
     step = next(g for g in traced if g.role == "step")
-    return [Variant(fmt, prec, traced if prec == "fp32" else [variant_step(step, policy, steps, prec)])
-            for fmt in formats for prec in precisions if fmt in PRECISIONS[prec].formats]
+    variants = []
+    for fmt in formats:
+        for prec in (p for p in precisions if fmt in PRECISIONS[p].formats):
+            graphs = traced if prec == "fp32" else [variant_step(step, policy, steps, prec)]
+            variants.append(Variant(fmt, prec, whole_chunk(graphs, ddim) if graph_format(fmt).whole_chunk else graphs))
+    return variants
 
 
 def check_variant(name: str, precision: str, m: Measured, bound: float, force: bool,
@@ -236,7 +259,8 @@ def graph_entry(v: Variant, root: Path, m: Measured, inpainted: Measured | None,
     """The manifest's record of one variant: files, measured errors, bound, and its latency here."""
     files = v.files(root)
     emulated = "" if v.precision in supported_on("cpu", v.fmt) else " (emulated: no native kernels here)"
-    return GraphSet(v.fmt, files["encoder"].name, files["step"].name, v.precision, m.max, m.raw_max,
+    return GraphSet(v.fmt, files["encoder"].name if "encoder" in files else "", files["step"].name, v.precision,
+                    m.max, m.raw_max,
                     inpaint_step=files["inpaint_step"].name if "inpaint_step" in files else "",
                     inpaint_max_abs_error=inpainted.max if inpainted else 0.0, p99_abs_error=m.p99,
                     samples=len(m.errors), tolerance=bound, forced=forced,
@@ -292,7 +316,7 @@ def export_bundle(checkpoint: str | Path | Checkpoint, out: str | Path, options:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         ddim = scheduler_spec(ck.config.scheduler, steps)
-        variants = plan_variants(policy, steps, o.formats, o.precisions, o.inpaint)
+        variants = plan_variants(policy, ddim, o.formats, o.precisions, o.inpaint)
         engines = {}
         for v in variants:
             say(f"exporting {v.name} graphs")

@@ -116,3 +116,30 @@ class InpaintStepGraph(DenoiseStepGraph):
                                  torch.ones_like(self.final_alpha_cumprod)).reshape(1, 1, 1)
         prev = mask * (prev_alpha ** 0.5 * known_n + (1 - prev_alpha) ** 0.5 * noise) + (1 - mask) * prev
         return prev, self.action_norm.unnormalize(prev)
+
+
+class ChunkGraph(nn.Module):
+    """The whole chunk in one graph: encoder, every DDIM step of the exported schedule, unnormalize.
+
+    For compiled formats (torch.export + AOTInductor): one program per chunk, so a GPU runs it without
+    a host round trip between steps. The schedule is baked in (the step count is an export choice).
+    ``step``: a DenoiseStepGraph, or an InpaintStepGraph (then known, mask follow noise as inputs).
+    """
+
+    def __init__(self, encoder: EncoderGraph, step: DenoiseStepGraph, timesteps, prev_timesteps):
+        super().__init__()
+        self.encoder, self.step = encoder, step
+        self.n_obs = len(encoder.keys)
+        self.register_buffer("timesteps", torch.as_tensor(list(timesteps), dtype=torch.int64))
+        self.register_buffer("prev_timesteps", torch.as_tensor(list(prev_timesteps), dtype=torch.int64))
+        self.inpaint = isinstance(step, InpaintStepGraph)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """obs in manifest order, noise (B, T, A) [, known (B, T, A) raw, mask (B, T, 1)] -> actions (B, T, A)."""
+        obs, noise, held = inputs[:self.n_obs], inputs[self.n_obs], inputs[self.n_obs + 1:]
+        cond = self.encoder(*obs)
+        x, actions = noise, noise
+        for i in range(self.timesteps.shape[0]):
+            t, prev = self.timesteps[i:i + 1], self.prev_timesteps[i:i + 1]
+            x, actions = self.step(x, t, prev, cond, *held, noise) if self.inpaint else self.step(x, t, prev, cond)
+        return actions
