@@ -23,6 +23,8 @@ class Precision:
     bytes_per_weight: float  # what one UNet weight costs to stream (the weight-streaming floor)
     native: dict[str, tuple[str, ...]]  # bundle format -> device kinds whose kernels run it (not emulated)
     how: str  # one line for dp-export --help
+    # fp32 weights and graphs run with TF32 tensor-core math: only a CUDA device computes (and measures) it
+    tf32: bool = False
 
     @property
     def formats(self) -> tuple[str, ...]:
@@ -42,6 +44,8 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
               "UNet in float16; the DDIM update and encoder stay fp32"),
     Precision("bf16", 2.0, {"torchscript": ("cuda", "cpu-bf16")},
               "UNet in bfloat16; native on CUDA (sm80+) and CPUs with AVX-512 BF16 or AMX"),
+    Precision("tf32", 4.0, {"torchscript": ("cuda",), "export": ("cuda",)},
+              "fp32 weights, TF32 matmuls and convolutions (CUDA sm80+); measured on the GPU at export", tf32=True),
 )}
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from helpers.synthetic import reaching_dataset, tiny_config
 from dp_runtime.train import TrainConfig, train
 
 torch.set_num_threads(2)
+# Compiled packages (backend aoti) go to a cache of this session's own, never the user's ~/.cache.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="dp_test_cache_")
 TINY_STEPS = int(os.environ.get("DP_TEST_TRAIN_STEPS", "600"))
 
 
@@ -55,4 +58,15 @@ def variant_bundle(tmp_path_factory, tiny_ckpt, calibration_npz) -> Path:
     out = tmp_path_factory.mktemp("variants") / "tiny"
     export_bundle(tiny_ckpt, out, ExportOptions(seed=0, parity_samples=3, precisions="int8,fp16,bf16", force=True,
                                                 calibration=calibration_npz, calibration_samples=8))
+    return out
+
+
+@pytest.fixture(scope="session")
+def compiled_bundle(tmp_path_factory, tiny_ckpt) -> Path:
+    """ONNX and the compiled whole-chunk format (2 DDIM steps: AOTInductor compiles the unrolled chunk on the
+    CPU in seconds, not minutes), with inpainting. The export's parity check fills the compile cache."""
+    from dp_runtime.export import ExportOptions, export_bundle
+    out = tmp_path_factory.mktemp("compiled") / "tiny"
+    export_bundle(tiny_ckpt, out, ExportOptions(formats=("onnx", "export"), steps=2, seed=0, parity_samples=2,
+                                                inpaint=True))
     return out

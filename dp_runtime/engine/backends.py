@@ -111,6 +111,17 @@ class DeviceSchedule:
         return self.pairs
 
 
+def batch_bucket(batch: int) -> int:
+    """The captured batch size a batch runs in: the next power of two (a CUDA graph is captured per shape, so
+    batches of 5..8 robots share one capture)."""
+    return 1 << max(0, (batch - 1).bit_length())
+
+
+def pad_batch(a: np.ndarray, size: int) -> np.ndarray:
+    """``a`` (B, ...) padded to ``size`` rows by repeating its last row (padded rows are computed, then dropped)."""
+    return a if a.shape[0] == size else np.concatenate([a, np.repeat(a[-1:], size - a.shape[0], axis=0)])
+
+
 def default_threads() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
@@ -242,7 +253,10 @@ class TorchScriptBackend:
 
     def _denoise(self, obs, noise, schedule, known, mask) -> np.ndarray:
         th = self.torch
+        batch = noise.shape[0]
         if self.cuda_graphs and known is None:
+            size = batch_bucket(batch)
+            obs, noise = [pad_batch(o, size) for o in obs], pad_batch(noise, size)
             key = (tuple((o.shape, o.dtype.str) for o in obs), noise.shape, id(schedule))
             graph = self._graphs.get(key)
             if graph is None:
@@ -254,12 +268,13 @@ class TorchScriptBackend:
                         dst.copy_(th.from_numpy(src))
                     static_noise.copy_(th.from_numpy(noise))
                     g.replay()
-                    return static_out.cpu().numpy()
+                    return static_out[:batch].cpu().numpy()
         with th.inference_mode():
             x = th.from_numpy(noise).to(self.device)
             inpaint = () if known is None else (th.from_numpy(known).to(self.device),
                                                  th.from_numpy(mask).to(self.device), x)
-            return self._loop([th.from_numpy(o).to(self.device) for o in obs], x, schedule, *inpaint).cpu().numpy()
+            actions = self._loop([th.from_numpy(o).to(self.device) for o in obs], x, schedule, *inpaint)
+            return actions[:batch].cpu().numpy()
 
     def _loop(self, obs, x, schedule, *inpaint):
         """The denoising loop on device tensors; ``inpaint`` (known, mask, noise) selects the inpainting step."""

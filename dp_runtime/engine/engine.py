@@ -6,17 +6,18 @@ the timesteps recorded in the manifest (or a runtime step count's walk).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..errors import BundleError, ConfigError, ShapeError
+from ..errors import BundleError, ConfigError, DpRuntimeError, ShapeError
 from ..obs_spec import validate_obs
-from ..precision import check_runs_on
+from ..precision import PRECISIONS, check_runs_on
 from ..spec import BundleSpec, GraphSet, PolicySpec, SchedulerSpec
 from .backends import Backend, BackendOptions, device_kind, resolve_device
 from .formats import FORMATS, by_backend, graph_format
@@ -121,6 +122,38 @@ class PolicyEngine:
             raise ShapeError("policy produced non-finite actions")
         return Prediction(actions if batched else actions[0], latency, seed)
 
+    def predict_batch(self, observations: Sequence[Mapping[str, np.ndarray]], seeds: Sequence[int | None],
+                      known: Sequence[np.ndarray | None] | None = None,
+                      mask: Sequence[np.ndarray | None] | None = None) -> list[Prediction]:
+        """Several robots' chunks in one backend call (a GPU host serving a fleet).
+
+        ``observations[i]``: robot i's history (unbatched, as ``predict`` takes it); ``seeds[i]``: its noise
+        seed (None: fresh noise), so each robot gets exactly the actions a single ``predict`` with that seed
+        gives. ``known``/``mask``: per robot, None where it commits nothing; if any robot inpaints, the
+        inpainting graph runs for all (an empty mask leaves a chunk exactly as the plain step computes it).
+        A robot whose observation does not fit the bundle is named by its index."""
+        if len(seeds) != len(observations) or not observations:
+            raise ShapeError(f"predict_batch: {len(observations)} observations and {len(seeds)} seeds; expected "
+                             "one seed per observation, at least one")
+        robots = [{k: np.asarray(v, np.float32) if k in self.low_dim_sizes else np.asarray(v) for k, v in o.items()}
+                  for o in observations]
+        for i, obs in enumerate(robots):
+            try:
+                validate_obs({k: v[None] for k, v in obs.items()}, self.image_shapes, self.low_dim_sizes,
+                             self.n_obs_steps)
+            except DpRuntimeError as e:
+                raise type(e)(f"robot {i} of the batch: {e}") from e
+        stacked = {k: np.stack([o[k] for o in robots]) for k in self.keys}
+        noise = np.concatenate([self.make_noise(1, s) for s in seeds])
+        held = {}
+        if known is not None and any(k is not None for k in known):
+            zeros = np.zeros((self.horizon, self.action_dim), np.float32)
+            held = {"known": np.stack([zeros if k is None else np.asarray(k, np.float32) for k in known]),
+                    "mask": np.stack([np.zeros(self.horizon, bool) if m is None else np.asarray(m, bool)
+                                      for m in mask])}
+        pred = self.predict(stacked, noise=noise, **held)
+        return [Prediction(a, pred.latency_s, s) for a, s in zip(pred.actions, seeds)]
+
     def _inpaint_inputs(self, known, mask, batch: int, batched: bool) -> tuple[np.ndarray, np.ndarray]:
         if not self.can_inpaint:
             raise BundleError("this bundle has no inpainting step graph; re-export it with dp-export --inpaint "
@@ -181,6 +214,8 @@ def load_bundle(path: str | Path, backend: str = "auto", device: str = "auto",
     except BundleError as e:
         raise BundleError(f"{path}: {e}") from e
     verify_graphs(path, spec, graphs)
+    if PRECISIONS[graphs.precision].tf32:
+        options = dataclasses.replace(options, tf32=True)
     impl = fmt.open(path / graphs.encoder if graphs.encoder else None, path / graphs.step, device, options,
                     inpaint_step=path / graphs.inpaint_step if graphs.inpaint_step else None)
     check_runs_on(graphs.precision, device_kind(impl.provider), fmt.name)  # device=auto may have fallen back to CPU

@@ -100,10 +100,12 @@ def variant_step(step: Traced, policy: DiffusionPolicy, steps: int, precision: s
     return Traced("step", module, step.args, step.inputs, step.outputs)
 
 
-def open_backend(fmt: str, files: dict[str, Path]):
-    """The exported graphs on CPU, as the runtime opens them (for the parity check)."""
-    return graph_format(fmt).open(files.get("encoder"), files["step"], "cpu", BackendOptions(),
-                                  inpaint_step=files.get("inpaint_step"))
+def open_backend(fmt: str, files: dict[str, Path], precision: str = "fp32"):
+    """The exported graphs as the runtime opens them (for the parity check): on the CPU, except TF32, which
+    only a CUDA device computes."""
+    tf32 = PRECISIONS[precision].tf32
+    return graph_format(fmt).open(files.get("encoder"), files["step"], "cuda" if tf32 else "cpu",
+                                  BackendOptions(tf32=tf32), inpaint_step=files.get("inpaint_step"))
 
 
 @dataclass
@@ -306,6 +308,9 @@ def export_bundle(checkpoint: str | Path | Checkpoint, out: str | Path, options:
     ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_any(checkpoint)
     policy = ck.policy.eval()
     assert_no_running_stats(policy, where=f"policy from {Path(ck.source).name}")
+    if any(PRECISIONS[p].tf32 for p in o.precisions) and not torch.cuda.is_available():
+        raise ConfigError("--precision tf32 is measured where it runs: export it on a machine with a CUDA GPU "
+                          "(sm80+); CPUs have no TF32, so its error cannot be measured here")
     steps = o.steps or ck.config.num_inference_steps
     if not 1 <= steps <= ck.config.num_train_timesteps:
         raise ConfigError(f"--steps {steps} must be in [1, {ck.config.num_train_timesteps}]")
@@ -324,7 +329,7 @@ def export_bundle(checkpoint: str | Path | Checkpoint, out: str | Path, options:
                 graph_format(v.fmt).export(g.module, g.args, g.inputs, g.outputs, v.files(tmp)[g.role], o.opset)
                 if v.precision == "int8":
                     quantize_int8(v.files(tmp)[g.role])
-            engines[v.name] = PolicyEngine(io, ddim, open_backend(v.fmt, v.files(tmp)))
+            engines[v.name] = PolicyEngine(io, ddim, open_backend(v.fmt, v.files(tmp), v.precision))
         samples = o.parity_samples if o.precisions == ("fp32",) else max(o.parity_samples, PRECISION_SAMPLES)
         obs = check_observations(policy, samples, o.seed, calib)
         measured = parity(policy, engines, obs, o.seed, say, steps)

@@ -78,7 +78,7 @@ def convs_as_matmul(unet: nn.Module) -> nn.Module:
 
 def unet_for(unet: nn.Module, precision: str) -> nn.Module:
     """The UNet module a step graph of ``precision`` traces."""
-    if precision == "fp32":
+    if precision in ("fp32", "tf32"):  # tf32: the fp32 graph, run with TF32 math (BackendOptions.tf32)
         return unet
     if precision in DTYPES:
         return CastUnet(unet, DTYPES[precision])
