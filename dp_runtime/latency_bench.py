@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass
 import platform
 import statistics
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +26,10 @@ import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .engine import load_bundle, read_manifest
+from .engine.backends import BackendOptions, default_threads
 from .errors import BundleError
-from .precision import PRECISIONS, supported_on
 from .export import ExportOptions, export_bundle
+from .precision import PRECISIONS, cpu_flags, supported_on
 from .export.bundle import example_inputs
 from .model import DiffusionPolicy, EncoderConfig, ImageSpec, LowDimSpec, PolicyConfig, UnetConfig
 
@@ -44,15 +45,27 @@ def reference_config() -> PolicyConfig:
                         cond_predict_scale=True))
 
 
-def read_bandwidth(gib: float = 1.0) -> float:
-    """Measured memory read bandwidth in bytes/s (best of 5 full passes over a large array)."""
-    a = np.ones(int(gib * (1 << 30) / 4), dtype=np.float32)
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        a.sum()
-        best = min(best, time.perf_counter() - t)
-    return a.nbytes / best
+def read_bandwidth(threads: int, gib: float = 1.0) -> float:
+    """Memory read bandwidth in bytes/s with ``threads`` reading (the threads inference uses: one thread
+    reads far less than a socket delivers), best of 5 full passes over a large array."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a = torch.ones(int(gib * (1 << 30) / 4), dtype=torch.float32)
+        best = float("inf")
+        for _ in range(5):
+            t = time.perf_counter()
+            a.sum()
+            best = min(best, time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(saved)
+    return a.numel() * 4 / best
+
+
+def cpu_features() -> list[str]:
+    """The vector and matrix extensions this CPU has (they decide which kernels run natively)."""
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve")
+    return [f for f in wanted if f in cpu_flags()]
 
 
 def interleaved_median_ms(fns: list, repeats: int) -> list[float]:
@@ -76,6 +89,7 @@ class Row:
     median_ms: float
     max_error: float  # vs eager fp32 at the bundle's step count, same noise, normalized action units
     floor_ms: float  # weight-streaming floor of this precision and step count
+    batch: int = 1  # robots per call (chunks/s = batch / median)
 
 
 def gpu_read_bandwidth(gib: float = 1.0) -> float:
@@ -89,7 +103,7 @@ def gpu_read_bandwidth(gib: float = 1.0) -> float:
     return a.numel() * 4 / best
 
 
-def variant_engine(bundle: Path, g, device: str, steps: int):
+def variant_engine(bundle: Path, g, device: str, steps: int, options: BackendOptions = BackendOptions()):
     """A variant opened the way the runtime opens it, or directly (marked emulated) where the runtime
     would refuse it for lack of native kernels, so every precision gets a row."""
     from .engine import PolicyEngine
@@ -98,10 +112,10 @@ def variant_engine(bundle: Path, g, device: str, steps: int):
     fmt = graph_format(g.format)
     if g.precision in supported_on(device, g.format):
         return load_bundle(bundle, backend=fmt.backend, device=device, precision=g.precision,
-                           max_action_error=1.0, num_inference_steps=steps), ""
+                           max_action_error=1.0, num_inference_steps=steps, options=options), ""
     spec = read_manifest(bundle)
-    engine = PolicyEngine(spec.policy, spec.ddim, fmt.open(bundle / g.encoder, bundle / g.step, device,
-                                                           BackendOptions()), steps, bundle=spec, graphs=g)
+    engine = PolicyEngine(spec.policy, spec.ddim, fmt.open(bundle / g.encoder, bundle / g.step, device, options),
+                          steps, bundle=spec, graphs=g)
     return engine, " emulated"
 
 
@@ -112,6 +126,10 @@ def main(argv: list[str] | None = None, results_dir: Path | None = None) -> None
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--precision", default="int8,fp16,bf16", help="variants to export and time beside fp32")
     ap.add_argument("--steps", default="16,8", help="step counts to time (the first is the exported one)")
+    ap.add_argument("--batches", default=None, help="robots per batched call to time (chunks/s; default: 1,8 on "
+                                                    "the CPU, 1,8,64,256 on CUDA)")
+    ap.add_argument("--compiled", action="store_true", help="also export and time the compiled format (AOTInductor; "
+                                                            "always on CUDA): compile time cold and cached")
     ap.add_argument("--out", default=None)
     ap.add_argument("--workdir", default=None, help="keep the exported bundle here")
     args = ap.parse_args(argv)
@@ -120,6 +138,9 @@ def main(argv: list[str] | None = None, results_dir: Path | None = None) -> None
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     step_counts = [int(x) for x in args.steps.split(",")]
+    batches = [int(x) for x in (args.batches or ("1,8,64,256" if args.device == "cuda" else "1,8")).split(",")]
+    compiled = args.compiled or args.device == "cuda"
+    formats = ("onnx", "torchscript", "export") if compiled else ("onnx", "torchscript")
 
     cfg = reference_config()
     cfg.num_inference_steps = step_counts[0]
@@ -132,8 +153,9 @@ def main(argv: list[str] | None = None, results_dir: Path | None = None) -> None
     t = time.perf_counter()
     # Random weights: reduced precisions are kept with force (their error here is reported, not judged;
     # a trained policy's is, at export).
-    bundle = export_bundle(ck_path, work / "bundle", ExportOptions(parity_samples=2, precisions=args.precision,
-                                                                  force=True), progress=print)
+    precisions = args.precision + (",tf32" if args.device == "cuda" else "")
+    bundle = export_bundle(ck_path, work / "bundle", ExportOptions(formats=formats, parity_samples=2,
+                                                                  precisions=precisions, force=True), progress=print)
     export_s = time.perf_counter() - t
     spec = read_manifest(bundle)
 
@@ -150,7 +172,8 @@ def main(argv: list[str] | None = None, results_dir: Path | None = None) -> None
             out = eager_policy.sample(t_obs, t_noise)
         return out.cpu().numpy()[0]
 
-    bw = gpu_read_bandwidth() if args.device == "cuda" else read_bandwidth()
+    threads = default_threads()
+    bw = gpu_read_bandwidth() if args.device == "cuda" else read_bandwidth(threads)
     film = sum(b.cond_encoder[1].weight.numel() + b.cond_encoder[1].bias.numel()
                for b in policy.model.film_blocks())
     step_enc = sum(p.numel() for p in policy.model.diffusion_step_encoder.parameters())
@@ -171,17 +194,34 @@ def main(argv: list[str] | None = None, results_dir: Path | None = None) -> None
         rows.append(Row(label, precision, steps, 0.0, err, floor_ms(precision, steps)))
         runs.append(lambda: engine.predict(obs, noise=noise))
 
+    def add_batches(label: str, engine, precision: str) -> None:
+        """The same engine serving B robots per call (per-robot noise): chunks/s is B / the call's time."""
+        for b in (b for b in batches if b > 1):
+            robots, seeds = [obs] * b, list(range(b))
+            rows.append(Row(f"{label}, batch {b}", precision, step_counts[0], 0.0, 0.0, floor_ms(precision,
+                                                                                               step_counts[0]), b))
+            runs.append(lambda robots=robots, seeds=seeds: engine.predict_batch(robots, seeds))
+
+    compile_s = {}
+    options = BackendOptions(compile_cache=work / "compiled")
+    if compiled:  # cold: a fresh cache; cached: the same program again
+        for when in ("cold", "cached"):
+            t = time.perf_counter()
+            load_bundle(bundle, backend="aoti", device=device, options=options, warm_up=False)
+            compile_s[when] = time.perf_counter() - t
+
     for g in spec.graphs:
         for steps in step_counts if g.format == "onnx" else step_counts[:1]:
             try:
-                engine, note = variant_engine(bundle, g, device, steps)
+                engine, note = variant_engine(bundle, g, device, steps, options)
             except BundleError as e:  # e.g. onnxruntime without the CUDA provider
                 print(f"{g.name}: {e}; skipped")
                 break
-            add(f"bundle {engine.backend.name} {g.precision} {steps} steps ({engine.provider}{note})", engine,
-                g.precision, steps)
+            label = f"bundle {engine.backend.name} {g.precision} {steps} steps ({engine.provider}{note})"
+            add(label, engine, g.precision, steps)
+            if steps == step_counts[0] and (g.precision == "fp32" or device == "cuda"):
+                add_batches(label, engine, g.precision)
     if args.device == "cuda":  # the same bundle without CUDA graphs, to show what capture buys
-        from .engine.backends import BackendOptions
         add("bundle torchscript fp32 (torch:cuda, no CUDA graph)",
             load_bundle(bundle, backend="torchscript", device="cuda", precision="fp32",
                         options=BackendOptions(cuda_graphs=False)), "fp32", step_counts[0])
@@ -194,16 +234,22 @@ def main(argv: list[str] | None = None, results_dir: Path | None = None) -> None
           f"encoder once); the bundle streams {per_step / 1e6:.1f} M step weights per step (FiLM hoisted)")
     print("max|err|: vs eager fp32 at the exported step count, same noise, normalized action units (random "
           "weights: a trained policy's errors are the manifest's)")
-    print(f"{'path':<76} {'median ms':>9} {'vs eager':>8} {'floor ms':>8} {'lat/floor':>9} {'max|err|':>9}")
+    if compile_s:
+        print(f"compiled format (AOTInductor) load: cold {compile_s['cold']:.0f} s (compile), cached "
+              f"{compile_s['cached']:.1f} s")
+    print(f"{'path':<86} {'median ms':>9} {'chunks/s':>9} {'vs eager':>8} {'floor ms':>8} {'lat/floor':>9} "
+          f"{'max|err|':>9}")
     for r in rows:
-        print(f"{r.label:<76} {r.median_ms:>9.1f} {base / r.median_ms:>7.2f}x {r.floor_ms:>8.1f} "
-              f"{r.median_ms / r.floor_ms:>9.2f} {r.max_error:>9.1e}")
+        print(f"{r.label:<86} {r.median_ms:>9.1f} {r.batch * 1e3 / r.median_ms:>9.1f} {base / r.median_ms:>7.2f}x "
+              f"{r.floor_ms:>8.1f} {r.median_ms / r.floor_ms:>9.2f} {r.max_error:>9.1e}")
     result = {"device": args.device, "machine": platform.processor() or platform.machine(),
-              "torch_threads": torch.get_num_threads(), "unet_params": unet_params,
+              "torch_threads": torch.get_num_threads(), "bandwidth_threads": threads,
+              "cpu_features": cpu_features(), "compile_seconds": compile_s, "unet_params": unet_params,
               "encoder_params": enc_params, "steps": step_counts, "repeats": args.repeats,
               "read_bandwidth_gbps": bw / 1e9, "film_params": film, "per_step_streamed_params": per_step,
               "export_seconds": export_s,
-              "rows": [{**asdict(r), "speedup_vs_eager": base / r.median_ms} for r in rows],
+              "rows": [{**asdict(r), "speedup_vs_eager": base / r.median_ms,
+                        "chunks_per_s": r.batch * 1e3 / r.median_ms} for r in rows],
               "export_recorded": {g.name: {"max_abs_error": g.max_abs_error, "p99_abs_error": g.p99_abs_error,
                                            "latency_ms": g.latency_ms, "forced": g.forced} for g in spec.graphs}}
     out = Path(args.out or Path(results_dir or ".") / f"latency_{args.device}.json")
