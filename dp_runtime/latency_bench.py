@@ -64,7 +64,8 @@ def read_bandwidth(threads: int, gib: float = 1.0) -> float:
 
 def cpu_features() -> list[str]:
     """The vector and matrix extensions this CPU has (they decide which kernels run natively)."""
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve")
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8", "asimd",
+              "sve")
     return [f for f in wanted if f in cpu_flags()]
 
 
@@ -155,7 +156,9 @@ def main(argv: list[str] | None = None, results_dir: Path | None = None) -> None
     # a trained policy's is, at export).
     precisions = args.precision + (",tf32" if args.device == "cuda" else "")
     bundle = export_bundle(ck_path, work / "bundle", ExportOptions(formats=formats, parity_samples=2,
-                                                                  precisions=precisions, force=True), progress=print)
+                                                                  precisions=precisions, force=True,
+                                                                  compile_cache=work / "export_compiled"),
+                           progress=print)
     export_s = time.perf_counter() - t
     spec = read_manifest(bundle)
 

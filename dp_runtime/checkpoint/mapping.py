@@ -116,8 +116,9 @@ def export_steps(configured: int | None, scheduler: dict[str, Any], trained_with
     steps = int(configured or scheduler["num_train_timesteps"])
     if not trained_with_ddim:
         chain, steps = steps, min(steps, DDPM_EXPORT_STEPS)
-        log.info(f"trained with DDPM, {chain} steps; the bundle samples with DDIM at "
-                 f"{min(steps, int(scheduler['num_train_timesteps']))} steps by default (dp-export --steps N to change)")
+        default = min(steps, int(scheduler["num_train_timesteps"]))
+        log.info(f"trained with DDPM, {chain} steps; the bundle samples with DDIM at {default} steps by default "
+                 "(dp-export --steps N to change)")
     return min(steps, int(scheduler["num_train_timesteps"]))
 
 

@@ -100,12 +100,14 @@ def variant_step(step: Traced, policy: DiffusionPolicy, steps: int, precision: s
     return Traced("step", module, step.args, step.inputs, step.outputs)
 
 
-def open_backend(fmt: str, files: dict[str, Path], precision: str = "fp32"):
+def open_backend(fmt: str, files: dict[str, Path], precision: str = "fp32", compile_cache: Path | None = None):
     """The exported graphs as the runtime opens them (for the parity check): on the CPU, except TF32, which
-    only a CUDA device computes."""
+    only a CUDA device computes, and compiled formats where a GPU is (compiled where they will run)."""
     tf32 = PRECISIONS[precision].tf32
-    return graph_format(fmt).open(files.get("encoder"), files["step"], "cuda" if tf32 else "cpu",
-                                  BackendOptions(tf32=tf32), inpaint_step=files.get("inpaint_step"))
+    fmt_ = graph_format(fmt)
+    device = "cuda" if tf32 or (fmt_.whole_chunk and torch.cuda.is_available()) else "cpu"
+    options = BackendOptions(tf32=tf32, compile_cache=compile_cache)
+    return fmt_.open(files.get("encoder"), files["step"], device, options, inpaint_step=files.get("inpaint_step"))
 
 
 @dataclass
@@ -285,6 +287,7 @@ class ExportOptions:
     force: bool = False  # keep variants above precision_tolerance, marked forced
     calibration: str | Path | None = None  # dataset .npz: real observations for the variants' check
     calibration_samples: int = 16
+    compile_cache: Path | None = None  # compiled formats: where the parity check's compiled packages go
 
     def __post_init__(self) -> None:
         unknown = set(self.formats) - set(FORMATS)
@@ -329,7 +332,7 @@ def export_bundle(checkpoint: str | Path | Checkpoint, out: str | Path, options:
                 graph_format(v.fmt).export(g.module, g.args, g.inputs, g.outputs, v.files(tmp)[g.role], o.opset)
                 if v.precision == "int8":
                     quantize_int8(v.files(tmp)[g.role])
-            engines[v.name] = PolicyEngine(io, ddim, open_backend(v.fmt, v.files(tmp), v.precision))
+            engines[v.name] = PolicyEngine(io, ddim, open_backend(v.fmt, v.files(tmp), v.precision, o.compile_cache))
         samples = o.parity_samples if o.precisions == ("fp32",) else max(o.parity_samples, PRECISION_SAMPLES)
         obs = check_observations(policy, samples, o.seed, calib)
         measured = parity(policy, engines, obs, o.seed, say, steps)

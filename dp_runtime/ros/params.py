@@ -59,6 +59,12 @@ class NodeParams(RunnerConfig):
     action_lower: list[float] = setting([], "clip: one value or one per action joint", shown="unset", live=True)
     action_upper: list[float] = setting([], "clip: one value or one per action joint", shown="unset", live=True)
     action_max_delta: list[float] = setting([], "max change per control step", shown="unset", live=True)
+    threads: int = setting(0, "CPU threads inference uses (0: min(cores, 8) for ONNX Runtime, torch's default "
+                              "otherwise)", ge=0)
+    cuda_graphs: bool = setting(True, "TorchScript on CUDA: capture the denoising loop as a CUDA graph per "
+                                      "batch-size bucket (false: plain kernel launches)")
+    compile_cache: str = setting("", "backend aoti: directory of compiled packages (empty: "
+                                     "~/.cache/dp_runtime/compiled); compiled at the first start on a machine")
     resize_images: bool = setting(False, "resize camera images to the bundle's size instead of refusing them")
     diagnostics_period: float = setting(1.0, "s between /diagnostics messages", gt=0)
     executor: str = setting("events", "what delivers messages: events (rclpy's EventsExecutor, measured "
@@ -182,8 +188,9 @@ OBS_ROW = ("| `obs.<key>.topic` / `.type` / `.qos` / `.field` / `.joint_names` |
            "order (matched by name) |")
 TABLE_BEGIN, TABLE_END = "<!-- parameters: generated from NodeParams -->", "<!-- parameters: end -->"
 YAML_HEADER = """# dp_runtime policy_node parameters (ROS 2 parameter file), generated from
-# dp_runtime/ros/params.py:NodeParams (python -m dp_runtime.ros.params --write). Every key is optional except `bundle` (set here or with
-# `bundle:=` on the launch line). List parameters are left out when unused: ROS 2 cannot type an empty list.
+# dp_runtime/ros/params.py:NodeParams (python -m dp_runtime.ros.params --write).
+# Every key is optional except `bundle` (set here or with `bundle:=` on the launch line).
+# List parameters are left out when unused: ROS 2 cannot type an empty list.
 policy_node:
   ros__parameters:
 """

@@ -6,10 +6,12 @@ over its parameter file, so both build exactly the same control loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from ..control import IMMEDIATE, Delivery, PolicyRunner
 from ..engine import PolicyEngine, load_bundle
+from ..engine.backends import BackendOptions
 from .commands import CommandInterface, command_interface
 from .params import NodeParams, ObsTopic, resolve_obs_topics
 
@@ -32,9 +34,11 @@ class Runtime:
 
 
 def open_engine(p: NodeParams) -> PolicyEngine:
+    options = BackendOptions(threads=p.threads or None, cuda_graphs=p.cuda_graphs,
+                             compile_cache=Path(p.compile_cache).expanduser() if p.compile_cache else None)
     return load_bundle(p.bundle, backend=p.backend, device=p.device, num_inference_steps=p.num_inference_steps or None,
                        precision=p.precision, max_action_error=p.max_action_error or None,
-                       need_inpaint=p.transition.inpaints)
+                       need_inpaint=p.transition.inpaints, options=options)
 
 
 def open_runtime(p: NodeParams, get: Callable[[str, Any], Any], engine: PolicyEngine | None = None,
