@@ -90,12 +90,12 @@ def generate_launch_description():
                                           "config/policy.yaml"),
         DeclareLaunchArgument("backend", default_value="",
                               description="graph format to run: auto (the first the bundle has: onnxruntime, then "
-                                          "torchscript) (one of auto, onnxruntime, torchscript); "
+                                          "torchscript) (one of auto, onnxruntime, torchscript, aoti); "
                                           "default: the config's"),
         DeclareLaunchArgument("precision", default_value="",
                               description="bundle variant; auto = the fastest within its recorded error bound with "
                                           "native kernels on the device (dp-inspect lists them) (one of auto, fp32, "
-                                          "int8, fp16, bf16); default: the config's"),
+                                          "int8, fp16, bf16, tf32); default: the config's"),
         DeclareLaunchArgument("use_sim_time", default_value="",
                               description="follow /clock: true or false (default: the config's)"),
         DeclareLaunchArgument("lifecycle", default_value="false",
