@@ -40,9 +40,9 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
     Precision("int8", 1.0 + 4.0 / 32, {"onnx": ("cpu",)},
               "UNet convolutions as ONNX Runtime MatMulNBits: int8 weights in blocks of 32 with an fp32 scale, "
               "activations quantized per block at run time (no calibration set needed)"),
-    Precision("fp16", 2.0, {"onnx": ("cpu", "cuda"), "torchscript": ("cuda",)},
+    Precision("fp16", 2.0, {"onnx": ("cpu", "cuda"), "torchscript": ("cuda",), "export": ("cuda",)},
               "UNet in float16; the DDIM update and encoder stay fp32"),
-    Precision("bf16", 2.0, {"torchscript": ("cuda", "cpu-bf16")},
+    Precision("bf16", 2.0, {"torchscript": ("cuda", "cpu-bf16"), "export": ("cuda",)},
               "UNet in bfloat16; native on CUDA (sm80+) and CPUs with AVX-512 BF16 or AMX"),
     Precision("tf32", 4.0, {"torchscript": ("cuda",), "export": ("cuda",)},
               "fp32 weights, TF32 matmuls and convolutions (CUDA sm80+); measured on the GPU at export", tf32=True),

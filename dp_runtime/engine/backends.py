@@ -122,6 +122,19 @@ def pad_batch(a: np.ndarray, size: int) -> np.ndarray:
     return a if a.shape[0] == size else np.concatenate([a, np.repeat(a[-1:], size - a.shape[0], axis=0)])
 
 
+def torch_device(device: str, threads: int | None):
+    """The torch device a torch-based backend runs on ('auto': CUDA where torch sees it), and its CPU thread
+    count when one was asked for (torch's CPU pool is per process: set only on request)."""
+    import torch
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BundleError("device='cuda' asked for, but torch sees no CUDA device")
+    if device == "cpu" and threads:
+        torch.set_num_threads(threads)
+    return torch.device(device)
+
+
 def default_threads() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
@@ -214,12 +227,8 @@ class TorchScriptBackend:
     def __init__(self, encoder: Path, step: Path, device: str = "auto", options: BackendOptions = BackendOptions(),
                  inpaint_step: Path | None = None):
         import torch
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda" and not torch.cuda.is_available():
-            raise BundleError("device='cuda' asked for, but torch sees no CUDA device")
         self.torch = torch
-        self.device = torch.device(device)
+        self.device = torch_device(device, options.threads)
         try:
             self.enc = torch.jit.load(str(encoder), map_location=self.device).eval()
             self.stp = torch.jit.load(str(step), map_location=self.device).eval()
@@ -227,8 +236,6 @@ class TorchScriptBackend:
         except Exception as e:  # torch.jit raises RuntimeError with its own text
             raise BundleError(f"TorchScript cannot load {encoder.name}/{step.name}: {e}") from e
         self.can_inpaint = self.inp is not None
-        if self.device.type == "cpu" and options.threads:
-            torch.set_num_threads(options.threads)  # asked for explicitly: torch's CPU pool is per process
         self.options = options
         self.provider = f"torch:{self.device.type}"
         self.device_schedule = DeviceSchedule(lambda a: torch.from_numpy(a).to(self.device))

@@ -27,6 +27,7 @@ import numpy as np
 from ..digest import sha256_file
 from ..errors import BundleError
 from ..precision import cpu_flags
+from .backends import BackendOptions, torch_device
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 256  # the exported programs' batch axis is dynamic up to this
@@ -146,24 +147,18 @@ class CompiledBackend:
     """The whole chunk in one compiled call; ``schedule`` is baked into the program (checked, not fed)."""
     name = "aoti"
 
-    def __init__(self, encoder: Path | None, step: Path, device: str = "auto", options=None,
-                 inpaint_step: Path | None = None):
+    def __init__(self, encoder: Path | None, step: Path, device: str = "auto",
+                 options: BackendOptions = BackendOptions(), inpaint_step: Path | None = None):
+        """``encoder``: unused (the chunk program holds the encoder); the format table passes every backend
+        the same arguments."""
         import torch
-        from .backends import BackendOptions
-        options = options or BackendOptions()
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda" and not torch.cuda.is_available():
-            raise BundleError("device='cuda' asked for, but torch sees no CUDA device")
         self.torch = torch
-        self.device = torch.device(device)
+        self.device = torch_device(device, options.threads)
         self.cache = CompileCache(options.compile_cache)
         self.chunk, self.steps = self._open(step)
         self.inp = self._open(inpaint_step)[0] if inpaint_step else None
         self.can_inpaint = self.inp is not None
         self.provider = f"aoti:{self.device.type}"
-        if self.device.type == "cpu" and options.threads:
-            torch.set_num_threads(options.threads)  # asked for explicitly: torch's CPU pool is per process
 
     def _open(self, program: Path):
         torch = self.torch

@@ -78,8 +78,10 @@ def convs_as_matmul(unet: nn.Module) -> nn.Module:
 
 def unet_for(unet: nn.Module, precision: str) -> nn.Module:
     """The UNet module a step graph of ``precision`` traces."""
-    if precision in ("fp32", "tf32"):  # tf32: the fp32 graph, run with TF32 math (BackendOptions.tf32)
+    if precision == "fp32":
         return unet
+    if precision == "tf32":  # fp32 weights as GEMMs (cuBLAS, TF32 tensor cores; BackendOptions.tf32 switches it on)
+        return convs_as_matmul(unet)
     if precision in DTYPES:
         return CastUnet(unet, DTYPES[precision])
     if precision == "int8":
