@@ -35,7 +35,9 @@ def export_main(argv: list[str] | None = None) -> int:
                    help="seconds between observation-history frames (default: from the checkpoint, else 0.1)")
     p.add_argument("-o", "--out", required=True, help="bundle directory to write")
     p.add_argument("--steps", type=int, default=None, help="DDIM inference steps (default: from config)")
-    p.add_argument("--formats", default="onnx,torchscript", help="comma list of onnx, torchscript")
+    p.add_argument("--formats", default="onnx,torchscript",
+                   help="comma list of onnx, torchscript, export (the compiled whole-chunk format, backend aoti; "
+                        "compiled for the parity check, where a GPU is if there is one)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
     p.add_argument("--seed", type=int, default=0, help="seed for the parity check inputs")
     p.add_argument("--parity-samples", type=int, default=4)

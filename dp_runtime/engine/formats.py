@@ -81,6 +81,8 @@ FORMATS: dict[str, GraphFormat] = {f.name: f for f in (
                 whole_chunk=True),
 )}
 BACKENDS: dict[str, GraphFormat] = {f.backend: f for f in FORMATS.values()}
+# What dp-export writes unless told: compiled formats are opt-in (their parity check compiles them, minutes).
+DEFAULT_FORMATS = tuple(f.name for f in FORMATS.values() if not f.whole_chunk)
 
 
 def _who_takes(device: str) -> str:

@@ -23,7 +23,7 @@ from ..checkpoint import Checkpoint, load_any
 from ..digest import sha256_file
 from ..engine.backends import BackendOptions
 from ..engine.engine import PolicyEngine
-from ..engine.formats import FORMATS, graph_format
+from ..engine.formats import DEFAULT_FORMATS, FORMATS, graph_format
 from ..engine.schedule import ddim_config, ddim_schedule
 from ..errors import ConfigError, ParityError
 from ..model import DiffusionPolicy
@@ -286,7 +286,7 @@ def graph_entry(v: Variant, root: Path, m: Measured, inpainted: Measured | None,
 class ExportOptions:
     """What dp-export builds and how strictly it checks it (the CLI's options, one field each)."""
     steps: int | None = None  # DDIM inference steps (None: the checkpoint's configured count)
-    formats: tuple[str, ...] = tuple(FORMATS)
+    formats: tuple[str, ...] = DEFAULT_FORMATS
     opset: int = 17
     seed: int = 0  # parity inputs and noises
     parity_samples: int = 4
