@@ -216,9 +216,10 @@ def test_cli_refuses_then_forces_and_inspect_lists_variants(tmp_path, tiny_ckpt,
 
 
 def test_precision_requests_checked_before_any_work(tmp_path, tiny_ckpt):
-    with pytest.raises(ConfigError, match=r"precision bf16 is exported as torchscript or export only; add it to --formats"):
+    with pytest.raises(ConfigError,
+                       match=r"precision bf16 is exported as torchscript or export only; add it to --formats"):
         export_bundle(tiny_ckpt, tmp_path / "o", ExportOptions(formats=("onnx",), precisions="bf16"))
-    with pytest.raises(ConfigError, match=r"precision \['int4'\] is not one of \['fp32', 'int8', 'fp16', 'bf16'\]"):
+    with pytest.raises(ConfigError, match=r"precision \['int4'\] is not one of \['fp32', 'int8', 'fp16', 'bf16', 'tf32'\]"):
         export_bundle(tiny_ckpt, tmp_path / "o", ExportOptions(precisions="int8,int4"))
     assert not (tmp_path / "o").exists()
 
