@@ -168,8 +168,7 @@ class PolicyRunner:
         """New live settings (on_stale, on_starvation, blend_actions) and limits, from the next tick on.
 
         Only settings marked live may differ: the rest shape the queue, buffer and schedule built at start."""
-        fixed = [f for f in RunnerConfig.__dataclass_fields__ if f not in LIVE and f != "transition"
-                 and getattr(cfg, f) != getattr(self.cfg, f)]
+        fixed = [f for f, v in cfg.runner_fields().items() if f not in LIVE and v != getattr(self.cfg, f)]
         if fixed:
             raise ConfigError(f"{', '.join(fixed)} cannot change while running")
         with self.lock:

@@ -134,7 +134,10 @@ def batch_dims(module, args: tuple):
 def compile_program(program: Path, device, out: Path) -> None:
     """AOTInductor-compile the exported program for ``device`` into the package ``out``."""
     import torch
-    ep = torch.export.load(str(program))
+    try:
+        ep = torch.export.load(str(program))
+    except Exception as e:  # torch raises its own errors for a damaged archive
+        raise BundleError(f"cannot load the exported program {program.name}: {e}") from e
     if device.type != "cpu":  # exported on the CPU: re-export with weights and examples on the device
         args, kwargs = ep.example_inputs
         module = ep.module().to(device)
@@ -144,7 +147,8 @@ def compile_program(program: Path, device, out: Path) -> None:
 
 
 class CompiledBackend:
-    """The whole chunk in one compiled call; ``schedule`` is baked into the program (checked, not fed)."""
+    """The whole chunk in one compiled call. The schedule is baked into the program: ``load_bundle`` refuses
+    another step count, so ``denoise`` ignores the one it is given."""
     name = "aoti"
 
     def __init__(self, encoder: Path | None, step: Path, device: str = "auto",
@@ -155,30 +159,25 @@ class CompiledBackend:
         self.torch = torch
         self.device = torch_device(device, options.threads)
         self.cache = CompileCache(options.compile_cache)
-        self.chunk, self.steps = self._open(step)
-        self.inp = self._open(inpaint_step)[0] if inpaint_step else None
+        self.chunk = self._open(step)
+        self.inp = self._open(inpaint_step) if inpaint_step else None
         self.can_inpaint = self.inp is not None
         self.provider = f"aoti:{self.device.type}"
 
     def _open(self, program: Path):
+        """The compiled program (the bundle's verification has already loaded and scanned the exported one;
+        it is loaded again only to compile)."""
         torch = self.torch
-        try:
-            ep = torch.export.load(str(program))
-        except Exception as e:  # torch raises its own errors for a damaged archive
-            raise BundleError(f"cannot load the exported program {program.name}: {e}") from e
-        steps = int(ep.state_dict["timesteps"].numel()) if "timesteps" in ep.state_dict else 0
         key = CompileKey(sha256_file(program), torch.__version__, str(torch.version.cuda),
                          device_identity(self.device))
         package = self.cache.package(key, lambda out: compile_program(program, self.device, out), program.name)
         try:
-            return torch._inductor.aoti_load_package(str(package)), steps
+            return torch._inductor.aoti_load_package(str(package))
         except Exception as e:
             raise BundleError(f"cannot load the compiled package {package} for {program.name}: {e}") from e
 
     def denoise(self, obs: Sequence[np.ndarray], noise: np.ndarray, schedule,
                 known: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
-        if len(schedule) != self.steps:
-            raise BundleError(f"the compiled chunk graph bakes {self.steps} DDIM steps, asked for {len(schedule)}")
         th = self.torch
         held = () if known is None else (known, mask)
         with th.inference_mode():

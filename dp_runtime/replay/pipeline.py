@@ -40,6 +40,11 @@ class ReplaySetup:
         rt = open_runtime(params, flat.get, engine=engine)
         return cls(engine, params, rt.topics, rt.action_names, recorded_topic, flat)
 
+    @property
+    def wanted_topics(self) -> set[str]:
+        """The bag topics replay reads: the observations and, if compared, the recorded commands."""
+        return {t.topic for t in self.topics} | ({self.recorded_topic} if self.recorded_topic else set())
+
     def runner(self, seed: int, assumed_latency_s: float, keep_observations: bool = False) -> PolicyRunner:
         """A fresh control loop as the node builds it, on the bag's clock: every chunk record is kept."""
         # per_chunk off: replay compares every executed action, whatever interface would publish them.
@@ -98,11 +103,10 @@ def replay_offline(bag_path: str | Path | Bag, setup: ReplaySetup, seed: int = 0
     dt = 1.0 / setup.params.control_rate_hz
     with opened(bag_path, setup, distro) as bag:
         result = ReplayResult(str(bag.path), "offline", [], [], runner.chunks, distro=bag.distro)
-        wanted = set(by_topic) | ({setup.recorded_topic} if setup.recorded_topic else set())
         bar = _progress(bag.message_count if progress else 0)
         t0: float | None = None
         k = 0
-        for raw in bag.messages(wanted):
+        for raw in bag.messages(setup.wanted_topics):
             result.messages_read += 1
             bar.update(1)
             if t0 is None:

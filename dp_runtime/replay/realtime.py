@@ -55,10 +55,9 @@ class Recording:
 
 def read_recording(bag_path: str | Path | Bag, setup: ReplaySetup, distro: str) -> Recording:
     with opened(bag_path, setup, distro) as bag:
-        wanted = {t.topic for t in setup.topics} | ({setup.recorded_topic} if setup.recorded_topic else set())
-        messages = list(bag.messages(wanted))
+        messages = list(bag.messages(setup.wanted_topics))
         if not messages:
-            raise BagError(f"bag {bag.path} has no messages on {sorted(wanted)}")
+            raise BagError(f"bag {bag.path} has no messages on {sorted(setup.wanted_topics)}")
         recorded = []
         for m in messages:
             if m.topic == setup.recorded_topic and (msg := bag.deserialize(m)) is not None:
