@@ -24,6 +24,7 @@ class Rule:
     choices: tuple[str, ...] = ()  # allowed words (for an int | str setting: the words besides integers)
     gt: float | None = None  # value must be > gt
     ge: float | None = None  # value must be >= ge
+    lt: float | None = None  # value must be < lt
     shown: str | None = None  # the default as documented, where its literal says nothing ("(required)")
     live: bool = False  # a running node applies a new value (ros2 param set) from its next tick
 
@@ -32,13 +33,14 @@ class Rule:
         parts = [f"one of {', '.join(self.choices)}"] if self.choices else []
         parts += [f"> {self.gt:g}"] if self.gt is not None else []
         parts += [f">= {self.ge:g}"] if self.ge is not None else []
+        parts += [f"< {self.lt:g}"] if self.lt is not None else []
         return "; ".join(parts)
 
 
 def setting(default: Any, doc: str, *, choices: tuple[str, ...] = (), gt: float | None = None,
-            ge: float | None = None, shown: str | None = None, live: bool = False) -> Any:
+            ge: float | None = None, lt: float | None = None, shown: str | None = None, live: bool = False) -> Any:
     """A dataclass field with its rule; list defaults are copied per instance."""
-    rule = Rule(doc, tuple(choices), gt, ge, shown, live)
+    rule = Rule(doc, tuple(choices), gt, ge, lt, shown, live)
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"rule": rule})
     return field(default=default, metadata={"rule": rule})
@@ -66,7 +68,8 @@ def check(obj: Any) -> None:
         if words and value not in rule.choices:
             raise ConfigError(f"{f.name} must be {_expected(rule, tp)}, got {value!r}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if (rule.gt is not None and not value > rule.gt) or (rule.ge is not None and not value >= rule.ge):
+            if ((rule.gt is not None and not value > rule.gt) or (rule.ge is not None and not value >= rule.ge)
+                    or (rule.lt is not None and not value < rule.lt)):
                 raise ConfigError(f"{f.name} must be {_expected(rule, tp)}, got {value!r}")
 
 

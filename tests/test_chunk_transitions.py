@@ -1,4 +1,4 @@
-"""Chunk transitions (replace, blend, inpaint), the boundary-jump measure and inference_lead auto."""
+"""Chunk transitions (replace, blend, inpaint, soft_inpaint), the boundary-jump measure and inference_lead auto."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +7,7 @@ import torch
 
 from dp_runtime.control import ActionQueue, PolicyRunner, RunnerConfig, simulated
 from dp_runtime.control.continuity import BoundaryJumps
-from dp_runtime.errors import BundleError, ConfigError
+from dp_runtime.errors import BundleError, ConfigError, ShapeError
 from test_control import FakeEngine, feed
 
 
@@ -98,6 +98,38 @@ def test_inpaint_commits_the_actions_that_execute_before_the_new_chunk_arrives()
     assert rec.committed == 2
 
 
+def test_soft_inpaint_freezes_what_inpaint_commits_and_weights_the_previous_plan_by_decay():
+    calls = {}
+    for mode in ("inpaint", "soft_inpaint"):
+        eng = RecordingEngine()
+        r = PolicyRunner(eng, RunnerConfig(control_rate_hz=10, inference_lead=3, chunk_transition=mode,
+                                           execution_latency=0.2, inpaint_decay=0.5), delivery=simulated(0.0))
+        feed(r, 1.0, v=10.0)
+        r.infer(1.0)  # plans 10 .. 17 on slots 0 .. 7, slot k due 1.0 + (k - 1) * 0.1
+        r.tick(1.0)
+        feed(r, 1.1, v=20.0)
+        rec = r.infer(1.1)  # can act from 1.3: 13 and 14 are frozen, as with inpaint
+        calls[mode] = eng.inpaint_calls[1]
+        assert rec.committed == 2
+    (hard_known, hard_mask), (known, weights) = calls["inpaint"], calls["soft_inpaint"]
+    assert weights.dtype == np.float32 and hard_mask.dtype == bool
+    frozen = weights == 1.0
+    assert np.array_equal(frozen, hard_mask) and np.array_equal(known[frozen], hard_known[hard_mask])
+    # after arrival, the previous plan's slots due 1.4, 1.5, 1.6 (15, 16, 17) at 0.5, 0.25, 0.125; it ends there
+    assert weights.tolist() == [0, 0, 1, 1, 0.5, 0.25, 0.125, 0]
+    assert known[2:7, 0].tolist() == [13, 14, 15, 16, 17]
+
+
+def test_soft_inpaint_settings_are_checked():
+    for bad in (0.0, 1.0, -0.2, 1.5):
+        with pytest.raises(ConfigError, match=r"inpaint_decay must be > 0; < 1"):
+            RunnerConfig(chunk_transition="soft_inpaint", inpaint_decay=bad)
+    with pytest.raises(ConfigError, match="soft_inpaint needs a bundle with the inpainting step graph.*--inpaint"):
+        PolicyRunner(FakeEngine(), RunnerConfig(chunk_transition="soft_inpaint"))
+    with pytest.raises(ConfigError, match="chunk_transition must be one of replace, blend, inpaint, soft_inpaint"):
+        RunnerConfig(chunk_transition="soft")
+
+
 def test_delivery_delay_keeps_the_old_chunk_running_until_the_new_one_arrives():
     r = PolicyRunner(FakeEngine(), RunnerConfig(control_rate_hz=10, inference_lead=2),
                      delivery=simulated(0.0, 0.2))
@@ -157,6 +189,32 @@ def test_inpaint_holds_the_committed_prefix_and_matches_the_torch_reference(tiny
                               torch.from_numpy(noise[None])).numpy()[0]
     assert (np.abs(plain - ref_plain) * scale).max() <= 1e-4
     assert np.abs(plain[mask] - known[mask]).max() > 1e-2  # and without inpainting the prefix is free
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torchscript"])
+def test_soft_mask_freezes_the_prefix_and_matches_the_torch_reference(tiny_bundle, tiny_ckpt, backend):
+    """soft_inpaint's weights run through the same inpainting graph: weight 1 is held exactly, the rest
+    mixes as the eager reference (DiffusionPolicy.sample with float weights) does."""
+    from dp_runtime.checkpoint import load_checkpoint
+    from dp_runtime.engine import load_bundle
+    engine = load_bundle(tiny_bundle, backend=backend)
+    policy = load_checkpoint(tiny_ckpt).policy
+    scale = policy.normalizer.params["action"].scale.abs().numpy()
+    rng = np.random.default_rng(6)
+    for trial in range(3):
+        obs = {k: v[0] for k, v in _obs(policy, 10 + trial).items()}
+        noise = rng.standard_normal((8, 2)).astype(np.float32)
+        known = rng.uniform(-0.5, 0.5, (8, 2)).astype(np.float32)
+        weights = np.array([0, 1, 1, 0.75, 0.5625, 0.42, 0, 0], np.float32)
+        got = engine.predict(obs, noise=noise, known=known, mask=weights).actions
+        assert np.abs(got[1:3] - known[1:3]).max() <= 1e-5  # the frozen prefix
+        ref = policy.sample({k: torch.from_numpy(v[None]) for k, v in obs.items()}, torch.from_numpy(noise[None]),
+                            known=torch.from_numpy(known[None]), mask=torch.from_numpy(weights[None])).numpy()[0]
+        assert (np.abs(got - ref) * scale).max() <= 1e-4
+        hard = engine.predict(obs, noise=noise, known=known, mask=weights == 1).actions
+        assert np.abs(got[3:6] - hard[3:6]).max() > 1e-3  # the weights do pull the guided slots
+    with pytest.raises(ShapeError, match=r"mask weights must be in \[0, 1\], got -0.5 .. 1"):
+        engine.predict(obs, noise=noise, known=known, mask=np.array([1, -0.5, 0, 0, 0, 0, 0, 0], np.float32))
 
 
 def test_bundle_without_inpaint_graph_refuses_inpaint(tmp_path, tiny_ckpt):

@@ -44,6 +44,9 @@ def test_compiled_chunk_graph_matches_onnx_and_records_its_parity(compiled_bundl
         known, mask = rng.uniform(-1, 1, (8, 2)).astype(np.float32), np.arange(8) < 3
         a = compiled.predict(obs, seed=5, known=known, mask=mask).actions
         np.testing.assert_allclose(a, onnx.predict(obs, seed=5, known=known, mask=mask).actions, atol=1e-5)
+        soft = np.where(mask, 1.0, 0.6 ** np.arange(8)).astype(np.float32)  # soft_inpaint's weights
+        a = compiled.predict(obs, seed=5, known=known, mask=soft).actions
+        np.testing.assert_allclose(a, onnx.predict(obs, seed=5, known=known, mask=soft).actions, atol=1e-5)
 
 
 def test_batched_prediction_equals_single_predictions_with_the_same_noise(compiled_bundle):

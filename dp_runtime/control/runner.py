@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Callable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from .metrics import RunnerMetrics
 from .observation_buffer import Observation, ObservationBuffer
 from .scheduler import InferenceScheduler
 from .status import RunnerStatus, percentiles_ms
-from .transitions import TRANSITIONS, Transition, transition
+from .transitions import TRANSITIONS, Plan, Transition, transition
 
 log = logging.getLogger(__name__)
 # An input not yet received this long after the first one is a problem worth a warning; before, it is start-up.
@@ -67,9 +67,12 @@ class RunnerConfig:
         choices=("auto",), ge=0)
     chunk_transition: str = setting(
         "replace", "how a new chunk meets the actions already queued: replace, blend (cross-fade), inpaint "
-                   "(denoised with the committed actions held fixed; needs a bundle exported with --inpaint)",
+                   "(denoised with the committed actions held fixed; needs a bundle exported with --inpaint), "
+                   "soft_inpaint (inpaint, and the previous chunk's plan guides the rest with decaying weights)",
         choices=tuple(TRANSITIONS))
     blend_actions: int = setting(4, "blend: actions over which a new chunk cross-fades in", ge=0, live=True)
+    inpaint_decay: float = setting(0.75, "soft_inpaint: weight of the j-th action of the previous chunk's plan "
+                                         "after the frozen prefix is inpaint_decay ** j", gt=0, lt=1, live=True)
     max_obs_age: float = setting(0.5, "s; older inputs stop the policy (never act on stale data)", gt=0)
     max_stamp_ahead: float = setting(0.1, "s an observation stamp may lead the node clock (clock skew, /clock "
                                           "granularity); a message stamped further ahead is refused and logged", ge=0)
@@ -96,6 +99,13 @@ class RunnerConfig:
 LIVE = {f.name for f, rule, _ in settings_of(RunnerConfig) if rule.live}
 
 
+class InFlight(NamedTuple):
+    """A chunk computed but not yet delivered (simulated delivery delay)."""
+    plan: Plan
+    arrival: float
+    generation: int  # the runner's generation when it was inferred (a reset discards it)
+
+
 @dataclass
 class ChunkRecord:
     t_obs: float
@@ -107,7 +117,7 @@ class ChunkRecord:
     observation: Observation | None = None
     trajectory: np.ndarray | None = None  # per-chunk output: the queued actions (K, A) after limits
     previous: np.ndarray | None = None  # the last command before this trajectory (velocity of its first point)
-    committed: int = 0  # inpaint: actions of the previous chunk held fixed while denoising this one
+    committed: int = 0  # inpaint, soft_inpaint: actions of the previous chunk frozen while denoising this one
 
 
 class PolicyRunner:
@@ -155,7 +165,8 @@ class PolicyRunner:
         self._last_reject = ""  # the newest input problem, named again when inputs go stale
         self._first_input: float | None = None  # stamp of the first usable sample since start or reset
         self._pending_t_obs: float | None = None  # a new chunk's observation stamp until its first command
-        self._in_flight: tuple[np.ndarray, float, float, int] | None = None  # (actions, t_obs, arrival, generation)
+        self._in_flight: InFlight | None = None
+        self._plan: Plan | None = None  # the chunk the queue was last filled from (soft_inpaint's guide)
         self._warned: set[str] = set()
         self._warn = warn or (lambda cause, msg: log.warning(msg))
         self._info = info or log.info
@@ -208,6 +219,7 @@ class PolicyRunner:
         """Execution stops (under the lock): nothing queued or in flight, and the next action is no switch."""
         self.queue.clear()
         self._in_flight = None
+        self._plan = None
         self.jumps.break_sequence()
 
     # -- inputs ----------------------------------------------------------------------
@@ -282,7 +294,8 @@ class PolicyRunner:
             self.last_t_obs = obs.stamp
             generation = self.generation
             arrive = now + self.scheduler.expected_latency() + self.cfg.execution_latency
-            committed = self.transition.commits(self.queue, self.spec, obs.stamp, arrive)
+            committed = self.transition.commits(self.queue, self.spec, obs.stamp, arrive, self._plan,
+                                                self.cfg.inpaint_decay)
         seed = None if self.cfg.seed < 0 else self.cfg.seed + self.stats.chunks
         started = time.perf_counter()
         pred = self._predict(obs.history, seed, committed)
@@ -304,9 +317,9 @@ class PolicyRunner:
             self.scheduler.record(pred.latency_s)
             dropped = 0
             if self.delivery.simulated:  # in flight until it arrives; the queue runs on meanwhile
-                self._in_flight = (executed, obs.stamp, arrival + self.delivery.delay_s, generation)
+                self._in_flight = InFlight(Plan(obs.stamp, pred.actions), arrival + self.delivery.delay_s, generation)
             else:
-                dropped = self._merge(executed, obs.stamp, arrival)
+                dropped = self._merge(Plan(obs.stamp, pred.actions), arrival)
                 if self.cfg.per_chunk:
                     previous = self.last_command
                     trajectory = np.stack([self.limits.apply(a, None) for _, a in self.queue.remaining()])
@@ -315,7 +328,7 @@ class PolicyRunner:
                     self._pending_t_obs = obs.stamp
             rec = ChunkRecord(obs.stamp, started, finished, pred.latency_s, executed, dropped,
                               obs if self.keep_observations else None, trajectory, previous,
-                              0 if committed is None else int(committed[1].sum()))
+                              0 if committed is None else int((committed[1] >= 1).sum()))
             self.chunks.append(rec)  # under the lock: _deliver updates the newest record
         return rec
 
@@ -342,19 +355,21 @@ class PolicyRunner:
             self.warn_once(f"inference:{type(e).__name__}", f"inference raised {type(e).__name__}: {e}")
         return None
 
-    def _merge(self, executed: np.ndarray, t_obs: float, arrival: float) -> int:
-        """Queue a chunk as it arrives (under the lock), as the transition merges it."""
-        return self.transition.merge(self.queue, executed, t_obs, arrival, self.cfg.blend_actions)
+    def _merge(self, plan: Plan, arrival: float) -> int:
+        """Queue a chunk's executed slice as it arrives (under the lock), as the transition merges it."""
+        self._plan = plan
+        return self.transition.merge(self.queue, self.spec.executed(plan.actions), plan.t_obs, arrival,
+                                     self.cfg.blend_actions)
 
     def _deliver(self, now: float) -> None:
         """Hand over the chunk in flight once its arrival time has come (under the lock)."""
-        if self._in_flight is None or self._in_flight[2] > now + 1e-9:
+        if self._in_flight is None or self._in_flight.arrival > now + 1e-9:
             return
-        executed, t_obs, arrival, generation = self._in_flight
+        plan, arrival, generation = self._in_flight
         self._in_flight = None
         if generation == self.generation:
-            self.chunks[-1].dropped = self._merge(executed, t_obs, arrival) if self.chunks else 0
-            self._pending_t_obs = t_obs
+            self.chunks[-1].dropped = self._merge(plan, arrival) if self.chunks else 0
+            self._pending_t_obs = plan.t_obs
 
     # -- control tick ----------------------------------------------------------------
     def tick(self, now: float) -> np.ndarray | None:

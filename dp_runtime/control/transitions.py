@@ -1,8 +1,15 @@
 """How a new chunk meets the actions already queued: one table entry per transition mode.
 
 Each entry says whether the new chunk is denoised with the committed actions held fixed (which
-needs the bundle's inpainting step graph), which queued actions it commits, and how it merges into
-the queue when it arrives. The name is resolved once, at configuration; a new mode is one entry.
+needs the bundle's inpainting step graph), which actions it holds and how much, and how it merges
+into the queue when it arrives. The name is resolved once, at configuration; a new mode is one entry.
+
+``soft_inpaint`` is the soft mask of real-time chunking (Black, Galliker, Levine 2025): the actions
+due before the new chunk can arrive are frozen as in ``inpaint``, and the rest of the previous
+chunk's plan that overlaps the new one guides it with weights ``inpaint_decay ** j`` (j = 1, 2, ...
+after the frozen prefix). The guidance is weighted replacement (RePaint-style) in the same
+inpainting graph, so it runs in every exported format; RTC's pseudo-inverse guidance needs the
+UNet's vector-Jacobian product, which an ONNX graph does not give (README, Chunk transitions).
 """
 from __future__ import annotations
 
@@ -16,14 +23,25 @@ from ..errors import ConfigError
 from ..spec import PolicySpec
 from .action_queue import ActionQueue
 
-Committed = tuple[np.ndarray, np.ndarray]  # raw actions (H, A) and mask (H,) on the new chunk's horizon
+Committed = tuple[np.ndarray, np.ndarray]  # raw actions (H, A) and mask (H,) on the new chunk's horizon:
+#                                             bool (held), or float32 weights in [0, 1] (soft)
 
 
-def nothing_committed(queue: ActionQueue, spec: PolicySpec, t_obs: float, arrive: float) -> Committed | None:
+@dataclass(frozen=True)
+class Plan:
+    """A chunk's whole predicted horizon, raw actions (H, A): slot k is due at t_obs + (k - execute_start) * dt
+    (the executed slice is what the queue holds; the slots after it are what the policy planned next)."""
+    t_obs: float
+    actions: np.ndarray
+
+
+def nothing_committed(queue: ActionQueue, spec: PolicySpec, t_obs: float, arrive: float, previous: Plan | None,
+                      decay: float) -> Committed | None:
     return None
 
 
-def due_before_arrival(queue: ActionQueue, spec: PolicySpec, t_obs: float, arrive: float) -> Committed | None:
+def due_before_arrival(queue: ActionQueue, spec: PolicySpec, t_obs: float, arrive: float,
+                       previous: Plan | None = None, decay: float = 0.0) -> Committed | None:
     """The queued actions that execute before the new chunk can arrive, placed on its horizon."""
     dt = queue.dt
     h, start = spec.horizon, spec.action.execute_start
@@ -40,6 +58,28 @@ def due_before_arrival(queue: ActionQueue, spec: PolicySpec, t_obs: float, arriv
     return (known, mask) if mask.any() else None
 
 
+def frozen_then_decaying(queue: ActionQueue, spec: PolicySpec, t_obs: float, arrive: float, previous: Plan | None,
+                         decay: float) -> Committed | None:
+    """The committed prefix at weight 1 (exactly ``inpaint``'s), then the previous plan's slots that the new
+    horizon overlaps after arrival at weights decay, decay**2, ... (float32 weights)."""
+    frozen = due_before_arrival(queue, spec, t_obs, arrive)
+    h, start, dt = spec.horizon, spec.action.execute_start, queue.dt
+    known = np.zeros((h, spec.action.dim), np.float32) if frozen is None else frozen[0]
+    weights = np.zeros(h, np.float32) if frozen is None else frozen[1].astype(np.float32)
+    if previous is not None:
+        j = 0
+        for k in range(h):
+            due = t_obs + (k - start) * dt
+            if due <= arrive + 1e-9 or weights[k] > 0:
+                continue
+            kp = start + math.floor((due - previous.t_obs) / dt + 0.5)  # half up, as due_before_arrival
+            if not 0 <= kp < len(previous.actions):
+                break
+            j += 1
+            known[k], weights[k] = previous.actions[kp], decay ** j
+    return (known, weights) if weights.any() else None
+
+
 def replace_queue(queue: ActionQueue, actions: np.ndarray, t_obs: float, arrival: float, blend_actions: int) -> int:
     return queue.push(actions, t_obs, arrival)
 
@@ -52,7 +92,7 @@ def blend_into_queue(queue: ActionQueue, actions: np.ndarray, t_obs: float, arri
 class Transition:
     name: str
     inpaints: bool  # denoise the new chunk with the committed actions held fixed (the inpainting step graph)
-    commits: Callable[[ActionQueue, PolicySpec, float, float], Committed | None]
+    commits: Callable[[ActionQueue, PolicySpec, float, float, Plan | None, float], Committed | None]
     merge: Callable[[ActionQueue, np.ndarray, float, float, int], int]  # -> actions dropped as already due
     doc: str
 
@@ -64,6 +104,9 @@ TRANSITIONS: dict[str, Transition] = {t.name: t for t in (
                "the new chunk cross-fades in over blend_actions"),
     Transition("inpaint", True, due_before_arrival, replace_queue,
                "the new chunk is denoised with the committed actions held fixed (bundle exported with --inpaint)"),
+    Transition("soft_inpaint", True, frozen_then_decaying, replace_queue,
+               "as inpaint, and the rest of the previous chunk's plan guides the new one with weights "
+               "inpaint_decay ** j (real-time chunking's soft mask; bundle exported with --inpaint)"),
 )}
 
 

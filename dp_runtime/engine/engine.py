@@ -28,6 +28,17 @@ from .variants import choose_graphs
 log = logging.getLogger(__name__)
 
 
+def _weights(mask) -> np.ndarray:
+    """An inpainting mask as float32 weights: bool (held or free), or floats in [0, 1] (soft)."""
+    m = np.asarray(mask)
+    if m.dtype == bool:
+        return m.astype(np.float32)
+    m = m.astype(np.float32)
+    if not np.all((m >= 0) & (m <= 1)):
+        raise ShapeError(f"inpainting: mask weights must be in [0, 1], got {m.min():g} .. {m.max():g}")
+    return m
+
+
 @dataclass
 class Prediction:
     actions: np.ndarray  # (horizon, A) float32, or (B, horizon, A) for batched input
@@ -93,7 +104,8 @@ class PolicyEngine:
         leading B. Returns the unnormalized trajectory (horizon, A) (or (B, horizon, A)).
 
         ``known`` raw actions (horizon, A) and ``mask`` (horizon,) bool (or batched): denoise with the
-        masked actions held fixed (inpainting; needs a bundle exported with --inpaint)."""
+        masked actions held fixed (inpainting; needs a bundle exported with --inpaint). A float ``mask``
+        of weights in [0, 1] holds each action that much (soft inpainting, the same graph)."""
         first = next(iter(self.image_shapes), None)
         probe_key, unbatched_ndim = (first, 4) if first else (next(iter(self.low_dim_sizes)), 2)
         if probe_key not in obs_history:
@@ -149,7 +161,7 @@ class PolicyEngine:
         if known is not None and any(k is not None for k in known):
             zeros = np.zeros((self.horizon, self.action_dim), np.float32)
             held = {"known": np.stack([zeros if k is None else np.asarray(k, np.float32) for k in known]),
-                    "mask": np.stack([np.zeros(self.horizon, bool) if m is None else np.asarray(m, bool)
+                    "mask": np.stack([np.zeros(self.horizon, np.float32) if m is None else _weights(m)
                                       for m in mask])}
         pred = self.predict(stacked, noise=noise, **held)
         return [Prediction(a, pred.latency_s, s) for a, s in zip(pred.actions, seeds)]
@@ -159,13 +171,15 @@ class PolicyEngine:
             raise BundleError("this bundle has no inpainting step graph; re-export it with dp-export --inpaint "
                               "to use chunk_transition: inpaint")
         known = np.asarray(known, dtype=np.float32)
-        mask = np.asarray(mask, dtype=bool)
+        mask = _weights(mask)
         if not batched:
             known, mask = known[None], mask[None]
         if known.shape != (batch, self.horizon, self.action_dim) or mask.shape != (batch, self.horizon):
             raise ShapeError(f"inpainting: known must be ({self.horizon}, {self.action_dim}) and mask "
                              f"({self.horizon},), got {known.shape} and {mask.shape}")
-        return np.ascontiguousarray(known), np.ascontiguousarray(mask[..., None].astype(np.float32))
+        if not np.all(np.isfinite(known)):
+            raise ShapeError("inpainting: known actions must be finite")
+        return np.ascontiguousarray(known), np.ascontiguousarray(mask[..., None])
 
     def executed_slice(self, actions: np.ndarray) -> np.ndarray:
         """The actions to execute: the manifest's [execute_start, execute_end) of the horizon."""

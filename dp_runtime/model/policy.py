@@ -6,7 +6,7 @@ DDIM denoising from the given noise -> unnormalized action trajectory (B, horizo
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -157,22 +157,27 @@ class DiffusionPolicy(nn.Module):
         Inpainting (``known`` raw actions (B, horizon, A), ``mask`` (B, horizon) bool): before each
         step the masked part of the sample is replaced by the known actions noised to that step with
         the chunk's own initial noise (``scheduler.add_noise``), and by the known actions themselves at
-        the end, so the result continues exactly from the actions already committed.
+        the end, so the result continues exactly from the actions already committed. A float ``mask``
+        of weights in [0, 1] (soft inpainting) mixes instead, ``w * known part + (1 - w) * sample``, on
+        each step's input and on its output (noised to the next step), exactly as the inpainting graph
+        does; for a bool mask the second hold changes nothing.
         """
         self.check_obs(obs)
         cond = self.encode({k: torch.as_tensor(v) for k, v in obs.items()})
         sched = self.ddim_scheduler(num_inference_steps)
         x = noise
         if known is not None:
-            m = mask[..., None].to(torch.bool)
+            hold = _holding(mask)
             known_n = self.normalizer.normalize("action", known.float())
-        for t in sched.timesteps:
+        steps = list(sched.timesteps)
+        for i, t in enumerate(steps):
             if known is not None:
-                x = torch.where(m, sched.add_noise(known_n, noise, t.reshape(1)), x)
+                x = hold(sched.add_noise(known_n, noise, t.reshape(1)), x)
             eps = self.model(x, t, global_cond=cond)
             x = sched.step(eps, t, x).prev_sample
-        if known is not None:
-            x = torch.where(m, known_n, x)
+            if known is not None:
+                after = sched.add_noise(known_n, noise, steps[i + 1].reshape(1)) if i + 1 < len(steps) else known_n
+                x = hold(after, x)
         return self.unnormalize_action(x)
 
     # -- training --------------------------------------------------------------------
@@ -185,3 +190,13 @@ class DiffusionPolicy(nn.Module):
         t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
         noisy = scheduler.add_noise(x0, noise, t)
         return F.mse_loss(self.model(noisy, t, global_cond=cond), noise)
+
+
+def _holding(mask: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(known part, sample) -> sample with the known part held: replaced where a bool ``mask`` (B, T) is
+    set, mixed by a float ``mask`` of weights (B, T) in [0, 1] (as the inpainting graph computes it)."""
+    if mask.dtype == torch.bool:
+        m = mask[..., None]
+        return lambda held, x: torch.where(m, held, x)
+    w = mask[..., None].float()
+    return lambda held, x: w * held + (1 - w) * x

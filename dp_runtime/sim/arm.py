@@ -1,7 +1,9 @@
 """A planar 2-link arm reaching a target: kinematics, a top-down camera, a scripted expert.
 
 Plain numpy, no ROS: the dp-sim node, the demonstration recorder and the
-BatchNorm experiment all step this same model.
+BatchNorm experiment all step this same model. This is the ``reach`` task; the
+harder tasks (tasks.py) subclass it through the episode hooks (``advance``,
+``done``, ``succeeded``, ``outcome``, ``draw``).
 """
 from __future__ import annotations
 
@@ -84,6 +86,24 @@ class ReachingArm:
     def success(self) -> bool:
         return self.distance() < self.cfg.success_radius
 
+    # -- episode hooks (one per task) ---------------------------------------------------
+    def done(self) -> bool:
+        """The episode is over (reach: the hand is at the target, or the time is up)."""
+        return self.success() or self.state.t >= self.cfg.episode_seconds
+
+    def succeeded(self) -> bool:
+        return self.success()
+
+    def outcome(self) -> dict[str, float]:
+        """The task's own measures of the episode so far (reach: the hand's distance to the target, m)."""
+        return {"distance": round(self.distance(), 4)}
+
+    def advance(self, dt: float) -> None:
+        """What moves besides the arm in one physics step (reach: nothing)."""
+
+    def draw(self, img: np.ndarray, px: float) -> None:
+        """Scenery drawn under the arm (reach: none)."""
+
     # -- dynamics -------------------------------------------------------------------
     def command(self, target_q: np.ndarray) -> None:
         """A joint position command (as a forward position controller takes it)."""
@@ -99,6 +119,7 @@ class ReachingArm:
             step = np.clip(s.command - s.q, -self.cfg.max_velocity * dt, self.cfg.max_velocity * dt)
             s.q = np.clip(s.q + step, self.lower, self.upper)
         s.t += dt
+        self.advance(dt)
 
     # -- camera ---------------------------------------------------------------------
     def render(self) -> np.ndarray:
@@ -107,13 +128,17 @@ class ReachingArm:
         img = np.empty(self.gx.shape + (3,), np.uint8)
         img[:] = (40, 40, 40)
         px = 2 * self.cfg.extent / self.cfg.image_size
-        tgt = (self.gx - s.target[0]) ** 2 + (self.gy - s.target[1]) ** 2 < (3.5 * px) ** 2
-        img[tgt] = (230, 40, 40)
+        self.draw(img, px)
+        img[self.disk(s.target, 3.5 * px)] = (230, 40, 40)
         elbow, hand = self.elbow_and_hand(s.q)
         for a, b in ((np.zeros(2), elbow), (elbow, hand)):
             img[self._segment(a, b, 1.3 * px)] = (60, 120, 230)
-        img[(self.gx - hand[0]) ** 2 + (self.gy - hand[1]) ** 2 < (1.8 * px) ** 2] = (240, 220, 60)
+        img[self.disk(hand, 1.8 * px)] = (240, 220, 60)
         return img
+
+    def disk(self, centre: np.ndarray, radius: float) -> np.ndarray:
+        """(S, S) bool: the pixels within ``radius`` of ``centre`` (world coordinates)."""
+        return (self.gx - centre[0]) ** 2 + (self.gy - centre[1]) ** 2 < radius ** 2
 
     def _segment(self, a: np.ndarray, b: np.ndarray, width: float) -> np.ndarray:
         ab = b - a
@@ -126,9 +151,12 @@ class ReachingArm:
 class ScriptedExpert:
     """Straight line in joint space to the IK solution, at a speed the arm can follow."""
 
-    def __init__(self, arm: ReachingArm, speed: float = 1.2):
+    def __init__(self, arm: ReachingArm, speed: float = 1.2, seed: int = 0):
         self.arm = arm
         self.speed = speed
+
+    def reset(self) -> None:
+        """A new episode has started (the reaching expert has no per-episode choice)."""
 
     def action(self, dt: float) -> np.ndarray:
         s = self.arm.state

@@ -1,6 +1,6 @@
 """dp-demo: the whole product on an embedded default, no robot needed.
 
-    dp-demo [--out DIR] [--quick] [--episodes N]
+    dp-demo [--task reach|around|track] [--out DIR] [--quick] [--episodes N]
 
 Records expert demonstrations of the sim arm as an MCAP bag, converts them
 with dp-dataset, trains a small GroupNorm policy with EMA, exports the bundle,
@@ -18,29 +18,18 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from ..control import RunnerStatus
+from ..errors import ConfigError
 from ..ros.process import stop_process
 from ..ros.side_node import SideNode
+from .tasks import TASKS, DemoPlan, SimTask, sim_task
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
-
-
-@dataclass
-class DemoPlan:
-    demos: int
-    train_steps: int
-    episodes: int
-    batch_size: int = 64
-    lr: float = 1e-3
-
-
-FULL = DemoPlan(demos=400, train_steps=1000, episodes=20)
-QUICK = DemoPlan(demos=40, train_steps=150, episodes=3)
 
 
 def config_path(name: str) -> Path:
@@ -64,10 +53,10 @@ def step(name: str, target: Path, build) -> Path:
 
 
 # -- build steps ---------------------------------------------------------------------
-def build_demos(n: int, seed: int):
+def build_demos(n: int, seed: int, task: SimTask):
     def go(target: Path) -> None:
         from .record import record_demonstrations
-        info = record_demonstrations(target, n, seed=seed)
+        info = record_demonstrations(target, n, seed=seed, task=task)
         (target.parent / "demos_info.json").write_text(json.dumps(info))
     return go
 
@@ -104,7 +93,7 @@ def build_bundle(checkpoint: Path):
     return go
 
 
-def build_report(bundle: Path, out: Path, seed: int):
+def build_report(bundle: Path, out: Path, seed: int, task: SimTask):
     def go(target: Path) -> None:
         from ..engine import load_bundle
         from ..replay.pipeline import ReplaySetup, replay_offline
@@ -113,7 +102,7 @@ def build_report(bundle: Path, out: Path, seed: int):
         from .record import record_demonstrations
         bag = out / "episode_bag"
         if not bag.exists():
-            record_demonstrations(bag, 1, seed=seed + 999, hold_s=3.0)  # reach, then hold: a few chunks
+            record_demonstrations(bag, 1, seed=seed + 999, task=task, hold_s=3.0)  # done, then hold: a few chunks
         params, flat = load_params_file(config_path("sim_policy.yaml"), bundle=str(bundle))
         setup = ReplaySetup.create(load_bundle(bundle), params, flat, params.command_topic)
         result = replay_offline(bag, setup, seed=seed)
@@ -174,7 +163,8 @@ def read_episodes(path: Path) -> list[dict]:
     return out
 
 
-def closed_loop(bundle: Path, out: Path, episodes: int, seed: int, domain: int | None = None) -> dict:
+def closed_loop(bundle: Path, out: Path, episodes: int, seed: int, domain: int | None = None,
+                task: SimTask = TASKS["reach"]) -> dict:
     """``domain``: the ROS_DOMAIN_ID to run on (None: a free one)."""
     from ..ros.params import load_params_file
     params, _ = load_params_file(config_path("sim_policy.yaml"))
@@ -197,11 +187,12 @@ def closed_loop(bundle: Path, out: Path, episodes: int, seed: int, domain: int |
                 raise RuntimeError(f"policy node did not start: {(logs / 'policy_node.log').read_text()[-2000:]}")
             time.sleep(0.2)
         results_file.unlink(missing_ok=True)
-        sim = subprocess.Popen([sys.executable, "-m", "dp_runtime.sim.node", "--episodes", str(episodes),
+        sim = subprocess.Popen([sys.executable, "-m", "dp_runtime.sim.node", "--task", task.name,
+                                "--episodes", str(episodes),
                                 "--seed", str(seed + 12345), "--command-topic", params.command_topic,
                                 "--results", str(results_file)],
                                env=env, stdout=open(logs / "dp_sim.log", "w"), stderr=subprocess.STDOUT)
-        deadline = time.time() + episodes * 10 + 60
+        deadline = time.time() + episodes * (task.episode_seconds() + 4) + 60
         shown = 0
         while time.time() < deadline and sim.poll() is None:
             time.sleep(0.2)
@@ -239,36 +230,41 @@ def closed_loop(bundle: Path, out: Path, episodes: int, seed: int, domain: int |
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="dp-demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="out/demo", help="keeps everything the demo makes (a cache)")
+    p.add_argument("--task", default="reach", help=f"the sim task: {', '.join(TASKS)} (default reach)")
+    p.add_argument("--out", default=None, help="keeps everything the demo makes (a cache; default out/demo, "
+                                               "out/demo-TASK for the other tasks)")
     p.add_argument("--quick", action="store_true", help="a short version of the same path (CI)")
     p.add_argument("--episodes", type=int, default=None, help="closed-loop episodes")
     p.add_argument("--steps", type=int, default=None, help="training steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID of the closed loop (default: a free one)")
     args = p.parse_args(argv)
-    plan = QUICK if args.quick else FULL
-    plan = DemoPlan(plan.demos, args.steps or plan.train_steps, args.episodes or plan.episodes,
-                    plan.batch_size, plan.lr)
-    out = Path(args.out)
+    try:
+        task = sim_task(args.task)
+    except ConfigError as e:
+        p.error(f"--task: {e}")
+    plan: DemoPlan = task.quick if args.quick else task.full
+    plan = replace(plan, train_steps=args.steps or plan.train_steps, episodes=args.episodes or plan.episodes)
+    out = Path(args.out or task.demo_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    bag = step("demonstrations (scripted expert -> MCAP bag)", out / "demos", build_demos(plan.demos, args.seed))
+    bag = step("demonstrations (scripted expert -> MCAP bag)", out / "demos", build_demos(plan.demos, args.seed, task))
     dataset = step("dataset (dp-dataset)", out / "dataset.npz", build_dataset(bag))
     ckpt = step("training (GroupNorm + EMA power 0.75)", out / "checkpoint" / "policy.safetensors",
                 build_checkpoint(dataset, plan, args.seed))
     bundle = step("bundle (dp-export: ONNX + TorchScript)", out / "bundle", build_bundle(ckpt))
-    report = step("replay report of one episode (dp-replay)", out / "report", build_report(bundle, out, args.seed))
+    report = step("replay report of one episode (dp-replay)", out / "report", build_report(bundle, out, args.seed, task))
     print("[run] closed loop over DDS ...", flush=True)
-    loop = closed_loop(bundle, out, plan.episodes, args.seed, args.domain_id)
+    loop = closed_loop(bundle, out, plan.episodes, args.seed, args.domain_id, task)
     demos_info = json.loads((out / "demos_info.json").read_text()) if (out / "demos_info.json").exists() else {}
     replay = json.loads((report / "metrics.json").read_text())
-    summary = {"expert_success_rate": demos_info.get("expert_success_rate"), "policy": loop,
+    summary = {"task": task.name, "expert_success_rate": demos_info.get("expert_success_rate"), "policy": loop,
                "replay": {"mse": replay["action_mse_mean"], "mae": replay["action_mae_mean"],
                           "report": str(report)},
                "wall_s": round(time.time() - t0, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     lp = loop
-    print("\n=== dp-demo ===")
+    print(f"\n=== dp-demo ({task.name}: {task.doc}) ===")
     print(f"expert success rate (demonstrations): {summary['expert_success_rate']:.0%}")
     print(f"policy success rate (closed loop over DDS): {lp['success_rate']:.0%} of {lp['episodes']} episodes")
     print(f"command period at 10 Hz: p50 {_fmt(lp['command_period_ms_node']['p50'])} ms, "

@@ -8,7 +8,7 @@ figure comes from the real two-process DDS run instead.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,8 +17,8 @@ import torch
 from ..control import PolicyRunner, RunnerConfig, simulated
 from ..control.continuity import BoundaryJumps
 from ..engine.engine import Prediction
-from .arm import ArmConfig, ReachingArm
 from .record import SimTopics
+from .tasks import TASKS, SimTask
 
 
 class TorchPolicyEngine:
@@ -52,6 +52,7 @@ class EpisodeResult:
     seconds: float
     final_distance: float
     jumps: BoundaryJumps | None = None  # continuity at the episode's chunk switches
+    outcome: dict[str, float] = field(default_factory=dict)  # the task's own measures (collision, tracking_error)
 
 
 def boundary_jump_ratio(results: list[EpisodeResult]) -> tuple[float | None, int]:
@@ -60,18 +61,18 @@ def boundary_jump_ratio(results: list[EpisodeResult]) -> tuple[float | None, int
     return pooled.ratio(), pooled.switches
 
 
-def run_episodes(engine: Any, episodes: int, seed: int = 0, arm_cfg: ArmConfig = ArmConfig(),
+def run_episodes(engine: Any, episodes: int, seed: int = 0, task: SimTask = TASKS["reach"],
                  topics: SimTopics = SimTopics(), delay_s: float = 0.0, **runner: Any) -> list[EpisodeResult]:
-    """Closed loop on the sim clock; inference takes no sim time, each chunk arrives ``delay_s`` after its
-    inference starts (deterministic).
+    """Closed loop of ``task`` on the sim clock; inference takes no sim time, each chunk arrives ``delay_s``
+    after its inference starts (deterministic).
 
     ``runner``: RunnerConfig fields to evaluate (chunk_transition, blend_actions, inference_lead); by
     default the next inference starts when the queue is empty.
     """
     settings = {"inference_lead": 0, **runner}
-    arm = ReachingArm(arm_cfg, seed)
-    dt_phys = 1.0 / arm_cfg.physics_hz
-    every = topics.every(arm_cfg.physics_hz)
+    arm = task.arm(seed)
+    dt_phys = 1.0 / arm.cfg.physics_hz
+    every = topics.every(arm.cfg.physics_hz)
     image_key = next(iter(engine.image_shapes))
     state_key = next(iter(engine.low_dim_sizes))
     results = []
@@ -94,7 +95,7 @@ def run_episodes(engine: Any, episodes: int, seed: int = 0, arm_cfg: ArmConfig =
                     arm.command(cmd)
             arm.step(dt_phys)
             k += 1
-            if arm.success() or arm.state.t >= arm_cfg.episode_seconds:
+            if arm.done():
                 break
-        results.append(EpisodeResult(arm.success(), arm.state.t, arm.distance(), runner.jumps))
+        results.append(EpisodeResult(arm.succeeded(), arm.state.t, arm.distance(), runner.jumps, arm.outcome()))
     return results

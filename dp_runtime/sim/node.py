@@ -1,6 +1,6 @@
 """dp-sim: the planar arm as a ROS 2 node (camera, joint states in; position commands out).
 
-    dp-sim [--episodes N] [--seed S] [--command-topic /arm/commands] [--ros-args ...]
+    dp-sim [--task reach|around|track] [--episodes N] [--seed S] [--command-topic /arm/commands] [--ros-args ...]
 
 Publishes sensor_msgs/Image (rgb8, 96x96) and sensor_msgs/JointState with
 header stamps, takes std_msgs/Float64MultiArray joint position commands (as a
@@ -25,16 +25,19 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 
 from ..ros.convert import sec_to_stamp_fields
-from .arm import JOINTS, ArmConfig, ReachingArm
+from .arm import JOINTS
 from .record import SimTopics
+from .tasks import TASKS, sim_task
 
 
 class SimNode(Node):
     def __init__(self, args: argparse.Namespace):
         super().__init__("dp_sim")
         self.topics = SimTopics(commands=args.command_topic)
-        self.cfg = ArmConfig(episode_seconds=args.episode_seconds)
-        self.arm = ReachingArm(self.cfg, args.seed)
+        self.arm = sim_task(args.task).arm(args.seed)
+        self.cfg = self.arm.cfg
+        if args.episode_seconds is not None:
+            self.cfg.episode_seconds = args.episode_seconds
         self.episodes_wanted = args.episodes
         self.results = open(args.results, "a", buffering=1) if args.results else None
         self.settle_s = args.settle
@@ -52,7 +55,7 @@ class SimNode(Node):
         self.every = self.topics.every(self.cfg.physics_hz)
         self.last = time.monotonic()
         self.create_timer(self.dt, self.on_step)
-        self.get_logger().info(f"sim arm ready: commands on {self.topics.commands}, "
+        self.get_logger().info(f"sim arm ready ({args.task}): commands on {self.topics.commands}, "
                                f"{self.episodes_wanted or 'unlimited'} episodes")
 
     def on_command(self, msg: Float64MultiArray) -> None:
@@ -86,14 +89,14 @@ class SimNode(Node):
             self.stamp(js.header)
             self.js_pub.publish(js)
         self.k += 1
-        success = self.arm.success()
-        if success or self.arm.state.t >= self.cfg.episode_seconds:
+        if self.arm.done():
+            success = self.arm.succeeded()
             result = {"episode": self.episode, "success": bool(success), "time": round(self.arm.state.t, 3),
-                      "distance": round(self.arm.distance(), 4)}
+                      **self.arm.outcome()}
             self.ep_pub.publish(String(data=json.dumps(result)))
             if self.results is not None:
                 self.results.write(json.dumps(result) + "\n")
-            self.get_logger().info(f"episode {self.episode}: {'success' if success else 'timeout'} "
+            self.get_logger().info(f"episode {self.episode}: {'success' if success else 'fail'} "
                                    f"in {self.arm.state.t:.2f} s")
             self.episode += 1
             if self.episodes_wanted and self.episode >= self.episodes_wanted:
@@ -110,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="dp-sim", description=__doc__.split("\n\n")[0])
     p.add_argument("--episodes", type=int, default=0, help="exit after this many episodes (0: run forever)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--episode-seconds", type=float, default=ArmConfig.episode_seconds)
+    p.add_argument("--task", default="reach", choices=tuple(TASKS), help="what the arm has to do")
+    p.add_argument("--episode-seconds", type=float, default=None, help="episode time limit (default: the task's)")
     p.add_argument("--settle", type=float, default=0.3, help="s after a reset during which commands are ignored")
     p.add_argument("--command-topic", default=SimTopics.commands)
     p.add_argument("--results", default=None, help="append each episode's result to this file (JSON lines)")

@@ -15,7 +15,8 @@ import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from .arm import JOINTS, ArmConfig, ReachingArm, ScriptedExpert
+from .arm import JOINTS
+from .tasks import TASKS, SimTask
 
 
 @dataclass
@@ -85,26 +86,29 @@ class BagRecorder:
         self.writer.close()
 
 
-def record_demonstrations(out: Path, episodes: int, seed: int = 0, arm_cfg: ArmConfig = ArmConfig(),
+def record_demonstrations(out: Path, episodes: int, seed: int = 0, task: SimTask = TASKS["reach"],
                           topics: SimTopics = SimTopics(), gap_s: float = 1.0, hold_s: float = 0.0) -> dict:
-    """Write ``out`` (a bag directory) atomically: recorded to a temp name, renamed when complete.
+    """Write ``out`` (a bag directory) of ``task``'s scripted expert atomically: recorded to a temp name,
+    renamed when complete.
 
-    Episodes end on success (after ``hold_s`` more seconds at the target) or at the time limit.
+    Episodes end when the task says so (reach: at the target), after ``hold_s`` more seconds of the
+    expert (within the episode's time limit).
     """
     out = Path(out)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    arm = ReachingArm(arm_cfg, seed)
-    expert = ScriptedExpert(arm)
+    arm = task.arm(seed)
+    expert = task.expert(arm, seed)
     rec = BagRecorder(tmp, topics)
-    dt_phys = 1.0 / arm_cfg.physics_hz
-    every = topics.every(arm_cfg.physics_hz)
+    dt_phys = 1.0 / arm.cfg.physics_hz
+    every = topics.every(arm.cfg.physics_hz)
     t_start = T0
     successes, durations = 0, []
     try:
         for ep in range(episodes):
             arm.reset()
-            k, reached = 0, None
+            expert.reset()
+            k, ended = 0, None
             while True:
                 t = t_start + k * dt_phys
                 if k % every["camera"] == 0:
@@ -117,15 +121,15 @@ def record_demonstrations(out: Path, episodes: int, seed: int = 0, arm_cfg: ArmC
                     rec.command(cmd, t + 0.003)
                 arm.step(dt_phys)
                 k += 1
-                if arm.success() and reached is None:
-                    reached = arm.state.t
-                done = reached is not None
-                if (done and arm.state.t >= reached + hold_s) or arm.state.t >= arm_cfg.episode_seconds:
+                if ended is None and arm.done():
+                    ended = arm.state.t
+                if ended is not None and (arm.state.t >= ended + hold_s or arm.state.t >= arm.cfg.episode_seconds):
                     break
-            successes += int(done)
+            success = arm.succeeded()
+            successes += int(success)
             durations.append(arm.state.t)
-            rec.episode({"episode": ep, "success": bool(done),
-                         "time": round(reached if done else arm.state.t, 3)}, t + 0.01)
+            rec.episode({"episode": ep, "success": bool(success), "time": round(ended, 3), **arm.outcome()},
+                        t + 0.01)
             t_start = t + gap_s  # a pause between episodes: dp-dataset splits episodes there
         rec.close()
     except BaseException:
@@ -138,5 +142,5 @@ def record_demonstrations(out: Path, episodes: int, seed: int = 0, arm_cfg: ArmC
     (out / f"{tmp.name}.mcap").rename(out / f"{out.name}.mcap")
     meta = out / "metadata.yaml"
     meta.write_text(meta.read_text().replace(f"{tmp.name}.mcap", f"{out.name}.mcap"))
-    return {"episodes": episodes, "expert_success_rate": successes / episodes,
+    return {"task": task.name, "episodes": episodes, "expert_success_rate": successes / episodes,
             "mean_episode_s": float(np.mean(durations))}
