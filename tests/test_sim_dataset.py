@@ -129,3 +129,19 @@ def test_sim_records_every_episode_it_runs(tmp_path):
     episodes = read_episodes(results)
     assert [e["episode"] for e in episodes] == [0, 1, 2]  # nobody subscribed, yet all three are there
     assert all(e["success"] is False for e in episodes)  # no policy drove the arm
+    r = subprocess.run([sys.executable, "-m", "dp_runtime.sim.node", "--task", "around", "--episodes", "2",
+                        "--episode-seconds", "0.3", "--results", str(results)], env=ros_env(domain_id() + 7),
+                       timeout=120, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    around = read_episodes(results)[3:]
+    assert len(around) == 2 and all(e["collision"] == 0 and not e["success"] for e in around)  # its own measure
+
+
+def test_demonstrations_of_a_harder_task_carry_its_measures(tmp_path):
+    from dp_runtime.sim.tasks import TASKS
+    info = record_demonstrations(tmp_path / "track", 2, seed=1, task=TASKS["track"])
+    assert info["task"] == "track" and info["expert_success_rate"] == 1.0
+    assert info["mean_episode_s"] == pytest.approx(TASKS["track"].episode_seconds(), abs=0.02)
+    with Bag(tmp_path / "track") as bag:
+        results = [json.loads(bag.deserialize(m).data) for m in bag.messages({"/sim/episode"})]
+    assert [r["episode"] for r in results] == [0, 1] and all(r["tracking_error"] < 0.03 for r in results)

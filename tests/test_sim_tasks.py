@@ -1,0 +1,101 @@
+"""The sim's harder tasks: each expert succeeds on its own task, and each task fails what it should."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dp_runtime.errors import ConfigError
+from dp_runtime.sim.arm import ScriptedExpert
+from dp_runtime.sim.tasks import TASKS, AroundArm, AroundExpert, TrackingArm, sim_task
+
+
+def run(arm, expert) -> None:
+    """One episode on the sim's schedule: a command every 0.1 s, physics at 100 Hz."""
+    k = 0
+    while not arm.done():
+        if k % 10 == 0:
+            arm.command(expert.action(0.1))
+        arm.step(0.01)
+        k += 1
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_every_expert_succeeds_on_its_own_task(name):
+    task = TASKS[name]
+    arm = task.arm(11)
+    expert = task.expert(arm, 11)
+    outcomes = []
+    for _ in range(25):
+        arm.reset()
+        expert.reset()
+        run(arm, expert)
+        assert arm.succeeded(), (name, arm.outcome())
+        outcomes.append(arm.outcome())
+    assert all(task.error in o for o in outcomes)
+
+
+def test_around_goes_both_ways_and_a_straight_move_or_a_late_change_of_side_hits_the_obstacle():
+    arm = AroundArm(seed=3)
+    expert = AroundExpert(arm, seed=3)
+    sides = []
+    for _ in range(30):
+        arm.reset()
+        expert.reset()
+        sides.append(expert.side)
+        run(arm, expert)
+        assert arm.succeeded() and not arm.collided
+    assert 8 <= sum(sides) <= 22  # both sides, at random (bimodal demonstrations)
+    hits = 0
+    for _ in range(20):  # the straight joint-space move (what averaging the two ways gives) goes through it
+        arm.reset()
+        run(arm, ScriptedExpert(arm))
+        hits += arm.collided
+        assert arm.done() and not arm.succeeded() if arm.collided else True
+    assert hits == 20
+    img = arm.render()
+    green = (img[..., 1] > 150) & (img[..., 0] < 100)
+    assert green.sum() > 50  # the obstacle is in the camera image
+    assert arm.outcome()["collision"] == 1
+
+
+def test_track_scores_following_and_lateness_shows_as_tracking_error():
+    arm = TrackingArm(seed=4)
+    lo, hi = arm.ends
+    angles = []
+    for _ in range(400):  # the target sweeps between the two marks and turns back at each
+        arm.advance(0.01)
+        angles.append(arm.angle)
+    assert min(angles) >= lo - 1e-9 and max(angles) <= hi + 1e-9
+    assert np.ptp(angles) > 0.9 * (hi - lo)
+
+    class Late:
+        """The expert's command, half a second late."""
+        def __init__(self, arm):
+            self.arm, self.queue = arm, []
+
+        def reset(self):
+            self.queue = []
+
+        def action(self, dt):
+            self.queue.append(self.arm.ik(self.arm.target_ahead(dt)))
+            return self.queue[max(len(self.queue) - 6, 0)]
+
+    results = {}
+    for label, make in (("expert", lambda a: TASKS["track"].expert(a, 0)), ("late", Late)):
+        arm = TrackingArm(seed=9)
+        expert = make(arm)
+        errs, wins = [], []
+        for _ in range(10):
+            arm.reset()
+            expert.reset()
+            run(arm, expert)
+            errs.append(arm.outcome()["tracking_error"])
+            wins.append(arm.succeeded())
+        results[label] = (np.mean(errs), np.mean(wins))
+    assert results["expert"] == (pytest.approx(results["expert"][0]), 1.0) and results["expert"][0] < 0.03
+    assert results["late"][0] > 3 * results["expert"][0] and results["late"][1] < 0.5
+
+
+def test_an_unknown_task_is_named_with_the_choices():
+    with pytest.raises(ConfigError, match="unknown sim task 'stack': expected one of reach, around, track"):
+        sim_task("stack")
