@@ -36,6 +36,7 @@ setup(
             f"dp-dataset = {PACKAGE}.cli:dataset_main",
             f"dp-demo = {PACKAGE}.cli:demo_main",
             f"dp-sim = {PACKAGE}.sim.node:main",
+            f"dp-serve = {PACKAGE}.serve.cli:main",
             f"policy_node = {PACKAGE}.ros.node:main",
             f"policy_lifecycle_node = {PACKAGE}.ros.node:lifecycle_main",
         ],

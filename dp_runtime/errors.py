@@ -60,3 +60,7 @@ class StaleInputError(InputError):
 
 class BagError(DpRuntimeError):
     """A rosbag2 file cannot be read as expected."""
+
+
+class ServerError(DpRuntimeError):
+    """The policy server (dp-serve) did not give a chunk: unreachable, too slow, or it refused the request."""

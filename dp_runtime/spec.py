@@ -301,6 +301,11 @@ class BundleSpec:
         return sorted({g.format for g in self.graphs})
 
     @property
+    def graphs_sha256(self) -> str:
+        """The digest naming exactly these graphs (a server and a node agree on a policy by it)."""
+        return graphs_digest([asdict(g) for g in self.graphs])
+
+    @property
     def running_stats_layers(self) -> list[NormLayer]:
         return [n for n in self.norm_inventory if n.running_stats]
 
@@ -317,7 +322,7 @@ class BundleSpec:
                      "num_inference_steps": self.ddim.num_inference_steps, "timesteps": list(self.ddim.timesteps),
                      "prev_timesteps": list(self.ddim.prev_timesteps), "eta": self.ddim.eta},
             "graphs": [asdict(g) for g in self.graphs],
-            "graphs_sha256": graphs_digest([asdict(g) for g in self.graphs]),
+            "graphs_sha256": self.graphs_sha256,
             "files": {n: asdict(f) for n, f in self.files.items()},
             "norm_inventory": [asdict(n) for n in self.norm_inventory],
             "parity": _present(self.parity) | ({"calibration": asdict(self.parity.calibration)}

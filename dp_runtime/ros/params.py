@@ -43,7 +43,8 @@ class NodeParams(RunnerConfig):
     """
     bundle: str = setting("", "exported bundle directory (dp-export -o ...)", shown="(required)")
     backend: str = setting("auto", "graph format to run: auto (the first the bundle has: onnxruntime, then "
-                                   "torchscript)", choices=("auto", *BACKENDS))
+                                   "torchscript), or remote (a dp-serve host at server_url runs the bundle)",
+                           choices=("auto", *BACKENDS, "remote"))
     device: str = setting("auto", "auto (TensorRT/CUDA if usable, else CPU), cpu, cuda, tensorrt", choices=DEVICES)
     num_inference_steps: int = setting(0, "DDIM steps; 0 = as exported", ge=0)
     precision: str = setting("auto", "bundle variant; auto = the fastest within its recorded error bound with "
@@ -65,6 +66,14 @@ class NodeParams(RunnerConfig):
                                       "batch-size bucket (false: plain kernel launches)")
     compile_cache: str = setting("", "backend aoti: directory of compiled packages (empty: "
                                      "~/.cache/dp_runtime/compiled); compiled at the first start on a machine")
+    server_url: str = setting("", "backend remote: dp-serve's address, http(s)://HOST:PORT")
+    server_timeout: float = setting(0.5, "backend remote: s a chunk request may take before it counts as failed "
+                                         "(the queue runs on meanwhile; on_starvation applies)", gt=0)
+    server_tls_ca: str = setting("", "backend remote over https: PEM CA that signed the server's certificate "
+                                     "(empty: the system's)")
+    server_tls_cert: str = setting("", "backend remote over https: this robot's PEM certificate, when the server "
+                                       "requires client certificates")
+    server_tls_key: str = setting("", "backend remote over https: the private key of server_tls_cert")
     resize_images: bool = setting(False, "resize camera images to the bundle's size instead of refusing them")
     diagnostics_period: float = setting(1.0, "s between /diagnostics messages", gt=0)
     executor: str = setting("events", "what delivers messages: events (rclpy's EventsExecutor, measured "
@@ -76,6 +85,11 @@ class NodeParams(RunnerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.per_chunk = command_interface(self.command_interface).per_chunk
+        if self.backend == "remote" and not self.server_url:
+            raise ConfigError("backend remote needs server_url (the address dp-serve prints, http(s)://HOST:PORT)")
+        if self.server_url and self.backend != "remote":
+            raise ConfigError(f"server_url is set but backend is {self.backend!r}; set backend: remote to run the "
+                              "policy on that server, or clear server_url")
 
     def validate(self) -> None:
         """What only a running node needs: a bundle to load."""
