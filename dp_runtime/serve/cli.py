@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -22,6 +23,10 @@ from ..errors import DpRuntimeError
 from .protocol import ROUTE
 
 log = logging.getLogger("dp_serve")
+
+# Serve kills a proxy that is not ready within 5 s three times running; on a loaded 2-core robot-side
+# host its start-up (uvicorn, starlette imports) took longer than that, so these checks wait longer.
+SLOW_HOST_CHECKS = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"}
 
 
 def check_bundles(paths: list[str], backend: str, device: str) -> list[str]:
@@ -86,12 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.tls_cert:
         log.warning("TLS IS OFF: robots talk to this server in plain HTTP (observations and commands readable and "
                     "forgeable on the network). Use --tls-cert/--tls-key (and --tls-client-ca) outside a closed lab.")
+    for name, seconds in SLOW_HOST_CHECKS.items():
+        os.environ.setdefault(name, seconds)  # read by Serve's controller, which inherits this environment
     import ray
     from ray import serve
     from ray.serve.config import HTTPOptions
 
     from .app import PolicyDeployment, ServeConfig
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # a cluster of its own (address="local"): never join, and redeploy over, another dp-serve on this host
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
     serve.start(http_options=HTTPOptions(host=args.host, port=args.port, ssl_certfile=args.tls_cert,
                                          ssl_keyfile=args.tls_key, ssl_ca_certs=args.tls_client_ca))
     cfg = ServeConfig(tuple(bundles), args.backend, args.device, args.threads, args.max_batch,

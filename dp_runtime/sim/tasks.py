@@ -3,8 +3,8 @@
 ``reach`` (arm.py) is the embedded default. The others exist to make chunk transitions matter:
 ``around`` has bimodal demonstrations (the expert passes an obstacle on a side chosen at random),
 so a new chunk that picks the other side mid-way drives the hand through the obstacle; ``track``
-follows a target that sweeps back and forth near the arm's speed limit, so a jump at a chunk
-switch becomes lag the arm cannot make up. dp-demo, dp-sim, the recorder and the benches select
+follows a target that sweeps back and forth, so acting late or jumping at a chunk switch shows as
+tracking error. dp-demo, dp-sim, the recorder and the benches select
 a task by name here.
 """
 from __future__ import annotations
@@ -132,11 +132,11 @@ class AroundExpert:
 @dataclass
 class TrackConfig(ArmConfig):
     episode_seconds: float = 8.0
-    track_radius: float = 0.08  # m: following means the hand is this close to the target
-    track_share: float = 0.8  # success: following for at least this share of the scored time
-    settle_s: float = 1.5  # not scored: the arm first has to catch up with the target
-    angular_speed: float = 1.1  # rad/s of the target around the base (the shoulder's limit is 1.6)
-    sweep: tuple[float, float] = (1.0, 1.6)  # rad between the two turning points (grey marks)
+    track_radius: float = 0.1  # m: following means the hand is this close to the target
+    track_share: float = 0.75  # success: following for at least this share of the scored time
+    settle_s: float = 2.0  # not scored: the arm first has to catch up with the target
+    angular_speed: float = 0.8  # rad/s of the target around the base (the shoulder's limit is 1.6)
+    sweep: tuple[float, float] = (0.8, 1.4)  # rad between the two turning points (grey marks)
     target_radius: tuple[float, float] = (0.5, 0.8)
 
 
@@ -254,9 +254,9 @@ TASKS: dict[str, SimTask] = {t.name: t for t in (
     SimTask("around", "reach a target past an obstacle; touching it fails (bimodal demonstrations)",
             lambda seed: AroundArm(AroundConfig(), seed), lambda arm, seed: AroundExpert(arm, seed=seed),
             "collision", DemoPlan(400, 2000, 20)),
-    SimTask("track", "follow a target sweeping back and forth near the arm's speed limit",
+    SimTask("track", "follow a target sweeping back and forth, turning at two marks",
             lambda seed: TrackingArm(TrackConfig(), seed), lambda arm, seed: TrackingExpert(arm, seed=seed),
-            "tracking_error", DemoPlan(300, 2000, 20)),
+            "tracking_error", DemoPlan(300, 4000, 20)),
 )}
 
 
