@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test demo demo-quick bench clean
+.PHONY: install test demo demo-quick demo-remote bench clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,9 @@ demo: install
 
 demo-quick: install
 	$(BIN)/dp-demo --quick --out out/demo-quick
+
+demo-remote: install
+	$(BIN)/dp-demo --remote
 
 bench: install
 	$(BIN)/python bench/latency.py

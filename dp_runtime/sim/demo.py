@@ -1,11 +1,13 @@
 """dp-demo: the whole product on an embedded default, no robot needed.
 
-    dp-demo [--task reach|around|track] [--out DIR] [--quick] [--episodes N]
+    dp-demo [--task reach|around|track] [--out DIR] [--quick] [--episodes N] [--remote]
 
 Records expert demonstrations of the sim arm as an MCAP bag, converts them
 with dp-dataset, trains a small GroupNorm policy with EMA, exports the bundle,
 then runs the sim and the policy node as two processes over real DDS for N
-closed-loop episodes, and writes a replay report of one expert episode. Every
+closed-loop episodes, and writes a replay report of one expert episode. With
+--remote the node runs the bundle on a dp-serve (Ray Serve) server started on
+this machine (backend: remote) instead of in its own process. Every
 artifact is cached in DIR (written under a temporary name, then renamed), so a
 second run, or a run after an interruption, reuses what is complete.
 """
@@ -164,8 +166,8 @@ def read_episodes(path: Path) -> list[dict]:
 
 
 def closed_loop(bundle: Path, out: Path, episodes: int, seed: int, domain: int | None = None,
-                task: SimTask = TASKS["reach"]) -> dict:
-    """``domain``: the ROS_DOMAIN_ID to run on (None: a free one)."""
+                task: SimTask = TASKS["reach"], node_params: tuple[str, ...] = ()) -> dict:
+    """``domain``: the ROS_DOMAIN_ID to run on (None: a free one); ``node_params``: more NAME:=VALUE."""
     from ..ros.params import load_params_file
     params, _ = load_params_file(config_path("sim_policy.yaml"))
     domain = free_domain_id(150 + os.getpid() % 50) if domain is None else domain
@@ -177,7 +179,8 @@ def closed_loop(bundle: Path, out: Path, episodes: int, seed: int, domain: int |
     results_file = logs / "episodes.jsonl"
     watcher = Watcher(domain, params.command_topic, "/sim/episode")
     node = subprocess.Popen([sys.executable, "-m", "dp_runtime.ros.node", "--ros-args", "--params-file",
-                             str(config_path("sim_policy.yaml")), "-p", f"bundle:={bundle}", "-p", f"seed:={seed}"],
+                             str(config_path("sim_policy.yaml")), "-p", f"bundle:={bundle}", "-p", f"seed:={seed}",
+                             *[a for v in node_params for a in ("-p", v)]],
                             env=env, stdout=open(logs / "policy_node.log", "w"), stderr=subprocess.STDOUT)
     sim = None
     try:
@@ -238,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="training steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID of the closed loop (default: a free one)")
+    p.add_argument("--remote", action="store_true", help="closed loop with backend remote: the bundle served by "
+                                                          "dp-serve on this machine")
     args = p.parse_args(argv)
     try:
         task = sim_task(args.task)
@@ -254,15 +259,24 @@ def main(argv: list[str] | None = None) -> int:
                 build_checkpoint(dataset, plan, args.seed))
     bundle = step("bundle (dp-export: ONNX + TorchScript)", out / "bundle", build_bundle(ckpt))
     report = step("replay report of one episode (dp-replay)", out / "report", build_report(bundle, out, args.seed, task))
-    print("[run] closed loop over DDS ...", flush=True)
-    loop = closed_loop(bundle, out, plan.episodes, args.seed, args.domain_id, task)
+    if args.remote:
+        from ..serve.process import ServerProcess
+        print("[run] dp-serve (Ray Serve) with the bundle ...", flush=True)
+        with ServerProcess([bundle], out / "logs" / "dp_serve.log") as server:
+            print(f"[run] closed loop over DDS, the node's chunks from {server.url} ...", flush=True)
+            loop = closed_loop(bundle, out, plan.episodes, args.seed, args.domain_id, task,
+                               ("backend:=remote", f"server_url:={server.url}"))
+    else:
+        print("[run] closed loop over DDS ...", flush=True)
+        loop = closed_loop(bundle, out, plan.episodes, args.seed, args.domain_id, task)
     demos_info = json.loads((out / "demos_info.json").read_text()) if (out / "demos_info.json").exists() else {}
     replay = json.loads((report / "metrics.json").read_text())
-    summary = {"task": task.name, "expert_success_rate": demos_info.get("expert_success_rate"), "policy": loop,
+    summary = {"task": task.name, "backend": "remote" if args.remote else "local", "expert_success_rate": demos_info.get("expert_success_rate"), "policy": loop,
                "replay": {"mse": replay["action_mse_mean"], "mae": replay["action_mae_mean"],
                           "report": str(report)},
                "wall_s": round(time.time() - t0, 1)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary_file = out / ("summary_remote.json" if args.remote else "summary.json")
+    summary_file.write_text(json.dumps(summary, indent=2))
     lp = loop
     print(f"\n=== dp-demo ({task.name}: {task.doc}) ===")
     print(f"expert success rate (demonstrations): {summary['expert_success_rate']:.0%}")
@@ -276,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"chunk transitions ({lp['chunk_transition']}, inference_lead {lp['inference_lead']}): boundary_jump_ratio "
           f"{_fmt(lp['boundary_jump_ratio'])} over {lp['chunk_switches']} switches")
     print(f"replay of one expert episode: action MSE {replay['action_mse_mean']:.5f}; report in {report}")
-    print(f"everything is in {out} (summary.json)")
+    print(f"everything is in {out} ({summary_file.name})")
     return 0
 
 
