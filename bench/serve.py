@@ -8,7 +8,12 @@ sizes Serve formed (from the server's record), machine CPU use, and the round tr
 chunk latency measured in the same run (the bundle in this process, before and after every level).
 JSON next to this file.
 
-    python bench/serve.py [--bundle out/demo/bundle] [--robots 1,4,16,64] [--seconds 20] [--rate 10]
+    python bench/serve.py [--bundle out/demo/bundle] [--levels 1@10,4@10,16@10,16@1.25,64@1.25] [--seconds 20]
+
+A level ``N@R`` is N robots requesting R chunks/s each: 10 is a new chunk every control period at
+10 Hz (the issue's load), 1.25 what a node with 8-action chunks at 10 Hz actually requests. The
+compute capacity of this machine (chunks/s of ``predict_batch`` in this process at batch 1, 4, 16)
+is measured first: no server serves more than that.
 """
 from __future__ import annotations
 
@@ -39,8 +44,9 @@ def cpu_busy() -> tuple[float, float]:
 
 def observations(dataset: Path, keys: list[str], n: int, rng) -> list[dict[str, np.ndarray]]:
     with np.load(dataset) as d:
-        idx = rng.choice(len(d["action"]), n)
-        return [{k: d[k][i] for k in keys} for i in idx]
+        arrays = {k: d[k] for k in keys}  # each read decompresses the whole array: once per key
+    idx = rng.choice(len(arrays[keys[0]]), n)
+    return [{k: np.ascontiguousarray(arrays[k][i]) for k in keys} for i in idx]
 
 
 def local_ms(engine, obs, repeats: int = 15) -> float:
@@ -93,9 +99,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", default="out/demo/bundle")
     ap.add_argument("--dataset", default=None, help="observations to send (default: the bundle's dp-demo dataset)")
-    ap.add_argument("--robots", default="1,4,16,64")
+    ap.add_argument("--levels", default="1@10,4@10,16@10,16@1.25,64@1.25", help="ROBOTS@REQUESTS_PER_S, ...")
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--rate", type=float, default=10.0, help="chunk requests per second per robot")
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--batch-wait-ms", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=0, help="server inference threads (0: backend default)")
@@ -109,13 +114,25 @@ def main() -> None:
     log = Path("out/bench_serve/dp_serve.log")
     srv = ServerProcess([bundle], log, args=("--max-batch", str(args.max_batch), "--batch-wait-ms",
                                              str(args.batch_wait_ms), "--threads", str(args.threads)))
+    capacity = {}
+    for b in (1, 4, 16):
+        batch = [obs[i] for i in range(b)]
+        local.predict_batch(batch, list(range(b)))
+        t0 = time.perf_counter()
+        for _ in range(3):
+            local.predict_batch(batch, list(range(b)))
+        capacity[b] = 3 * b / (time.perf_counter() - t0)
+    print("compute capacity here (predict_batch in-process): " +
+          ", ".join(f"batch {b}: {c:.0f} chunks/s" for b, c in capacity.items()), flush=True)
     rows = []
     with srv:
         RemoteEngine(bundle, srv.url, timeout_s=10.0)  # warm the replica
-        for robots in (int(r) for r in args.robots.split(",")):
+        for level in args.levels.split(","):
+            robots, rate = int(level.split("@")[0]), float(level.split("@")[1])
             before_local = local_ms(local, obs)
             batches0 = {int(k): v for k, v in srv.health()["batch_sizes"].items()}
-            row = run_level(srv.url, bundle, robots, args.seconds, args.rate, obs, args.timeout)
+            row = run_level(srv.url, bundle, robots, args.seconds, rate, obs, args.timeout)
+            row["rate_hz"] = rate
             batches1 = {int(k): v for k, v in srv.health()["batch_sizes"].items()}
             formed = {k: batches1.get(k, 0) - batches0.get(k, 0) for k in batches1 if batches1.get(k, 0) > batches0.get(k, 0)}
             calls = sum(formed.values())
@@ -125,20 +142,21 @@ def main() -> None:
             row["local_chunk_ms"] = float(np.median([before_local, local_ms(local, obs)]))
             row["p99_over_local"] = row["rtt_ms_p99"] / row["local_chunk_ms"]
             rows.append(row)
-            print(f"{robots:>3} robots x {args.rate:g} Hz: {row['chunks_per_s']:6.1f} chunks/s, round trip p50 "
+            print(f"{robots:>3} robots x {rate:g} chunks/s: {row['chunks_per_s']:6.1f} chunks/s, round trip p50 "
                   f"{row['rtt_ms_p50']:6.1f} / p99 {row['rtt_ms_p99']:6.1f} ms (worst robot p99 "
                   f"{row['worst_robot_p99_ms']:6.1f}), {100 * row['late_share']:4.1f} % late, {row['failures']} "
                   f"failed, mean batch {row['mean_batch']:4.1f} (max {row['max_batch']}), CPU "
                   f"{100 * row['cpu_busy']:3.0f} %, local chunk {row['local_chunk_ms']:5.1f} ms -> p99 "
                   f"{row['p99_over_local']:.1f}x", flush=True)
-    print("\n| robots x 10 Hz | chunks/s | round trip p50 / p99 | late (> 100 ms) | mean batch (max) | CPU | p99 / local chunk |")
+    print("\n| robots x requests/s | chunks/s served | round trip p50 / p99 | late (> one period) | mean batch (max) "
+          "| CPU | p99 / local chunk |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['robots']} | {r['chunks_per_s']:.0f} | {r['rtt_ms_p50']:.1f} / {r['rtt_ms_p99']:.1f} ms | "
+        print(f"| {r['robots']} x {r['rate_hz']:g} | {r['chunks_per_s']:.0f} | {r['rtt_ms_p50']:.1f} / {r['rtt_ms_p99']:.1f} ms | "
               f"{100 * r['late_share']:.1f} % | {r['mean_batch']:.1f} ({r['max_batch']}) | {100 * r['cpu_busy']:.0f} % | "
               f"{r['p99_over_local']:.1f}x |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"bundle": args.bundle, "rate_hz": args.rate, "seconds": args.seconds,
+    args.out.write_text(json.dumps({"bundle": args.bundle, "seconds": args.seconds, "capacity_chunks_per_s": capacity,
                                     "max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms,
                                     "cpus": os.cpu_count(), "machine": platform.machine(), "rows": rows}, indent=2))
     print(f"written to {args.out}")

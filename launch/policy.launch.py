@@ -1,5 +1,6 @@
 """ros2 launch dp_runtime policy.launch.py [bundle:=DIR] [config:=FILE] [backend:=...] [precision:=...]
-                                          [use_sim_time:=...] [lifecycle:=false] [lifecycle_autostart:=true]
+                                          [server_url:=URL] [use_sim_time:=...] [lifecycle:=false]
+                                          [lifecycle_autostart:=true]
 
 One node. The config file is the source of truth; a launch argument overrides it only when given,
 typed as the parameter is (bundle:=1.5 stays the text "1.5"; use_sim_time takes ROS's boolean
@@ -21,7 +22,7 @@ from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 # launch argument -> type of the node parameter it overrides (only when given)
-OVERRIDES = {"bundle": str, "backend": str, "precision": str, "use_sim_time": bool}
+OVERRIDES = {"bundle": str, "backend": str, "precision": str, "server_url": str, "use_sim_time": bool}
 
 
 DEFAULT_CONFIG = ("dp_runtime", "config", "policy.yaml")  # in the package's share directory
@@ -90,12 +91,16 @@ def generate_launch_description():
                                           "config/policy.yaml"),
         DeclareLaunchArgument("backend", default_value="",
                               description="graph format to run: auto (the first the bundle has: onnxruntime, then "
-                                          "torchscript) (one of auto, onnxruntime, torchscript, aoti); "
+                                          "torchscript), or remote (a dp-serve host at server_url runs the bundle) "
+                                          "(one of auto, onnxruntime, torchscript, aoti, remote); "
                                           "default: the config's"),
         DeclareLaunchArgument("precision", default_value="",
                               description="bundle variant; auto = the fastest within its recorded error bound with "
                                           "native kernels on the device (dp-inspect lists them) (one of auto, fp32, "
                                           "int8, fp16, bf16, tf32); default: the config's"),
+        DeclareLaunchArgument("server_url", default_value="",
+                              description="backend remote: dp-serve's address, http(s)://HOST:PORT; default: the "
+                                          "config's"),
         DeclareLaunchArgument("use_sim_time", default_value="",
                               description="follow /clock: true or false (default: the config's)"),
         DeclareLaunchArgument("lifecycle", default_value="false",

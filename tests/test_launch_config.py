@@ -100,7 +100,7 @@ def test_launch_file_compiles_and_names_the_installed_executables(monkeypatch):
 
 def test_the_config_file_is_the_source_of_truth_unless_an_argument_is_given(monkeypatch):
     _, declared, node, _ = launch_with(monkeypatch)
-    assert {"bundle", "config", "backend", "precision", "use_sim_time", "lifecycle",
+    assert {"bundle", "config", "backend", "precision", "server_url", "use_sim_time", "lifecycle",
             "lifecycle_autostart"} == set(declared)
     assert node.kwargs["parameters"] == [str(ROOT / "config" / "policy.yaml")]  # nothing given: no override
     _, _, node, _ = launch_with(monkeypatch, bundle="1.5", backend="1", precision="int8", use_sim_time="true")
@@ -197,8 +197,9 @@ def test_launch_argument_descriptions_come_from_the_parameters(monkeypatch):
     stub_launch_modules(monkeypatch)
     entities = runpy.run_path(str(LAUNCH))["generate_launch_description"]().args[0]
     described = {e.args[0]: e.kwargs["description"] for e in entities
-                 if type(e).__name__ == "DeclareLaunchArgument" and e.args[0] in ("bundle", "backend", "precision")}
+                 if type(e).__name__ == "DeclareLaunchArgument" and e.args[0] in ("bundle", "backend", "precision",
+                                                                                  "server_url")}
     for name, text in described.items():  # the launch file stays free of dp_runtime imports: checked here
         rule = PARAMETERS[name][0]
         assert text == f"{rule.doc}{f' ({rule.describe()})' if rule.describe() else ''}; default: the config's", name
-    assert len(described) == 3
+    assert len(described) == 4

@@ -137,11 +137,13 @@ class TrackConfig(ArmConfig):
     settle_s: float = 2.0  # not scored: the arm first has to catch up with the target
     angular_speed: float = 0.8  # rad/s of the target around the base (the shoulder's limit is 1.6)
     sweep: tuple[float, float] = (0.8, 1.4)  # rad between the two turning points (grey marks)
-    target_radius: tuple[float, float] = (0.5, 0.8)
+    target_radius: tuple[float, float] = (0.55, 0.75)
+    wave: float = 0.12  # m: the path swings in and out by this much between the marks (the elbow must follow)
 
 
 class TrackingArm(ReachingArm):
-    """The target moves along an arc at constant speed and turns back at two marked points; the
+    """The target moves along a wavy arc (in and out by ``wave``: a policy that only copies its joint
+    state cannot follow it) at constant angular speed and turns back at two marked points; the
     episode runs its full length and succeeds when the hand followed within ``track_radius`` for
     ``track_share`` of the time after ``settle_s``. Error measure: the mean distance then."""
 
@@ -166,7 +168,9 @@ class TrackingArm(ReachingArm):
         return self.state
 
     def on_arc(self, angle: float) -> np.ndarray:
-        return self.radius * np.array([np.cos(angle), np.sin(angle)])
+        lo, hi = self.ends
+        r = self.radius + self.cfg.wave * np.sin(2 * np.pi * (angle - lo) / (hi - lo))
+        return r * np.array([np.cos(angle), np.sin(angle)])
 
     def swept(self, angle: float, direction: int, dt: float) -> tuple[float, int]:
         """(angle, direction) ``dt`` later: constant speed, turning back at the ends."""
