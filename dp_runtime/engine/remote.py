@@ -54,6 +54,13 @@ class ClientTls:
         return ctx
 
 
+@dataclass(frozen=True)
+class RemoteBackend:
+    """What the node reports as the engine's backend (PolicyEngine.backend's name) for a served bundle."""
+    url: str
+    name: str = "remote"
+
+
 class RemoteEngine:
     """PolicyEngine's interface over the network: ``predict`` sends one chunk request to dp-serve."""
 
@@ -72,6 +79,7 @@ class RemoteEngine:
         if tls is not None and parts.scheme != "https":
             raise ConfigError(f"server_url {url}: TLS files are set but the URL is http; use https://")
         self.url = url.rstrip("/")
+        self.backend = RemoteBackend(self.url)
         self.host, self.port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
         self.tls = (tls or ClientTls()).context() if parts.scheme == "https" else None
         self.timeout_s = timeout_s
