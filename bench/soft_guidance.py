@@ -93,7 +93,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=40)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--delays", default="4,6")
-    ap.add_argument("--inpaint-decay", type=float, default=0.75)
+    ap.add_argument("--inpaint-decay", type=float, default=0.8)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="default: results/soft_guidance_TASK.json")

@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--delays", default="0,2,4,6", help="control periods of injected delivery delay")
     ap.add_argument("--modes", default="replace,blend,inpaint,soft_inpaint")
     ap.add_argument("--blend-actions", type=int, default=4)
-    ap.add_argument("--inpaint-decay", type=float, default=0.75)
+    ap.add_argument("--inpaint-decay", type=float, default=0.8)
     ap.add_argument("--out", type=Path, default=None, help="default: results/transitions_TASK.json")
     args = ap.parse_args()
     task = sim_task(args.task)

@@ -71,7 +71,7 @@ class RunnerConfig:
                    "soft_inpaint (inpaint, and the previous chunk's plan guides the rest with decaying weights)",
         choices=tuple(TRANSITIONS))
     blend_actions: int = setting(4, "blend: actions over which a new chunk cross-fades in", ge=0, live=True)
-    inpaint_decay: float = setting(0.75, "soft_inpaint: weight of the j-th action of the previous chunk's plan "
+    inpaint_decay: float = setting(0.8, "soft_inpaint: weight of the j-th action of the previous chunk's plan "
                                          "after the frozen prefix is inpaint_decay ** j", gt=0, lt=1, live=True)
     max_obs_age: float = setting(0.5, "s; older inputs stop the policy (never act on stale data)", gt=0)
     max_stamp_ahead: float = setting(0.1, "s an observation stamp may lead the node clock (clock skew, /clock "

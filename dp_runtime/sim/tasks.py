@@ -141,8 +141,8 @@ class TrackConfig(ArmConfig):
 
 
 class TrackingArm(ReachingArm):
-    """The target moves along an arc at constant angular speed and turns back at two marked points; the
-    hand starts near it (so following is the whole task, not catching up). The episode runs its full
+    """The target moves along an arc at constant angular speed, trailing two fading dots, and turns back
+    at two marked points; the hand starts near it (so following is the whole task, not catching up). The episode runs its full
     length and succeeds when the hand followed within ``track_radius`` for ``track_share`` of the time
     after ``settle_s``. Error measure: the mean distance then."""
 
@@ -205,6 +205,9 @@ class TrackingArm(ReachingArm):
     def draw(self, img: np.ndarray, px: float) -> None:
         for end in self.ends:
             img[self.disk(self.on_arc(end), 2.0 * px)] = (150, 150, 150)
+        for ago in (0.2, 0.1):  # a fading trail: the direction of motion is visible in one frame
+            img[self.disk(self.on_arc(self.swept(self.angle, -self.direction, ago)[0]), 2.0 * px)] = (
+                (110, 30, 30) if ago > 0.15 else (170, 35, 35))
 
 
 class TrackingExpert:
@@ -257,7 +260,7 @@ TASKS: dict[str, SimTask] = {t.name: t for t in (
             "collision", DemoPlan(400, 2000, 20)),
     SimTask("track", "follow a target sweeping back and forth, turning at two marks",
             lambda seed: TrackingArm(TrackConfig(), seed), lambda arm, seed: TrackingExpert(arm, seed=seed),
-            "tracking_error", DemoPlan(300, 4000, 20)),
+            "tracking_error", DemoPlan(300, 5000, 20)),
 )}
 
 
