@@ -174,31 +174,35 @@ def pki(tmp_path_factory):
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-def test_tls_with_client_certificates(tiny_bundle, pki, tmp_path):
+def test_tls(tiny_bundle, pki, tmp_path):
     import ssl
     client = ssl.create_default_context(cafile=str(pki["ca"]))
-    client.load_cert_chain(str(pki["client_cert"]), str(pki["client_key"]))
     srv = ServerProcess([tiny_bundle], tmp_path / "dp_serve_tls.log", tls_context=client,
                         args=("--num-cpus", "2", "--threads", "1", "--tls-cert", str(pki["server_cert"]),
-                              "--tls-key", str(pki["server_key"]), "--tls-client-ca", str(pki["ca"])))
+                              "--tls-key", str(pki["server_key"])))
     with srv.start():
         assert srv.url.startswith("https://") and "TLS IS OFF" not in srv.tail()
-        good = ClientTls(str(pki["ca"]), str(pki["client_cert"]), str(pki["client_key"]))
-        remote = RemoteEngine(tiny_bundle, srv.url, timeout_s=10.0, tls=good)
+        remote = RemoteEngine(tiny_bundle, srv.url, timeout_s=10.0, tls=ClientTls(str(pki["ca"])))
         obs = obs_of(np.random.default_rng(4))
         local = load_bundle(tiny_bundle, backend="onnxruntime")
         np.testing.assert_allclose(remote.predict(obs, seed=9).actions, local.predict(obs, seed=9).actions, atol=1e-6)
-        with pytest.raises(ServerError, match="TLS handshake failed|closed the connection|does not answer"):
-            RemoteEngine(tiny_bundle, srv.url, tls=ClientTls(str(pki["ca"])))  # no client certificate
+        # a robot presenting its own certificate works too (for a TLS proxy that requires one)
+        RemoteEngine(tiny_bundle, srv.url, tls=ClientTls(str(pki["ca"]), str(pki["client_cert"]),
+                                                         str(pki["client_key"])), warm_up=False)
         with pytest.raises(ServerError, match="TLS handshake failed.*server_tls_ca"):
-            RemoteEngine(tiny_bundle, srv.url, tls=ClientTls(str(pki["other_ca"]), str(pki["client_cert"]),
-                                                             str(pki["client_key"])))
+            RemoteEngine(tiny_bundle, srv.url, tls=ClientTls(str(pki["other_ca"])))  # not the server's CA
         with pytest.raises(ServerError):
             RemoteEngine(tiny_bundle, srv.url.replace("https", "http"))  # plain HTTP to a TLS port
     with pytest.raises(ConfigError, match="server_tls_cert and server_tls_key go together"):
         RemoteEngine(tiny_bundle, srv.url, tls=ClientTls(str(pki["ca"]), str(pki["client_cert"])))
     with pytest.raises(ConfigError, match="server_tls_ca /nope: no such file"):
         RemoteEngine(tiny_bundle, srv.url, tls=ClientTls("/nope"))
+    with pytest.raises(ConfigError, match="TLS files are set but the URL is http"):
+        RemoteEngine(tiny_bundle, srv.url.replace("https", "http"), tls=ClientTls(str(pki["ca"])))
+    r = subprocess.run([sys.executable, "-m", "dp_runtime.serve.cli", str(tiny_bundle), "--tls-cert",
+                        str(pki["server_cert"]), "--tls-key", str(pki["ca"])], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "TLS files do not load" in r.stderr  # a key that is not the certificate's
 
 
 def test_node_parameters_for_the_remote_backend():

@@ -2,12 +2,14 @@
 
     dp-serve BUNDLE [BUNDLE ...] [--host 127.0.0.1] [--port 8000] [--replicas 1] [--max-batch 64]
              [--batch-wait-ms 2] [--backend auto] [--device auto] [--threads 0]
-             [--tls-cert CERT --tls-key KEY [--tls-client-ca CA]]
+             [--tls-cert CERT --tls-key KEY]
 
 Every bundle is verified here first (as load_bundle does on a robot: hashes, graph scans, the
 BatchNorm refusal) and refused with one line; then a local Ray instance starts, Serve's HTTP proxy
-listens on host:port (HTTPS with --tls-cert/--tls-key; client certificates required with
---tls-client-ca) and the policy deployment answers POST /dp/chunk. Runs until SIGINT/SIGTERM.
+listens on host:port (HTTPS with --tls-cert/--tls-key) and the policy deployment answers POST
+/dp/chunk. Runs until SIGINT/SIGTERM. Client certificates cannot be required: Ray Serve 2.60 hands
+its CA option to uvicorn without ``ssl_cert_reqs``, so a client without a certificate is still
+accepted; dp-serve therefore does not offer the option (restrict who reaches the port instead).
 """
 from __future__ import annotations
 
@@ -44,10 +46,7 @@ def check_bundles(paths: list[str], backend: str, device: str) -> list[str]:
 def check_tls(args: argparse.Namespace) -> None:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise DpRuntimeError("--tls-cert and --tls-key go together (the server's certificate and its key)")
-    if args.tls_client_ca and not args.tls_cert:
-        raise DpRuntimeError("--tls-client-ca needs --tls-cert and --tls-key (client certificates are checked "
-                             "over TLS only)")
-    for flag in ("tls_cert", "tls_key", "tls_client_ca"):
+    for flag in ("tls_cert", "tls_key"):
         path = getattr(args, flag)
         if path and not Path(path).is_file():
             raise DpRuntimeError(f"--{flag.replace('_', '-')} {path}: no such file")
@@ -56,11 +55,9 @@ def check_tls(args: argparse.Namespace) -> None:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
             ctx.load_cert_chain(args.tls_cert, args.tls_key)
-            if args.tls_client_ca:
-                ctx.load_verify_locations(args.tls_client_ca)
         except (ssl.SSLError, OSError) as e:
             raise DpRuntimeError(f"TLS files do not load ({e}): --tls-cert must be a PEM certificate, --tls-key "
-                                 "its private key, --tls-client-ca a PEM CA bundle") from None
+                                 "its private key") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default: all)")
     p.add_argument("--tls-cert", default=None, help="PEM certificate: serve HTTPS")
     p.add_argument("--tls-key", default=None, help="the certificate's private key")
-    p.add_argument("--tls-client-ca", default=None, help="PEM CA: require client certificates signed by it")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[dp-serve] %(levelname)s %(message)s")
     if args.max_batch < 1 or args.batch_wait_ms < 0 or args.replicas < 1:
@@ -90,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.tls_cert:
         log.warning("TLS IS OFF: robots talk to this server in plain HTTP (observations and commands readable and "
-                    "forgeable on the network). Use --tls-cert/--tls-key (and --tls-client-ca) outside a closed lab.")
+                    "forgeable on the network). Use --tls-cert/--tls-key outside a closed lab.")
     for name, seconds in SLOW_HOST_CHECKS.items():
         os.environ.setdefault(name, seconds)  # read by Serve's controller, which inherits this environment
     import ray
@@ -102,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     serve.start(http_options=HTTPOptions(host=args.host, port=args.port, ssl_certfile=args.tls_cert,
-                                         ssl_keyfile=args.tls_key, ssl_ca_certs=args.tls_client_ca))
+                                         ssl_keyfile=args.tls_key))
     cfg = ServeConfig(tuple(bundles), args.backend, args.device, args.threads, args.max_batch,
                       args.batch_wait_ms / 1e3)
     serve.run(PolicyDeployment.options(num_replicas=args.replicas).bind(cfg), name="dp_runtime",
