@@ -84,7 +84,7 @@ class RemoteEngine:
         self.tls = (tls or ClientTls()).context() if parts.scheme == "https" else None
         self.timeout_s = timeout_s
         self._local = threading.local()  # one kept-alive connection per calling thread
-        self.last_batch = 0
+        self.last_batch = 0  # robots in the server's batch of the last chunk
         hosted = self._hosted()
         if self.sha not in hosted:
             paths = ", ".join(h.get("path", "?") for h in hosted.values()) or "nothing"
@@ -154,10 +154,6 @@ class RemoteEngine:
             return json.loads(data)["bundles"]
         except (ValueError, KeyError, TypeError):
             raise ServerError(f"{self.url}/health: not a dp-serve server (unexpected reply)") from None
-
-    def server_status(self) -> dict:
-        """The server's health record (hosted bundles, batch sizes it formed)."""
-        return json.loads(self._request("GET", "/health", None, max(self.timeout_s, 5.0)))
 
     # -- the engine interface ------------------------------------------------------------------
     def predict(self, history: Mapping[str, np.ndarray], seed: int | None = None, known: np.ndarray | None = None,
