@@ -38,6 +38,10 @@ class ClientTls:
     cert: str = ""
     key: str = ""
 
+    @property
+    def configured(self) -> bool:
+        return bool(self.ca or self.cert or self.key)
+
     def context(self) -> ssl.SSLContext:
         for name, path in (("server_tls_ca", self.ca), ("server_tls_cert", self.cert), ("server_tls_key", self.key)):
             if path and not Path(path).is_file():
@@ -76,7 +80,7 @@ class RemoteEngine:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"server_url {url!r}: expected http://HOST:PORT or https://HOST:PORT (dp-serve's address)")
-        if tls is not None and parts.scheme != "https":
+        if tls is not None and tls.configured and parts.scheme != "https":
             raise ConfigError(f"server_url {url}: TLS files are set but the URL is http; use https://")
         self.url = url.rstrip("/")
         self.backend = RemoteBackend(self.url)

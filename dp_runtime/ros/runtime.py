@@ -13,7 +13,6 @@ from ..control import IMMEDIATE, Delivery, PolicyRunner
 from ..engine import PolicyEngine, load_bundle
 from ..engine.backends import BackendOptions
 from ..engine.remote import ClientTls, RemoteEngine
-from ..errors import ConfigError
 from .commands import CommandInterface, command_interface
 from .params import NodeParams, ObsTopic, resolve_obs_topics
 
@@ -37,11 +36,8 @@ class Runtime:
 
 def open_engine(p: NodeParams) -> PolicyEngine | RemoteEngine:
     if p.backend == "remote":
-        https = p.server_url.startswith("https://")
-        tls = ClientTls(p.server_tls_ca, p.server_tls_cert, p.server_tls_key) if https else None
-        if not https and (p.server_tls_ca or p.server_tls_cert or p.server_tls_key):
-            raise ConfigError(f"server_url {p.server_url}: TLS files are set but the URL is http; use https://")
-        return RemoteEngine(p.bundle, p.server_url, p.server_timeout, tls)
+        tls = ClientTls(p.server_tls_ca, p.server_tls_cert, p.server_tls_key)
+        return RemoteEngine(p.bundle, p.server_url, p.server_timeout, tls)  # refuses TLS files with an http URL
     options = BackendOptions(threads=p.threads or None, cuda_graphs=p.cuda_graphs,
                              compile_cache=Path(p.compile_cache).expanduser() if p.compile_cache else None)
     return load_bundle(p.bundle, backend=p.backend, device=p.device, num_inference_steps=p.num_inference_steps or None,
