@@ -58,18 +58,21 @@ def local_ms(engine, obs, repeats: int = 15) -> float:
 def run_level(url: str, bundle: str, robots: int, seconds: float, rate: float, obs, timeout_s: float) -> dict:
     engines = [RemoteEngine(bundle, url, timeout_s=timeout_s, warm_up=False) for _ in range(robots)]
     rtts: list[list[float]] = [[] for _ in range(robots)]
+    computes: list[list[float]] = [[] for _ in range(robots)]  # the server's compute time of each reply, ms
     failures = [0] * robots
     start = time.monotonic() + 0.5
+    phases = np.random.default_rng(robots).uniform(0, 1, robots)  # the same draw for every run of a level
     stop_at = start + seconds
 
     def robot(i: int) -> None:
         period = 1.0 / rate
-        due = start + (i / robots) * period  # robots' control clocks are not in phase
+        due = start + phases[i] * period  # robots' control clocks run independently: random phases
         k = 0
         while due < stop_at:
             time.sleep(max(0.0, due - time.monotonic()))
             try:
                 rtts[i].append(engines[i].predict(obs[(i * 7 + k) % len(obs)], seed=i * 100_000 + k).latency_s)
+                computes[i].append(engines[i].last_server_ms)
             except ServerError:
                 failures[i] += 1
             k += 1
@@ -87,12 +90,15 @@ def run_level(url: str, bundle: str, robots: int, seconds: float, rate: float, o
     wall = time.monotonic() - t0
     busy1, total1 = cpu_busy()
     all_rtt = np.concatenate([np.array(r) for r in rtts if r]) * 1e3
+    transport = all_rtt - np.concatenate([np.array(c) for c in computes if c])
     per_robot_p99 = [float(np.percentile(np.array(r) * 1e3, 99)) for r in rtts if r]
     wanted = robots * seconds * rate
     return {"robots": robots, "requests_wanted": wanted, "chunks": int(all_rtt.size), "failures": int(sum(failures)),
             "chunks_per_s": all_rtt.size / wall, "rtt_ms_p50": float(np.percentile(all_rtt, 50)),
-            "rtt_ms_p99": float(np.percentile(all_rtt, 99)), "worst_robot_p99_ms": max(per_robot_p99),
-            "late_share": float(np.mean(all_rtt > 1e3 / rate)), "cpu_busy": (busy1 - busy0) / (total1 - total0)}
+            "rtt_ms_p99": float(np.percentile(all_rtt, 99)),
+            "transport_ms_p50": float(np.percentile(transport, 50)), "transport_ms_p99": float(np.percentile(transport, 99)),
+            "worst_robot_p99_ms": max(per_robot_p99),
+            "late_share": float(np.mean(all_rtt > 1e3 / rate)), "wall_s": wall, "cpu_busy": (busy1 - busy0) / (total1 - total0)}
 
 
 def main() -> None:
@@ -102,7 +108,7 @@ def main() -> None:
     ap.add_argument("--levels", default="1@10,4@10,16@10,16@1.25,64@1.25", help="ROBOTS@REQUESTS_PER_S, ...")
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--max-batch", type=int, default=64)
-    ap.add_argument("--batch-wait-ms", type=float, default=2.0)
+    ap.add_argument("--batch-wait-ms", type=float, default=0.0)
     ap.add_argument("--threads", type=int, default=0, help="server inference threads (0: backend default)")
     ap.add_argument("--timeout", type=float, default=2.0, help="client deadline per request, s")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "serve_cpu.json")
@@ -130,10 +136,13 @@ def main() -> None:
         for level in args.levels.split(","):
             robots, rate = int(level.split("@")[0]), float(level.split("@")[1])
             before_local = local_ms(local, obs)
-            batches0 = {int(k): v for k, v in srv.health()["batch_sizes"].items()}
+            health0 = srv.health()
+            batches0 = {int(k): v for k, v in health0["batch_sizes"].items()}
             row = run_level(srv.url, bundle, robots, args.seconds, rate, obs, args.timeout)
             row["rate_hz"] = rate
-            batches1 = {int(k): v for k, v in srv.health()["batch_sizes"].items()}
+            health1 = srv.health()
+            batches1 = {int(k): v for k, v in health1["batch_sizes"].items()}
+            row["replica_busy"] = (health1["compute_s"] - health0["compute_s"]) / row["wall_s"]
             formed = {k: batches1.get(k, 0) - batches0.get(k, 0) for k in batches1 if batches1.get(k, 0) > batches0.get(k, 0)}
             calls = sum(formed.values())
             row["batches_formed"] = formed
@@ -144,9 +153,10 @@ def main() -> None:
             rows.append(row)
             print(f"{robots:>3} robots x {rate:g} chunks/s: {row['chunks_per_s']:6.1f} chunks/s, round trip p50 "
                   f"{row['rtt_ms_p50']:6.1f} / p99 {row['rtt_ms_p99']:6.1f} ms (worst robot p99 "
-                  f"{row['worst_robot_p99_ms']:6.1f}), {100 * row['late_share']:4.1f} % late, {row['failures']} "
+                  f"{row['worst_robot_p99_ms']:6.1f}; not compute: p50 {row['transport_ms_p50']:5.1f} / p99 "
+                  f"{row['transport_ms_p99']:5.1f}), {100 * row['late_share']:4.1f} % late, {row['failures']} "
                   f"failed, mean batch {row['mean_batch']:4.1f} (max {row['max_batch']}), CPU "
-                  f"{100 * row['cpu_busy']:3.0f} %, local chunk {row['local_chunk_ms']:5.1f} ms -> p99 "
+                  f"{100 * row['cpu_busy']:3.0f} % (replica computing {100 * row['replica_busy']:3.0f} %), local chunk {row['local_chunk_ms']:5.1f} ms -> p99 "
                   f"{row['p99_over_local']:.1f}x", flush=True)
     print("\n| robots x requests/s | chunks/s served | round trip p50 / p99 | late (> one period) | mean batch (max) "
           "| CPU | p99 / local chunk |")

@@ -89,6 +89,7 @@ class RemoteEngine:
         self.timeout_s = timeout_s
         self._local = threading.local()  # one kept-alive connection per calling thread
         self.last_batch = 0  # robots in the server's batch of the last chunk
+        self.last_server_ms = 0.0  # that batch's compute time on the server (the rest of a round trip is transport)
         hosted = self._hosted()
         if self.sha not in hosted:
             paths = ", ".join(h.get("path", "?") for h in hosted.values()) or "nothing"
@@ -174,7 +175,7 @@ class RemoteEngine:
         if reply.actions.shape != (self.horizon, self.action_dim) or not np.all(np.isfinite(reply.actions)):
             raise ServerError(f"{self.url}: reply actions {reply.actions.shape} are not ({self.horizon}, "
                               f"{self.action_dim}) finite values")
-        self.last_batch = reply.batch
+        self.last_batch, self.last_server_ms = reply.batch, reply.server_ms
         return Prediction(reply.actions, latency, seed)
 
     def warm_up(self) -> float:

@@ -32,7 +32,7 @@ class ServeConfig:
     device: str = "auto"
     threads: int = 0  # inference threads per replica (0: the backend's default)
     max_batch: int = 64
-    batch_wait_s: float = 0.002
+    batch_wait_s: float = 0.0
 
 
 def refusal(status: int, message: str) -> JSONResponse:
@@ -49,7 +49,10 @@ class PolicyDeployment:
             self.engines[engine.bundle.graphs_sha256] = (path, engine)
         self.batched.set_max_batch_size(cfg.max_batch)
         self.batched.set_batch_wait_timeout_s(cfg.batch_wait_s)
+        self.batch_wait_s = cfg.batch_wait_s
         self.batch_sizes: Counter[int] = Counter()
+        self.in_flight = 0  # chunk requests inside ``batched`` (queued or computing)
+        self.compute_s = 0.0  # time spent computing batches (utilization: its growth over wall time)
 
     async def __call__(self, request: Request) -> Response:
         if request.method == "GET" and request.url.path.rstrip("/").endswith("/health"):
@@ -74,20 +77,25 @@ class PolicyDeployment:
                                   "--inpaint) for chunk_transition inpaint/soft_inpaint")
         except DpRuntimeError as e:
             return refusal(422, str(e))
+        self.in_flight += 1
         try:
             reply = await self.batched(req)
         except DpRuntimeError as e:
             return refusal(422, str(e))
+        finally:
+            self.in_flight -= 1
         return Response(encode_reply(reply), media_type="application/octet-stream")
 
     def health(self) -> dict:
         return {"bundles": {sha: {"path": path, "inpaint": e.can_inpaint, "provider": e.provider,
                                   "precision": e.precision} for sha, (path, e) in self.engines.items()},
-                "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
+                "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+                "compute_s": self.compute_s}
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
     async def batched(self, requests: list[ChunkRequest]) -> list[ChunkReply]:
         self.batch_sizes[len(requests)] += 1
+        t_batch = time.perf_counter()
         replies: list[ChunkReply | None] = [None] * len(requests)
         by_policy: dict[str, list[int]] = {}
         for i, r in enumerate(requests):
@@ -102,4 +110,15 @@ class PolicyDeployment:
             ms = (time.perf_counter() - t0) * 1e3
             for i, p in zip(idx, preds):
                 replies[i] = ChunkReply(p.actions, len(requests), ms)
+        self.compute_s += time.perf_counter() - t_batch
+        self._pace(len(requests), time.perf_counter() - t_batch)
         return replies
+
+    def _pace(self, computed: int, seconds: float) -> None:
+        """Serve forms a batch when its first request arrives, not when the replica is free, so requests
+        that queue behind a computing batch would each run alone (mean batch 1.3 at 16 robots x 10 Hz).
+        While requests queue (two or more behind this batch), the next batch gathers for one batch's
+        compute time, the classic pipeline; when the queue is gone, the configured wait again (no
+        added latency for a lone robot). Serve's own knob, set live."""
+        queued = self.in_flight - computed
+        self.batched.set_batch_wait_timeout_s(min(seconds, 0.1) if queued >= 2 else self.batch_wait_s)
