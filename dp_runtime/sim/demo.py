@@ -63,10 +63,11 @@ def build_demos(n: int, seed: int, task: SimTask):
     return go
 
 
-def build_dataset(bag: Path):
+def build_dataset(bag: Path, task: SimTask):
     def go(target: Path) -> None:
         from ..dataset import DatasetConfig, bag_to_dataset, policy_config, save_dataset
         cfg = DatasetConfig.load(config_path("sim_dataset.yaml"))
+        cfg = replace(cfg, policy=task.policy_overrides(cfg.policy))
         arrays, info = bag_to_dataset(bag, cfg)
         save_dataset(target, arrays, policy_config(cfg, info), info)
     return go
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     bag = step("demonstrations (scripted expert -> MCAP bag)", out / "demos", build_demos(plan.demos, args.seed, task))
-    dataset = step("dataset (dp-dataset)", out / "dataset.npz", build_dataset(bag))
+    dataset = step("dataset (dp-dataset)", out / "dataset.npz", build_dataset(bag, task))
     ckpt = step("training (GroupNorm + EMA power 0.75)", out / "checkpoint" / "policy.safetensors",
                 build_checkpoint(dataset, plan, args.seed))
     bundle = step("bundle (dp-export: ONNX + TorchScript)", out / "bundle", build_bundle(ckpt))
