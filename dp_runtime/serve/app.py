@@ -110,8 +110,9 @@ class PolicyDeployment:
             ms = (time.perf_counter() - t0) * 1e3
             for i, p in zip(idx, preds):
                 replies[i] = ChunkReply(p.actions, len(requests), ms)
-        self.compute_s += time.perf_counter() - t_batch
-        self._pace(len(requests), time.perf_counter() - t_batch)
+        seconds = time.perf_counter() - t_batch
+        self.compute_s += seconds
+        self._pace(len(requests), seconds)
         return replies
 
     def _pace(self, computed: int, seconds: float) -> None:
@@ -121,4 +122,5 @@ class PolicyDeployment:
         compute time, the classic pipeline; when the queue is gone, the configured wait again (no
         added latency for a lone robot). Serve's own knob, set live."""
         queued = self.in_flight - computed
-        self.batched.set_batch_wait_timeout_s(min(seconds, 0.1) if queued >= 2 else self.batch_wait_s)
+        paced = max(self.batch_wait_s, min(seconds, 0.1))
+        self.batched.set_batch_wait_timeout_s(paced if queued >= 2 else self.batch_wait_s)
