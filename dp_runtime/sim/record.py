@@ -19,6 +19,25 @@ from .arm import JOINTS
 from .tasks import TASKS, SimTask
 
 
+class ExecutionNoise:
+    """DART (Laskey et al., 2017): the command recorded is the expert's, the one executed is perturbed by
+    a slowly varying offset (Ornstein-Uhlenbeck, ``std`` rad per joint, time constant ``tau_s``). The
+    demonstrations then visit states off the expert's path and label the way back, so a policy cannot
+    succeed by extrapolating its own joint history (the copycat shortcut) and has to look at the task."""
+
+    def __init__(self, std: float, rng: np.random.Generator, tau_s: float = 0.5):
+        self.std, self.rng, self.tau_s = std, rng, tau_s
+        self.offset = np.zeros(2)
+
+    def reset(self) -> None:
+        self.offset = self.rng.normal(0.0, self.std, 2)
+
+    def __call__(self, dt: float) -> np.ndarray:
+        a = dt / self.tau_s
+        self.offset += -a * self.offset + self.std * np.sqrt(2 * a) * self.rng.normal(size=2)
+        return self.offset
+
+
 @dataclass
 class SimTopics:
     camera: str = "/camera/image_raw"
@@ -103,11 +122,14 @@ def record_demonstrations(out: Path, episodes: int, seed: int = 0, task: SimTask
     dt_phys = 1.0 / arm.cfg.physics_hz
     every = topics.every(arm.cfg.physics_hz)
     t_start = T0
+    noise = ExecutionNoise(task.demo_noise, np.random.default_rng(seed + 104_729)) if task.demo_noise else None
     successes, durations = 0, []
     try:
         for ep in range(episodes):
             arm.reset()
             expert.reset()
+            if noise:
+                noise.reset()
             k, ended = 0, None
             while True:
                 t = t_start + k * dt_phys
@@ -117,7 +139,7 @@ def record_demonstrations(out: Path, episodes: int, seed: int = 0, task: SimTask
                     rec.joints(arm.state.q, t)
                 if k % every["control"] == 0:
                     cmd = expert.action(1.0 / topics.control_hz)
-                    arm.command(cmd)
+                    arm.command(cmd + noise(1.0 / topics.control_hz) if noise else cmd)
                     rec.command(cmd, t + 0.003)
                 arm.step(dt_phys)
                 k += 1
