@@ -140,8 +140,8 @@ def test_sim_records_every_episode_it_runs(tmp_path):
 def test_demonstrations_of_a_harder_task_carry_its_measures(tmp_path):
     from dp_runtime.sim.tasks import TASKS
     info = record_demonstrations(tmp_path / "track", 2, seed=1, task=TASKS["track"])
-    assert info["task"] == "track" and info["expert_success_rate"] == 1.0
+    assert info["task"] == "track" and info["expert_success_rate"] >= 0.5  # executed with DART noise
     assert info["mean_episode_s"] == pytest.approx(TASKS["track"].episode_seconds(), abs=0.02)
     with Bag(tmp_path / "track") as bag:
         results = [json.loads(bag.deserialize(m).data) for m in bag.messages({"/sim/episode"})]
-    assert [r["episode"] for r in results] == [0, 1] and all(r["tracking_error"] < 0.03 for r in results)
+    assert [r["episode"] for r in results] == [0, 1] and all(0 < r["tracking_error"] < 0.1 for r in results)
