@@ -292,7 +292,14 @@ class PolicyWiring:
 class PolicyNode(PolicyWiring, Node):
     def __init__(self) -> None:
         super().__init__("policy_node")
-        self.wire()
+        try:
+            self.wire()
+        except BaseException:
+            # a refusal: destroy the half-built node now, while its context is valid; left to garbage
+            # collection after rclpy's shutdown it crashed the exit now and then (SIGSEGV, not exit 1)
+            self.shutdown()
+            self.destroy_node()
+            raise
 
 
 class LifecyclePolicyNode(PolicyWiring, LifecycleNode):
