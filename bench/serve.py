@@ -158,12 +158,13 @@ def main() -> None:
                   f"failed, mean batch {row['mean_batch']:4.1f} (max {row['max_batch']}), CPU "
                   f"{100 * row['cpu_busy']:3.0f} % (replica computing {100 * row['replica_busy']:3.0f} %), local chunk {row['local_chunk_ms']:5.1f} ms -> p99 "
                   f"{row['p99_over_local']:.1f}x", flush=True)
-    print("\n| robots x requests/s | chunks/s served | round trip p50 / p99 | late (> one period) | mean batch (max) "
-          "| CPU | p99 / local chunk |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| robots x requests/s | chunks/s served | round trip p50 / p99 | not compute p50 / p99 | late (> one "
+          "request period) | mean batch (max) | CPU busy | replica computing | p99 / local chunk |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['robots']} x {r['rate_hz']:g} | {r['chunks_per_s']:.0f} | {r['rtt_ms_p50']:.1f} / {r['rtt_ms_p99']:.1f} ms | "
-              f"{100 * r['late_share']:.1f} % | {r['mean_batch']:.1f} ({r['max_batch']}) | {100 * r['cpu_busy']:.0f} % | "
+              f"{r['transport_ms_p50']:.1f} / {r['transport_ms_p99']:.1f} ms | {100 * r['late_share']:.1f} % | "
+              f"{r['mean_batch']:.1f} ({r['max_batch']}) | {100 * r['cpu_busy']:.0f} % | {100 * r['replica_busy']:.0f} % | "
               f"{r['p99_over_local']:.1f}x |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"bundle": args.bundle, "seconds": args.seconds, "capacity_chunks_per_s": capacity,

@@ -122,14 +122,13 @@ def record_demonstrations(out: Path, episodes: int, seed: int = 0, task: SimTask
     dt_phys = 1.0 / arm.cfg.physics_hz
     every = topics.every(arm.cfg.physics_hz)
     t_start = T0
-    noise = ExecutionNoise(task.demo_noise, np.random.default_rng(seed + 104_729)) if task.demo_noise else None
+    noise = ExecutionNoise(task.demo_noise, np.random.default_rng(seed + 104_729))  # std 0: exactly the expert's
     successes, durations = 0, []
     try:
         for ep in range(episodes):
             arm.reset()
             expert.reset()
-            if noise:
-                noise.reset()
+            noise.reset()
             k, ended = 0, None
             while True:
                 t = t_start + k * dt_phys
@@ -139,7 +138,7 @@ def record_demonstrations(out: Path, episodes: int, seed: int = 0, task: SimTask
                     rec.joints(arm.state.q, t)
                 if k % every["control"] == 0:
                     cmd = expert.action(1.0 / topics.control_hz)
-                    arm.command(cmd + noise(1.0 / topics.control_hz) if noise else cmd)
+                    arm.command(cmd + noise(1.0 / topics.control_hz))
                     rec.command(cmd, t + 0.003)
                 arm.step(dt_phys)
                 k += 1

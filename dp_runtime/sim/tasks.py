@@ -274,10 +274,9 @@ TASKS: dict[str, SimTask] = {t.name: t for t in (
     SimTask("track", "follow a target sweeping back and forth, turning at two marks",
             lambda seed: TrackingArm(TrackConfig(), seed), lambda arm, seed: TrackingExpert(arm, seed=seed),
             "tracking_error", DemoPlan(300, 6000, 20),
-            # following a moving target needs precise positions and their motion: at the reaching task's
-            # size the policy tracked within 10 cm only 32-55 % of the time (9 cm mean error)
-            # and demonstrations that leave the target now and then: with the hand always on the target the
-            # policy extrapolated its own joint history (8 cm off at the first action of every chunk)
+            # A wider network: at the reaching task's size the policy tracked within 10 cm only 32-55 % of
+            # the time. Demonstrations that leave the target now and then: with the hand always on it the
+            # policy extrapolated its own joint history (8 cm off at the first action of every chunk).
             policy={"encoder": {"base_width": 16, "feature_dim": 128}, "unet": {"down_dims": [64, 128, 256]}},
             demo_noise=0.08),
 )}
