@@ -3,8 +3,9 @@
 ``reach`` (arm.py) is the embedded default. The others exist to make chunk transitions matter:
 ``around`` has bimodal demonstrations (the expert passes an obstacle on a side chosen at random),
 so a new chunk that picks the other side mid-way drives the hand through the obstacle; ``track``
-follows a target that sweeps back and forth, so acting late or jumping at a chunk switch shows as
-tracking error. dp-demo, dp-sim, the recorder and the benches select
+has two targets that part and meet again, either may be followed and the expert draws again at
+every meeting, so a new chunk that changes its mind after they parted sends the hand across the gap
+(and lateness shows as tracking error). dp-demo, dp-sim, the recorder and the benches select
 a task by name here.
 """
 from __future__ import annotations
@@ -128,64 +129,78 @@ class AroundExpert:
         return base + np.clip(goal - base, -self.joint_speed * dt, self.joint_speed * dt)
 
 
-# -- track: follow a target sweeping back and forth ------------------------------------------------
+# -- track: follow either of two targets that part and meet again ------------------------------------
 @dataclass
 class TrackConfig(ArmConfig):
     episode_seconds: float = 8.0
-    track_radius: float = 0.1  # m: following means the hand is this close to the target
+    track_radius: float = 0.1  # m: following means the hand is this close to a target (either)
     track_share: float = 0.75  # success: following for at least this share of the scored time
-    settle_s: float = 1.0  # not scored: the policy's first chunks (the hand starts near the target)
-    angular_speed: float = 0.8  # rad/s of the target around the base (the shoulder's limit is 1.6)
-    sweep: tuple[float, float] = (0.8, 1.4)  # rad between the two turning points (grey marks)
-    target_radius: tuple[float, float] = (0.5, 0.8)
+    settle_s: float = 1.0  # not scored: the policy's first chunks (the hand starts near a target)
+    speed: float = 0.6  # m/s of each target as they pass each other (slowing to 0 at the marks)
+    half_length: tuple[float, float] = (0.25, 0.35)  # m from the meeting point to each turning mark
+    centre_radius: tuple[float, float] = (0.55, 0.7)  # m from the base to the meeting point
+    min_radius: float = 0.45  # m: the whole track stays this far from the base (joint speeds the arm has)
 
 
 class TrackingArm(ReachingArm):
-    """The target moves along an arc at constant angular speed, trailing two fading dots, and turns back
-    at two marked points; the hand starts near it (so following is the whole task, not catching up). The episode runs its full
-    length and succeeds when the hand followed within ``track_radius`` for ``track_share`` of the time
-    after ``settle_s``. Error measure: the mean distance then."""
+    """Two identical targets swing along a straight track in opposite phase (sinusoids: they pass each
+    other in its middle at full speed and turn back smoothly at the two marked ends), again and again,
+    trailing fading dots so the direction of motion is in one frame. The hand starts near one;
+    following either counts, so at every meeting going on with either target (straight on, or back
+    with the other) is right, but changing its mind after the targets parted sends the hand across
+    the gap between them. The episode runs its full length and
+    succeeds when the hand was within ``track_radius`` of a target for ``track_share`` of the time
+    after ``settle_s``. Error measure: the mean distance to the nearer target then."""
 
     cfg: TrackConfig
 
     def __init__(self, cfg: TrackConfig | None = None, seed: int = 0):
-        self.radius, self.ends, self.angle, self.direction = 0.0, (0.0, 0.0), 0.0, 1
+        self.centre, self.ends, self.phase = np.zeros(2), (np.zeros(2), np.zeros(2)), 0.0
         self.errors: list[float] = []
         super().__init__(cfg or TrackConfig(), seed)
 
     def reset(self):
         cfg = self.cfg
-        span = self.rng.uniform(*cfg.sweep)
-        centre = self.rng.uniform(cfg.target_angle[0] + span / 2, cfg.target_angle[1] - span / 2)
-        self.radius = self.rng.uniform(*cfg.target_radius)
-        self.ends = (centre - span / 2, centre + span / 2)
-        self.angle = self.rng.uniform(*self.ends)
-        self.direction = int(self.rng.choice([-1, 1]))
-        self.errors = []
-        q = np.clip(self.ik(self.on_arc(self.angle)) + self.rng.uniform(-0.1, 0.1, 2), self.lower, self.upper)
-        self.state = ArmState(q, self.on_arc(self.angle))
+        for _ in range(1000):
+            r, a = self.rng.uniform(*cfg.centre_radius), self.rng.uniform(*cfg.target_angle)
+            centre = r * np.array([np.cos(a), np.sin(a)])
+            heading = self.rng.uniform(0, np.pi)
+            half = self.rng.uniform(*cfg.half_length) * np.array([np.cos(heading), np.sin(heading)])
+            ends = (centre - half, centre + half)
+            along = centre + np.linspace(-1, 1, 41)[:, None] * half
+            radii, bearings = np.linalg.norm(along, axis=1), np.arctan2(along[:, 1], along[:, 0])
+            if (radii.min() >= cfg.min_radius and radii.max() <= 0.85
+                    and cfg.target_angle[0] <= bearings.min() and bearings.max() <= cfg.target_angle[1]):
+                break
+        else:  # pragma: no cover - the sampling ranges above always leave room
+            raise RuntimeError("no track layout found")
+        self.centre, self.ends, self.errors = centre, ends, []
+        self.phase = self.rng.uniform(0, np.pi)  # rad of the swing; the targets meet at multiples of pi
+        start = self.targets(self.phase)[int(self.rng.integers(2))]
+        q = np.clip(self.ik(start) + self.rng.uniform(-0.1, 0.1, 2), self.lower, self.upper)
+        self.state = ArmState(q, start)
+        self.state.target = self.nearer(self.targets(self.phase), self.elbow_and_hand(q)[1])
         return self.state
 
-    def on_arc(self, angle: float) -> np.ndarray:
-        return self.radius * np.array([np.cos(angle), np.sin(angle)])
+    def targets(self, phase: float) -> tuple[np.ndarray, np.ndarray]:
+        half = np.sin(phase) * (self.ends[1] - self.centre)
+        return self.centre + half, self.centre - half
 
-    def swept(self, angle: float, direction: int, dt: float) -> tuple[float, int]:
-        """(angle, direction) ``dt`` later: constant speed, turning back at the ends."""
-        lo, hi = self.ends
-        angle += direction * self.cfg.angular_speed * dt
-        while not lo <= angle <= hi:
-            if angle > hi:
-                angle, direction = 2 * hi - angle, -1
-            else:
-                angle, direction = 2 * lo - angle, 1
-        return angle, direction
+    def meeting(self, phase: float) -> int:
+        """How many times the targets met since the swing's start (they meet at multiples of pi)."""
+        return int(phase // np.pi)
 
-    def target_ahead(self, dt: float) -> np.ndarray:
-        return self.on_arc(self.swept(self.angle, self.direction, dt)[0])
+    def phase_in(self, dt: float) -> float:
+        """The phase ``dt`` seconds from now (negative: ago)."""
+        return self.phase + dt * self.cfg.speed / float(np.linalg.norm(self.ends[1] - self.centre))
+
+    @staticmethod
+    def nearer(targets: tuple[np.ndarray, ...], hand: np.ndarray) -> np.ndarray:
+        return min(targets, key=lambda p: float(np.linalg.norm(p - hand)))
 
     def advance(self, dt: float) -> None:
-        self.angle, self.direction = self.swept(self.angle, self.direction, dt)
-        self.state.target = self.on_arc(self.angle)
+        self.phase = self.phase_in(dt)
+        self.state.target = self.nearer(self.targets(self.phase), self.elbow_and_hand(self.state.q)[1])
         if self.state.t > self.cfg.settle_s:
             self.errors.append(self.distance())
 
@@ -204,23 +219,35 @@ class TrackingArm(ReachingArm):
 
     def draw(self, img: np.ndarray, px: float) -> None:
         for end in self.ends:
-            img[self.disk(self.on_arc(end), 2.0 * px)] = (150, 150, 150)
-        for ago in (0.2, 0.1):  # a fading trail: the direction of motion is visible in one frame
-            img[self.disk(self.on_arc(self.swept(self.angle, -self.direction, ago)[0]), 2.0 * px)] = (
-                (110, 30, 30) if ago > 0.15 else (170, 35, 35))
+            img[self.disk(end, 2.0 * px)] = (150, 150, 150)
+        for ago, colour in ((0.2, (110, 30, 30)), (0.1, (170, 35, 35))):  # fading trails
+            for p in self.targets(self.phase_in(-ago)):
+                img[self.disk(p, 2.0 * px)] = colour
+        for p in self.targets(self.phase):
+            img[self.disk(p, 3.5 * px)] = (230, 40, 40)
 
 
 class TrackingExpert:
-    """Commands the joint positions of where the target will be one control period ahead."""
+    """Commands the joint positions of where its target will be one control period ahead; at every
+    meeting it draws again, at random, which of the two targets to go on with (so the demonstrations
+    are bimodal at every meeting)."""
 
     def __init__(self, arm: TrackingArm, seed: int = 0):
         self.arm = arm
+        self.rng = np.random.default_rng(seed + 4099)
+        self.which, self.meeting = 0, 0
 
     def reset(self) -> None:
-        """Nothing to choose: the target's motion is fully visible."""
+        hand = self.arm.elbow_and_hand(self.arm.state.q)[1]
+        targets = self.arm.targets(self.arm.phase)
+        self.which = int(np.linalg.norm(targets[1] - hand) < np.linalg.norm(targets[0] - hand))
+        self.meeting = self.arm.meeting(self.arm.phase)
 
     def action(self, dt: float) -> np.ndarray:
-        return self.arm.ik(self.arm.target_ahead(dt))
+        ahead = self.arm.phase_in(dt)
+        if self.arm.meeting(ahead) != self.meeting:
+            self.meeting, self.which = self.arm.meeting(ahead), int(self.rng.integers(2))
+        return self.arm.ik(self.arm.targets(ahead)[self.which])
 
 
 # -- the table ---------------------------------------------------------------------------------------
@@ -271,7 +298,7 @@ TASKS: dict[str, SimTask] = {t.name: t for t in (
     SimTask("around", "reach a target past an obstacle; touching it fails (bimodal demonstrations)",
             lambda seed: AroundArm(AroundConfig(), seed), lambda arm, seed: AroundExpert(arm, seed=seed),
             "collision", DemoPlan(400, 2000, 20)),
-    SimTask("track", "follow a target sweeping back and forth, turning at two marks",
+    SimTask("track", "follow either of two targets that part and meet again (bimodal at every meeting)",
             lambda seed: TrackingArm(TrackConfig(), seed), lambda arm, seed: TrackingExpert(arm, seed=seed),
             "tracking_error", DemoPlan(300, 6000, 20),
             # A wider network: at the reaching task's size the policy tracked within 10 cm only 32-55 % of
