@@ -18,13 +18,13 @@ from helpers.ros_harness import (Collector, domain_id, ros_env, start_node, star
 from test_node import node_params  # noqa: E402
 
 
-def _run_to_exit(tmp_path, name, params, *extra, timeout=90):
+def _run_to_exit(tmp_path, name, params, *extra, domain_offset: int = 11):
     pf = tmp_path / f"{name}.yaml"
     if isinstance(params, str):
         pf.write_text(params)
     else:
         write_params(pf, params)
-    return start_node(pf, ros_env(domain_id() + 11), tmp_path / f"{name}.log", *extra)
+    return start_node(pf, ros_env(domain_id() + domain_offset), tmp_path / f"{name}.log", *extra)
 
 
 def test_bad_parameters_refuse_with_one_fatal_line_and_no_traceback(tmp_path, tiny_bundle):
@@ -36,7 +36,10 @@ def test_bad_parameters_refuse_with_one_fatal_line_and_no_traceback(tmp_path, ti
         "interface": (node_params(tiny_bundle, command_interface="twist"), "command_interface must be one of"),
         "no_bundle_dir": (node_params(tmp_path / "nowhere"), "does not exist"),
     }
-    procs = {name: _run_to_exit(tmp_path, name, params) for name, (params, _) in cases.items()}
+    # each in its own domain: six participants starting and ending at once never discover each other
+    # (sharing one, a node once died with SIGSEGV before its first log line on a loaded CI machine)
+    procs = {name: _run_to_exit(tmp_path, name, params, domain_offset=11 + i)
+             for i, (name, (params, _)) in enumerate(cases.items())}
     for name, proc in procs.items():
         proc.p.wait(300)  # six nodes start at once: generous on a loaded 2-core machine
         rc, log = proc.stop(), proc.text()
