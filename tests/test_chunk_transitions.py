@@ -217,6 +217,24 @@ def test_soft_mask_freezes_the_prefix_and_matches_the_torch_reference(tiny_bundl
         engine.predict(obs, noise=noise, known=known, mask=np.array([1, -0.5, 0, 0, 0, 0, 0, 0], np.float32))
 
 
+def test_the_eager_engine_keeps_a_soft_mask_soft(tiny_ckpt):
+    """The benches' eager engine (sim.evaluate.TorchPolicyEngine) passes soft_inpaint's weights as weights: a
+    bool cast would hold every weighted slot fully (hard inpainting of the whole overlap)."""
+    from dp_runtime.checkpoint import load_checkpoint
+    from dp_runtime.sim.evaluate import TorchPolicyEngine
+    policy = load_checkpoint(tiny_ckpt).policy
+    obs = {k: v[0] for k, v in _obs(policy, 3).items()}
+    known = np.random.default_rng(2).uniform(-0.5, 0.5, (8, 2)).astype(np.float32)
+    weights = np.array([0, 1, 1, 0.5, 0.25, 0.125, 0, 0], np.float32)
+    got = TorchPolicyEngine(policy).predict(obs, seed=5, known=known, mask=weights).actions
+    noise = torch.randn((1, 8, 2), generator=torch.Generator().manual_seed(5))
+    tobs = {k: torch.from_numpy(v[None]) for k, v in obs.items()}
+    ref = policy.sample(tobs, noise, known=torch.from_numpy(known[None]), mask=torch.from_numpy(weights[None]))[0]
+    hard = policy.sample(tobs, noise, known=torch.from_numpy(known[None]), mask=torch.from_numpy(weights[None] > 0))[0]
+    assert np.abs(got - ref.numpy()).max() <= 1e-6
+    assert np.abs(got[3:6] - hard.numpy()[3:6]).max() > 1e-3
+
+
 def test_bundle_without_inpaint_graph_refuses_inpaint(tmp_path, tiny_ckpt):
     from dp_runtime.engine import load_bundle
     from dp_runtime.export import ExportOptions, export_bundle

@@ -41,9 +41,16 @@ class TorchPolicyEngine:
         with torch.no_grad():
             obs = {k: torch.from_numpy(np.ascontiguousarray(v))[None] for k, v in history.items()}
             inpaint = {} if known is None else {"known": torch.from_numpy(np.asarray(known, np.float32))[None],
-                                                 "mask": torch.from_numpy(np.asarray(mask, bool))[None]}
+                                                 "mask": torch.from_numpy(_as_mask(mask))[None]}
             actions = self.policy.sample(obs, noise, **inpaint)[0].numpy()
         return Prediction(actions, time.perf_counter() - t0, seed)
+
+
+def _as_mask(mask: np.ndarray) -> np.ndarray:
+    """A bool mask as it is; weights (soft_inpaint) as float32: a bool cast would hold every weighted
+    action fully, i.e. hard inpainting of the whole overlap."""
+    mask = np.asarray(mask)
+    return mask if mask.dtype == bool else mask.astype(np.float32)
 
 
 @dataclass
