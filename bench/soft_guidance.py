@@ -65,7 +65,7 @@ def sample_guided(policy, obs, noise: torch.Tensor, known: torch.Tensor, weights
 class GuidedTorchEngine(TorchPolicyEngine):
     """soft_inpaint's weights applied by PiGDM guidance instead of replacement (eager torch)."""
 
-    def predict(self, history, seed=None, known=None, mask=None) -> Prediction:
+    def predict(self, history, seed=None, known=None, mask=None, hold=None) -> Prediction:
         if known is None:
             return super().predict(history, seed)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None

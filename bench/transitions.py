@@ -7,7 +7,7 @@ Prints success rate, boundary_jump_ratio and the task's own error measure per ce
 distance to the target, around: collision rate, track: mean tracking error); JSON next to this file.
 
     python bench/transitions.py [--task reach|around|track] [--bundle out/demo-T/bundle] [--episodes 40]
-                                [--delays 0,2,4,6] [--modes replace,blend,inpaint,soft_inpaint]
+                                [--delays 0,2,4,6] [--modes replace,blend,inpaint,soft_inpaint,...]
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=40)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--delays", default="0,2,4,6", help="control periods of injected delivery delay")
-    ap.add_argument("--modes", default="replace,blend,inpaint,soft_inpaint")
+    ap.add_argument("--modes", default="replace,blend,inpaint,soft_inpaint,soft_inpaint_early")
     ap.add_argument("--blend-actions", type=int, default=4)
     ap.add_argument("--inpaint-decay", type=float, default=0.8)
     ap.add_argument("--out", type=Path, default=None, help="default: results/transitions_TASK.json")

@@ -8,6 +8,7 @@ import torch
 from dp_runtime.control import ActionQueue, PolicyRunner, RunnerConfig, simulated
 from dp_runtime.control.continuity import BoundaryJumps
 from dp_runtime.errors import BundleError, ConfigError, ShapeError
+from dp_runtime.holds import early_steps, every_step
 from test_control import FakeEngine, feed
 
 
@@ -44,7 +45,7 @@ class LatencyEngine(FakeEngine):
         super().__init__()
         self.latencies = list(latencies)
 
-    def predict(self, history, seed=None, known=None, mask=None):
+    def predict(self, history, seed=None, known=None, mask=None, hold=None):
         pred = super().predict(history, seed)
         pred.latency_s = self.latencies.pop(0)
         return pred
@@ -74,9 +75,11 @@ class RecordingEngine(FakeEngine):
     def __init__(self):
         super().__init__()
         self.inpaint_calls = []
+        self.holds = []
 
-    def predict(self, history, seed=None, known=None, mask=None):
+    def predict(self, history, seed=None, known=None, mask=None, hold=None):
         self.inpaint_calls.append((known, mask))
+        self.holds.append(hold)
         return super().predict(history, seed)
 
 
@@ -99,8 +102,8 @@ def test_inpaint_commits_the_actions_that_execute_before_the_new_chunk_arrives()
 
 
 def test_soft_inpaint_freezes_what_inpaint_commits_and_weights_the_previous_plan_by_decay():
-    calls = {}
-    for mode in ("inpaint", "soft_inpaint"):
+    calls, holds = {}, {}
+    for mode in ("inpaint", "soft_inpaint", "soft_inpaint_early"):
         eng = RecordingEngine()
         r = PolicyRunner(eng, RunnerConfig(control_rate_hz=10, inference_lead=3, chunk_transition=mode,
                                            execution_latency=0.2, inpaint_decay=0.5), delivery=simulated(0.0))
@@ -109,7 +112,7 @@ def test_soft_inpaint_freezes_what_inpaint_commits_and_weights_the_previous_plan
         r.tick(1.0)
         feed(r, 1.1, v=20.0)
         rec = r.infer(1.1)  # can act from 1.3: 13 and 14 are frozen, as with inpaint
-        calls[mode] = eng.inpaint_calls[1]
+        calls[mode], holds[mode] = eng.inpaint_calls[1], eng.holds[1]
         assert rec.committed == 2
     (hard_known, hard_mask), (known, weights) = calls["inpaint"], calls["soft_inpaint"]
     assert weights.dtype == np.float32 and hard_mask.dtype == bool
@@ -118,6 +121,33 @@ def test_soft_inpaint_freezes_what_inpaint_commits_and_weights_the_previous_plan
     # after arrival, the previous plan's slots due 1.4, 1.5, 1.6 (15, 16, 17) at 0.5, 0.25, 0.125; it ends there
     assert weights.tolist() == [0, 0, 1, 1, 0.5, 0.25, 0.125, 0]
     assert known[2:7, 0].tolist() == [13, 14, 15, 16, 17]
+    # soft_inpaint_early commits the same weights and asks the engine to hold them through the early steps
+    early_known, early_weights = calls["soft_inpaint_early"]
+    assert np.array_equal(early_known, known) and np.array_equal(early_weights, weights)
+    assert holds["soft_inpaint"] is every_step and holds["soft_inpaint_early"] is early_steps
+
+
+def test_soft_inpaint_early_holds_each_weight_for_its_share_of_the_steps():
+    """Weight w holds its action fully through the first ceil(w * steps) DDIM steps (noisiest first), then
+    frees it; weight 1 (the frozen prefix) every step, 0 none; every_step gives the weights themselves."""
+    weights = np.array([0, 1, 1, 0.8, 0.64, 0.512, 0.05, 0], np.float32)
+    masks = early_steps(weights, 16)
+    held = np.sum(masks, axis=0)
+    assert held.tolist() == [0, 16, 16, 13, 11, 9, 1, 0]
+    for i, m in enumerate(masks):  # fully held or free, the held ones the first steps
+        assert set(np.unique(m)) <= {0.0, 1.0}
+        assert (m == (held > i)).all()
+    assert masks[15] is masks[14]  # an unchanged mask is the same object (a backend rebinds only changes)
+    assert all(m is weights for m in every_step(weights, 16))
+
+
+def test_soft_inpaint_early_needs_an_engine_that_changes_the_mask_per_step():
+    class OneMaskEngine(RecordingEngine):
+        masks_per_step = False
+    PolicyRunner(OneMaskEngine(), RunnerConfig(chunk_transition="soft_inpaint"))  # one mask for every step: fine
+    with pytest.raises(ConfigError, match="soft_inpaint_early changes the inpainting mask between DDIM steps.*"
+                                          "backend onnxruntime or torchscript"):
+        PolicyRunner(OneMaskEngine(), RunnerConfig(chunk_transition="soft_inpaint_early"))
 
 
 def test_soft_inpaint_settings_are_checked():
@@ -191,10 +221,12 @@ def test_inpaint_holds_the_committed_prefix_and_matches_the_torch_reference(tiny
     assert np.abs(plain[mask] - known[mask]).max() > 1e-2  # and without inpainting the prefix is free
 
 
+@pytest.mark.parametrize("hold", [every_step, early_steps])
 @pytest.mark.parametrize("backend", ["onnxruntime", "torchscript"])
-def test_soft_mask_freezes_the_prefix_and_matches_the_torch_reference(tiny_bundle, tiny_ckpt, backend):
+def test_soft_mask_freezes_the_prefix_and_matches_the_torch_reference(tiny_bundle, tiny_ckpt, backend, hold):
     """soft_inpaint's weights run through the same inpainting graph: weight 1 is held exactly, the rest
-    mixes as the eager reference (DiffusionPolicy.sample with float weights) does."""
+    mixes (every_step) or is held for its share of the steps (early_steps, soft_inpaint_early) as the eager
+    reference (DiffusionPolicy.sample with float weights and the same hold) does."""
     from dp_runtime.checkpoint import load_checkpoint
     from dp_runtime.engine import load_bundle
     engine = load_bundle(tiny_bundle, backend=backend)
@@ -206,10 +238,11 @@ def test_soft_mask_freezes_the_prefix_and_matches_the_torch_reference(tiny_bundl
         noise = rng.standard_normal((8, 2)).astype(np.float32)
         known = rng.uniform(-0.5, 0.5, (8, 2)).astype(np.float32)
         weights = np.array([0, 1, 1, 0.75, 0.5625, 0.42, 0, 0], np.float32)
-        got = engine.predict(obs, noise=noise, known=known, mask=weights).actions
+        got = engine.predict(obs, noise=noise, known=known, mask=weights, hold=hold).actions
         assert np.abs(got[1:3] - known[1:3]).max() <= 1e-5  # the frozen prefix
         ref = policy.sample({k: torch.from_numpy(v[None]) for k, v in obs.items()}, torch.from_numpy(noise[None]),
-                            known=torch.from_numpy(known[None]), mask=torch.from_numpy(weights[None])).numpy()[0]
+                            known=torch.from_numpy(known[None]), mask=torch.from_numpy(weights[None]),
+                            hold=hold).numpy()[0]
         assert (np.abs(got - ref) * scale).max() <= 1e-4
         hard = engine.predict(obs, noise=noise, known=known, mask=weights == 1).actions
         assert np.abs(got[3:6] - hard[3:6]).max() > 1e-3  # the weights do pull the guided slots

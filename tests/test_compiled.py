@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 import torch
 
+from dp_runtime.control import PolicyRunner, RunnerConfig
 from dp_runtime.engine import load_bundle
 from dp_runtime.engine.backends import BackendOptions, batch_bucket, pad_batch
 from dp_runtime.engine.compiled import KEY_FILE, PACKAGE, CompileCache, CompileKey
 from dp_runtime.engine.formats import export_program
 from dp_runtime.engine.manifest import scan_exported
 from dp_runtime.errors import BatchNormError, BundleError, ConfigError, ShapeError
+from dp_runtime.holds import early_steps
 from dp_runtime.precision import check_runs_on
 
 
@@ -47,6 +49,12 @@ def test_compiled_chunk_graph_matches_onnx_and_records_its_parity(compiled_bundl
         soft = np.where(mask, 1.0, 0.6 ** np.arange(8)).astype(np.float32)  # soft_inpaint's weights
         a = compiled.predict(obs, seed=5, known=known, mask=soft).actions
         np.testing.assert_allclose(a, onnx.predict(obs, seed=5, known=known, mask=soft).actions, atol=1e-5)
+    # soft_inpaint_early changes the mask between steps: the chunk program cannot, and says so
+    assert not compiled.masks_per_step and onnx.masks_per_step
+    with pytest.raises(BundleError, match="soft_inpaint_early needs backend onnxruntime or torchscript"):
+        compiled.predict(obs, seed=5, known=known, mask=soft, hold=early_steps)
+    with pytest.raises(ConfigError, match="soft_inpaint_early changes the inpainting mask between DDIM steps"):
+        PolicyRunner(compiled, RunnerConfig(chunk_transition="soft_inpaint_early"))
 
 
 def test_batched_prediction_equals_single_predictions_with_the_same_noise(compiled_bundle):

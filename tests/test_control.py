@@ -104,6 +104,7 @@ class FakeEngine:
 
     spec = SPEC
     can_inpaint = False
+    masks_per_step = True
     warmup_latency_s = 0.0
 
     def __init__(self, fail=False, latency=0.001):

@@ -24,6 +24,7 @@ from typing import Callable, NamedTuple, Protocol, Sequence
 import numpy as np
 
 from ..errors import ConfigError, DpRuntimeError, StaleInputError
+from ..holds import every_step
 from ..settings import check, setting, settings_of
 from ..spec import PolicySpec
 from .action_queue import ActionQueue
@@ -50,9 +51,11 @@ class Engine(Protocol):
     """Everything the runner uses of a policy: its contract, whether it can inpaint, and one prediction per chunk."""
     spec: PolicySpec
     can_inpaint: bool
+    masks_per_step: bool  # the inpainting mask may change between DDIM steps (soft_inpaint_early)
     warmup_latency_s: float  # the warm-up's chunk latency: inference_lead auto's estimate before the first chunk
 
-    def predict(self, history: dict[str, np.ndarray], seed: int | None = None, known=None, mask=None): ...
+    def predict(self, history: dict[str, np.ndarray], seed: int | None = None, known=None, mask=None,
+                hold=every_step): ...
 
 
 @dataclass
@@ -68,11 +71,13 @@ class RunnerConfig:
     chunk_transition: str = setting(
         "replace", "how a new chunk meets the actions already queued: replace, blend (cross-fade), inpaint "
                    "(denoised with the committed actions held fixed; needs a bundle exported with --inpaint), "
-                   "soft_inpaint (inpaint, and the previous chunk's plan guides the rest with decaying weights)",
+                   "soft_inpaint (inpaint, and the previous chunk's plan guides the rest with decaying weights), "
+                   "soft_inpaint_early (as soft_inpaint, the weights holding through the noisiest DDIM steps only)",
         choices=tuple(TRANSITIONS))
     blend_actions: int = setting(4, "blend: actions over which a new chunk cross-fades in", ge=0, live=True)
     inpaint_decay: float = setting(0.8, "soft_inpaint: weight of the j-th action of the previous chunk's plan "
-                                         "after the frozen prefix is inpaint_decay ** j", gt=0, lt=1, live=True)
+                                         "after the frozen prefix is inpaint_decay ** j (soft_inpaint_early: the "
+                                         "share of the DDIM steps it is held)", gt=0, lt=1, live=True)
     max_obs_age: float = setting(0.5, "s; older inputs stop the policy (never act on stale data)", gt=0)
     max_stamp_ahead: float = setting(0.1, "s an observation stamp may lead the node clock (clock skew, /clock "
                                           "granularity); a message stamped further ahead is refused and logged", ge=0)
@@ -140,6 +145,10 @@ class PolicyRunner:
         if self.transition.inpaints and not engine.can_inpaint:
             raise ConfigError(f"chunk_transition: {self.transition.name} needs a bundle with the inpainting step "
                               "graph; re-export it with dp-export --inpaint (or use replace or blend)")
+        if self.transition.masks_per_step and not engine.masks_per_step:
+            raise ConfigError(f"chunk_transition: {self.transition.name} changes the inpainting mask between DDIM "
+                              f"steps, which this engine ({getattr(engine, 'provider', type(engine).__name__)}) cannot; "
+                              "use backend onnxruntime or torchscript (or chunk_transition soft_inpaint)")
         if cfg.per_chunk and delivery.delay_s:
             raise ConfigError("a delivery delay (evaluation) is for per-tick command interfaces")
         self._resolve(cfg)
@@ -346,7 +355,7 @@ class PolicyRunner:
             if committed is None:
                 return self.engine.predict(history, seed=seed)
             known, mask = committed
-            return self.engine.predict(history, seed=seed, known=known, mask=mask)
+            return self.engine.predict(history, seed=seed, known=known, mask=mask, hold=self.transition.hold)
         except DpRuntimeError as e:
             self.stats.inference_errors += 1
             self.warn_once(f"inference:{type(e).__name__}", f"inference failed: {e}")

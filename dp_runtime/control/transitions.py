@@ -10,6 +10,9 @@ chunk's plan that overlaps the new one guides it with weights ``inpaint_decay **
 after the frozen prefix). The guidance is weighted replacement (RePaint-style) in the same
 inpainting graph, so it runs in every exported format; RTC's pseudo-inverse guidance needs the
 UNet's vector-Jacobian product, which an ONNX graph does not give (README, Chunk transitions).
+Mixed at every step, the weights compound: the whole overlap ends up close to the previous plan.
+``soft_inpaint_early`` holds the same actions only through the noisiest share of the steps (the
+weight), so the previous plan chooses the course and the new observation fits the values.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError
+from ..holds import Hold, early_steps, every_step
 from ..spec import PolicySpec
 from .action_queue import ActionQueue
 
@@ -95,6 +99,12 @@ class Transition:
     commits: Callable[[ActionQueue, PolicySpec, float, float, Plan | None, float], Committed | None]
     merge: Callable[[ActionQueue, np.ndarray, float, float, int], int]  # -> actions dropped as already due
     doc: str
+    hold: Hold = every_step  # how the weights hold at each DDIM step (holds.py)
+
+    @property
+    def masks_per_step(self) -> bool:
+        """Whether the mask changes between DDIM steps (a compiled chunk program cannot do that)."""
+        return self.hold is not every_step
 
 
 TRANSITIONS: dict[str, Transition] = {t.name: t for t in (
@@ -107,6 +117,10 @@ TRANSITIONS: dict[str, Transition] = {t.name: t for t in (
     Transition("soft_inpaint", True, frozen_then_decaying, replace_queue,
                "as inpaint, and the rest of the previous chunk's plan guides the new one with weights "
                "inpaint_decay ** j (real-time chunking's soft mask; bundle exported with --inpaint)"),
+    Transition("soft_inpaint_early", True, frozen_then_decaying, replace_queue,
+               "as soft_inpaint, but the j-th action of the previous plan is held fully for the noisiest "
+               "inpaint_decay ** j share of the DDIM steps, then left free (bundle exported with --inpaint; "
+               "backend onnxruntime or torchscript)", early_steps),
 )}
 
 

@@ -47,13 +47,15 @@ class Backend(Protocol):
     name: str
     provider: str
     can_inpaint: bool
+    masks_per_step: bool  # can give the inpainting step another mask at each step (holds.early_steps)
 
     def denoise(self, obs: Sequence[np.ndarray], noise: np.ndarray, schedule: Schedule,
-                known: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
+                known: np.ndarray | None = None, masks: Sequence[np.ndarray] | None = None) -> np.ndarray:
         """Encoder graph once, step graph per timestep; returns the unnormalized actions (B, T, A).
 
-        With ``known`` (B, T, A) raw actions and ``mask`` (B, T, 1) float, the inpainting step graph
-        holds the masked actions fixed."""
+        With ``known`` (B, T, A) raw actions and ``masks`` (one (B, T, 1) float per step of the schedule;
+        a mask equal to the previous step's is the same object), the inpainting step graph holds the
+        masked actions fixed."""
 
 
 def cuda_driver_present() -> bool:
@@ -168,6 +170,7 @@ class OrtBackend:
         except Exception as e:  # ORT raises its own untyped errors for bad graphs
             raise BundleError(f"ONNX Runtime cannot load {encoder.name}/{step.name}: {e}") from e
         self.can_inpaint = self.inp is not None
+        self.masks_per_step = True
         self.provider = self.stp.get_providers()[0]
         if device in ("cuda", "tensorrt") and self.provider == "CPUExecutionProvider":
             raise BundleError(f"device={device!r} asked for, but ONNX Runtime could not start "
@@ -181,7 +184,7 @@ class OrtBackend:
         self.device_schedule = DeviceSchedule(self.on_device)  # uploaded once per schedule
 
     def denoise(self, obs: Sequence[np.ndarray], noise: np.ndarray, schedule: Schedule,
-                known: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
+                known: np.ndarray | None = None, masks: Sequence[np.ndarray] | None = None) -> np.ndarray:
         """Encoder once, step graph per timestep, all through I/O binding.
 
         The loop's tensors (cond, the sample, the committed actions) live on the session's device and
@@ -197,14 +200,16 @@ class OrtBackend:
         session, bound = self.stp, {"cond": cond}
         if known is not None:
             session = self.inp
-            bound.update(known=self.on_device(known), mask=self.on_device(mask), noise=self.on_device(noise))
+            bound.update(known=self.on_device(known), mask=self.on_device(masks[0]), noise=self.on_device(noise))
         step = session.io_binding()
         for name, value in bound.items():
             step.bind_ortvalue_input(name, value)
         x, y = self.on_device(noise), self.empty_like(noise)
         actions = self.empty_like(noise)
         step.bind_ortvalue_output("action", actions)
-        for t, prev in self.device_schedule(schedule):
+        for i, (t, prev) in enumerate(self.device_schedule(schedule)):
+            if known is not None and i and masks[i] is not masks[i - 1]:
+                step.bind_ortvalue_input("mask", self.on_device(masks[i]))
             step.bind_ortvalue_input("timestep", t)
             step.bind_ortvalue_input("prev_timestep", prev)
             step.bind_ortvalue_input("sample", x)
@@ -236,6 +241,7 @@ class TorchScriptBackend:
         except Exception as e:  # torch.jit raises RuntimeError with its own text
             raise BundleError(f"TorchScript cannot load {encoder.name}/{step.name}: {e}") from e
         self.can_inpaint = self.inp is not None
+        self.masks_per_step = True
         self.options = options
         self.provider = f"torch:{self.device.type}"
         self.device_schedule = DeviceSchedule(lambda a: torch.from_numpy(a).to(self.device))
@@ -249,16 +255,16 @@ class TorchScriptBackend:
         return _tf32(self.torch, self.options.tf32)
 
     def denoise(self, obs: Sequence[np.ndarray], noise: np.ndarray, schedule: Schedule,
-                known: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
+                known: np.ndarray | None = None, masks: Sequence[np.ndarray] | None = None) -> np.ndarray:
         """Encoder once, then the step graph per timestep; tensors stay on the device until the end.
 
         On CUDA the whole loop is captured once per input shape as a CUDA graph and replayed: at
         batch 1 the loop is bound by kernel launches, not by the GPU.
         """
         with self._math_mode():
-            return self._denoise(obs, noise, schedule, known, mask)
+            return self._denoise(obs, noise, schedule, known, masks)
 
-    def _denoise(self, obs, noise, schedule, known, mask) -> np.ndarray:
+    def _denoise(self, obs, noise, schedule, known, masks) -> np.ndarray:
         th = self.torch
         batch = noise.shape[0]
         if self.cuda_graphs and known is None:
@@ -278,18 +284,24 @@ class TorchScriptBackend:
                     return static_out[:batch].cpu().numpy()
         with th.inference_mode():
             x = th.from_numpy(noise).to(self.device)
-            inpaint = () if known is None else (th.from_numpy(known).to(self.device),
-                                                 th.from_numpy(mask).to(self.device), x)
-            actions = self._loop([th.from_numpy(o).to(self.device) for o in obs], x, schedule, *inpaint)
+            held = None
+            if known is not None:
+                on_device = {id(m): th.from_numpy(m).to(self.device) for m in masks}
+                held = (th.from_numpy(known).to(self.device), [on_device[id(m)] for m in masks], x)
+            actions = self._loop([th.from_numpy(o).to(self.device) for o in obs], x, schedule, held)
             return actions[:batch].cpu().numpy()
 
-    def _loop(self, obs, x, schedule, *inpaint):
-        """The denoising loop on device tensors; ``inpaint`` (known, mask, noise) selects the inpainting step."""
+    def _loop(self, obs, x, schedule, held=None):
+        """The denoising loop on device tensors; ``held`` (known, a mask per step, noise) selects the
+        inpainting step."""
         cond = self.enc(*obs)
-        step = self.inp if inpaint else self.stp
         actions = None
-        for t, prev in self.device_schedule(schedule):
-            x, actions = step(x, t, prev, cond, *inpaint)
+        for i, (t, prev) in enumerate(self.device_schedule(schedule)):
+            if held is None:
+                x, actions = self.stp(x, t, prev, cond)
+            else:
+                known, masks, noise = held
+                x, actions = self.inp(x, t, prev, cond, known, masks[i], noise)
         return actions
 
     def _capture(self, obs, noise, schedule):

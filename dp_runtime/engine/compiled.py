@@ -162,6 +162,7 @@ class CompiledBackend:
         self.chunk = self._open(step)
         self.inp = self._open(inpaint_step) if inpaint_step else None
         self.can_inpaint = self.inp is not None
+        self.masks_per_step = False  # the chunk program runs every step with the one mask it is given
         self.provider = f"aoti:{self.device.type}"
 
     def _open(self, program: Path):
@@ -177,9 +178,9 @@ class CompiledBackend:
             raise BundleError(f"cannot load the compiled package {package} for {program.name}: {e}") from e
 
     def denoise(self, obs: Sequence[np.ndarray], noise: np.ndarray, schedule,
-                known: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
+                known: np.ndarray | None = None, masks: Sequence[np.ndarray] | None = None) -> np.ndarray:
         th = self.torch
-        held = () if known is None else (known, mask)
+        held = () if known is None else (known, masks[0])  # one mask for every step (the engine checks)
         with th.inference_mode():
             args = [th.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in (*obs, noise, *held)]
             out = (self.chunk if known is None else self.inp)(*args)

@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..errors import BundleError, ConfigError, DpRuntimeError, ShapeError
+from ..holds import Hold, every_step
 from ..obs_spec import validate_obs
 from ..precision import PRECISIONS, check_runs_on
 from ..spec import BundleSpec, GraphSet, PolicySpec, SchedulerSpec
@@ -97,15 +98,21 @@ class PolicyEngine:
     def can_inpaint(self) -> bool:
         return self.backend.can_inpaint
 
+    @property
+    def masks_per_step(self) -> bool:
+        """Whether a mask can change between DDIM steps (holds.early_steps); a compiled chunk program cannot."""
+        return self.backend.masks_per_step
+
     def predict(self, obs_history: Mapping[str, np.ndarray], noise: np.ndarray | None = None,
                 seed: int | None = None, known: np.ndarray | None = None,
-                mask: np.ndarray | None = None) -> Prediction:
+                mask: np.ndarray | None = None, hold: Hold = every_step) -> Prediction:
         """obs_history: images (To, H, W, C) uint8 and low-dim (To, D) float32, or batched with a
         leading B. Returns the unnormalized trajectory (horizon, A) (or (B, horizon, A)).
 
         ``known`` raw actions (horizon, A) and ``mask`` (horizon,) bool (or batched): denoise with the
         masked actions held fixed (inpainting; needs a bundle exported with --inpaint). A float ``mask``
-        of weights in [0, 1] holds each action that much (soft inpainting, the same graph)."""
+        of weights in [0, 1] holds each action that much (soft inpainting, the same graph), at each step
+        as ``hold`` (holds.py) says: mixed at every step, or fully for the noisiest share of the steps."""
         first = next(iter(self.image_shapes), None)
         probe_key, unbatched_ndim = (first, 4) if first else (next(iter(self.low_dim_sizes)), 2)
         if probe_key not in obs_history:
@@ -123,11 +130,16 @@ class PolicyEngine:
         if noise.shape != (batch, self.horizon, self.action_dim):
             raise ShapeError(f"noise: expected float32 ({batch}, {self.horizon}, {self.action_dim}), "
                              f"got {noise.shape}")
+        masks = None
         if known is not None:
             known, mask = self._inpaint_inputs(known, mask, batch, batched)
+            masks = hold(mask, len(self.schedule))
+            if not self.backend.masks_per_step and any(m is not masks[0] for m in masks):
+                raise BundleError(f"{self.backend.name}: its chunk program holds one mask for every DDIM step; "
+                                  "chunk_transition: soft_inpaint_early needs backend onnxruntime or torchscript")
         t0 = time.perf_counter()
         actions = self.backend.denoise([np.ascontiguousarray(obs[k]) for k in self.keys], noise, self.schedule,
-                                       known, mask)
+                                       known, masks)
         latency = time.perf_counter() - t0
         actions = np.asarray(actions, dtype=np.float32)
         if not np.all(np.isfinite(actions)):
@@ -136,7 +148,7 @@ class PolicyEngine:
 
     def predict_batch(self, observations: Sequence[Mapping[str, np.ndarray]], seeds: Sequence[int | None],
                       known: Sequence[np.ndarray | None] | None = None,
-                      mask: Sequence[np.ndarray | None] | None = None) -> list[Prediction]:
+                      mask: Sequence[np.ndarray | None] | None = None, hold: Hold = every_step) -> list[Prediction]:
         """Several robots' chunks in one backend call (a GPU host serving a fleet).
 
         ``observations[i]``: robot i's history (unbatched, as ``predict`` takes it); ``seeds[i]``: its noise
@@ -163,7 +175,7 @@ class PolicyEngine:
             held = {"known": np.stack([zeros if k is None else np.asarray(k, np.float32) for k in known]),
                     "mask": np.stack([np.zeros(self.horizon, np.float32) if m is None else _weights(m)
                                       for m in mask])}
-        pred = self.predict(stacked, noise=noise, **held)
+        pred = self.predict(stacked, noise=noise, hold=hold, **held)
         return [Prediction(a, pred.latency_s, s) for a, s in zip(pred.actions, seeds)]
 
     def _inpaint_inputs(self, known, mask, batch: int, batched: bool) -> tuple[np.ndarray, np.ndarray]:

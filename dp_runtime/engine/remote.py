@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from ..errors import BundleError, ConfigError, ServerError
+from ..holds import Hold, every_step
 from ..obs_spec import validate_obs
 from ..serve.protocol import ROUTE, ChunkRequest, decode_reply, encode_request
 from .engine import Prediction
@@ -98,6 +99,7 @@ class RemoteEngine:
                               "(or give the node the bundle the server hosts)")
         served = hosted[self.sha]
         self.can_inpaint = bool(served.get("inpaint"))
+        self.masks_per_step = False  # a request carries one mask; the per-step rule is not sent (yet)
         self.provider = f"remote:{self.url} ({served.get('provider', '?')})"
         self.precision = served.get("precision", "fp32")
         self.recorded_error = "as recorded in the served bundle"
@@ -162,12 +164,15 @@ class RemoteEngine:
 
     # -- the engine interface ------------------------------------------------------------------
     def predict(self, history: Mapping[str, np.ndarray], seed: int | None = None, known: np.ndarray | None = None,
-                mask: np.ndarray | None = None, timeout_s: float | None = None) -> Prediction:
+                mask: np.ndarray | None = None, timeout_s: float | None = None, hold: Hold = every_step) -> Prediction:
         obs = {k: np.asarray(v, np.float32) if k in self.low_dim_sizes else np.asarray(v) for k, v in history.items()}
         validate_obs({k: v[None] for k, v in obs.items()}, self.image_shapes, self.low_dim_sizes, self.n_obs_steps)
         if known is not None and not self.can_inpaint:
             raise BundleError(f"the bundle served at {self.url} has no inpainting step graph; re-export it with "
                               "dp-export --inpaint to use chunk_transition inpaint or soft_inpaint")
+        if hold is not every_step:
+            raise ConfigError("backend remote sends one inpainting mask per chunk; chunk_transition "
+                              "soft_inpaint_early needs a local backend (onnxruntime or torchscript)")
         body = encode_request(ChunkRequest(self.sha, obs, seed, known, mask))
         t0 = time.perf_counter()
         reply = decode_reply(self._request("POST", "/chunk", body, timeout_s or self.timeout_s))

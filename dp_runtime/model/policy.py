@@ -14,6 +14,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from torch import nn
 from torch.nn import functional as F
 
+from ..holds import Hold, every_step
 from ..obs_spec import validate_obs
 from .config import PolicyConfig
 from .encoder import ResNet18GN
@@ -151,7 +152,7 @@ class DiffusionPolicy(nn.Module):
     @torch.no_grad()
     def sample(self, obs: Mapping[str, torch.Tensor], noise: torch.Tensor,
                num_inference_steps: int | None = None, known: torch.Tensor | None = None,
-               mask: torch.Tensor | None = None) -> torch.Tensor:
+               mask: torch.Tensor | None = None, hold: Hold = every_step) -> torch.Tensor:
         """Denoise ``noise`` (B, horizon, A) with diffusers' DDIMScheduler -> raw actions (B, horizon, A).
 
         Inpainting (``known`` raw actions (B, horizon, A), ``mask`` (B, horizon) bool): before each
@@ -160,24 +161,26 @@ class DiffusionPolicy(nn.Module):
         the end, so the result continues exactly from the actions already committed. A float ``mask``
         of weights in [0, 1] (soft inpainting) mixes instead, ``w * known part + (1 - w) * sample``, on
         each step's input and on its output (noised to the next step), exactly as the inpainting graph
-        does; for a bool mask the second hold changes nothing.
+        does; for a bool mask the second hold changes nothing. ``hold`` (holds.py) gives each step its
+        own mask from the weights (``early_steps``: held fully for the noisiest share of the steps).
         """
         self.check_obs(obs)
         cond = self.encode({k: torch.as_tensor(v) for k, v in obs.items()})
         sched = self.ddim_scheduler(num_inference_steps)
         x = noise
-        if known is not None:
-            hold = _holding(mask)
-            known_n = self.normalizer.normalize("action", known.float())
         steps = list(sched.timesteps)
+        if known is not None:
+            per_step = (hold(mask.numpy(), len(steps)) if mask.dtype != torch.bool else [mask] * len(steps))
+            holds = [_holding(torch.as_tensor(m)) for m in per_step]
+            known_n = self.normalizer.normalize("action", known.float())
         for i, t in enumerate(steps):
             if known is not None:
-                x = hold(sched.add_noise(known_n, noise, t.reshape(1)), x)
+                x = holds[i](sched.add_noise(known_n, noise, t.reshape(1)), x)
             eps = self.model(x, t, global_cond=cond)
             x = sched.step(eps, t, x).prev_sample
             if known is not None:
                 after = sched.add_noise(known_n, noise, steps[i + 1].reshape(1)) if i + 1 < len(steps) else known_n
-                x = hold(after, x)
+                x = holds[i](after, x)
         return self.unnormalize_action(x)
 
     # -- training --------------------------------------------------------------------

@@ -17,6 +17,7 @@ import torch
 from ..control import PolicyRunner, RunnerConfig, simulated
 from ..control.continuity import BoundaryJumps
 from ..engine.engine import Prediction
+from ..holds import Hold, every_step
 from .record import SimTopics
 from .tasks import TASKS, SimTask
 
@@ -31,10 +32,11 @@ class TorchPolicyEngine:
         self.horizon, self.action_dim = self.spec.horizon, self.spec.action.dim
 
     can_inpaint = True
+    masks_per_step = True
     warmup_latency_s = 0.0
 
     def predict(self, history: dict[str, np.ndarray], seed: int | None = None, known: np.ndarray | None = None,
-                mask: np.ndarray | None = None) -> Prediction:
+                mask: np.ndarray | None = None, hold: Hold = every_step) -> Prediction:
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         noise = torch.randn((1, self.horizon, self.action_dim), generator=gen)
         t0 = time.perf_counter()
@@ -42,7 +44,7 @@ class TorchPolicyEngine:
             obs = {k: torch.from_numpy(np.ascontiguousarray(v))[None] for k, v in history.items()}
             inpaint = {} if known is None else {"known": torch.from_numpy(np.asarray(known, np.float32))[None],
                                                  "mask": torch.from_numpy(_as_mask(mask))[None]}
-            actions = self.policy.sample(obs, noise, **inpaint)[0].numpy()
+            actions = self.policy.sample(obs, noise, hold=hold, **inpaint)[0].numpy()
         return Prediction(actions, time.perf_counter() - t0, seed)
 
 
