@@ -41,11 +41,13 @@ def main() -> None:
     ap.add_argument("--modes", default="replace,blend,inpaint,soft_inpaint,soft_inpaint_early")
     ap.add_argument("--blend-actions", type=int, default=4)
     ap.add_argument("--inpaint-decay", type=float, default=0.8)
+    ap.add_argument("--chunk-noise", default="fresh", help="fresh or aligned (RunnerConfig.chunk_noise)")
     ap.add_argument("--out", type=Path, default=None, help="default: results/transitions_TASK.json")
     args = ap.parse_args()
     task = sim_task(args.task)
     bundle = args.bundle or f"{task.demo_dir}/bundle"
-    out = args.out or HERE / "results" / f"transitions_{task.name}.json"
+    suffix = "" if args.chunk_noise == "fresh" else f"_{args.chunk_noise}_noise"
+    out = args.out or HERE / "results" / f"transitions_{task.name}{suffix}.json"
     engine = load_bundle(bundle, backend="onnxruntime", device="cpu")
     dt = 1.0 / SimTopics().control_hz
     delays = [int(d) for d in args.delays.split(",")]
@@ -56,6 +58,7 @@ def main() -> None:
             t0 = time.perf_counter()
             results = run_episodes(engine, args.episodes, seed=args.seed, task=task, chunk_transition=mode,
                                    blend_actions=args.blend_actions, inpaint_decay=args.inpaint_decay,
+                                   chunk_noise=args.chunk_noise,
                                    inference_lead="auto", delay_s=delay * dt)
             ratio, switches = boundary_jump_ratio(results)
             success = sum(r.success for r in results) / len(results)
@@ -76,6 +79,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"task": task.name, "bundle": str(bundle), "episodes": args.episodes, "seed": args.seed,
                                "blend_actions": args.blend_actions, "inpaint_decay": args.inpaint_decay,
+                               "chunk_noise": args.chunk_noise,
                                "control_hz": SimTopics().control_hz, "error_measure": task.error, "cells": cells},
                               indent=2))
     print(f"written to {out}")

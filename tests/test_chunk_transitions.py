@@ -9,7 +9,7 @@ from dp_runtime.control import ActionQueue, PolicyRunner, RunnerConfig, simulate
 from dp_runtime.control.continuity import BoundaryJumps
 from dp_runtime.errors import BundleError, ConfigError, ShapeError
 from dp_runtime.holds import early_steps, every_step
-from test_control import FakeEngine, feed
+from test_control import SPEC, FakeEngine, feed
 
 
 def test_blend_cross_fades_where_old_and_new_overlap():
@@ -304,3 +304,69 @@ def test_committed_actions_keep_their_order_when_the_grids_are_half_a_period_apa
     known, mask = eng.inpaint_calls[-1]
     assert list(np.flatnonzero(mask)) == [2, 3, 4, 5]  # round-half-to-even would give 1, 3, 3, 5
     assert list(known[2:6, 0]) == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_no_slot_is_left_free_between_the_frozen_prefix_and_the_guided_plan():
+    """The old and new grids are offset by the camera phase: a slot due just before the expected arrival may
+    have no committed action on it. It is guided by the previous plan like the slots after it (left free,
+    the new chunk jumped there: boundary_jump_ratio 1.47 -> 0.80 on reach at 4 periods of delay)."""
+    from collections import deque
+
+    from dp_runtime.control.transitions import Plan, frozen_then_decaying
+    q = ActionQueue(0.1)
+    q.items = deque((1.13 + i * 0.1, np.array([float(i), 0.0])) for i in range(4))  # due 1.13 .. 1.43
+    previous = Plan(0.93, np.arange(8, dtype=np.float32)[:, None].repeat(2, axis=1) * 10)  # queued 1.13 = slot 3
+    # new observation at 1.0 (slot k due 1.0 + (k - 1) * 0.1), arrival expected at 1.41: 1.13, 1.23, 1.33 are
+    # committed on slots 2, 3, 4; 1.43 (on slot 5 as well) is due after arrival, slot 5 itself (1.4) before it
+    known, weights = frozen_then_decaying(q, SPEC, 1.0, 1.41, previous, 0.5)
+    assert np.flatnonzero(weights == 1).tolist() == [2, 3, 4]
+    assert weights[5:].tolist() == [0.5, 0.25, 0]  # slot 5 guided, then 6; the previous plan ends there
+    assert known[5:, 0].tolist() == [60, 70, 0]  # slot 5 (1.4) is the previous plan's slot 6 (0.93 + 0.5); 7 ends it
+
+
+def test_aligned_noise_repeats_the_previous_chunks_noise_on_the_same_due_times():
+    from dp_runtime.control.chunk_noise import ChunkNoise, aligned, fresh
+    previous = ChunkNoise(1.0, np.arange(16, dtype=np.float32).reshape(8, 2))
+    # 3 periods later (a camera phase of 0.02 s rounds half up onto the same grid): slot k is previous slot k + 3
+    got = aligned(previous, 1.32, 0.1, 9, (8, 2))
+    assert np.array_equal(got.noise[:5], previous.noise[3:])
+    seed_draw = np.random.default_rng(9).standard_normal((1, 8, 2)).astype(np.float32)[0]
+    assert np.array_equal(got.noise[5:], seed_draw[5:])  # beyond the previous horizon: the seed's own noise
+    assert np.array_equal(aligned(None, 1.32, 0.1, 9, (8, 2)).noise, seed_draw)  # the first chunk: the seed's
+    assert np.array_equal(aligned(previous, 2.0, 0.1, 9, (8, 2)).noise, seed_draw)  # nothing overlaps
+    assert fresh(previous, 1.32, 0.1, 9, (8, 2)) is None  # the engine draws from the seed, as always
+
+
+def test_the_runner_gives_each_chunk_its_aligned_noise_and_forgets_it_on_reset():
+    class NoiseEngine(RecordingEngine):
+        def predict(self, history, seed=None, known=None, mask=None, hold=None, noise=None):
+            self.noises.append(noise)
+            return super().predict(history, seed, known, mask, hold)
+    for name in ("fresh", "aligned"):
+        eng = NoiseEngine()
+        eng.noises = []
+        r = PolicyRunner(eng, RunnerConfig(control_rate_hz=10, inference_lead=3, chunk_noise=name, seed=5),
+                         delivery=simulated(0.0))
+        feed(r, 1.0)
+        r.infer(1.0)
+        feed(r, 1.2)
+        r.infer(1.2)
+        r.reset()
+        feed(r, 5.0)
+        r.infer(5.0)
+        if name == "fresh":
+            assert eng.noises == [None, None, None]  # the engine draws from the seed: replace's figures unchanged
+        else:
+            first, second, after_reset = eng.noises
+            assert np.array_equal(second[:6], first[2:])  # 0.2 s later: two slots on
+            assert not np.array_equal(after_reset[:6], second[2:])  # a reset starts afresh (the seed's noise)
+
+
+def test_aligned_noise_needs_an_engine_that_takes_noise():
+    class SeedOnlyEngine(FakeEngine):  # as backend remote: the server draws the noise from the seed
+        takes_noise = False
+    PolicyRunner(SeedOnlyEngine(), RunnerConfig(chunk_noise="fresh"))
+    with pytest.raises(ConfigError, match="chunk_noise: aligned .* does not take; use chunk_noise fresh"):
+        PolicyRunner(SeedOnlyEngine(), RunnerConfig(chunk_noise="aligned"))
+    with pytest.raises(ConfigError, match="chunk_noise must be one of fresh, aligned, got 'same'"):
+        RunnerConfig(chunk_noise="same")

@@ -105,6 +105,7 @@ class FakeEngine:
     spec = SPEC
     can_inpaint = False
     masks_per_step = True
+    takes_noise = True
     warmup_latency_s = 0.0
 
     def __init__(self, fail=False, latency=0.001):

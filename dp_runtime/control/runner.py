@@ -34,6 +34,7 @@ from .metrics import RunnerMetrics
 from .observation_buffer import Observation, ObservationBuffer
 from .scheduler import InferenceScheduler
 from .status import RunnerStatus, percentiles_ms
+from .chunk_noise import CHUNK_NOISE, ChunkNoise, NoiseRule, fresh, noise_rule
 from .transitions import TRANSITIONS, Plan, Transition, transition
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,11 @@ class Engine(Protocol):
     spec: PolicySpec
     can_inpaint: bool
     masks_per_step: bool  # the inpainting mask may change between DDIM steps (soft_inpaint_early)
+    takes_noise: bool  # predict(noise=) sets a chunk's initial noise (chunk_noise aligned)
     warmup_latency_s: float  # the warm-up's chunk latency: inference_lead auto's estimate before the first chunk
 
     def predict(self, history: dict[str, np.ndarray], seed: int | None = None, known=None, mask=None,
-                hold=every_step): ...
+                hold=every_step, noise=None): ...
 
 
 @dataclass
@@ -75,6 +77,10 @@ class RunnerConfig:
                    "soft_inpaint_early (as soft_inpaint, the weights holding through the noisiest DDIM steps only)",
         choices=tuple(TRANSITIONS))
     blend_actions: int = setting(4, "blend: actions over which a new chunk cross-fades in", ge=0, live=True)
+    chunk_noise: str = setting(
+        "fresh", "each chunk's initial noise: fresh (drawn per chunk), or aligned (the previous chunk's on the due "
+                 "times both cover, fresh beyond: a multimodal policy keeps its choice from chunk to chunk)",
+        choices=tuple(CHUNK_NOISE))
     inpaint_decay: float = setting(0.8, "soft_inpaint: weight of the j-th action of the previous chunk's plan "
                                          "after the frozen prefix is inpaint_decay ** j (soft_inpaint_early: the "
                                          "share of the DDIM steps it is held)", gt=0, lt=1, live=True)
@@ -91,10 +97,12 @@ class RunnerConfig:
     autostart: bool = setting(True, "start running; false: wait for the ~/start service")
     per_chunk: bool = False  # one trajectory per chunk (JointTrajectory) instead of a command per tick
     transition: Transition = field(init=False, repr=False)  # chunk_transition, resolved once
+    noise: NoiseRule = field(init=False, repr=False)  # chunk_noise, resolved once
 
     def __post_init__(self) -> None:
         check(self)
         self.transition = transition(self.chunk_transition)
+        self.noise = noise_rule(self.chunk_noise)
 
     def runner_fields(self) -> dict:
         """These settings as RunnerConfig keywords (a subclass adds its own settings)."""
@@ -145,6 +153,9 @@ class PolicyRunner:
         if self.transition.inpaints and not engine.can_inpaint:
             raise ConfigError(f"chunk_transition: {self.transition.name} needs a bundle with the inpainting step "
                               "graph; re-export it with dp-export --inpaint (or use replace or blend)")
+        if cfg.noise is not fresh and not engine.takes_noise:
+            raise ConfigError("chunk_noise: aligned gives each chunk its initial noise, which this engine "
+                              f"({type(engine).__name__}) does not take; use chunk_noise fresh")
         if self.transition.masks_per_step and not engine.masks_per_step:
             raise ConfigError(f"chunk_transition: {self.transition.name} changes the inpainting mask between DDIM "
                               f"steps, which this engine ({getattr(engine, 'provider', type(engine).__name__)}) cannot; "
@@ -176,6 +187,7 @@ class PolicyRunner:
         self._pending_t_obs: float | None = None  # a new chunk's observation stamp until its first command
         self._in_flight: InFlight | None = None
         self._plan: Plan | None = None  # the chunk the queue was last filled from (soft_inpaint's guide)
+        self._noise: ChunkNoise | None = None  # the last chunk's initial noise (chunk_noise aligned)
         self._warned: set[str] = set()
         self._warn = warn or (lambda cause, msg: log.warning(msg))
         self._info = info or log.info
@@ -229,6 +241,7 @@ class PolicyRunner:
         self.queue.clear()
         self._in_flight = None
         self._plan = None
+        self._noise = None
         self.jumps.break_sequence()
 
     # -- inputs ----------------------------------------------------------------------
@@ -305,9 +318,11 @@ class PolicyRunner:
             arrive = now + self.scheduler.expected_latency() + self.cfg.execution_latency
             committed = self.transition.commits(self.queue, self.spec, obs.stamp, arrive, self._plan,
                                                 self.cfg.inpaint_decay)
-        seed = None if self.cfg.seed < 0 else self.cfg.seed + self.stats.chunks
+            seed = None if self.cfg.seed < 0 else self.cfg.seed + self.stats.chunks
+            self._noise = noise = self.cfg.noise(self._noise, obs.stamp, self.dt, seed,
+                                                 (self.spec.horizon, self.spec.action.dim))
         started = time.perf_counter()
-        pred = self._predict(obs.history, seed, committed)
+        pred = self._predict(obs.history, seed, committed, noise)
         if pred is None:
             return None
         finished = time.perf_counter()
@@ -349,13 +364,15 @@ class PolicyRunner:
             self._info(f"waiting for the first {', '.join(keys)} message{'s' if len(keys) > 1 else ''} "
                        f"(a warning if still missing {STARTUP_GRACE_S:g} s after the first input)")
 
-    def _predict(self, history: dict[str, np.ndarray], seed: int | None, committed):
+    def _predict(self, history: dict[str, np.ndarray], seed: int | None, committed, noise: ChunkNoise | None):
         """The engine's prediction, or None (counted, logged once per cause) when it fails."""
+        given = {} if noise is None else {"noise": noise.noise}
         try:
             if committed is None:
-                return self.engine.predict(history, seed=seed)
+                return self.engine.predict(history, seed=seed, **given)
             known, mask = committed
-            return self.engine.predict(history, seed=seed, known=known, mask=mask, hold=self.transition.hold)
+            return self.engine.predict(history, seed=seed, known=known, mask=mask, hold=self.transition.hold,
+                                       **given)
         except DpRuntimeError as e:
             self.stats.inference_errors += 1
             self.warn_once(f"inference:{type(e).__name__}", f"inference failed: {e}")

@@ -65,16 +65,20 @@ def due_before_arrival(queue: ActionQueue, spec: PolicySpec, t_obs: float, arriv
 def frozen_then_decaying(queue: ActionQueue, spec: PolicySpec, t_obs: float, arrive: float, previous: Plan | None,
                          decay: float) -> Committed | None:
     """The committed prefix at weight 1 (exactly ``inpaint``'s), then the previous plan's slots that the new
-    horizon overlaps after arrival at weights decay, decay**2, ... (float32 weights)."""
+    horizon overlaps after it at weights decay, decay**2, ... (float32 weights). "After it": after the
+    last frozen slot (with nothing frozen, after arrival), so that no slot between the prefix and the
+    guided ones is left free: the old and new grids are offset by the camera phase, and a slot due just
+    before the expected arrival may have no committed action on it."""
     frozen = due_before_arrival(queue, spec, t_obs, arrive)
     h, start, dt = spec.horizon, spec.action.execute_start, queue.dt
     known = np.zeros((h, spec.action.dim), np.float32) if frozen is None else frozen[0]
     weights = np.zeros(h, np.float32) if frozen is None else frozen[1].astype(np.float32)
     if previous is not None:
         j = 0
+        frozen_slots = np.flatnonzero(weights)
         for k in range(h):
             due = t_obs + (k - start) * dt
-            if due <= arrive + 1e-9 or weights[k] > 0:
+            if (k <= frozen_slots[-1]) if frozen_slots.size else due <= arrive + 1e-9:
                 continue
             kp = start + math.floor((due - previous.t_obs) / dt + 0.5)  # half up, as due_before_arrival
             if not 0 <= kp < len(previous.actions):

@@ -100,6 +100,7 @@ class RemoteEngine:
         served = hosted[self.sha]
         self.can_inpaint = bool(served.get("inpaint"))
         self.masks_per_step = False  # a request carries one mask; the per-step rule is not sent (yet)
+        self.takes_noise = False  # a request carries the seed; the server draws the noise
         self.provider = f"remote:{self.url} ({served.get('provider', '?')})"
         self.precision = served.get("precision", "fp32")
         self.recorded_error = "as recorded in the served bundle"

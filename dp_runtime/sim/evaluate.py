@@ -33,12 +33,14 @@ class TorchPolicyEngine:
 
     can_inpaint = True
     masks_per_step = True
+    takes_noise = True
     warmup_latency_s = 0.0
 
     def predict(self, history: dict[str, np.ndarray], seed: int | None = None, known: np.ndarray | None = None,
-                mask: np.ndarray | None = None, hold: Hold = every_step) -> Prediction:
+                mask: np.ndarray | None = None, hold: Hold = every_step, noise: np.ndarray | None = None) -> Prediction:
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        noise = torch.randn((1, self.horizon, self.action_dim), generator=gen)
+        noise = (torch.randn((1, self.horizon, self.action_dim), generator=gen) if noise is None
+                 else torch.from_numpy(np.asarray(noise, np.float32))[None])
         t0 = time.perf_counter()
         with torch.no_grad():
             obs = {k: torch.from_numpy(np.ascontiguousarray(v))[None] for k, v in history.items()}
