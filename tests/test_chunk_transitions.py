@@ -322,6 +322,12 @@ def test_no_slot_is_left_free_between_the_frozen_prefix_and_the_guided_plan():
     assert np.flatnonzero(weights == 1).tolist() == [2, 3, 4]
     assert weights[5:].tolist() == [0.5, 0.25, 0]  # slot 5 guided, then 6; the previous plan ends there
     assert known[5:, 0].tolist() == [60, 70, 0]  # slot 5 (1.4) is the previous plan's slot 6 (0.93 + 0.5); 7 ends it
+    # the queue ran dry long before arrival (half a chunk of delay and more): the robot held still, so the
+    # previous plan's timing does not hold across the gap; guidance starts after arrival, as it always did
+    q.items = deque((1.13 + i * 0.1, np.array([float(i), 0.0])) for i in range(2))  # due 1.13, 1.23
+    known, weights = frozen_then_decaying(q, SPEC, 1.0, 1.45, previous, 0.5)
+    assert np.flatnonzero(weights == 1).tolist() == [2, 3] and weights[4:6].tolist() == [0, 0]
+    assert weights[6:].tolist() == [0.5, 0] and known[6, 0] == 70  # slot 6 (1.5); the plan ends before slot 7
 
 
 def test_aligned_noise_repeats_the_previous_chunks_noise_on_the_same_due_times():

@@ -65,20 +65,24 @@ def due_before_arrival(queue: ActionQueue, spec: PolicySpec, t_obs: float, arriv
 def frozen_then_decaying(queue: ActionQueue, spec: PolicySpec, t_obs: float, arrive: float, previous: Plan | None,
                          decay: float) -> Committed | None:
     """The committed prefix at weight 1 (exactly ``inpaint``'s), then the previous plan's slots that the new
-    horizon overlaps after it at weights decay, decay**2, ... (float32 weights). "After it": after the
-    last frozen slot (with nothing frozen, after arrival), so that no slot between the prefix and the
-    guided ones is left free: the old and new grids are offset by the camera phase, and a slot due just
-    before the expected arrival may have no committed action on it."""
+    horizon overlaps after arrival at weights decay, decay**2, ... (float32 weights). The old and new grids
+    are offset by the camera phase, so the slot right after the prefix may be due just before the
+    expected arrival with no committed action on it: it is guided too, not left free between the two.
+    A longer gap (the queue ran dry before arrival, the robot held still) is not: the previous plan's
+    timing no longer holds there."""
     frozen = due_before_arrival(queue, spec, t_obs, arrive)
     h, start, dt = spec.horizon, spec.action.execute_start, queue.dt
     known = np.zeros((h, spec.action.dim), np.float32) if frozen is None else frozen[0]
     weights = np.zeros(h, np.float32) if frozen is None else frozen[1].astype(np.float32)
     if previous is not None:
         j = 0
+        first = next((k for k in range(h) if t_obs + (k - start) * dt > arrive + 1e-9), h)
         frozen_slots = np.flatnonzero(weights)
-        for k in range(h):
+        if frozen_slots.size and frozen_slots[-1] == first - 2:
+            first -= 1  # the one slot the grids' offset left between the prefix and arrival
+        for k in range(first, h):
             due = t_obs + (k - start) * dt
-            if (k <= frozen_slots[-1]) if frozen_slots.size else due <= arrive + 1e-9:
+            if weights[k] > 0:
                 continue
             kp = start + math.floor((due - previous.t_obs) / dt + 0.5)  # half up, as due_before_arrival
             if not 0 <= kp < len(previous.actions):

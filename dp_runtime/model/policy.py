@@ -170,8 +170,8 @@ class DiffusionPolicy(nn.Module):
         x = noise
         steps = list(sched.timesteps)
         if known is not None:
-            per_step = (hold(mask.numpy(), len(steps)) if mask.dtype != torch.bool else [mask] * len(steps))
-            holds = [_holding(torch.as_tensor(m)) for m in per_step]
+            per_step = (hold(mask.cpu().numpy(), len(steps)) if mask.dtype != torch.bool else [mask] * len(steps))
+            holds = [_holding(torch.as_tensor(m, device=mask.device)) for m in per_step]
             known_n = self.normalizer.normalize("action", known.float())
         for i, t in enumerate(steps):
             if known is not None:
