@@ -28,13 +28,13 @@ from ..holds import every_step
 from ..settings import check, setting, settings_of
 from ..spec import PolicySpec
 from .action_queue import ActionQueue
+from .chunk_noise import CHUNK_NOISE, ChunkNoise, NoiseRule, fresh, noise_rule
 from .delivery import IMMEDIATE, Delivery
 from .limits import ActionLimits
 from .metrics import RunnerMetrics
 from .observation_buffer import Observation, ObservationBuffer
 from .scheduler import InferenceScheduler
 from .status import RunnerStatus, percentiles_ms
-from .chunk_noise import CHUNK_NOISE, ChunkNoise, NoiseRule, fresh, noise_rule
 from .transitions import TRANSITIONS, Plan, Transition, transition
 
 log = logging.getLogger(__name__)

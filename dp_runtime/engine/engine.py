@@ -49,6 +49,7 @@ class Prediction:
 
 class PolicyEngine:
     takes_noise = True  # predict(noise=): chunk_noise aligned
+
     def __init__(self, spec: PolicySpec, ddim: SchedulerSpec, backend: Backend, num_inference_steps: int | None = None,
                  bundle: BundleSpec | None = None, graphs: GraphSet | None = None):
         self.spec = spec
