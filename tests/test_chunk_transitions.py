@@ -376,3 +376,12 @@ def test_aligned_noise_needs_an_engine_that_takes_noise():
         PolicyRunner(SeedOnlyEngine(), RunnerConfig(chunk_noise="aligned"))
     with pytest.raises(ConfigError, match="chunk_noise must be one of fresh, aligned, got 'same'"):
         RunnerConfig(chunk_noise="same")
+
+
+def test_runner_settings_round_trip_through_their_keywords():
+    """What a node builds its RunnerConfig from (runner_fields) holds the declared settings, never the values
+    resolved from them (transition, noise), so chunk_noise and chunk_transition survive the round trip."""
+    cfg = RunnerConfig(chunk_transition="soft_inpaint_early", chunk_noise="aligned", inpaint_decay=0.6)
+    again = RunnerConfig(**cfg.runner_fields())
+    assert again.transition.name == "soft_inpaint_early" and again.chunk_noise == "aligned"
+    assert again.inpaint_decay == 0.6 and "noise" not in cfg.runner_fields()

@@ -106,7 +106,7 @@ class RunnerConfig:
 
     def runner_fields(self) -> dict:
         """These settings as RunnerConfig keywords (a subclass adds its own settings)."""
-        return {name: getattr(self, name) for name in RunnerConfig.__dataclass_fields__ if name != "transition"}
+        return {name: getattr(self, name) for name, f in RunnerConfig.__dataclass_fields__.items() if f.init}
 
 
 LIVE = {f.name for f, rule, _ in settings_of(RunnerConfig) if rule.live}
