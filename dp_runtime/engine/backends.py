@@ -295,12 +295,12 @@ class TorchScriptBackend:
         """The denoising loop on device tensors; ``held`` (known, a mask per step, noise) selects the
         inpainting step."""
         cond = self.enc(*obs)
+        known, masks, noise = held or (None, None, None)
         actions = None
         for i, (t, prev) in enumerate(self.device_schedule(schedule)):
             if held is None:
                 x, actions = self.stp(x, t, prev, cond)
             else:
-                known, masks, noise = held
                 x, actions = self.inp(x, t, prev, cond, known, masks[i], noise)
         return actions
 
