@@ -71,10 +71,16 @@ class ActionSpec:
     names: tuple[str, ...]
     execute_start: int  # the executed slice of the predicted horizon: [execute_start, execute_end)
     execute_end: int
+    scale: tuple[float, ...] = ()  # |the action normalizer's scale|: normalized units per raw unit (() unknown)
 
     @property
     def n_execute(self) -> int:
         return self.execute_end - self.execute_start
+
+
+def action_scale(normalizer: dict[str, Any]) -> tuple[float, ...]:
+    """|scale| of the manifest's action normalizer (normalized = raw * scale + offset); () without one."""
+    return tuple(abs(float(v)) for v in (normalizer.get("action") or {}).get("scale", ()))
 
 
 @dataclass(frozen=True)
@@ -345,7 +351,8 @@ class BundleSpec:
             policy = PolicySpec(
                 tuple(ObsSpec.from_json(o) for o in _need(d, "observations", "the manifest")),
                 ActionSpec(int(_need(a, "dim", "action")), tuple(_need(a, "names", "action")),
-                           int(_need(a, "execute_start", "action")), int(_need(a, "execute_end", "action"))),
+                           int(_need(a, "execute_start", "action")), int(_need(a, "execute_end", "action")),
+                           action_scale(d.get("normalizer") or {})),
                 int(_need(d, "horizon", "the manifest")), int(_need(d, "n_obs_steps", "the manifest")),
                 float(_need(d, "obs_interval_s", "the manifest")))
             s = _need(d, "ddim", "the manifest")

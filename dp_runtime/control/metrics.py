@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .continuity import BoundaryJumps
+from .discontinuity import Discontinuity
 from .status import RunnerStatus, percentiles_ms
 
 
@@ -22,7 +23,9 @@ class RunnerStats:
     invalid_inputs: int = 0
     overruns: int = 0  # inferences that took longer than a chunk lasts
     commands: int = 0
+    discontinuities: int = 0  # breaks that ended the plan's authority (departure, input gap, clock jump)
     last_error: str = ""
+    last_discontinuity: str = ""
 
 
 MAX_CAUSES = 20  # kinds of input problem counted apiece (a bounded record however long the node runs)
@@ -43,6 +46,11 @@ class RunnerMetrics:
         if t_obs is not None:  # how old the chunk's observation is at its first command
             self.obs_to_command.append(now - t_obs)
 
+    def discontinuity(self, d: Discontinuity) -> None:
+        self.stats.discontinuities += 1
+        self.stats.last_discontinuity = f"at {d.stamp:.3f}: {d.reason}"
+        self.jumps.break_sequence()  # the command after a break is no chunk switch
+
     def rejected(self, cause: str, msg: str) -> None:
         """One unusable input, counted under its kind of problem (listed by its first message)."""
         self.stats.invalid_inputs += 1
@@ -59,7 +67,8 @@ class RunnerMetrics:
         s = self.stats
         return RunnerStatus(chunks=s.chunks, inference_errors=s.inference_errors, stale_refusals=s.stale_refusals,
                             invalid_inputs=s.invalid_inputs, overruns=s.overruns, commands=s.commands,
-                            last_error=s.last_error, command_period_ms=percentiles_ms(periods, 50, 99),
+                            last_error=s.last_error, discontinuities=s.discontinuities,
+                            last_discontinuity=s.last_discontinuity, command_period_ms=percentiles_ms(periods, 50, 99),
                             obs_to_command_ms=percentiles_ms(self.obs_to_command, 50, 100),
                             chunk_switches=self.jumps.switches, boundary_jump_ratio=self.jumps.ratio(),
                             input_problems={m: n for m, n in self.input_problems.values()}, **state)

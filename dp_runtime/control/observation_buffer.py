@@ -34,6 +34,7 @@ class ObservationBuffer:
         self.capacity = capacity
         self.samples: dict[str, deque[tuple[float, np.ndarray]]] = {
             k: deque(maxlen=capacity) for k in [*self.image_shapes, *self.low_dim_sizes]}
+        self.cut: float | None = None  # a discontinuity dropped every sample older than this stamp
 
     @property
     def keys(self) -> list[str]:
@@ -42,6 +43,24 @@ class ObservationBuffer:
     def reset(self) -> None:
         for q in self.samples.values():
             q.clear()
+        self.cut = None
+
+    def drop_before(self, stamp: float) -> None:
+        """A discontinuity at ``stamp``: samples older than it describe another situation; an input with
+        none since then ages from ``stamp`` (it is awaited, not stale, for max_obs_age)."""
+        for q in self.samples.values():
+            while q and q[0][0] < stamp:
+                q.popleft()
+        self.cut = stamp
+
+    def newest(self, key: str) -> float | None:
+        """The stamp of ``key``'s newest sample (None: none yet)."""
+        q = self.samples.get(key)
+        return q[-1][0] if q else None
+
+    def ready(self) -> bool:
+        """Every input has a sample to assemble a history from."""
+        return all(self.samples.values())
 
     def add(self, key: str, stamp: float, value: np.ndarray, now: float | None = None) -> None:
         """Store one sample; raises InputError/ShapeError (nothing stored) when it is unusable.
@@ -74,7 +93,8 @@ class ObservationBuffer:
         q.append((float(stamp), value))
 
     def ages(self, now: float) -> dict[str, float]:
-        return {k: (now - q[-1][0]) if q else float("inf") for k, q in self.samples.items()}
+        empty = float("inf") if self.cut is None else now - self.cut
+        return {k: (now - q[-1][0]) if q else empty for k, q in self.samples.items()}
 
     def stale(self, now: float) -> dict[str, float]:
         """Inputs older than max_obs_age at ``now`` (inf: never received), by key."""
@@ -102,6 +122,9 @@ class ObservationBuffer:
         stale = self.stale(now)
         if stale:
             raise StaleInputError(f"stale inputs (max_obs_age {self.max_obs_age} s): {self.describe(stale)}")
+        if not self.ready():
+            missing = [k for k, q in self.samples.items() if not q]
+            raise StaleInputError(f"no {', '.join(missing)} sample since the discontinuity at {self.cut:.6f}")
         t_obs = self.newest_stamp()
         times = [t_obs - (self.n_obs_steps - 1 - i) * self.interval for i in range(self.n_obs_steps)]
         history = {k: np.stack([self._at(k, t) for t in times]) for k in self.samples}

@@ -30,6 +30,7 @@ from ..spec import PolicySpec
 from .action_queue import ActionQueue
 from .chunk_noise import CHUNK_NOISE, ChunkNoise, NoiseRule, fresh, noise_rule
 from .delivery import IMMEDIATE, Delivery
+from .discontinuity import DepartureCheck, Discontinuity, input_gap
 from .limits import ActionLimits
 from .metrics import RunnerMetrics
 from .observation_buffer import Observation, ObservationBuffer
@@ -40,6 +41,8 @@ from .transitions import TRANSITIONS, Plan, Transition, transition
 log = logging.getLogger(__name__)
 # An input not yet received this long after the first one is a problem worth a warning; before, it is start-up.
 STARTUP_GRACE_S = 5.0
+# Measured on the three sim tasks (bench/discontinuity.py): normal episodes stay under it, every teleport over it.
+DEFAULT_DISCONTINUITY_THRESHOLD, DEFAULT_DISCONTINUITY_SPEED = 0.35, 5.0
 NUMBER = re.compile(r"[-+]?\d[\d.e+-]*")
 
 
@@ -84,7 +87,18 @@ class RunnerConfig:
     inpaint_decay: float = setting(0.8, "soft_inpaint: weight of the j-th action of the previous chunk's plan "
                                          "after the frozen prefix is inpaint_decay ** j (soft_inpaint_early: the "
                                          "share of the DDIM steps it is held)", gt=0, lt=1, live=True)
-    max_obs_age: float = setting(0.5, "s; older inputs stop the policy (never act on stale data)", gt=0)
+    max_obs_age: float = setting(0.5, "s; older inputs stop the policy (never act on stale data); an input silent "
+                                      "for longer is a discontinuity", gt=0)
+    discontinuity_threshold: float = setting(
+        DEFAULT_DISCONTINUITY_THRESHOLD,
+        "normalized action units (the training range is [-1, 1]): a measured commanded joint further than this from "
+        "every command of the last chunk's time is a discontinuity (pushed arm, scene reset, e-stop): the queue, "
+        "the plan's guidance, the aligned noise and the history before it are dropped, and it is logged and counted",
+        gt=0)
+    discontinuity_speed: float = setting(
+        DEFAULT_DISCONTINUITY_SPEED,
+        "normalized action units per second: a measured commanded joint moving faster than this between two samples "
+        "(a teleport, a re-homed encoder) is a discontinuity", gt=0)
     max_stamp_ahead: float = setting(0.1, "s an observation stamp may lead the node clock (clock skew, /clock "
                                           "granularity); a message stamped further ahead is refused and logged", ge=0)
     execution_latency: float = setting(0.0, "s; actions due sooner than this after a chunk arrives are dropped",
@@ -137,9 +151,11 @@ class PolicyRunner:
     def __init__(self, engine: Engine, cfg: RunnerConfig, limits: ActionLimits | None = None,
                  keep_observations: bool = False, warn: Callable[[str, str], None] | None = None,
                  info: Callable[[str], None] | None = None, delivery: Delivery = IMMEDIATE,
-                 keep_chunks: int | None = 100):
+                 keep_chunks: int | None = 100, executes_commands: bool = True):
         """``delivery``: IMMEDIATE on a robot, ``delivery.simulated(...)`` for replay and the sim;
-        ``keep_chunks``: chunk records kept (None: all, for offline replay reports)."""
+        ``keep_chunks``: chunk records kept (None: all, for offline replay reports); ``executes_commands``:
+        the robot executes what ``tick`` returns (replay: it executed the recorded commands, given to
+        ``executed``), which the departure check compares the measured joints with."""
         self.engine = engine
         self.spec: PolicySpec = engine.spec
         self.cfg = cfg
@@ -173,6 +189,10 @@ class PolicyRunner:
         self.stats = self.metrics.stats
         self.jumps = self.metrics.jumps
         self.limits = limits or ActionLimits()
+        scale = np.asarray(self.spec.action.scale or np.ones(self.spec.action.dim), np.float64)
+        self.departures = DepartureCheck(cfg.discontinuity_threshold, cfg.discontinuity_speed, scale,
+                                         self.dt * self.spec.n_action_steps, self.action_names)
+        self.executes_commands = executes_commands
         self.chunks: deque[ChunkRecord] = deque(maxlen=keep_chunks)
         self.keep_observations = keep_observations
         self.running = cfg.autostart
@@ -234,7 +254,28 @@ class PolicyRunner:
             self._pending_t_obs = None
             self._stale = None
             self._first_input = None
+            self.departures.clear()
             self.generation += 1
+
+    def discontinuity(self, d: Discontinuity) -> None:
+        """The robot is no longer where the plan put it: drop the queue, the plan's guidance, the aligned noise
+        and the history before ``d.stamp``; hold where the robot is measured (not where the old plan was
+        going) until a chunk from observations after the break arrives. Logged and counted."""
+        with self.lock:
+            self._break(d)
+        self._warn("discontinuity", f"discontinuity at {d.stamp:.3f}: {d.reason}; plan, queue and history before "
+                                    "it dropped, next chunk from fresh observations")
+
+    def _break(self, d: Discontinuity) -> None:
+        """(under the lock)"""
+        self.buffer.drop_before(d.stamp)
+        self._drop_queue()
+        self.departures.clear()
+        self.last_t_obs = None
+        self._pending_t_obs = None
+        self.last_command = self.measured_joints()
+        self.generation += 1  # a chunk being inferred from the old history is discarded
+        self.metrics.discontinuity(d)
 
     def _drop_queue(self) -> None:
         """Execution stops (under the lock): nothing queued or in flight, and the next action is no switch."""
@@ -259,17 +300,30 @@ class PolicyRunner:
 
         ``joint_names``: the sample is joint positions in this order (kept for on_stale hold_position).
         """
+        broke = None
         try:
             with self.lock:
+                previous = self.buffer.newest(key)
                 self.buffer.add(key, stamp, value, now)
                 if self._first_input is None:
                     self._first_input = stamp
+                if joint_names:
+                    self.latest_joints.update(zip(joint_names, np.asarray(value, dtype=np.float64).tolist()))
+                broke = input_gap(key, previous, stamp, self.cfg.max_obs_age)
+                if broke is None and joint_names and self.running:
+                    measured = self.measured_joints()
+                    broke = None if measured is None else self.departures.check(stamp, measured)
         except DpRuntimeError as e:
             self.reject(key, e)
             return False
-        if joint_names:
-            self.latest_joints.update(zip(joint_names, np.asarray(value, dtype=np.float64).tolist()))
+        if broke is not None:
+            self.discontinuity(broke)
         return True
+
+    def executed(self, t: float, command: np.ndarray) -> None:
+        """A command the robot executed at ``t`` (replay: the recorded ones), for the departure check."""
+        with self.lock:
+            self.departures.executed(t, command)
 
     def inputs_stale(self, now: float) -> dict[str, float]:
         """The stale inputs at ``now`` (empty: all fresh)."""
@@ -291,7 +345,7 @@ class PolicyRunner:
         with self.lock:
             if now is not None:
                 self._deliver(now)
-            if not self.running or self._in_flight is not None or len(self.queue) > lead:
+            if not self.running or self._in_flight is not None or len(self.queue) > lead or not self.buffer.ready():
                 return False
             newest = self.buffer.newest_stamp()
             return newest is not None and (self.last_t_obs is None or newest > self.last_t_obs)
@@ -437,6 +491,8 @@ class PolicyRunner:
             cmd = self.limits.apply(action, self.last_command)
             self.last_command = cmd
             self.jumps.add(cmd, chunk)
+        if cmd is not None and self.executes_commands:
+            self.executed(now, cmd)
         if cmd is None or self.cfg.per_chunk:
             return None
         self.metrics.issued(self._pending_t_obs, now)
@@ -452,6 +508,8 @@ class PolicyRunner:
         hold = self.measured_joints()
         if hold is not None:
             self.metrics.issued(None, now)
+            if self.executes_commands:
+                self.executed(now, hold)
         return hold
 
     # -- status ----------------------------------------------------------------------

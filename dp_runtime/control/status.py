@@ -26,7 +26,7 @@ QUEUE_KEYS = {"dropped": "dropped_actions", "skipped": "skipped_actions", "starv
 COUNTS = {"chunks": "chunks", "queue_depth": "queue_depth", "stale_refusals": "stale_refusals",
           "invalid_inputs": "invalid_inputs", "inference_errors": "inference_errors",
           "overruns": "inference_overruns", "commands": "commands_published", "inference_lead": "inference_lead",
-          "chunk_switches": "chunk_switches"}
+          "chunk_switches": "chunk_switches", "discontinuities": "discontinuities"}
 PAIRS = {"latency_ms": ("inference_latency_ms_median", "inference_latency_ms_max", "{:.1f}"),
          "command_period_ms": ("command_period_ms_p50", "command_period_ms_p99", "{:.2f}"),
          "obs_to_command_ms": ("obs_to_first_command_ms_p50", "obs_to_first_command_ms_max", "{:.1f}")}
@@ -46,6 +46,8 @@ class RunnerStatus:
     overruns: int = 0
     commands: int = 0  # commands issued (per-tick commands and per-chunk trajectories)
     last_error: str = ""
+    discontinuities: int = 0  # breaks that ended the plan's authority (departure, input gap, clock jump)
+    last_discontinuity: str = ""  # the newest one's stamp and reason
     latency_ms: list[float] | None = None  # median, max over recent chunks
     command_period_ms: list[float] | None = None  # p50, p99 of wall-clock periods between commands
     obs_to_command_ms: list[float] | None = None  # p50, max: observation stamp -> first command of its chunk
@@ -75,6 +77,7 @@ class RunnerStatus:
         out.update({key: str(getattr(self, name)) for name, key in COUNTS.items()})
         out.update({key: str(getattr(self.queue, name)) for name, key in QUEUE_KEYS.items()})
         out["last_error"] = self.last_error
+        out["last_discontinuity"] = self.last_discontinuity
         for name in ("command_period_ms", "obs_to_command_ms"):
             pair = getattr(self, name)
             if pair:
@@ -103,7 +106,8 @@ class RunnerStatus:
         problems = dict(reversed(v.split(" x ", 1)) for k, v in values.items() if k.startswith("input_problem."))
         return cls(running, ages=ages,
                    queue=QueueStats(**{name: int(values[key]) for name, key in QUEUE_KEYS.items() if key in values}),
-                   last_error=values.get("last_error", ""), chunk_transition=values.get("chunk_transition", ""),
+                   last_error=values.get("last_error", ""), last_discontinuity=values.get("last_discontinuity", ""),
+                   chunk_transition=values.get("chunk_transition", ""),
                    boundary_jump_ratio=number("boundary_jump_ratio"),
                    input_problems={msg: int(n) for msg, n in problems.items()},
                    **{name: int(values[key]) for name, key in COUNTS.items() if key in values}, **pairs)

@@ -8,7 +8,7 @@ figure comes from the real two-process DDS run instead.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,8 @@ from ..control import PolicyRunner, RunnerConfig, simulated
 from ..control.continuity import BoundaryJumps
 from ..engine.engine import Prediction
 from ..holds import Hold, every_step
+from ..spec import action_scale
+from .arm import JOINTS
 from .record import SimTopics
 from .tasks import TASKS, SimTask
 
@@ -27,7 +29,9 @@ class TorchPolicyEngine:
 
     def __init__(self, policy: torch.nn.Module):
         self.policy = policy.eval()
-        self.spec = policy.cfg.policy_spec()
+        spec = policy.cfg.policy_spec()
+        scale = tuple(policy.normalizer.stats()["action"]["scale"])
+        self.spec = replace(spec, action=replace(spec.action, scale=action_scale({"action": {"scale": scale}})))
         self.image_shapes, self.low_dim_sizes = self.spec.image_shapes, self.spec.low_dim_sizes
         self.horizon, self.action_dim = self.spec.horizon, self.spec.action.dim
 
@@ -64,6 +68,7 @@ class EpisodeResult:
     final_distance: float
     jumps: BoundaryJumps | None = None  # continuity at the episode's chunk switches
     outcome: dict[str, float] = field(default_factory=dict)  # the task's own measures (collision, tracking_error)
+    breaks: list[float] = field(default_factory=list)  # s into the episode when the runner saw a discontinuity
 
 
 def boundary_jump_ratio(results: list[EpisodeResult]) -> tuple[float | None, int]:
@@ -72,11 +77,18 @@ def boundary_jump_ratio(results: list[EpisodeResult]) -> tuple[float | None, int
     return pooled.ratio(), pooled.switches
 
 
+SETTLE_S = 0.3  # dp-sim ignores commands this long after a reset (the previous episode's chunk in flight)
+
+
 def run_episodes(engine: Any, episodes: int, seed: int = 0, task: SimTask = TASKS["reach"],
-                 topics: SimTopics = SimTopics(), delay_s: float = 0.0, **runner: Any) -> list[EpisodeResult]:
+                 topics: SimTopics = SimTopics(), delay_s: float = 0.0, continuous: bool = False,
+                 **runner: Any) -> list[EpisodeResult]:
     """Closed loop of ``task`` on the sim clock; inference takes no sim time, each chunk arrives ``delay_s``
     after its inference starts (deterministic).
 
+    ``continuous``: one runner for all episodes, as a node that nobody resets sees them: the sim clock runs
+    on, each new episode teleports the arm and the sim ignores commands for SETTLE_S, as dp-sim does (the
+    runner's jumps are then on the first result only). Otherwise a fresh runner per episode (a reset).
     ``runner``: RunnerConfig fields to evaluate (chunk_transition, blend_actions, inference_lead); by
     default the next inference starts when the queue is empty.
     """
@@ -86,27 +98,39 @@ def run_episodes(engine: Any, episodes: int, seed: int = 0, task: SimTask = TASK
     every = topics.every(arm.cfg.physics_hz)
     image_key = next(iter(engine.image_shapes))
     state_key = next(iter(engine.low_dim_sizes))
+    joints = list(JOINTS)
+
+    def new_runner(run_seed: int) -> PolicyRunner:
+        return PolicyRunner(engine, RunnerConfig(topics.control_hz, max_obs_age=1.0, seed=run_seed, **settings),
+                            delivery=simulated(0.0, delay_s))
+
     results = []
+    runner = new_runner(seed * 100_000) if continuous else None
+    k = 0  # physics steps on the sim clock (continuous across episodes when continuous)
     for ep in range(episodes):
         arm.reset()
-        runner = PolicyRunner(engine, RunnerConfig(topics.control_hz, max_obs_age=1.0, seed=seed * 100_000 + ep * 1000,
-                                                   **settings), delivery=simulated(0.0, delay_s))
-        k = 0
+        if not continuous:
+            runner, k = new_runner(seed * 100_000 + ep * 1000), 0
+        start, seen, breaks = k, runner.stats.discontinuities, []
         while True:
             t = k * dt_phys
             if k % every["camera"] == 0:
                 runner.add(image_key, t, arm.render())
             if k % every["joints"] == 0:
-                runner.add(state_key, t, arm.state.q.astype(np.float32))
+                runner.add(state_key, t, arm.state.q.astype(np.float32), joint_names=joints)
             if k % every["control"] == 0:
                 if runner.needs_inference(t):
                     runner.infer(t)
                 cmd = runner.tick(t)
-                if cmd is not None:
+                if cmd is not None and (ep == 0 or not continuous or (k - start) * dt_phys >= SETTLE_S):
                     arm.command(cmd)
+            if runner.stats.discontinuities > seen:
+                seen = runner.stats.discontinuities
+                breaks.append(round((k - start) * dt_phys, 3))
             arm.step(dt_phys)
             k += 1
             if arm.done():
                 break
-        results.append(EpisodeResult(arm.succeeded(), arm.state.t, arm.distance(), runner.jumps, arm.outcome()))
+        results.append(EpisodeResult(arm.succeeded(), arm.state.t, arm.distance(),
+                                     runner.jumps if not continuous or ep == 0 else None, arm.outcome(), breaks))
     return results
