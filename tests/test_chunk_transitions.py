@@ -45,7 +45,7 @@ class LatencyEngine(FakeEngine):
         super().__init__()
         self.latencies = list(latencies)
 
-    def predict(self, history, seed=None, known=None, mask=None, hold=None):
+    def predict(self, history, seed=None, known=None, mask=None, hold=None, noise=None):
         pred = super().predict(history, seed)
         pred.latency_s = self.latencies.pop(0)
         return pred
@@ -77,7 +77,7 @@ class RecordingEngine(FakeEngine):
         self.inpaint_calls = []
         self.holds = []
 
-    def predict(self, history, seed=None, known=None, mask=None, hold=None):
+    def predict(self, history, seed=None, known=None, mask=None, hold=None, noise=None):
         self.inpaint_calls.append((known, mask))
         self.holds.append(hold)
         return super().predict(history, seed)
@@ -156,7 +156,7 @@ def test_soft_inpaint_settings_are_checked():
             RunnerConfig(chunk_transition="soft_inpaint", inpaint_decay=bad)
     with pytest.raises(ConfigError, match="soft_inpaint needs a bundle with the inpainting step graph.*--inpaint"):
         PolicyRunner(FakeEngine(), RunnerConfig(chunk_transition="soft_inpaint"))
-    with pytest.raises(ConfigError, match="chunk_transition must be one of replace, blend, inpaint, soft_inpaint"):
+    with pytest.raises(ConfigError, match="chunk_transition must be one of auto, replace, blend, inpaint, soft_inpaint"):
         RunnerConfig(chunk_transition="soft")
 
 
@@ -374,7 +374,7 @@ def test_aligned_noise_needs_an_engine_that_takes_noise():
     PolicyRunner(SeedOnlyEngine(), RunnerConfig(chunk_noise="fresh"))
     with pytest.raises(ConfigError, match="chunk_noise: aligned .* does not take; use chunk_noise fresh"):
         PolicyRunner(SeedOnlyEngine(), RunnerConfig(chunk_noise="aligned"))
-    with pytest.raises(ConfigError, match="chunk_noise must be one of fresh, aligned, got 'same'"):
+    with pytest.raises(ConfigError, match="chunk_noise must be one of auto, fresh, aligned, got 'same'"):
         RunnerConfig(chunk_noise="same")
 
 

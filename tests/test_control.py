@@ -113,7 +113,7 @@ class FakeEngine:
         self.latency = latency
         self.calls = []
 
-    def predict(self, history, seed=None):
+    def predict(self, history, seed=None, noise=None):
         from dp_runtime.engine.engine import Prediction
         self.calls.append((history, seed))
         if self.fail:
@@ -173,8 +173,8 @@ def test_inference_longer_than_a_chunk_is_counted_and_warned_once():
     warnings = []
     r._warn = lambda cause, msg: warnings.append(msg)
     for k in range(3):
-        feed(r, 1.0 + k, v=float(k))
-        assert r.infer(1.0 + k) is not None  # the chunk is still used
+        feed(r, 1.0 + 0.2 * k, v=float(k))
+        assert r.infer(1.0 + 0.2 * k) is not None  # the chunk is still used
     assert r.stats.overruns == 3
     assert warnings == ["inference took 500 ms, longer than the 400 ms a chunk lasts"]
 
@@ -205,7 +205,7 @@ def test_one_message_stamped_ahead_does_not_freeze_the_runner():
 
 def test_chunk_inferred_across_a_reset_is_discarded():
     class ResetDuringPredict(FakeEngine):
-        def predict(self, history, seed=None):
+        def predict(self, history, seed=None, noise=None):
             runner.reset()  # the clock jumped back while this chunk was being computed
             return super().predict(history, seed)
 

@@ -45,10 +45,26 @@ def aligned(previous: ChunkNoise | None, t_obs: float, dt: float, seed: int | No
 
 
 CHUNK_NOISE: dict[str, NoiseRule] = {"fresh": fresh, "aligned": aligned}
+AUTO = "auto"  # aligned where the engine takes a chunk's noise (every local format), fresh where not (remote)
 
 
-def noise_rule(name: str) -> NoiseRule:
+def noise_rule(name: str) -> NoiseRule | None:
+    """The rule for ``name``; None for auto (resolved against the engine by ``for_engine``)."""
+    if name == AUTO:
+        return None
     try:
         return CHUNK_NOISE[name]
     except KeyError:
-        raise ConfigError(f"chunk_noise must be one of {', '.join(CHUNK_NOISE)}, got {name!r}") from None
+        raise ConfigError(f"chunk_noise must be one of {AUTO}, {', '.join(CHUNK_NOISE)}, got {name!r}") from None
+
+
+def for_engine(chosen: NoiseRule | None, engine) -> tuple[NoiseRule, str]:
+    """The rule to run and a line for the log; aligned on an engine that does not take noise is refused."""
+    takes = engine.takes_noise
+    if chosen is None:
+        return (aligned, "chunk_noise auto: aligned") if takes else (
+            fresh, f"chunk_noise auto: fresh ({type(engine).__name__} draws each chunk's noise itself)")
+    if chosen is not fresh and not takes:
+        raise ConfigError("chunk_noise: aligned gives each chunk its initial noise, which this engine "
+                          f"({type(engine).__name__}) does not take; use chunk_noise fresh")
+    return chosen, f"chunk_noise {chosen.__name__}"

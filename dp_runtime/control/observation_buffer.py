@@ -45,13 +45,15 @@ class ObservationBuffer:
             q.clear()
         self.cut = None
 
-    def drop_before(self, stamp: float) -> None:
+    def drop_before(self, stamp: float, key: str | None = None) -> None:
         """A discontinuity at ``stamp``: samples older than it describe another situation; an input with
-        none since then ages from ``stamp`` (it is awaited, not stale, for max_obs_age)."""
-        for q in self.samples.values():
-            while q and q[0][0] < stamp:
+        none since then ages from ``stamp`` (it is awaited, not stale, for max_obs_age). With ``key``: only
+        that input's older samples (it was silent: its history before the gap is another time's)."""
+        for k, q in self.samples.items():
+            while (key is None or k == key) and q and q[0][0] < stamp:
                 q.popleft()
-        self.cut = stamp
+        if key is None:
+            self.cut = stamp
 
     def newest(self, key: str) -> float | None:
         """The stamp of ``key``'s newest sample (None: none yet)."""

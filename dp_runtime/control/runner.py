@@ -27,8 +27,9 @@ from ..errors import ConfigError, DpRuntimeError, StaleInputError
 from ..holds import every_step
 from ..settings import check, setting, settings_of
 from ..spec import PolicySpec
+from . import chunk_noise, transitions
 from .action_queue import ActionQueue
-from .chunk_noise import CHUNK_NOISE, ChunkNoise, NoiseRule, fresh, noise_rule
+from .chunk_noise import CHUNK_NOISE, ChunkNoise, NoiseRule, noise_rule
 from .delivery import IMMEDIATE, Delivery
 from .discontinuity import DepartureCheck, Discontinuity, input_gap
 from .limits import ActionLimits
@@ -70,21 +71,23 @@ class RunnerConfig:
     action_joint_names: list[str] = setting([], "joint names of the command (for hold_position too)",
                                             shown="the bundle's action names")
     inference_lead: int | str = setting(
-        2, "start the next inference when this many actions remain; auto: ceil((p95 of recent inference "
+        "auto", "start the next inference when this many actions remain; auto: ceil((p95 of recent inference "
            "latencies + execution_latency) / dt) + 1, so the next chunk arrives just before the queue runs out",
         choices=("auto",), ge=0)
     chunk_transition: str = setting(
-        "replace", "how a new chunk meets the actions already queued: replace, blend (cross-fade), inpaint "
-                   "(denoised with the committed actions held fixed; needs a bundle exported with --inpaint), "
-                   "soft_inpaint (inpaint, and the previous chunk's plan guides the rest with decaying weights), "
-                   "soft_inpaint_early (as soft_inpaint, the weights holding through the noisiest DDIM steps only)",
-        choices=tuple(TRANSITIONS))
+        "auto", "how a new chunk meets the actions already queued: auto (the first the bundle and backend run of "
+                "soft_inpaint_early, soft_inpaint, blend; logged), replace, blend (cross-fade), inpaint "
+                "(denoised with the committed actions held fixed; needs a bundle exported with --inpaint), "
+                "soft_inpaint (inpaint, and the previous chunk's plan guides the rest with decaying weights), "
+                "soft_inpaint_early (as soft_inpaint, the weights holding through the noisiest DDIM steps only)",
+        choices=(transitions.AUTO, *TRANSITIONS))
     blend_actions: int = setting(4, "blend: actions over which a new chunk cross-fades in", ge=0, live=True)
     chunk_noise: str = setting(
-        "fresh", "each chunk's initial noise: fresh (drawn per chunk), or aligned (the previous chunk's on the due "
-                 "times both cover, fresh beyond: a multimodal policy keeps its choice from chunk to chunk)",
-        choices=tuple(CHUNK_NOISE))
-    inpaint_decay: float = setting(0.8, "soft_inpaint: weight of the j-th action of the previous chunk's plan "
+        "auto", "each chunk's initial noise: auto (aligned where the backend takes it, fresh on remote), fresh "
+                "(drawn per chunk), or aligned (the previous chunk's on the due times both cover, fresh beyond: a "
+                "multimodal policy keeps its choice from chunk to chunk)",
+        choices=(chunk_noise.AUTO, *CHUNK_NOISE))
+    inpaint_decay: float = setting(0.6, "soft_inpaint: weight of the j-th action of the previous chunk's plan "
                                          "after the frozen prefix is inpaint_decay ** j (soft_inpaint_early: the "
                                          "share of the DDIM steps it is held)", gt=0, lt=1, live=True)
     max_obs_age: float = setting(0.5, "s; older inputs stop the policy (never act on stale data); an input silent "
@@ -110,8 +113,8 @@ class RunnerConfig:
     seed: int = setting(-1, ">= 0: chunk k uses noise seed + k (reproducible); -1: random")
     autostart: bool = setting(True, "start running; false: wait for the ~/start service")
     per_chunk: bool = False  # one trajectory per chunk (JointTrajectory) instead of a command per tick
-    transition: Transition = field(init=False, repr=False)  # chunk_transition, resolved once
-    noise: NoiseRule = field(init=False, repr=False)  # chunk_noise, resolved once
+    transition: Transition | None = field(init=False, repr=False)  # chunk_transition, resolved once (None: auto)
+    noise: NoiseRule | None = field(init=False, repr=False)  # chunk_noise, resolved once (None: auto)
 
     def __post_init__(self) -> None:
         check(self)
@@ -159,23 +162,15 @@ class PolicyRunner:
         self.engine = engine
         self.spec: PolicySpec = engine.spec
         self.cfg = cfg
-        self.transition = cfg.transition
         self.delivery = delivery
         self.dt = 1.0 / cfg.control_rate_hz
         self.action_names = list(cfg.action_joint_names) or list(self.spec.action.names)
         if len(self.action_names) != self.spec.action.dim:
             raise ConfigError(f"action_joint_names has {len(self.action_names)} names, the bundle's action has "
                               f"{self.spec.action.dim} dims")
-        if self.transition.inpaints and not engine.can_inpaint:
-            raise ConfigError(f"chunk_transition: {self.transition.name} needs a bundle with the inpainting step "
-                              "graph; re-export it with dp-export --inpaint (or use replace or blend)")
-        if cfg.noise is not fresh and not engine.takes_noise:
-            raise ConfigError("chunk_noise: aligned gives each chunk its initial noise, which this engine "
-                              f"({type(engine).__name__}) does not take; use chunk_noise fresh")
-        if self.transition.masks_per_step and not engine.masks_per_step:
-            raise ConfigError(f"chunk_transition: {self.transition.name} changes the inpainting mask between DDIM "
-                              f"steps, which this engine ({getattr(engine, 'provider', type(engine).__name__)}) cannot; "
-                              "use backend onnxruntime or torchscript (or chunk_transition soft_inpaint)")
+        self.transition, how = transitions.for_engine(cfg.transition, engine)
+        self.noise, noise_how = chunk_noise.for_engine(cfg.noise, engine)
+        self.settings_line = f"{how}; {noise_how}"  # how the auto settings resolved, for the start-up log
         if cfg.per_chunk and delivery.delay_s:
             raise ConfigError("a delivery delay (evaluation) is for per-tick command interfaces")
         self._resolve(cfg)
@@ -245,8 +240,12 @@ class PolicyRunner:
             self.running = False
             self._drop_queue()
 
-    def reset(self) -> None:
+    def reset(self, why: str = "") -> None:
+        """Clear history, queue and plan (~/reset); ``why``: a discontinuity found outside the runner (a backward
+        clock jump), counted as one."""
         with self.lock:
+            if why:
+                self.metrics.discontinuity(Discontinuity(self.last_t_obs or 0.0, why))
             self.buffer.reset()
             self._drop_queue()
             self.last_command = None
@@ -310,7 +309,10 @@ class PolicyRunner:
                 if joint_names:
                     self.latest_joints.update(zip(joint_names, np.asarray(value, dtype=np.float64).tolist()))
                 broke = input_gap(key, previous, stamp, self.cfg.max_obs_age)
-                if broke is None and joint_names and self.running:
+                if broke is not None and self.last_t_obs is None:  # no chunk since start or reset: no plan to end
+                    self.buffer.drop_before(stamp, key)
+                    broke = None
+                elif broke is None and joint_names and self.running:
                     measured = self.measured_joints()
                     broke = None if measured is None else self.departures.check(stamp, measured)
         except DpRuntimeError as e:
@@ -373,7 +375,7 @@ class PolicyRunner:
             committed = self.transition.commits(self.queue, self.spec, obs.stamp, arrive, self._plan,
                                                 self.cfg.inpaint_decay)
             seed = None if self.cfg.seed < 0 else self.cfg.seed + self.stats.chunks
-            self._noise = noise = self.cfg.noise(self._noise, obs.stamp, self.dt, seed,
+            self._noise = noise = self.noise(self._noise, obs.stamp, self.dt, seed,
                                                  (self.spec.horizon, self.spec.action.dim))
         started = time.perf_counter()
         pred = self._predict(obs.history, seed, committed, noise)

@@ -119,6 +119,7 @@ class PolicyWiring:
                  f"precision {self.engine.precision} ({self.engine.recorded_error}); "
                  f"inputs {', '.join(f'{t.topic} [{t.type}]' for t in self.rt.topics)}; "
                  f"{self.p.control_rate_hz} Hz -> {self.p.command_interface} on {self.p.command_topic}; "
+                 f"{self.runner.settings_line}; "
                  f"{'running' if self.runner.running else self.stopped_hint}")
         self.configured = True
 
@@ -208,7 +209,7 @@ class PolicyWiring:
             now = self.now()
             if jumped_back:  # a looped bag: everything buffered is from the future now
                 self.get_logger().warning(f"clock jumped back to {now:.3f} s: resetting history and queue")
-                self.runner.reset()
+                self.runner.reset(why=f"clock jumped back to {now:.3f} s")
                 self.grid.restart(now)
                 continue
             tick_time = self.grid.advance(now)

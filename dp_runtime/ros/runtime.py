@@ -42,7 +42,7 @@ def open_engine(p: NodeParams) -> PolicyEngine | RemoteEngine:
                              compile_cache=Path(p.compile_cache).expanduser() if p.compile_cache else None)
     return load_bundle(p.bundle, backend=p.backend, device=p.device, num_inference_steps=p.num_inference_steps or None,
                        precision=p.precision, max_action_error=p.max_action_error or None,
-                       need_inpaint=p.transition.inpaints, options=options)
+                       need_inpaint=p.transition is not None and p.transition.inpaints, options=options)
 
 
 def open_runtime(p: NodeParams, get: Callable[[str, Any], Any], engine: PolicyEngine | None = None,
