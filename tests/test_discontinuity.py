@@ -139,8 +139,8 @@ def test_input_gap_after_running_is_a_discontinuity_but_not_at_start_up():
 
 def test_replay_compares_with_the_recorded_commands():
     # the policy's own commands run far ahead of the recorded robot, which followed the recorded commands
-    r = PolicyRunner(RampEngine(step=0.3), RunnerConfig(control_rate_hz=10, inference_lead=2),
-                     delivery=simulated(0.0), executes_commands=False)
+    r = PolicyRunner(RampEngine(step=0.3), RunnerConfig(control_rate_hz=10, inference_lead=2, commands_executed=False),
+                     delivery=simulated(0.0))
     for k in range(100):
         t = 1.0 + 0.02 * k
         q = np.array([0.01 * k, 0.0])
@@ -152,6 +152,12 @@ def test_replay_compares_with_the_recorded_commands():
             r.tick(t)
         r.add("state", t, q.astype(np.float32), joint_names=NAMES)
     assert r.stats.discontinuities == 0 and r.stats.chunks > 5
+    for k in range(100, 140):  # the recorded robot drifts away from its recorded command (pushed)
+        t = 1.0 + 0.02 * k
+        if k % 5 == 0:
+            r.executed(t, np.array([0.99, 0.0]))
+        r.add("state", t, np.array([0.99 + 0.03 * (k - 99), 0.0], np.float32), joint_names=NAMES)
+    assert r.stats.discontinuities == 1 and "from every command" in r.stats.last_discontinuity
 
 
 @pytest.mark.parametrize("name", ["discontinuity_threshold", "discontinuity_speed"])

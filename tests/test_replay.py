@@ -24,7 +24,9 @@ RATE = 10.0
 
 
 def config_file(tmp_path, **over):
+    # plain chunks (no guidance, noise from the seed): replay is compared with the engine's own predictions
     params = {"control_rate_hz": RATE, "command_topic": "/commands", "max_obs_age": 0.5,
+              "chunk_transition": "replace", "chunk_noise": "fresh",
               "obs": {"state": {"joint_names": ["joint1", "joint2"]}}}
     params.update(over)
     path = tmp_path / "policy.yaml"

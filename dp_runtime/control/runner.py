@@ -110,6 +110,9 @@ class RunnerConfig:
                                  choices=("hold", "stop"), live=True)
     on_stale: str = setting("stop", "on stale inputs: stop publishing, or hold_position (publish the measured "
                                     "joint positions)", choices=("stop", "hold_position"), live=True)
+    commands_executed: bool = setting(
+        True, "the robot executes this node's commands; false where the measured joints follow other commands (a "
+              "dry run, real-time replay of a bag): the departure rule then has nothing to compare with")
     seed: int = setting(-1, ">= 0: chunk k uses noise seed + k (reproducible); -1: random")
     autostart: bool = setting(True, "start running; false: wait for the ~/start service")
     per_chunk: bool = False  # one trajectory per chunk (JointTrajectory) instead of a command per tick
@@ -154,11 +157,9 @@ class PolicyRunner:
     def __init__(self, engine: Engine, cfg: RunnerConfig, limits: ActionLimits | None = None,
                  keep_observations: bool = False, warn: Callable[[str, str], None] | None = None,
                  info: Callable[[str], None] | None = None, delivery: Delivery = IMMEDIATE,
-                 keep_chunks: int | None = 100, executes_commands: bool = True):
+                 keep_chunks: int | None = 100):
         """``delivery``: IMMEDIATE on a robot, ``delivery.simulated(...)`` for replay and the sim;
-        ``keep_chunks``: chunk records kept (None: all, for offline replay reports); ``executes_commands``:
-        the robot executes what ``tick`` returns (replay: it executed the recorded commands, given to
-        ``executed``), which the departure check compares the measured joints with."""
+        ``keep_chunks``: chunk records kept (None: all, for offline replay reports)."""
         self.engine = engine
         self.spec: PolicySpec = engine.spec
         self.cfg = cfg
@@ -187,7 +188,6 @@ class PolicyRunner:
         scale = np.asarray(self.spec.action.scale or np.ones(self.spec.action.dim), np.float64)
         self.departures = DepartureCheck(cfg.discontinuity_threshold, cfg.discontinuity_speed, scale,
                                          self.dt * self.spec.n_action_steps, self.action_names)
-        self.executes_commands = executes_commands
         self.chunks: deque[ChunkRecord] = deque(maxlen=keep_chunks)
         self.keep_observations = keep_observations
         self.running = cfg.autostart
@@ -493,7 +493,7 @@ class PolicyRunner:
             cmd = self.limits.apply(action, self.last_command)
             self.last_command = cmd
             self.jumps.add(cmd, chunk)
-        if cmd is not None and self.executes_commands:
+        if cmd is not None and self.cfg.commands_executed:
             self.executed(now, cmd)
         if cmd is None or self.cfg.per_chunk:
             return None
@@ -510,7 +510,7 @@ class PolicyRunner:
         hold = self.measured_joints()
         if hold is not None:
             self.metrics.issued(None, now)
-            if self.executes_commands:
+            if self.cfg.commands_executed:
                 self.executed(now, hold)
         return hold
 

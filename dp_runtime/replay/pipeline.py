@@ -48,9 +48,10 @@ class ReplaySetup:
     def runner(self, seed: int, assumed_latency_s: float, keep_observations: bool = False) -> PolicyRunner:
         """A fresh control loop as the node builds it, on the bag's clock: every chunk record is kept."""
         # per_chunk off: replay compares every executed action, whatever interface would publish them.
+        # The robot executed the recorded commands (fed to ``runner.executed``), not the replay's.
         return open_runtime(self.params, self.flat.get, engine=self.engine, keep_observations=keep_observations,
                             delivery=simulated(assumed_latency_s or 0.0), keep_chunks=None,
-                            seed=seed, per_chunk=False).runner
+                            seed=seed, per_chunk=False, commands_executed=False).runner
 
 
 @dataclass
@@ -119,10 +120,12 @@ def replay_offline(bag_path: str | Path | Bag, setup: ReplaySetup, seed: int = 0
                 continue
             if raw.topic == setup.recorded_topic:
                 try:
-                    result.recorded.append((raw.time, command_to_vector(msg, raw.msgtype, setup.action_names,
-                                                                        raw.topic)))
+                    recorded = command_to_vector(msg, raw.msgtype, setup.action_names, raw.topic)
                 except DpRuntimeError as e:
                     _count(result, f"{raw.topic}: {e}")
+                    continue
+                result.recorded.append((raw.time, recorded))
+                runner.executed(raw.time, recorded)
                 continue
             t = by_topic[raw.topic]
             try:

@@ -37,7 +37,8 @@ def start_policy_node(setup: ReplaySetup, config: str | None, seed: int, log_pat
     args += ["-p", f"bundle:={setup.params.bundle}", "-p", f"seed:={seed}", "-p", "use_sim_time:=true",
              "-p", f"command_topic:={REPLAY_COMMAND_TOPIC}", "-p", "command_interface:=joint_state",
              "-p", f"backend:={setup.params.backend}", "-p", f"device:={setup.params.device}",
-             "-p", f"precision:={setup.params.precision}"]
+             "-p", f"precision:={setup.params.precision}",
+             "-p", "commands_executed:=false"]  # the bag's joints follow the recorded commands, not these
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(args, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
 

@@ -133,19 +133,30 @@ def free_domain_id(start: int) -> int:
 
 
 class Watcher(SideNode):
-    """Subscribes (own rclpy context) to episode results, commands and the node's diagnostics."""
+    """Subscribes (own rclpy context) to episode results, commands and the node's diagnostics; with
+    ``reset_episodes``, calls the node's ~/reset as each episode ends (as an evaluation script resets its policy)."""
 
-    def __init__(self, domain: int, command_topic: str, episode_topic: str):
+    def __init__(self, domain: int, command_topic: str, episode_topic: str, reset_episodes: bool = False):
         from diagnostic_msgs.msg import DiagnosticArray
         from std_msgs.msg import Float64MultiArray, String
+        from std_srvs.srv import Trigger
         super().__init__("dp_demo_watcher", domain)
         self.episodes: list[dict] = []
         self.command_times: list[float] = []
         self.diag: dict[str, str] = {}
-        self.node.create_subscription(String, episode_topic, lambda m: self.episodes.append(json.loads(m.data)), 50)
+        self.resets = 0
+        self._reset = self.node.create_client(Trigger, "/policy_node/reset") if reset_episodes else None
+        self.node.create_subscription(String, episode_topic, self._on_episode, 50)
         self.node.create_subscription(Float64MultiArray, command_topic,
                                       lambda m: self.command_times.append(time.perf_counter()), 100)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+
+    def _on_episode(self, msg) -> None:
+        self.episodes.append(json.loads(msg.data))
+        if self._reset is not None:
+            from std_srvs.srv import Trigger
+            self._reset.call_async(Trigger.Request())
+            self.resets += 1
 
     def _on_diag(self, msg) -> None:
         for st in msg.status:
@@ -167,8 +178,10 @@ def read_episodes(path: Path) -> list[dict]:
 
 
 def closed_loop(bundle: Path, out: Path, episodes: int, seed: int, domain: int | None = None,
-                task: SimTask = TASKS["reach"], node_params: tuple[str, ...] = ()) -> dict:
-    """``domain``: the ROS_DOMAIN_ID to run on (None: a free one); ``node_params``: more NAME:=VALUE."""
+                task: SimTask = TASKS["reach"], node_params: tuple[str, ...] = (), reset_episodes: bool = False) -> dict:
+    """``domain``: the ROS_DOMAIN_ID to run on (None: a free one); ``node_params``: more NAME:=VALUE;
+    ``reset_episodes``: call the node's ~/reset at each episode end (default: nobody tells the node, which
+    finds each new episode's start itself, as a discontinuity: the arm is teleported)."""
     from ..ros.params import load_params_file
     params, _ = load_params_file(config_path("sim_policy.yaml"))
     domain = free_domain_id(150 + os.getpid() % 50) if domain is None else domain
@@ -178,7 +191,7 @@ def closed_loop(bundle: Path, out: Path, episodes: int, seed: int, domain: int |
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     results_file = logs / "episodes.jsonl"
-    watcher = Watcher(domain, params.command_topic, "/sim/episode")
+    watcher = Watcher(domain, params.command_topic, "/sim/episode", reset_episodes)
     node = subprocess.Popen([sys.executable, "-m", "dp_runtime.ros.node", "--ros-args", "--params-file",
                              str(config_path("sim_policy.yaml")), "-p", f"bundle:={bundle}", "-p", f"seed:={seed}",
                              *[a for v in node_params for a in ("-p", v)]],
@@ -229,6 +242,8 @@ def closed_loop(bundle: Path, out: Path, episodes: int, seed: int, domain: int |
         "dropped_actions": st.queue.dropped, "node_exit_code": rc,
         "chunk_transition": st.chunk_transition, "inference_lead": st.inference_lead,
         "boundary_jump_ratio": st.boundary_jump_ratio, "chunk_switches": st.chunk_switches,
+        "episode_start": "~/reset called" if reset_episodes else "discontinuity detection (no reset call)",
+        "resets_called": watcher.resets, "discontinuities": st.discontinuities, "node_params": list(node_params),
     }
 
 
@@ -244,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID of the closed loop (default: a free one)")
     p.add_argument("--remote", action="store_true", help="closed loop with backend remote: the bundle served by "
                                                           "dp-serve on this machine")
+    p.add_argument("--reset-episodes", action="store_true",
+                   help="call the node's ~/reset at each episode end (default: the node finds each new start itself)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
+                   help="a node parameter for the closed loop (repeatable), e.g. chunk_transition:=replace")
     args = p.parse_args(argv)
     try:
         task = sim_task(args.task)
@@ -266,10 +285,11 @@ def main(argv: list[str] | None = None) -> int:
         with ServerProcess([bundle], out / "logs" / "dp_serve.log") as server:
             print(f"[run] closed loop over DDS, the node's chunks from {server.url} ...", flush=True)
             loop = closed_loop(bundle, out, plan.episodes, args.seed, args.domain_id, task,
-                               ("backend:=remote", f"server_url:={server.url}"))
+                               ("backend:=remote", f"server_url:={server.url}", *args.param), args.reset_episodes)
     else:
         print("[run] closed loop over DDS ...", flush=True)
-        loop = closed_loop(bundle, out, plan.episodes, args.seed, args.domain_id, task)
+        loop = closed_loop(bundle, out, plan.episodes, args.seed, args.domain_id, task, tuple(args.param),
+                           args.reset_episodes)
     demos_info = json.loads((out / "demos_info.json").read_text()) if (out / "demos_info.json").exists() else {}
     replay = json.loads((report / "metrics.json").read_text())
     summary = {"task": task.name, "backend": "remote" if args.remote else "local", "expert_success_rate": demos_info.get("expert_success_rate"), "policy": loop,
@@ -289,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
           f"max {_fmt(lp['inference_latency_ms']['max'])} ms on {lp['provider']} ({lp['precision']})")
     print(f"starvation: {lp['starvation_count']}, dropped actions: {lp['dropped_actions']}, chunks: {lp['chunks']}")
     print(f"chunk transitions ({lp['chunk_transition']}, inference_lead {lp['inference_lead']}): boundary_jump_ratio "
-          f"{_fmt(lp['boundary_jump_ratio'])} over {lp['chunk_switches']} switches")
+          f"{_fmt(lp['boundary_jump_ratio'])} over {lp['chunk_switches']} switches inside episodes")
+    print(f"episode starts: {lp['episode_start']}; discontinuities the node found: {lp['discontinuities']} "
+          f"(teleports between episodes: {max(lp['episodes'] - 1, 0)})")
     print(f"replay of one expert episode: action MSE {replay['action_mse_mean']:.5f}; report in {report}")
     print(f"everything is in {out} ({summary_file.name})")
     return 0
