@@ -120,7 +120,9 @@ def test_hold_after_a_break_is_where_the_robot_is_measured():
     assert np.allclose(r.last_command, [5.0, 5.0])
     assert len(r.queue) == 0 and r._plan is None and r._noise is None
     assert not r.needs_inference(robot.t)  # no camera frame since the break yet: waits, not stale
+    starved = r.queue.stats.starved
     assert r.tick(robot.t + 0.01) is not None and np.allclose(r.tick(robot.t + 0.02), [5.0, 5.0])
+    assert r.queue.stats.starved == starved  # holding for the first chunk after a break is no starvation
     assert r.inputs_stale(robot.t + 0.1) == {}
 
 

@@ -25,9 +25,12 @@ def domain():
 
 
 def node_params(bundle, **over):
+    """Plain chunks (commands comparable with the engine's predictions for a seed); the sensor publisher's
+    joints do not follow the commands, so nothing executes them (commands_executed: false)."""
     p = {"bundle": str(bundle), "control_rate_hz": RATE, "command_topic": "/test/commands", "seed": 0,
          "max_obs_age": 0.5, "obs": {"state": {"joint_names": ["joint1", "joint2"]}},
-         "diagnostics_period": 0.25}
+         "diagnostics_period": 0.25, "chunk_transition": "replace", "chunk_noise": "fresh",
+         "commands_executed": False}
     p.update(over)
     return p
 
@@ -215,6 +218,46 @@ def test_inpaint_transition_over_dds(tmp_path, tiny_bundle, domain):
     assert diag["chunk_transition"] == "inpaint" and int(diag["inference_lead"]) >= 1
     assert int(diag["chunk_switches"]) > 10 and diag["boundary_jump_ratio"] != "n/a"
     assert int(diag["inference_errors"]) == 0
+
+
+def test_plan_over_dds_with_the_default_transition(tmp_path, tiny_bundle, domain):
+    """The documented defaults (chunk_transition and chunk_noise auto) run soft_inpaint_early with aligned
+    noise on a bundle exported with --inpaint; ~/plan carries each queued chunk (stamped with its observation,
+    points dt apart, guided weights in frame_id) and ~/plan/committed the prefix the previous plan held; a late
+    subscriber still gets the newest (transient local); a subscriber with a QoS the plan cannot offer is told
+    in the node's log, and the node runs on."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from trajectory_msgs.msg import JointTrajectory
+    plans, committed, late = [], [], []
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+    def during(col, t0):
+        col.node.create_subscription(JointTrajectory, "/policy_node/plan", plans.append, latched)
+        col.node.create_subscription(JointTrajectory, "/policy_node/plan/committed", committed.append, latched)
+        from rclpy.duration import Duration
+        col.node.create_subscription(JointTrajectory, "/policy_node/plan", lambda m: None,
+                                     QoSProfile(depth=1, deadline=Duration(seconds=0.001)))
+        time.sleep(3.0)
+        col.node.create_subscription(JointTrajectory, "/policy_node/plan", late.append, latched)
+
+    params = {"chunk_transition": "auto", "chunk_noise": "auto", "seed": -1}
+    col, log, alive, t0, rc = run(tmp_path, tiny_bundle, domain, params, ["--rate", "30"], 5.0, during=during)
+    assert alive and rc == 0, log
+    assert "chunk_transition auto: soft_inpaint_early; chunk_noise auto: aligned" in log
+    assert col.last_diag()["chunk_transition"] == "soft_inpaint_early"
+    assert len(plans) > 20 and late, (len(plans), len(late))
+    dt = 1.0 / RATE
+    n_steps = load_bundle(tiny_bundle).spec.n_action_steps
+    for msg in plans:
+        assert list(msg.joint_names) == ["joint1", "joint2"] and len(msg.points) == n_steps
+        offsets = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
+        assert np.allclose(offsets, np.arange(n_steps) * dt, atol=1e-6)
+    assert any(m.header.frame_id.startswith("guided:") for m in plans)
+    assert any(len(m.points) > 0 for m in committed)  # the committed prefix, once chunks overlap
+    stamps = {(m.header.stamp.sec, m.header.stamp.nanosec) for m in plans}
+    for m in committed:
+        assert (m.header.stamp.sec, m.header.stamp.nanosec) in stamps and len(m.points) < n_steps
+    assert "asked for a QoS it cannot have" in log and "DEADLINE" in log, log
 
 
 def test_reduced_precision_bundle_over_dds(tmp_path, variant_bundle, domain):

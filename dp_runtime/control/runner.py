@@ -151,6 +151,9 @@ class ChunkRecord:
     trajectory: np.ndarray | None = None  # per-chunk output: the queued actions (K, A) after limits
     previous: np.ndarray | None = None  # the last command before this trajectory (velocity of its first point)
     committed: int = 0  # inpaint, soft_inpaint: actions of the previous chunk frozen while denoising this one
+    held: np.ndarray | None = None  # (n_action_steps,) weights the previous plan held the executed slice with:
+    #                                 1 committed, (0, 1) guided, 0 free (None: nothing held)
+    queued_at: float | None = None  # clock time the chunk reached the queue (None: still in flight)
 
 
 class PolicyRunner:
@@ -201,6 +204,7 @@ class PolicyRunner:
         self._first_input: float | None = None  # stamp of the first usable sample since start or reset
         self._pending_t_obs: float | None = None  # a new chunk's observation stamp until its first command
         self._in_flight: InFlight | None = None
+        self._restarting = False  # after a discontinuity, until its first chunk: holding, not starving
         self._plan: Plan | None = None  # the chunk the queue was last filled from (soft_inpaint's guide)
         self._noise: ChunkNoise | None = None  # the last chunk's initial noise (chunk_noise aligned)
         self._warned: set[str] = set()
@@ -273,6 +277,7 @@ class PolicyRunner:
         self.last_t_obs = None
         self._pending_t_obs = None
         self.last_command = self.measured_joints()
+        self._restarting = True
         self.generation += 1  # a chunk being inferred from the old history is discarded
         self.metrics.discontinuity(d)
 
@@ -406,9 +411,11 @@ class PolicyRunner:
                     self.metrics.issued(obs.stamp, now)
                 else:
                     self._pending_t_obs = obs.stamp
+            held = None if committed is None else self.spec.executed(np.asarray(committed[1], np.float32)[:, None])[:, 0]
             rec = ChunkRecord(obs.stamp, started, finished, pred.latency_s, executed, dropped,
                               obs if self.keep_observations else None, trajectory, previous,
-                              0 if committed is None else int((committed[1] >= 1).sum()))
+                              0 if committed is None else int((committed[1] >= 1).sum()), held,
+                              None if self.delivery.simulated else arrival)
             self.chunks.append(rec)  # under the lock: _deliver updates the newest record
         return rec
 
@@ -440,6 +447,7 @@ class PolicyRunner:
     def _merge(self, plan: Plan, arrival: float) -> int:
         """Queue a chunk's executed slice as it arrives (under the lock), as the transition merges it."""
         self._plan = plan
+        self._restarting = False
         return self.transition.merge(self.queue, self.spec.executed(plan.actions), plan.t_obs, arrival,
                                      self.cfg.blend_actions)
 
@@ -450,7 +458,9 @@ class PolicyRunner:
         plan, arrival, generation = self._in_flight
         self._in_flight = None
         if generation == self.generation:
-            self.chunks[-1].dropped = self._merge(plan, arrival) if self.chunks else 0
+            dropped = self._merge(plan, arrival)
+            if self.chunks:
+                self.chunks[-1].dropped, self.chunks[-1].queued_at = dropped, arrival
             self._pending_t_obs = plan.t_obs
 
     # -- control tick ----------------------------------------------------------------
@@ -482,7 +492,7 @@ class PolicyRunner:
         self._stale = False
         with self.lock:
             self._deliver(now)
-            action = self.queue.pop(now)
+            action = None if self._restarting and not self.queue else self.queue.pop(now)
             chunk = self.queue.popped_chunk
         if action is None:
             starved = len(self.queue) == 0

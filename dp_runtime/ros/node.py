@@ -27,14 +27,14 @@ from rclpy.publisher import Publisher
 from rclpy.service import Service
 from rclpy.subscription import Subscription
 from rclpy.timer import Timer
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from std_srvs.srv import Trigger
 
 from ..control import TickGrid
 from ..control.status import ERROR, OK, WARN
 from ..errors import ConfigError, DpRuntimeError
-from . import convert
+from . import convert, plan
 from ..control import PolicyRunner
 from ..engine import PolicyEngine
 from ..settings import coerce
@@ -67,6 +67,7 @@ class PolicyWiring:
         self.watchdog: QosWatchdog | None = None
         self.entities: list = []
         self.pub: Publisher | None = None
+        self.plan_pubs: list[Publisher] = []
         self.diag_pub: Publisher | None = None
         self.starved_reported = 0
         self.wake = threading.Event()
@@ -97,10 +98,11 @@ class PolicyWiring:
         self.entities = [self.create_subscription(convert.message_class(convert.OBS_MESSAGE_TYPES[t.type]), t.topic,
                                                   self._on_msg(t), qos(t.qos)) for t in self.rt.topics]
         self.pub = self.create_publisher(self.rt.interface.message_class, self.p.command_topic, qos(self.p.command_qos))
+        self.plan_pubs = [self._plan_publisher(topic) for topic in (plan.PLAN_TOPIC, plan.COMMITTED_TOPIC)]
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.starved_reported = 0
         self.entities += [
-            self.pub, self.diag_pub, self.create_timer(self.p.diagnostics_period, self._on_diagnostics),
+            self.pub, self.diag_pub, *self.plan_pubs, self.create_timer(self.p.diagnostics_period, self._on_diagnostics),
             self.create_service(Trigger, "~/start", self._srv(self.start_commands)),
             self.create_service(Trigger, "~/stop", self._srv(lambda: self.runner.stop() or (True, "stopped"))),
             self.create_service(Trigger, "~/reset",
@@ -199,6 +201,30 @@ class PolicyWiring:
             rec = self.runner.infer(self.now())
             if rec is not None and rec.trajectory is not None:
                 self._publish(rec.trajectory, 0.0, rec.previous)
+            if rec is not None and rec.queued_at is not None:
+                self._publish_plan(rec)
+
+    # -- the plan (inference thread: built only while somebody subscribes) -----------------
+    def _plan_publisher(self, topic: str) -> Publisher:
+        """Reliable, transient local (a late RViz or Foxglove gets the newest plan); a subscriber asking for what
+        it cannot give (a deadline, manual liveliness) is told in the log, once, never a crash."""
+        from rclpy.event_handler import PublisherEventCallbacks
+        from trajectory_msgs.msg import JointTrajectory
+        latched = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=1,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+        def incompatible(event) -> None:
+            self.runner.warn_once(f"qos:{topic}", f"a subscriber of {self.resolve_topic_name(topic)} asked for a QoS "
+                                  f"it cannot have ({getattr(event.last_policy_kind, 'name', event.last_policy_kind)}): the plan is published reliable, "
+                                  "transient local, keep last 1, no deadline or liveliness; subscribe with those")
+        return self.create_publisher(JointTrajectory, topic, latched,
+                                     event_callbacks=PublisherEventCallbacks(incompatible_qos=incompatible))
+
+    def _publish_plan(self, rec) -> None:
+        if not any(pub.get_subscription_count() for pub in self.plan_pubs):
+            return
+        for pub, msg in zip(self.plan_pubs, plan.plan_messages(rec, self.rt.action_names, self.rt.dt)):
+            pub.publish(msg)
 
     # -- control loop ----------------------------------------------------------------
     def _control_loop(self) -> None:
@@ -356,6 +382,7 @@ class LifecyclePolicyNode(PolicyWiring, LifecycleNode):
         self.entities = []
         self.configured = False
         self.pub = self.diag_pub = self.rt = self.runner = self.engine = self.p = None
+        self.plan_pubs = []
 
 
 def main(argv: list[str] | None = None) -> int:
