@@ -90,6 +90,31 @@ def test_report_files_hold_the_right_numbers(tmp_path, tiny_bundle):
     assert 0 < m["throughput"]["share_outside_inference"] < 1
 
 
+def test_replay_bag_carries_each_chunks_plan_with_the_default_transition(tmp_path, tiny_bundle):
+    """With the documented defaults (soft_inpaint_early, aligned noise on an --inpaint bundle) the replay bag
+    has the node's ~/plan and ~/plan/committed for every queued chunk, stamped as the node stamps them, and
+    the report's plots draw the plans against the executed commands."""
+    bag = write_test_bag(tmp_path / "bag", "mcap", seconds=3.0)
+    out = tmp_path / "report"
+    cfg = config_file(tmp_path, chunk_transition="auto", chunk_noise="auto")
+    assert replay_cli([str(bag), "--bundle", str(tiny_bundle), "--config", str(cfg), "--out", str(out),
+                       "--seed", "1", "--no-progress", "--assumed-latency", "0.05"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["continuity"]["chunk_transition"] == "soft_inpaint_early"
+    with Bag(out / "replay_bag") as rb:
+        assert rb.topics["/policy_node/plan"] == "trajectory_msgs/msg/JointTrajectory"
+        plans = [rb.deserialize(x) for x in rb.messages({"/policy_node/plan"})]
+        committed = [rb.deserialize(x) for x in rb.messages({"/policy_node/plan/committed"})]
+    assert len(plans) == len(committed) >= m["chunks"] - 1 > 5  # the last may still be in flight at the end
+    assert all(list(p.joint_names) == ["joint1", "joint2"] for p in plans)
+    assert all(len(p.points) == len(plans[0].points) > 1 for p in plans)
+    assert sum(len(c.points) for c in committed) > 0  # the prefix the previous plan held
+    assert any(p.header.frame_id.startswith("guided:") for p in plans)
+    for p, c in zip(plans, committed):
+        assert (p.header.stamp.sec, p.header.stamp.nanosec) == (c.header.stamp.sec, c.header.stamp.nanosec)
+    assert m["plots"] and all((out / name).stat().st_size > 0 for name in m["plots"])
+
+
 def test_compressed_images_and_a_humble_bag(tmp_path, tiny_bundle):
     bag = write_test_bag(tmp_path / "bag", "sqlite3", compressed=True, store=Stores.ROS2_HUMBLE)
     cfg = config_file(tmp_path, obs={"state": {"joint_names": ["joint1", "joint2"]},

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..ros import plan
 from ..ros.convert import sec_to_stamp_fields
+from ..ros.plan import plan_points
 from .bag import Bag, open_bag
 from .pipeline import ReplayResult, ReplaySetup
 
@@ -100,14 +102,23 @@ def write_plots(out: Path, result: ReplayResult, names: list[str]) -> list[Path]
     if not len(times):
         return paths
     t = times - times[0]
+    dt = float(np.median(np.diff(times))) if len(times) > 1 else 0.0
     for i, name in enumerate(names):
         fig, ax = plt.subplots(figsize=(8, 3))
-        ax.plot(t, pred[:, i], label="predicted", lw=1.2)
+        labels = {"plan": "each chunk's plan", "committed": "committed (held from the previous plan)"}
+        for chunk in (c for c in result.chunks if c.queued_at is not None):
+            offsets, actions, held = plan_points(chunk, dt)
+            ax.plot(chunk.t_obs + offsets - times[0], actions[:, i], color="0.6", lw=0.8, label=labels.pop("plan", None))
+            frozen = held >= 1
+            if frozen.any():
+                ax.plot(chunk.t_obs + offsets[frozen] - times[0], actions[frozen, i], "x", color="0.3", ms=3,
+                        label=labels.pop("committed", None))
+        ax.plot(t, pred[:, i], label="executed (predicted commands)", lw=1.2)
         if np.isfinite(rec[:, i]).any():
             ax.step(t, rec[:, i], where="post", label="recorded", lw=1.0, alpha=0.8)
         ax.set_xlabel("time since first command [s]")
         ax.set_ylabel(name)
-        ax.set_title(f"{name}: predicted vs recorded")
+        ax.set_title(f"{name}: plans, executed and recorded commands")
         ax.legend(loc="best")
         fig.tight_layout()
         p = out / f"action_{i}_{name}.png"
@@ -118,7 +129,8 @@ def write_plots(out: Path, result: ReplayResult, names: list[str]) -> list[Path]
 
 
 def write_bag(path: Path, result: ReplayResult, setup: ReplaySetup, distro: str, bag: Bag | None = None) -> None:
-    """Input topics copied from the source bag plus the predicted commands (JointState), MCAP, metadata v8."""
+    """Input topics copied from the source bag plus the predicted commands (JointState) and each chunk's plan
+    (the node's ~/plan and ~/plan/committed), MCAP, metadata v8: Foxglove opens it as it is."""
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
     kilted = get_typestore(Stores.ROS2_KILTED)
@@ -133,6 +145,15 @@ def write_bag(path: Path, result: ReplayResult, setup: ReplaySetup, distro: str,
                 conns[topic] = dst.add_connection(topic, msgtype, typestore=src.typestore)
         for m in src.messages(set(conns)):
             dst.write(conns[m.topic], int(round(m.time * 1e9)), m.raw)
+        trajectory = "trajectory_msgs/msg/JointTrajectory"
+        plans = [dst.add_connection(f"{plan.REPLAY_NODE}/{name.removeprefix('~/')}", trajectory, typestore=kilted)
+                 for name in (plan.PLAN_TOPIC, plan.COMMITTED_TOPIC)]
+        dt = 1.0 / setup.params.control_rate_hz
+        for rec in result.chunks:  # each chunk's plan when it reached the queue, as the node publishes it
+            if rec.queued_at is None:
+                continue
+            for conn, msg in zip(plans, plan.plan_messages(rec, setup.action_names, dt, kilted.types)):
+                dst.write(conn, int(round(rec.queued_at * 1e9)), kilted.serialize_cdr(msg, trajectory))
         pred = dst.add_connection(PREDICTED_TOPIC, "sensor_msgs/msg/JointState", typestore=kilted)
         for t, cmd in result.commands:
             if cmd is None:
