@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import BundleError, ConfigError, ServerError
 from ..holds import Hold, every_step
 from ..obs_spec import validate_obs
-from ..serve.protocol import ROUTE, ChunkRequest, decode_reply, encode_request
+from ..wire import ROUTE, ChunkRequest, decode_reply, encode_request
 from .engine import Prediction
 from .manifest import read_manifest, verify_norm_inventory
 

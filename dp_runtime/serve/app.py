@@ -22,7 +22,7 @@ from ..engine import load_bundle
 from ..engine.backends import BackendOptions
 from ..errors import DpRuntimeError, ServerError
 from ..obs_spec import validate_obs
-from .protocol import ROUTE, ChunkReply, ChunkRequest, decode_request, encode_reply
+from ..wire import ROUTE, ChunkReply, ChunkRequest, decode_request, encode_reply
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 
 from ..errors import DpRuntimeError
-from .protocol import ROUTE
+from ..wire import ROUTE
 
 log = logging.getLogger("dp_serve")
 

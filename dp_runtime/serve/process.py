@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import ServerError
-from .protocol import ROUTE
+from ..wire import ROUTE
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ServerError
+from .errors import ServerError
 
 ROUTE = "/dp"  # the application's route prefix; POST {ROUTE}/chunk, GET {ROUTE}/health
 OBS_PREFIX = "obs."
