@@ -120,7 +120,8 @@ def main() -> None:
             print(f"{name:<7} {threshold:g}/{speed:g}  success {100 * row['success_rate']:5.1f} %  caught "
                   f"{row['caught_within_one_period']}/{row['teleports']} (latency max "
                   f"{row['detection_latency_s_max']})  false {false}  in settle {settle}  normal max departure "
-                  f"{dep:.3f} speed {jump:.2f} (teleports from {teleport_speed:.2f})  jump ratio {ratio if ratio is None else round(ratio, 2)}  "
+                  f"{dep:.3f} speed {jump:.2f} (teleports from {teleport_speed:.2f})  jump ratio "
+                  f"{ratio if ratio is None else round(ratio, 2)}  "
                   f"({row['wall_s']} s)", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"episodes": args.episodes, "seed": args.seed, "mode": args.mode,

@@ -55,9 +55,9 @@ def export_main(argv: list[str] | None = None) -> int:
                    help="dataset .npz (dp-dataset output: one (N, n_obs_steps, ...) array per observation key): "
                         "variants are also measured on real observations from it")
     p.add_argument("--calibration-samples", type=int, default=16)
-    p.add_argument("--inpaint", action="store_true",
-                   help="also export the inpainting step graph (node parameter chunk_transition: inpaint); it holds "
-                        "a second copy of the UNet weights")
+    p.add_argument("--inpaint", action=argparse.BooleanOptionalAction, default=True,
+                   help="export the inpainting step graph too (default; the node's chunk_transition auto runs "
+                        "soft_inpaint_early with it, blend without); it holds a second copy of the UNet weights")
     args = p.parse_args(argv)
 
     def go():

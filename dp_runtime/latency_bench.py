@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None, results_dir: Path | None = None) -> None
     # Random weights: reduced precisions are kept with force (their error here is reported, not judged;
     # a trained policy's is, at export).
     precisions = args.precision + (",tf32" if args.device == "cuda" else "")
-    bundle = export_bundle(ck_path, work / "bundle", ExportOptions(formats=formats, parity_samples=2,
+    bundle = export_bundle(ck_path, work / "bundle", ExportOptions(formats=formats, parity_samples=2, inpaint=False,
                                                                   precisions=precisions, force=True,
                                                                   compile_cache=work / "export_compiled"),
                            progress=print)

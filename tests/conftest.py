@@ -57,6 +57,7 @@ def variant_bundle(tmp_path_factory, tiny_ckpt, calibration_npz) -> Path:
     from dp_runtime.export import ExportOptions, export_bundle
     out = tmp_path_factory.mktemp("variants") / "tiny"
     export_bundle(tiny_ckpt, out, ExportOptions(seed=0, parity_samples=3, precisions="int8,fp16,bf16", force=True,
+                                                inpaint=False,
                                                 calibration=calibration_npz, calibration_samples=8))
     return out
 

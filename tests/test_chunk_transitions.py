@@ -160,6 +160,36 @@ def test_soft_inpaint_settings_are_checked():
         RunnerConfig(chunk_transition="soft")
 
 
+def test_auto_picks_the_best_the_engine_runs_and_says_why():
+    """chunk_transition and chunk_noise auto (the defaults): soft_inpaint_early with aligned noise where the
+    engine can; soft_inpaint where the mask is one for all steps (compiled, remote); blend without the
+    inpainting graph; fresh noise where the engine draws its own. The fallback is named in the log line."""
+    class Inpainting(RecordingEngine):
+        pass
+
+    class OneMask(RecordingEngine):
+        masks_per_step = False
+        takes_noise = False
+
+    cases = {Inpainting: ("soft_inpaint_early", "aligned"), OneMask: ("soft_inpaint", "fresh"),
+             FakeEngine: ("blend", "aligned")}
+    for engine, (mode, noise) in cases.items():
+        r = PolicyRunner(engine(), RunnerConfig())
+        assert (r.transition.name, r.noise.__name__) == (mode, noise)
+        assert r.settings_line.startswith(f"chunk_transition auto: {mode}")
+    line = PolicyRunner(FakeEngine(), RunnerConfig()).settings_line
+    assert "(passed over: soft_inpaint_early needs a bundle with the inpainting step graph; re-export it with dp-export " \
+           "--inpaint" in line
+    assert "DDIM steps" in PolicyRunner(OneMask(), RunnerConfig()).settings_line
+    assert "chunk_noise auto: fresh (OneMask draws each chunk's noise itself)" in \
+           PolicyRunner(OneMask(), RunnerConfig()).settings_line
+    explicit = PolicyRunner(Inpainting(), RunnerConfig(chunk_transition="replace", chunk_noise="fresh"))
+    assert explicit.settings_line == "chunk_transition replace; chunk_noise fresh"
+    defaults = RunnerConfig()
+    assert (defaults.chunk_transition, defaults.chunk_noise, defaults.inpaint_decay, defaults.inference_lead) == \
+        ("auto", "auto", 0.6, "auto")
+
+
 def test_delivery_delay_keeps_the_old_chunk_running_until_the_new_one_arrives():
     r = PolicyRunner(FakeEngine(), RunnerConfig(control_rate_hz=10, inference_lead=2),
                      delivery=simulated(0.0, 0.2))
@@ -271,7 +301,8 @@ def test_the_eager_engine_keeps_a_soft_mask_soft(tiny_ckpt):
 def test_bundle_without_inpaint_graph_refuses_inpaint(tmp_path, tiny_ckpt):
     from dp_runtime.engine import load_bundle
     from dp_runtime.export import ExportOptions, export_bundle
-    out = export_bundle(tiny_ckpt, tmp_path / "plain", ExportOptions(formats=("onnx",), parity_samples=1))
+    out = export_bundle(tiny_ckpt, tmp_path / "plain", ExportOptions(formats=("onnx",), parity_samples=1,
+                                                                      inpaint=False))
     engine = load_bundle(out)
     assert not engine.can_inpaint
     with pytest.raises(BundleError, match="re-export it with dp-export --inpaint"):

@@ -173,8 +173,9 @@ class DriftEngine:
     """Drives the sim arm's shoulder steadily (0.2 rad/s) from where it is measured: far from the next start."""
 
     def __init__(self) -> None:
-        self.spec = PolicySpec((ObsSpec("camera", "image", (96, 96, 3)), ObsSpec("state", "low_dim", (2,), names=JOINTS)),
-                               ActionSpec(2, JOINTS, 1, 9, (0.4, 0.7)), horizon=16, n_obs_steps=2, obs_interval_s=0.1)
+        observations = (ObsSpec("camera", "image", (96, 96, 3)), ObsSpec("state", "low_dim", (2,), names=JOINTS))
+        self.spec = PolicySpec(observations, ActionSpec(2, JOINTS, 1, 9, (0.4, 0.7)), horizon=16, n_obs_steps=2,
+                               obs_interval_s=0.1)
         self.image_shapes, self.low_dim_sizes = self.spec.image_shapes, self.spec.low_dim_sizes
 
     can_inpaint = True

@@ -411,7 +411,8 @@ class PolicyRunner:
                     self.metrics.issued(obs.stamp, now)
                 else:
                     self._pending_t_obs = obs.stamp
-            held = None if committed is None else self.spec.executed(np.asarray(committed[1], np.float32)[:, None])[:, 0]
+            held = None if committed is None else self.spec.executed(np.asarray(committed[1], np.float32)[:, None])
+            held = None if held is None else held[:, 0]
             rec = ChunkRecord(obs.stamp, started, finished, pred.latency_s, executed, dropped,
                               obs if self.keep_observations else None, trajectory, previous,
                               0 if committed is None else int((committed[1] >= 1).sum()), held,

@@ -175,7 +175,7 @@ def for_engine(chosen: Transition | None, engine) -> tuple[Transition, str]:
     for name in AUTO_ORDER:
         why = unsupported(TRANSITIONS[name], engine)
         if why is None:
-            note = f" (not {'; not '.join(passed)})" if passed else ""
+            note = f" (passed over: {'; '.join(passed)})" if passed else ""
             return TRANSITIONS[name], f"chunk_transition auto: {name}{note}"
         passed.append(why.removeprefix("chunk_transition: "))
     raise AssertionError("blend runs on every engine")

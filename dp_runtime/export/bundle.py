@@ -291,7 +291,8 @@ class ExportOptions:
     seed: int = 0  # parity inputs and noises
     parity_samples: int = 4
     tolerance: float = PARITY_TOL  # fp32 graphs vs the torch policy, normalized action units
-    inpaint: bool = False  # also the step graph holding committed actions fixed (chunk_transition inpaint; fp32)
+    # also the step graph holding committed actions fixed (fp32): what chunk_transition auto's first choices run
+    inpaint: bool = True
     precisions: tuple[str, ...] = ("fp32",)  # step-graph variants, each measured against the torch policy
     precision_tolerance: float = DEFAULT_TOLERANCE
     force: bool = False  # keep variants above precision_tolerance, marked forced

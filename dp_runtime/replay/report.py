@@ -108,7 +108,8 @@ def write_plots(out: Path, result: ReplayResult, names: list[str]) -> list[Path]
         labels = {"plan": "each chunk's plan", "committed": "committed (held from the previous plan)"}
         for chunk in (c for c in result.chunks if c.queued_at is not None):
             offsets, actions, held = plan_points(chunk, dt)
-            ax.plot(chunk.t_obs + offsets - times[0], actions[:, i], color="0.6", lw=0.8, label=labels.pop("plan", None))
+            ax.plot(chunk.t_obs + offsets - times[0], actions[:, i], color="0.6", lw=0.8,
+                    label=labels.pop("plan", None))
             frozen = held >= 1
             if frozen.any():
                 ax.plot(chunk.t_obs + offsets[frozen] - times[0], actions[frozen, i], "x", color="0.3", ms=3,

@@ -102,7 +102,8 @@ class PolicyWiring:
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.starved_reported = 0
         self.entities += [
-            self.pub, self.diag_pub, *self.plan_pubs, self.create_timer(self.p.diagnostics_period, self._on_diagnostics),
+            self.pub, self.diag_pub, *self.plan_pubs,
+            self.create_timer(self.p.diagnostics_period, self._on_diagnostics),
             self.create_service(Trigger, "~/start", self._srv(self.start_commands)),
             self.create_service(Trigger, "~/stop", self._srv(lambda: self.runner.stop() or (True, "stopped"))),
             self.create_service(Trigger, "~/reset",
@@ -214,9 +215,10 @@ class PolicyWiring:
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
         def incompatible(event) -> None:
+            policy = getattr(event.last_policy_kind, "name", event.last_policy_kind)
             self.runner.warn_once(f"qos:{topic}", f"a subscriber of {self.resolve_topic_name(topic)} asked for a QoS "
-                                  f"it cannot have ({getattr(event.last_policy_kind, 'name', event.last_policy_kind)}): the plan is published reliable, "
-                                  "transient local, keep last 1, no deadline or liveliness; subscribe with those")
+                                  f"it cannot have ({policy}): the plan is published reliable, transient local, "
+                                  "keep last 1, no deadline or liveliness; subscribe with those")
         return self.create_publisher(JointTrajectory, topic, latched,
                                      event_callbacks=PublisherEventCallbacks(incompatible_qos=incompatible))
 

@@ -92,7 +92,7 @@ def build_checkpoint(dataset: Path, plan: DemoPlan, seed: int):
 def build_bundle(checkpoint: Path):
     def go(target: Path) -> None:
         from ..export import ExportOptions, export_bundle
-        export_bundle(checkpoint, target, ExportOptions(inpaint=True), progress=lambda m: print(f"  {m}", flush=True))
+        export_bundle(checkpoint, target, ExportOptions(), progress=lambda m: print(f"  {m}", flush=True))
     return go
 
 
@@ -178,7 +178,8 @@ def read_episodes(path: Path) -> list[dict]:
 
 
 def closed_loop(bundle: Path, out: Path, episodes: int, seed: int, domain: int | None = None,
-                task: SimTask = TASKS["reach"], node_params: tuple[str, ...] = (), reset_episodes: bool = False) -> dict:
+                task: SimTask = TASKS["reach"], node_params: tuple[str, ...] = (),
+                reset_episodes: bool = False) -> dict:
     """``domain``: the ROS_DOMAIN_ID to run on (None: a free one); ``node_params``: more NAME:=VALUE;
     ``reset_episodes``: call the node's ~/reset at each episode end (default: nobody tells the node, which
     finds each new episode's start itself, as a discontinuity: the arm is teleported)."""
