@@ -83,6 +83,8 @@ def test_normal_motion_never_triggers_and_guidance_is_used():
     r = runner()
     Robot(r).run(4.0)
     assert r.stats.discontinuities == 0 and r.stats.chunks > 10
+    values = r.status(5.0).values()  # the margins the thresholds have, for tuning them on a robot
+    assert 0 <= float(values["peak_departure"]) < 0.35 and 0 < float(values["peak_speed"]) < 3.5
     assert r.engine.calls[-1]["mask"] is not None and r.engine.calls[-1]["noise"] is not None  # plan guides
 
 

@@ -54,6 +54,8 @@ class DepartureCheck:
         # at start, and after a break, while the disturbance lasts (a person still moving the arm, a robot not yet
         # taking commands), a departure is the same break again, not a new one.
         self.armed = False
+        self.peak_departure = 0.0  # the largest departure and speed that did not break (the thresholds' margin)
+        self.peak_speed = 0.0
 
     def executed(self, t: float, command: np.ndarray) -> None:
         """A command sent at ``t`` (the robot's clock)."""
@@ -91,7 +93,9 @@ class DepartureCheck:
         """A Discontinuity when ``measured`` (stamped ``stamp``) breaks either rule, else None."""
         jump = self.jump(stamp, measured)
         self.last = (stamp, np.asarray(measured, np.float64))
-        if jump is not None and jump[0] > self.speed:
+        if jump is not None and jump[0] <= self.speed:
+            self.peak_speed = max(self.peak_speed, jump[0])
+        elif jump is not None:
             return Discontinuity(stamp, f"measured {self.names[jump[1]]} moved at {jump[0]:.2f} normalized units/s "
                                         f"since its previous sample, over discontinuity_speed {self.speed:g}")
         d = self.departure(stamp, measured)
@@ -101,6 +105,7 @@ class DepartureCheck:
             self.armed = d[0] <= self.threshold / 2
             return None
         if d[0] <= self.threshold:
+            self.peak_departure = max(self.peak_departure, d[0])
             return None
         distance, joint = d
         return Discontinuity(stamp, f"measured {self.names[joint]} is {distance:.3f} (normalized) from every "

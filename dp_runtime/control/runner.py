@@ -42,8 +42,9 @@ from .transitions import TRANSITIONS, Plan, Transition, transition
 log = logging.getLogger(__name__)
 # An input not yet received this long after the first one is a problem worth a warning; before, it is start-up.
 STARTUP_GRACE_S = 5.0
-# Measured on the three sim tasks (bench/discontinuity.py): normal episodes stay under it, every teleport over it.
-DEFAULT_DISCONTINUITY_THRESHOLD, DEFAULT_DISCONTINUITY_SPEED = 0.35, 5.0
+# Measured on the three sim tasks (bench/discontinuity.py, README Discontinuities): normal motion peaks at 0.25
+# departure and 2.6 /s, teleports move the arm at >= 4.2 /s (but for a few too small to see in the joints).
+DEFAULT_DISCONTINUITY_THRESHOLD, DEFAULT_DISCONTINUITY_SPEED = 0.35, 3.5
 NUMBER = re.compile(r"[-+]?\d[\d.e+-]*")
 
 
@@ -534,4 +535,6 @@ class PolicyRunner:
         return self.metrics.snapshot(running=self.running, stale=stale, ages=ages, queue=queue, queue_depth=depth,
                                      latency_ms=percentiles_ms(self.scheduler.latencies, 50, 100),
                                      inference_lead=self.scheduler.lead(),
+                                     peak_departure=self.departures.peak_departure,
+                                     peak_speed=self.departures.peak_speed,
                                      chunk_transition=self.transition.name)

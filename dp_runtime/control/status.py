@@ -48,6 +48,8 @@ class RunnerStatus:
     last_error: str = ""
     discontinuities: int = 0  # breaks that ended the plan's authority (departure, input gap, clock jump)
     last_discontinuity: str = ""  # the newest one's stamp and reason
+    peak_departure: float = 0.0  # the largest departure and speed (normalized) that did not break: the margin
+    peak_speed: float = 0.0  # discontinuity_threshold and discontinuity_speed have on this robot
     latency_ms: list[float] | None = None  # median, max over recent chunks
     command_period_ms: list[float] | None = None  # p50, p99 of wall-clock periods between commands
     obs_to_command_ms: list[float] | None = None  # p50, max: observation stamp -> first command of its chunk
@@ -78,6 +80,8 @@ class RunnerStatus:
         out.update({key: str(getattr(self.queue, name)) for name, key in QUEUE_KEYS.items()})
         out["last_error"] = self.last_error
         out["last_discontinuity"] = self.last_discontinuity
+        out["peak_departure"] = f"{self.peak_departure:.3f}"
+        out["peak_speed"] = f"{self.peak_speed:.2f}"
         for name in ("command_period_ms", "obs_to_command_ms"):
             pair = getattr(self, name)
             if pair:
@@ -107,6 +111,7 @@ class RunnerStatus:
         return cls(running, ages=ages,
                    queue=QueueStats(**{name: int(values[key]) for name, key in QUEUE_KEYS.items() if key in values}),
                    last_error=values.get("last_error", ""), last_discontinuity=values.get("last_discontinuity", ""),
+                   peak_departure=number("peak_departure") or 0.0, peak_speed=number("peak_speed") or 0.0,
                    chunk_transition=values.get("chunk_transition", ""),
                    boundary_jump_ratio=number("boundary_jump_ratio"),
                    input_problems={msg: int(n) for msg, n in problems.items()},
