@@ -128,6 +128,26 @@ def test_hold_after_a_break_is_where_the_robot_is_measured():
     assert r.inputs_stale(robot.t + 0.1) == {}
 
 
+def test_a_break_is_no_chunk_switch_for_the_jump_ratio():
+    """dp-demo's boundary_jump_ratio counts switches inside episodes: the first action after a break (and after
+    ~/reset) starts a new sequence, however far it is from the last one before."""
+    r = runner(chunk_transition="replace", chunk_noise="fresh")
+    robot = Robot(r)
+    robot.run(2.0)
+    switches, steps = r.jumps.switches, r.jumps.steps_inside
+    assert switches > 3
+    robot.q = robot.q + 5.0  # teleported: the next chunk starts 5 raw units from the last command
+    robot.target = robot.q.copy()
+    robot.run(0.3)
+    assert r.stats.discontinuities == 1 and r.jumps.steps_inside > steps
+    assert r.jumps.boundary_sum.max() < 1.0  # the 5-unit jump was not counted as a switch
+    r.reset()
+    robot.q = robot.q - 5.0
+    robot.target = robot.q.copy()
+    robot.run(0.5)
+    assert r.jumps.boundary_sum.max() < 1.0
+
+
 def test_input_gap_after_running_is_a_discontinuity_but_not_at_start_up():
     r = runner()
     r.add("cam", 0.0, np.zeros(IMG, np.uint8))
