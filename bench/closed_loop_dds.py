@@ -4,7 +4,7 @@ What dp-demo runs, repeated for several settings with the task's cached dp-demo 
 each by default, counted from the sim's own record; with or without the node's ~/reset called at each
 episode end (``+reset`` after a setting's name). The in-process benches (bench/transitions.py) reset the
 runner per episode; this is the deployment's view. JSON in results/closed_loop_dds.json (appended per
-run, keyed by task and setting).
+run, keyed by task and setting); the node's and the sim's logs in out/demo-TASK/dds/SETTING/logs/.
 
     python bench/closed_loop_dds.py --task around --settings defaults,replace,soft_inpaint,defaults+reset
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ SETTINGS = {
     "replace": ("chunk_transition:=replace", "chunk_noise:=fresh"),
     "soft_inpaint": ("chunk_transition:=soft_inpaint", "chunk_noise:=fresh", "inpaint_decay:=0.8"),
     "soft_inpaint_aligned": ("chunk_transition:=soft_inpaint", "chunk_noise:=aligned", "inpaint_decay:=0.8"),
+    "early_0.8": ("chunk_transition:=soft_inpaint_early", "chunk_noise:=aligned", "inpaint_decay:=0.8"),
     "soft_inpaint_no_detection": ("chunk_transition:=soft_inpaint", "chunk_noise:=fresh", "inpaint_decay:=0.8",
                                   "discontinuity_threshold:=1000000000.0", "discontinuity_speed:=1000000000.0"),
     "replace_no_detection": ("chunk_transition:=replace", "chunk_noise:=fresh",
@@ -47,9 +47,10 @@ def main() -> None:
     for name in args.settings.split(","):
         base, _, reset = name.partition("+")
         t0 = time.time()
-        with tempfile.TemporaryDirectory() as tmp:
-            r = closed_loop(bundle, Path(tmp), args.episodes, args.seed, task=task, node_params=SETTINGS[base],
-                            reset_episodes=reset == "reset")
+        logs = Path(task.demo_dir) / "dds" / name  # the node's and the sim's logs of this run
+        logs.mkdir(parents=True, exist_ok=True)
+        r = closed_loop(bundle, logs, args.episodes, args.seed, task=task, node_params=SETTINGS[base],
+                        reset_episodes=reset == "reset")
         episodes = r.pop("episode_results", [])
         values = [e[task.error] for e in episodes if e.get(task.error) is not None]
         r[task.error] = sum(values) / len(values) if values else None
