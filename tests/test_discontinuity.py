@@ -71,12 +71,11 @@ class Robot:
             self.k += 1
 
 
-def runner(engine=None, warned=None, **cfg) -> PolicyRunner:
+def runner(**cfg) -> PolicyRunner:
     settings = dict(control_rate_hz=10, chunk_transition="soft_inpaint", chunk_noise="aligned", seed=3,
                     inference_lead=2)
     settings.update(cfg)
-    return PolicyRunner(engine or RampEngine(), RunnerConfig(**settings), delivery=simulated(0.0),
-                        warn=(lambda cause, msg: warned.append(msg)) if warned is not None else None)
+    return PolicyRunner(RampEngine(), RunnerConfig(**settings), delivery=simulated(0.0))
 
 
 def test_normal_motion_never_triggers_and_guidance_is_used():

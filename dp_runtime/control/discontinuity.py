@@ -3,7 +3,7 @@
 A chunk's plan (its queued actions, soft_inpaint's guidance, aligned noise) and the observation history
 describe one continuous episode of motion. A scene reset, a pushed arm, an e-stop and resume or a
 collision break that: the next chunk must come from observations after the break, not be steered back
-toward where the old plan was going. Two signs, both plain comparisons of what the runner already has:
+toward where the old plan was going. Three signs, each a plain comparison of what the runner already has:
 
 - **departure**: a measured joint is further from every command executed in the last chunk's time than
   ``threshold`` in normalized action units (the training range is [-1, 1]; the action normalizer's scale
@@ -15,7 +15,7 @@ toward where the old plan was going. Two signs, both plain comparisons of what t
 - **input gap**: an input was silent for longer than ``max_obs_age`` (the inputs were stale in between,
   so the history before the gap belongs to another time).
 
-A backward clock jump (a looped bag, a restarted simulator) is the third, found by the node's control loop.
+A backward clock jump (a looped bag, a restarted simulator) is a fourth, found by the node's control loop.
 """
 from __future__ import annotations
 

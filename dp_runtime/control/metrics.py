@@ -47,9 +47,9 @@ class RunnerMetrics:
             self.obs_to_command.append(now - t_obs)
 
     def discontinuity(self, d: Discontinuity) -> None:
+        """Counted; the runner drops its queue on every break, which also ends the jump sequence."""
         self.stats.discontinuities += 1
         self.stats.last_discontinuity = f"at {d.stamp:.3f}: {d.reason}"
-        self.jumps.break_sequence()  # the command after a break is no chunk switch
 
     def rejected(self, cause: str, msg: str) -> None:
         """One unusable input, counted under its kind of problem (listed by its first message)."""

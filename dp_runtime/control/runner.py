@@ -245,12 +245,12 @@ class PolicyRunner:
             self.running = False
             self._drop_queue()
 
-    def reset(self, why: str = "") -> None:
-        """Clear history, queue and plan (~/reset); ``why``: a discontinuity found outside the runner (a backward
-        clock jump), counted as one."""
+    def reset(self, broke: Discontinuity | None = None) -> None:
+        """Clear history, queue and plan (~/reset); ``broke``: a discontinuity found outside the runner (a
+        backward clock jump), counted as one."""
         with self.lock:
-            if why:
-                self.metrics.discontinuity(Discontinuity(self.last_t_obs or 0.0, why))
+            if broke is not None:
+                self.metrics.discontinuity(broke)
             self.buffer.reset()
             self._drop_queue()
             self.last_command = None
@@ -412,8 +412,8 @@ class PolicyRunner:
                     self.metrics.issued(obs.stamp, now)
                 else:
                     self._pending_t_obs = obs.stamp
-            held = None if committed is None else self.spec.executed(np.asarray(committed[1], np.float32)[:, None])
-            held = None if held is None else held[:, 0]
+            a = self.spec.action
+            held = None if committed is None else np.asarray(committed[1], np.float32)[a.execute_start:a.execute_end]
             rec = ChunkRecord(obs.stamp, started, finished, pred.latency_s, executed, dropped,
                               obs if self.keep_observations else None, trajectory, previous,
                               0 if committed is None else int((committed[1] >= 1).sum()), held,

@@ -32,6 +32,7 @@ from rclpy.time import Time
 from std_srvs.srv import Trigger
 
 from ..control import TickGrid
+from ..control.discontinuity import Discontinuity
 from ..control.status import ERROR, OK, WARN
 from ..errors import ConfigError, DpRuntimeError
 from . import convert, plan
@@ -237,7 +238,7 @@ class PolicyWiring:
             now = self.now()
             if jumped_back:  # a looped bag: everything buffered is from the future now
                 self.get_logger().warning(f"clock jumped back to {now:.3f} s: resetting history and queue")
-                self.runner.reset(why=f"clock jumped back to {now:.3f} s")
+                self.runner.reset(Discontinuity(now, f"clock jumped back to {now:.3f} s"))
                 self.grid.restart(now)
                 continue
             tick_time = self.grid.advance(now)

@@ -146,6 +146,7 @@ class Watcher(SideNode):
         self.diag: dict[str, str] = {}
         self.resets = 0
         self._reset = self.node.create_client(Trigger, "/policy_node/reset") if reset_episodes else None
+        self._reset_request = Trigger.Request()
         self.node.create_subscription(String, episode_topic, self._on_episode, 50)
         self.node.create_subscription(Float64MultiArray, command_topic,
                                       lambda m: self.command_times.append(time.perf_counter()), 100)
@@ -154,8 +155,7 @@ class Watcher(SideNode):
     def _on_episode(self, msg) -> None:
         self.episodes.append(json.loads(msg.data))
         if self._reset is not None:
-            from std_srvs.srv import Trigger
-            self._reset.call_async(Trigger.Request())
+            self._reset.call_async(self._reset_request)
             self.resets += 1
 
     def _on_diag(self, msg) -> None:

@@ -30,8 +30,7 @@ class TorchPolicyEngine:
     def __init__(self, policy: torch.nn.Module):
         self.policy = policy.eval()
         spec = policy.cfg.policy_spec()
-        scale = tuple(policy.normalizer.stats()["action"]["scale"])
-        self.spec = replace(spec, action=replace(spec.action, scale=action_scale({"action": {"scale": scale}})))
+        self.spec = replace(spec, action=replace(spec.action, scale=action_scale(policy.normalizer.stats())))
         self.image_shapes, self.low_dim_sizes = self.spec.image_shapes, self.spec.low_dim_sizes
         self.horizon, self.action_dim = self.spec.horizon, self.spec.action.dim
 
