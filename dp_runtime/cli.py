@@ -7,7 +7,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .errors import DpRuntimeError
+from .errors import ConfigError, DpRuntimeError
 
 
 def _run(fn) -> int:
@@ -55,6 +55,10 @@ def export_main(argv: list[str] | None = None) -> int:
                    help="dataset .npz (dp-dataset output: one (N, n_obs_steps, ...) array per observation key): "
                         "variants are also measured on real observations from it")
     p.add_argument("--calibration-samples", type=int, default=16)
+    p.add_argument("--layout", default=None, metavar="FILE",
+                   help="YAML {action: [segments], observations: {key: [segments]}}: what the action and low-dim "
+                        "vectors are (position, rotation with its representation, gripper, joints, values; "
+                        "absolute, delta or relative) where the checkpoint does not say (README, End-effector)")
     p.add_argument("--inpaint", action=argparse.BooleanOptionalAction, default=True,
                    help="export the inpainting step graph too (default; the node's chunk_transition auto runs "
                         "soft_inpaint_early with it, blend without); it holds a second copy of the UNet weights")
@@ -76,9 +80,27 @@ def export_main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         if args.obs_interval is not None:
             ck.config.obs_interval_s = args.obs_interval
+        if args.layout:
+            _apply_layout(ck.config, args.layout)
         print(f"loaded {ck.source_format} checkpoint {args.checkpoint} ({ck.weights} weights)")
         export_bundle(ck, args.out, options, progress=print)
     return _run(go)
+
+
+def _apply_layout(config, path: str) -> None:
+    """dp-export --layout onto the imported config (checked with the policy's sizes)."""
+    from .layout import read_file
+    action, observations = read_file(path)
+    low = {s.key: s for s in config.low_dims}
+    unknown = set(observations) - set(low)
+    if unknown:
+        raise ConfigError(f"--layout {path}: observations {sorted(unknown)} are not low-dim inputs of this policy "
+                          f"(it has {sorted(low) or 'none'})")
+    if action is not None:
+        config.action_layout = action
+    for key, segments in observations.items():
+        low[key].layout = segments
+    config.validate()
 
 
 def inspect_main(argv: list[str] | None = None) -> int:
@@ -95,15 +117,20 @@ def inspect_main(argv: list[str] | None = None) -> int:
     def go():
         import onnxruntime as ort
         from .engine import load_bundle, read_manifest
+        from .layout import describe
         m = read_manifest(Path(args.bundle))
         pol = m.policy
         print(f"bundle      {args.bundle} (created {m.created or 'unknown'})")
         for o in pol.observations:
-            extra = f" joints={list(o.names)}" if o.names else ""
+            extra = f" joints={list(o.names)}" if o.names and not o.layout else ""
             print(f"obs         {o.key:<12} {o.kind:<8} {o.dtype} {list(o.shape)} topic={o.topic or None}{extra}")
+            for line in describe(o.layout):
+                print(f"              {line}")
         a = pol.action
         print(f"action      dim {a.dim} names {list(a.names)}; executes [{a.execute_start}, {a.execute_end}) of "
               f"the horizon")
+        for line in describe(a.layout):
+            print(f"              {line}")
         print(f"horizon     {pol.horizon}  n_obs_steps {pol.n_obs_steps} every {pol.obs_interval_s:g} s  "
               f"n_action_steps {pol.n_action_steps}  DDIM steps {m.ddim.num_inference_steps}")
         src = m.source

@@ -33,6 +33,9 @@ class DatasetObs:
     shape: list[int] | None = None  # images: (H, W, C) to resize to; default: as recorded
 
 
+DATASET_OBS_TYPES = ("image", "compressed_image", "joint_state")
+
+
 @dataclass
 class DatasetConfig:
     command_topic: str
@@ -50,10 +53,14 @@ class DatasetConfig:
         try:
             d = dict(yaml.safe_load(Path(path).read_text())["dataset"])
             d["obs"] = [DatasetObs(key=k, **v) for k, v in d["obs"].items()]
-            return cls(**d)
+            out = cls(**d)
         except (OSError, KeyError, TypeError, yaml.YAMLError) as e:
             raise ConfigError(f"dataset config {path}: {e} (expected 'dataset:' with command_topic, "
                               "action_names and obs.<key>.topic/type)") from e
+        bad = [f"{o.key}: {o.type!r}" for o in out.obs if o.type not in DATASET_OBS_TYPES]
+        if bad:
+            raise ConfigError(f"dataset config {path}: obs type(s) {bad}; dp-dataset reads {', '.join(DATASET_OBS_TYPES)}")
+        return out
 
 
 def bag_to_dataset(bag_path: str | Path, cfg: DatasetConfig, distro: str = "kilted") -> tuple[dict, dict]:
@@ -81,8 +88,8 @@ def bag_to_dataset(bag_path: str | Path, cfg: DatasetConfig, distro: str = "kilt
                 if o.type != "joint_state" and o.key not in shapes:  # the first frame fixes the size
                     shapes[o.key] = (tuple(o.shape) if o.shape else
                                      (int(msg.height), int(msg.width), 3) if o.type == "image" else _decode_size(msg))
-                stamp, value = convert.to_observation(o.type, msg, shapes.get(o.key), o.joint_names, o.field,
-                                                      bool(o.shape), raw.topic)
+                stamp, value = convert.ObsReader(o.type, raw.topic, shapes.get(o.key), bool(o.shape), o.joint_names,
+                                                 o.field)(msg, received=raw.time)
                 samples.append((raw.time, o.key, (stamp, value)))
             except DpRuntimeError:
                 skipped += 1

@@ -74,7 +74,9 @@ def check(obj: Any) -> None:
 
 
 def _expected(rule: Rule, tp: Any) -> str:
-    if isinstance(tp, types.UnionType) and rule.choices:  # an integer or a word
+    if isinstance(tp, types.UnionType) and rule.choices:  # a number or a word
+        if float in typing.get_args(tp):
+            return f"a number ({rule.describe().split('; ', 1)[-1]}) or {' or '.join(repr(c) for c in rule.choices)}"
         bound = f" >= {rule.ge:g}" if rule.ge is not None else ""
         return f"an integer{bound} or {' or '.join(repr(c) for c in rule.choices)}"
     return rule.describe() or type_name(tp)
@@ -102,12 +104,15 @@ def coerce(name: str, value: Any, tp: Any, choices: tuple[str, ...] = ()) -> Any
         return ConfigError(f"parameter {name!r} must be {expected}, got {value!r} ({type(value).__name__})")
 
     is_int = isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(tp, types.UnionType):  # an integer, or one of the words (inference_lead: auto)
+    if isinstance(tp, types.UnionType):  # a number, or one of the words (inference_lead: auto)
+        real = float in typing.get_args(tp)
+        if real and (is_int or isinstance(value, float)):
+            return float(value)
         if is_int:
             return value
         if isinstance(value, str) and value.strip().lower() in choices:
             return value.strip().lower()
-        raise bad(f"an integer or {' or '.join(choices)}")
+        raise bad(f"{'a number' if real else 'an integer'} or {' or '.join(choices)}")
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -14,7 +14,9 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from .errors import BundleError
+from . import layout as layouts
+from .errors import BundleError, ConfigError
+from .layout import Layout
 
 FORMAT = "dp_runtime.bundle"
 FORMAT_VERSION = 4  # 4: typed parity, source, EMA and DDIM config; 3: precision variants, graphs_sha256
@@ -42,10 +44,16 @@ class ObsSpec:
     shape: tuple[int, ...]  # image (H, W, C); low-dim (D,)
     topic: str = ""  # suggested ROS topic
     names: tuple[str, ...] = ()  # low-dim: joint names in vector order
+    layout: Layout = ()  # low-dim: what each part is (layout.py); () = joint values with ``names``
 
     @property
     def dtype(self) -> str:
         return "uint8" if self.kind == "image" else "float32"
+
+    @property
+    def segments(self) -> Layout:
+        """The low-dim vector's layout (joint values with ``names`` where the bundle records none)."""
+        return self.layout or layouts.joints(self.names or tuple(f"{self.key}_{i}" for i in range(self.shape[0])))
 
     def to_json(self) -> dict[str, Any]:
         d = {"key": self.key, "kind": self.kind, "shape": list(self.shape), "dtype": self.dtype,
@@ -54,6 +62,8 @@ class ObsSpec:
             d["layout"] = "HWC"
         else:
             d["names"] = list(self.names)
+            if self.layout:
+                d["segments"] = [seg.to_json() for seg in self.layout]
         return d
 
     @classmethod
@@ -61,8 +71,19 @@ class ObsSpec:
         kind = _need(d, "kind", "an observation")
         if kind not in ("image", "low_dim"):
             raise BundleError(f"{MANIFEST}: observation {d.get('key')!r} kind {kind!r}; expected image or low_dim")
-        return cls(_need(d, "key", "an observation"), kind, tuple(int(s) for s in _need(d, "shape", "an observation")),
-                   d.get("topic") or "", tuple(d.get("names") or ()))
+        key, shape = _need(d, "key", "an observation"), tuple(int(s) for s in _need(d, "shape", "an observation"))
+        return cls(key, kind, shape, d.get("topic") or "", tuple(d.get("names") or ()),
+                   _layout(d.get("segments"), shape[0] if kind == "low_dim" else 0, f"observation {key!r} segments"))
+
+
+def _layout(items: Any, dim: int, where: str) -> Layout:
+    """A manifest layout (absent: ()), every fault a BundleError naming ``where``."""
+    if items is None:
+        return ()
+    try:
+        return layouts.parse(items, dim, where)
+    except ConfigError as e:
+        raise BundleError(f"{MANIFEST}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -72,10 +93,15 @@ class ActionSpec:
     execute_start: int  # the executed slice of the predicted horizon: [execute_start, execute_end)
     execute_end: int
     scale: tuple[float, ...] = ()  # |the action normalizer's scale|: normalized units per raw unit (() unknown)
+    layout: Layout = ()  # what each part of the vector is (layout.py); () = joint values with ``names``
 
     @property
     def n_execute(self) -> int:
         return self.execute_end - self.execute_start
+
+    @property
+    def segments(self) -> Layout:
+        return self.layout or layouts.joints(self.names)
 
 
 def action_scale(normalizer: dict[str, Any]) -> tuple[float, ...]:
@@ -321,7 +347,8 @@ class BundleSpec:
             "format": FORMAT, "format_version": FORMAT_VERSION, "created": self.created,
             "observations": [o.to_json() for o in p.observations],
             "action": {"dim": p.action.dim, "names": list(p.action.names),
-                       "execute_start": p.action.execute_start, "execute_end": p.action.execute_end},
+                       "execute_start": p.action.execute_start, "execute_end": p.action.execute_end,
+                       **({"segments": [s.to_json() for s in p.action.layout]} if p.action.layout else {})},
             "horizon": p.horizon, "n_obs_steps": p.n_obs_steps, "n_action_steps": p.n_action_steps,
             "obs_interval_s": p.obs_interval_s,
             "ddim": {"scheduler_class": self.ddim.scheduler_class, "config": self.ddim.config.to_dict(),
@@ -352,7 +379,8 @@ class BundleSpec:
                 tuple(ObsSpec.from_json(o) for o in _need(d, "observations", "the manifest")),
                 ActionSpec(int(_need(a, "dim", "action")), tuple(_need(a, "names", "action")),
                            int(_need(a, "execute_start", "action")), int(_need(a, "execute_end", "action")),
-                           action_scale(d.get("normalizer") or {})),
+                           action_scale(d.get("normalizer") or {}),
+                           _layout(a.get("segments"), int(a["dim"]), "action segments")),
                 int(_need(d, "horizon", "the manifest")), int(_need(d, "n_obs_steps", "the manifest")),
                 float(_need(d, "obs_interval_s", "the manifest")))
             s = _need(d, "ddim", "the manifest")

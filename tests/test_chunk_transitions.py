@@ -152,8 +152,10 @@ def test_soft_inpaint_early_needs_an_engine_that_changes_the_mask_per_step():
 
 def test_soft_inpaint_settings_are_checked():
     for bad in (0.0, 1.0, -0.2, 1.5):
-        with pytest.raises(ConfigError, match=r"inpaint_decay must be > 0; < 1"):
+        with pytest.raises(ConfigError, match=r"inpaint_decay must be a number \(> 0; < 1\) or 'auto'"):
             RunnerConfig(chunk_transition="soft_inpaint", inpaint_decay=bad)
+    with pytest.raises(ConfigError, match=r"inpaint_decay must be a number \(> 0; < 1\) or 'auto', got 'fast'"):
+        RunnerConfig(inpaint_decay="fast")
     with pytest.raises(ConfigError, match="soft_inpaint needs a bundle with the inpainting step graph.*--inpaint"):
         PolicyRunner(FakeEngine(), RunnerConfig(chunk_transition="soft_inpaint"))
     with pytest.raises(ConfigError, match="chunk_transition must be one of auto, replace, blend, inpaint, soft_inpaint"):
@@ -187,7 +189,12 @@ def test_auto_picks_the_best_the_engine_runs_and_says_why():
     assert explicit.settings_line == "chunk_transition replace; chunk_noise fresh"
     defaults = RunnerConfig()
     assert (defaults.chunk_transition, defaults.chunk_noise, defaults.inpaint_decay, defaults.inference_lead) == \
-        ("auto", "auto", 0.6, "auto")
+        ("auto", "auto", "auto", "auto")
+    # inpaint_decay auto: each soft transition's measured value; a number overrides it
+    assert PolicyRunner(Inpainting(), defaults).decay == 0.9
+    assert "inpaint_decay auto: 0.9" in PolicyRunner(Inpainting(), defaults).settings_line
+    assert PolicyRunner(OneMask(), defaults).decay == 0.6
+    assert PolicyRunner(Inpainting(), RunnerConfig(inpaint_decay=0.5)).decay == 0.5
 
 
 def test_delivery_delay_keeps_the_old_chunk_running_until_the_new_one_arrives():
@@ -359,6 +366,40 @@ def test_no_slot_is_left_free_between_the_frozen_prefix_and_the_guided_plan():
     known, weights = frozen_then_decaying(q, SPEC, 1.0, 1.45, previous, 0.5)
     assert np.flatnonzero(weights == 1).tolist() == [2, 3] and weights[4:6].tolist() == [0, 0]
     assert weights[6:].tolist() == [0.5, 0] and known[6, 0] == 70  # slot 6 (1.5); the plan ends before slot 7
+
+
+def test_the_action_executing_now_anchors_a_chunk_that_arrives_before_the_next_tick():
+    """A node starts inference between ticks: nothing is due before the chunk arrives, so without an anchor its
+    first action would be free to jump from the one the robot executes (DDS boundary_jump_ratio 1.89 on reach).
+    RTC's mask starts at weight 1: the action executing now is held, the previous plan guides the rest."""
+    from collections import deque
+
+    from dp_runtime.control.transitions import Plan, frozen_then_decaying
+    q = ActionQueue(0.1)
+    q.items = deque((1.0 + i * 0.1, np.array([float(i), 0.0])) for i in range(3))  # due 1.0, 1.1, 1.2
+    previous = Plan(0.9, np.arange(8, dtype=np.float32)[:, None].repeat(2, axis=1) * 10)
+    assert q.pop(1.0)[0] == 0.0 and q.last[0] == 1.0
+    # observation at 1.0 (slot k due 1.0 + (k - 1) * 0.1); inference from 1.03, arrival expected at 1.05
+    known, weights = frozen_then_decaying(q, SPEC, 1.0, 1.05, previous, 0.5)
+    assert weights.tolist()[:4] == [0, 1, 0.5, 0.25] and known[1, 0] == 0.0  # slot 1 (1.0): the executing action
+    assert known[2, 0] == 30  # slot 2 (1.1) is the previous plan's slot 3 (0.9 + 0.2)
+    q.clear()  # a stop, a stale input or a discontinuity: no executing action to hold
+    assert q.last is None and frozen_then_decaying(q, SPEC, 1.0, 1.05, previous, 0.5)[1][1:3].tolist() == [0, 0.5]
+
+
+def test_actions_held_to_the_previous_plan_count_as_its_own_in_the_jump_measure():
+    """The switch is where the new chunk first chooses: a bench that infers at the tick commits the action due
+    then (held fixed, so its step is the old plan's), a node between ticks commits none; both measure alike."""
+    q = ActionQueue(0.1)
+    q.push(np.array([[0.0], [1.0], [2.0]]), 1.0, 1.0)
+    jumps = BoundaryJumps()
+    for t in (1.0, 1.1):
+        jumps.add(q.pop(t), q.popped_chunk)
+    q.push(np.array([[2.0], [5.0], [6.0]]), 1.2, 1.2, held_until=1.2)  # 2.0 at 1.2 held to the old plan's
+    for t in (1.2, 1.3, 1.4):
+        jumps.add(q.pop(t), q.popped_chunk)
+    assert jumps.switches == 1 and jumps.boundary_sum.tolist() == [3.0]  # 2 -> 5, not 1 -> 2
+    assert jumps.steps_inside == 3
 
 
 def test_aligned_noise_repeats_the_previous_chunks_noise_on_the_same_due_times():

@@ -38,6 +38,7 @@ from ..model import EncoderConfig, ImageSpec, LowDimSpec, PolicyConfig, UnetConf
 from ..model.policy import IMAGENET_MEAN, IMAGENET_STD, SHARED_ENCODER_KEY
 from .mapping import (Imported, assemble, centre_crop, copy_prefixed, ddim_scheduler, ema_or_live, export_steps,
                       get, guard_raw, put_image_mean_std)
+from .layouts import diffusion_policy_action, obs_layout
 from .native import Checkpoint
 from .pickled import load_torch_pickle, plain_config, resolve
 from .robomimic import map_obs_nets
@@ -102,6 +103,9 @@ def load(path: Path, trust_pickle: bool = False, allow_non_ema: bool = False) ->
     copy_prefixed(imp, state, "model", "model")
     _normalizers(imp, state, images, low_dims, layout.imagenet)
     imp.config = _policy_config(path, field, images, low_dims, action_dim, layout, encoder)
+    imp.config.action_layout = diffusion_policy_action(action_dim, low, field("task.abs_action", bool, None),
+                                                       field("task.dataset.rotation_rep", str, None))
+    imp.config.validate()
     imp.extra = {"policy_class": target, "obs_keys": layout.order}
     if not hybrid and layout.crop_shape is not None and not layout.rule:
         imp.extra["crop"] = ("none: with random_crop=False diffusion_policy's MultiImageObsEncoder assigns the "
@@ -209,7 +213,8 @@ def _observation_specs(obs_meta: dict, rgb: list[str], low: list[str], layout: _
         crop = centre_crop((h, w), layout.crop_shape, layout.rule) if layout.crop_shape and layout.rule else None
         images.append(ImageSpec(k, (h, w, c), crop=crop))
         hw[k] = (crop[2], crop[3]) if crop else (h, w)
-    low_dims = [LowDimSpec(k, int(torch.tensor(obs_meta[k]["shape"]).prod())) for k in layout.order if k in low]
+    low_dims = [LowDimSpec(k, n, layout=obs_layout(k, n))
+                for k, n in ((k, int(torch.tensor(obs_meta[k]["shape"]).prod())) for k in layout.order if k in low)]
     return images, low_dims, hw
 
 

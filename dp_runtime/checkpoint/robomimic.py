@@ -23,6 +23,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..model import EncoderConfig, ImageSpec, LowDimSpec, PolicyConfig, UnetConfig
+from .layouts import obs_layout, robomimic_action
 from .mapping import (Imported, affine_mean_std, assemble, centre_crop, check_pos_grid, copy_prefixed, ddim_scheduler,
                       ema_or_live, export_steps, get, guard_raw, map_resnet_sequential, put_normalizer)
 from .native import Checkpoint
@@ -162,7 +163,8 @@ def load(path: Path, trust_pickle: bool = False, allow_non_ema: bool = False) ->
         images=images, low_dims=low_dims, action_dim=action_dim, horizon=int(horizon["prediction_horizon"]),
         n_obs_steps=int(horizon["observation_horizon"]), n_action_steps=int(horizon["action_horizon"]),
         num_inference_steps=steps, image_range="zero_one", obs_order=order, scheduler=scheduler, encoder=encoder,
-        unet=unet)
+        unet=unet, action_layout=robomimic_action(get(config, "train.action_keys", list, default=[], where=where),
+                                                  action_dim, [s.key for s in low_dims]))
     imp.extra = {"robomimic_algo": algo, "obs_keys": order, **_action_formats(path, config)}
     return assemble(imp, path, BN_HINT)
 
@@ -212,7 +214,8 @@ def _observation_specs(path: Path, params: dict, config: dict):
             if rand == "CropRandomizer" else None
         images.append(ImageSpec(k, (h, w, c), crop=crop))
         hw[k] = (crop[2], crop[3]) if crop else (h, w)
-    low_dims = [LowDimSpec(k, int(torch.tensor(shapes[k]).prod())) for k in order if k in low]
+    low_dims = [LowDimSpec(k, n, layout=obs_layout(k, n))
+                for k, n in ((k, int(torch.tensor(shapes[k]).prod())) for k in order if k in low)]
     return images, low_dims, hw, order
 
 

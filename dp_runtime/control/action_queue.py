@@ -35,19 +35,25 @@ class ActionQueue:
         self.items: deque[tuple[float, np.ndarray]] = deque()
         self.stats = QueueStats()
         self.chunk = 0  # id of the chunk the queue holds (each push is a new one)
-        self.popped_chunk = 0  # the chunk of the last popped action
+        self.popped_chunk = 0  # the chunk of the last popped action (that chose it: see push's held_until)
+        self.held_until = -float("inf")  # the queued chunk's actions due until then are the previous one's
+        self.last: tuple[float, np.ndarray] | None = None  # the last popped action and its due time (executing now)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def clear(self) -> None:
         self.items.clear()
+        self.last = None
 
-    def push(self, actions: np.ndarray, t_obs: float, now: float, blend: int = 0) -> int:
+    def push(self, actions: np.ndarray, t_obs: float, now: float, blend: int = 0,
+             held_until: float = -float("inf")) -> int:
         """Replace the queue with ``actions`` (N, A) stamped from ``t_obs``; returns how many were dropped.
 
         ``blend``: cross-fade over this many actions where old and new overlap in due time (the
         new chunk's j-th overlapping action gets weight (j + 1) / (blend + 1), the old one the rest).
+        ``held_until``: the actions due until then were held fixed to the previous chunk's (inpainting's
+        committed prefix): they still count as the previous chunk's, so the switch is where the new one chooses.
         """
         due = [(t_obs + i * self.dt, np.asarray(a)) for i, a in enumerate(actions)]
         cutoff = now + self.latency
@@ -59,6 +65,7 @@ class ActionQueue:
             keep = self._blend(keep, blend)
         self.items = deque(keep)
         self.chunk += 1
+        self.held_until = held_until
         self.stats.chunks += 1
         self.stats.dropped += dropped
         return dropped
@@ -76,7 +83,8 @@ class ActionQueue:
             return None
         self.items.popleft()
         self.stats.popped += 1
-        self.popped_chunk = self.chunk
+        self.popped_chunk = self.chunk if due > self.held_until + 1e-9 else self.chunk - 1
+        self.last = (due, action)
         return action
 
     def _blend(self, new: list[tuple[float, np.ndarray]], n: int) -> list[tuple[float, np.ndarray]]:

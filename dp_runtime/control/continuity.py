@@ -2,7 +2,9 @@
 
 ``boundary_jump_ratio``: the mean absolute change from the last executed action of the old chunk to
 the first executed action of the new one, over the mean absolute change between consecutive
-actions inside a chunk, per action dimension, then averaged. 1.0: a switch is as smooth as the
+actions inside a chunk, per action dimension, then averaged. Actions the new chunk held fixed to the
+old one's (inpainting's committed prefix) count as the old chunk's: the switch is where the new
+chunk first chooses, wherever inference started relative to the ticks. 1.0: a switch is as smooth as the
 chunk itself; a jerk at every switch shows as a large ratio.
 """
 from __future__ import annotations

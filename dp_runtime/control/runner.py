@@ -88,9 +88,11 @@ class RunnerConfig:
                 "(drawn per chunk), or aligned (the previous chunk's on the due times both cover, fresh beyond: a "
                 "multimodal policy keeps its choice from chunk to chunk)",
         choices=(chunk_noise.AUTO, *CHUNK_NOISE))
-    inpaint_decay: float = setting(0.6, "soft_inpaint: weight of the j-th action of the previous chunk's plan "
-                                         "after the frozen prefix is inpaint_decay ** j (soft_inpaint_early: the "
-                                         "share of the DDIM steps it is held)", gt=0, lt=1, live=True)
+    inpaint_decay: float | str = setting(
+        "auto", "soft_inpaint: weight of the j-th action of the previous chunk's plan after the frozen prefix is "
+                "inpaint_decay ** j (soft_inpaint_early: the share of the DDIM steps it is held); auto: the value "
+                "measured best for the transition (soft_inpaint_early 0.9, soft_inpaint 0.6)",
+        choices=("auto",), gt=0, lt=1, live=True)
     max_obs_age: float = setting(0.5, "s; older inputs stop the policy (never act on stale data); an input silent "
                                       "for longer is a discontinuity", gt=0)
     discontinuity_threshold: float = setting(
@@ -175,7 +177,9 @@ class PolicyRunner:
                               f"{self.spec.action.dim} dims")
         self.transition, how = transitions.for_engine(cfg.transition, engine)
         self.noise, noise_how = chunk_noise.for_engine(cfg.noise, engine)
-        self.settings_line = f"{how}; {noise_how}"  # how the auto settings resolved, for the start-up log
+        decay = f"; inpaint_decay auto: {self.transition.decay:g}" if self.transition.decay and \
+            cfg.inpaint_decay == transitions.AUTO else ""
+        self.settings_line = f"{how}; {noise_how}{decay}"  # how the auto settings resolved, for the start-up log
         if cfg.per_chunk and delivery.delay_s:
             raise ConfigError("a delivery delay (evaluation) is for per-tick command interfaces")
         self._resolve(cfg)
@@ -215,6 +219,7 @@ class PolicyRunner:
     def _resolve(self, cfg: RunnerConfig) -> None:
         self.hold_on_stale = cfg.on_stale == "hold_position"
         self.hold_on_starvation = cfg.on_starvation == "hold"
+        self.decay = self.transition.decay if cfg.inpaint_decay == transitions.AUTO else cfg.inpaint_decay
 
     def reconfigure(self, cfg: RunnerConfig, limits: ActionLimits) -> None:
         """New live settings (on_stale, on_starvation, blend_actions) and limits, from the next tick on.
@@ -378,8 +383,7 @@ class PolicyRunner:
             self.last_t_obs = obs.stamp
             generation = self.generation
             arrive = now + self.scheduler.expected_latency() + self.cfg.execution_latency
-            committed = self.transition.commits(self.queue, self.spec, obs.stamp, arrive, self._plan,
-                                                self.cfg.inpaint_decay)
+            committed = self.transition.commits(self.queue, self.spec, obs.stamp, arrive, self._plan, self.decay)
             seed = None if self.cfg.seed < 0 else self.cfg.seed + self.stats.chunks
             self._noise = noise = self.noise(self._noise, obs.stamp, self.dt, seed,
                                                  (self.spec.horizon, self.spec.action.dim))
@@ -402,10 +406,11 @@ class PolicyRunner:
             self.stats.chunks += 1
             self.scheduler.record(pred.latency_s)
             dropped = 0
+            plan = Plan(obs.stamp, pred.actions, self._held_until(obs.stamp, committed))
             if self.delivery.simulated:  # in flight until it arrives; the queue runs on meanwhile
-                self._in_flight = InFlight(Plan(obs.stamp, pred.actions), arrival + self.delivery.delay_s, generation)
+                self._in_flight = InFlight(plan, arrival + self.delivery.delay_s, generation)
             else:
-                dropped = self._merge(Plan(obs.stamp, pred.actions), arrival)
+                dropped = self._merge(plan, arrival)
                 if self.cfg.per_chunk:
                     previous = self.last_command
                     trajectory = np.stack([self.limits.apply(a, None) for _, a in self.queue.remaining()])
@@ -446,12 +451,20 @@ class PolicyRunner:
             self.warn_once(f"inference:{type(e).__name__}", f"inference raised {type(e).__name__}: {e}")
         return None
 
+    def _held_until(self, t_obs: float, committed) -> float:
+        """Due time of the last executed action held fixed (weight 1) to the previous plan's (-inf: none)."""
+        if committed is None:
+            return -math.inf
+        a = self.spec.action
+        fixed = np.flatnonzero(np.asarray(committed[1])[a.execute_start:a.execute_end] >= 1)
+        return t_obs + float(fixed[-1]) * self.dt if fixed.size else -math.inf
+
     def _merge(self, plan: Plan, arrival: float) -> int:
         """Queue a chunk's executed slice as it arrives (under the lock), as the transition merges it."""
         self._plan = plan
         self._restarting = False
         return self.transition.merge(self.queue, self.spec.executed(plan.actions), plan.t_obs, arrival,
-                                     self.cfg.blend_actions)
+                                     self.cfg.blend_actions, plan.held_until)
 
     def _deliver(self, now: float) -> None:
         """Hand over the chunk in flight once its arrival time has come (under the lock)."""

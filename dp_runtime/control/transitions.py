@@ -37,6 +37,7 @@ class Plan:
     (the executed slice is what the queue holds; the slots after it are what the policy planned next)."""
     t_obs: float
     actions: np.ndarray
+    held_until: float = -math.inf  # due time of the last executed action held fixed to the previous plan's
 
 
 def nothing_committed(queue: ActionQueue, spec: PolicySpec, t_obs: float, arrive: float, previous: Plan | None,
@@ -64,7 +65,7 @@ def due_before_arrival(queue: ActionQueue, spec: PolicySpec, t_obs: float, arriv
 
 def frozen_then_decaying(queue: ActionQueue, spec: PolicySpec, t_obs: float, arrive: float, previous: Plan | None,
                          decay: float) -> Committed | None:
-    """The committed prefix at weight 1 (exactly ``inpaint``'s), then the previous plan's slots that the new
+    """The action executing now and the committed prefix at weight 1, then the previous plan's slots that the new
     horizon overlaps after arrival at weights decay, decay**2, ... (float32 weights). The old and new grids
     are offset by the camera phase, so the slot right after the prefix may be due just before the
     expected arrival with no committed action on it: it is guided too, not left free between the two.
@@ -74,6 +75,14 @@ def frozen_then_decaying(queue: ActionQueue, spec: PolicySpec, t_obs: float, arr
     h, start, dt = spec.horizon, spec.action.execute_start, queue.dt
     known = np.zeros((h, spec.action.dim), np.float32) if frozen is None else frozen[0]
     weights = np.zeros(h, np.float32) if frozen is None else frozen[1].astype(np.float32)
+    if previous is not None and queue.last is not None:
+        # The action executing now is held too (RTC's mask starts at weight 1): a chunk started between two
+        # ticks and arriving before the next has no committed prefix, and its first action, free of any
+        # anchor, would jump from the one the robot is executing.
+        due, action = queue.last
+        k = start + math.floor((due - t_obs) / dt + 0.5)
+        if 0 <= k < h and weights[k] == 0:
+            known[k], weights[k] = action, 1.0
     if previous is not None:
         j = 0
         first = next((k for k in range(h) if t_obs + (k - start) * dt > arrive + 1e-9), h)
@@ -92,12 +101,14 @@ def frozen_then_decaying(queue: ActionQueue, spec: PolicySpec, t_obs: float, arr
     return (known, weights) if weights.any() else None
 
 
-def replace_queue(queue: ActionQueue, actions: np.ndarray, t_obs: float, arrival: float, blend_actions: int) -> int:
-    return queue.push(actions, t_obs, arrival)
+def replace_queue(queue: ActionQueue, actions: np.ndarray, t_obs: float, arrival: float, blend_actions: int,
+                  held_until: float) -> int:
+    return queue.push(actions, t_obs, arrival, held_until=held_until)
 
 
-def blend_into_queue(queue: ActionQueue, actions: np.ndarray, t_obs: float, arrival: float, blend_actions: int) -> int:
-    return queue.push(actions, t_obs, arrival, blend=blend_actions)
+def blend_into_queue(queue: ActionQueue, actions: np.ndarray, t_obs: float, arrival: float, blend_actions: int,
+                     held_until: float) -> int:
+    return queue.push(actions, t_obs, arrival, blend=blend_actions, held_until=held_until)
 
 
 @dataclass(frozen=True)
@@ -105,9 +116,10 @@ class Transition:
     name: str
     inpaints: bool  # denoise the new chunk with the committed actions held fixed (the inpainting step graph)
     commits: Callable[[ActionQueue, PolicySpec, float, float, Plan | None, float], Committed | None]
-    merge: Callable[[ActionQueue, np.ndarray, float, float, int], int]  # -> actions dropped as already due
+    merge: Callable[[ActionQueue, np.ndarray, float, float, int, float], int]  # -> actions dropped as already due
     doc: str
     hold: Hold = every_step  # how the weights hold at each DDIM step (holds.py)
+    decay: float = 0.0  # inpaint_decay auto: the value measured best for this transition (README, Defaults)
 
     @property
     def masks_per_step(self) -> bool:
@@ -124,17 +136,18 @@ TRANSITIONS: dict[str, Transition] = {t.name: t for t in (
                "the new chunk is denoised with the committed actions held fixed (bundle exported with --inpaint)"),
     Transition("soft_inpaint", True, frozen_then_decaying, replace_queue,
                "as inpaint, and the rest of the previous chunk's plan guides the new one with weights "
-               "inpaint_decay ** j (real-time chunking's soft mask; bundle exported with --inpaint)"),
+               "inpaint_decay ** j (real-time chunking's soft mask; bundle exported with --inpaint)",
+               decay=0.6),
     Transition("soft_inpaint_early", True, frozen_then_decaying, replace_queue,
                "as soft_inpaint, but the j-th action of the previous plan is held fully for the noisiest "
                "inpaint_decay ** j share of the DDIM steps, then left free (bundle exported with --inpaint; "
-               "backend onnxruntime or torchscript)", early_steps),
+               "backend onnxruntime or torchscript)", early_steps, 0.9),
 )}
 
 
 AUTO = "auto"
 # chunk_transition auto: the first of these the engine runs. Measured over reach, around and track (README,
-# Defaults): soft_inpaint_early (with chunk_noise aligned, inpaint_decay 0.6) is the best or within noise of
+# Defaults): soft_inpaint_early (with chunk_noise aligned, inpaint_decay 0.9) is the best or within noise of
 # the best on every task; soft_inpaint where the mask cannot change between steps (compiled, remote); blend
 # where the bundle has no inpainting step graph (smoother than replace, the same success).
 AUTO_ORDER = ("soft_inpaint_early", "soft_inpaint", "blend")

@@ -5,7 +5,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import layout as layouts
 from ..errors import ConfigError
+from ..layout import Layout
 from ..spec import ActionSpec, ObsSpec, PolicySpec
 
 # How uint8 pixels become encoder input. "mean_std": (pixel / 255 - mean) / std per channel, with
@@ -53,6 +55,7 @@ class LowDimSpec:
     size: int
     topic: str = ""
     names: list[str] = field(default_factory=list)
+    layout: list[dict[str, Any]] = field(default_factory=list)  # segments (layout.py); [] = joint values
 
 
 @dataclass
@@ -88,6 +91,7 @@ class PolicyConfig:
     image_range: str = "minus_one_one"
     # Order of the per-step features in the condition vector; empty = images, then low-dims.
     obs_order: list[str] = field(default_factory=list)
+    action_layout: list[dict[str, Any]] = field(default_factory=list)  # segments (layout.py); [] = joint values
     scheduler: dict[str, Any] = field(default_factory=default_scheduler_config)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     unet: UnetConfig = field(default_factory=UnetConfig)
@@ -138,6 +142,7 @@ class PolicyConfig:
             raise ConfigError(f"action_dim must be >= 1, got {self.action_dim}")
         if self.action_names and len(self.action_names) != self.action_dim:
             raise ConfigError(f"action_names has {len(self.action_names)} names, action_dim is {self.action_dim}")
+        self._layouts()
         if self.horizon % (2 ** (len(self.unet.down_dims) - 1)):
             raise ConfigError(f"horizon {self.horizon} must be divisible by "
                               f"{2 ** (len(self.unet.down_dims) - 1)} for down_dims {self.unet.down_dims}")
@@ -156,13 +161,21 @@ class PolicyConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def _layouts(self) -> tuple[dict[str, Layout], Layout]:
+        """The low-dims' and the action's layouts, checked (() where none is given: joint values)."""
+        low = {s.key: layouts.parse(s.layout, s.size, f"low-dim {s.key!r} layout") if s.layout else ()
+               for s in self.low_dims}
+        action = layouts.parse(self.action_layout, self.action_dim, "action layout") if self.action_layout else ()
+        return low, action
+
     def policy_spec(self) -> PolicySpec:
         """The control loop's contract for this policy (what the bundle manifest records)."""
+        low, action = self._layouts()
         obs = [ObsSpec(s.key, "image", tuple(s.shape), s.topic) for s in self.images]
-        obs += [ObsSpec(s.key, "low_dim", (s.size,), s.topic, tuple(s.names)) for s in self.low_dims]
+        obs += [ObsSpec(s.key, "low_dim", (s.size,), s.topic, tuple(s.names), low[s.key]) for s in self.low_dims]
         start, end = self.action_slice
         names = tuple(self.action_names) or tuple(f"action_{i}" for i in range(self.action_dim))
-        return PolicySpec(tuple(obs), ActionSpec(self.action_dim, names, start, end), self.horizon,
+        return PolicySpec(tuple(obs), ActionSpec(self.action_dim, names, start, end, layout=action), self.horizon,
                           self.n_obs_steps, self.obs_interval_s)
 
     @classmethod

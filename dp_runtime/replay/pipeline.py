@@ -101,6 +101,8 @@ def replay_offline(bag_path: str | Path | Bag, setup: ReplaySetup, seed: int = 0
     started = time.perf_counter()
     runner = setup.runner(seed, assumed_latency_s, keep_observations)
     by_topic = {t.topic: t for t in setup.topics}
+    readers = {t.topic: t.reader(setup.engine.image_shapes.get(t.key), setup.params.resize_images)
+               for t in setup.topics}
     dt = 1.0 / setup.params.control_rate_hz
     with opened(bag_path, setup, distro) as bag:
         result = ReplayResult(str(bag.path), "offline", [], [], runner.chunks, distro=bag.distro)
@@ -129,9 +131,7 @@ def replay_offline(bag_path: str | Path | Bag, setup: ReplaySetup, seed: int = 0
                 continue
             t = by_topic[raw.topic]
             try:
-                stamp, value = convert.to_observation(t.type, msg, setup.engine.image_shapes.get(t.key),
-                                                      t.joint_names, t.joint_field, setup.params.resize_images,
-                                                      what=raw.topic)
+                stamp, value = readers[raw.topic](msg, received=raw.time)
             except DpRuntimeError as e:
                 _count(result, f"{raw.topic}: {e}")
                 continue

@@ -7,11 +7,14 @@ are built with the rclpy message classes (also used to serialize into bags).
 from __future__ import annotations
 
 import io
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .. import rotations
 from ..errors import InputError, ShapeError
+from ..layout import Segment
 
 ENCODING_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 
@@ -104,11 +107,6 @@ def joint_state_to_vector(msg: Any, names: Sequence[str], field: str = "position
     return vec.astype(np.float32)
 
 
-# obs topic type (node parameter obs.<key>.type) -> the ROS message it subscribes to
-OBS_MESSAGE_TYPES = {"image": "sensor_msgs/msg/Image", "compressed_image": "sensor_msgs/msg/CompressedImage",
-                     "joint_state": "sensor_msgs/msg/JointState"}
-
-
 def normalize_msgtype(msgtype: str) -> str:
     """ROS 1 / early rosbag2 spelling 'sensor_msgs/Image' -> 'sensor_msgs/msg/Image' (the same type)."""
     parts = msgtype.split("/")
@@ -122,18 +120,99 @@ def message_class(msgtype: str):
     return getattr(importlib.import_module(f"{pkg}.msg"), name)
 
 
-def to_observation(kind: str, msg: Any, image_shape: Sequence[int] | None, joint_names: Sequence[str],
-                   joint_field: str, resize: bool, what: str) -> tuple[float, np.ndarray]:
-    """One subscribed message -> (header stamp s, observation value), for the node and replay alike.
+def pose_to_vector(msg: Any, segments: Sequence[Segment], previous: dict[int, np.ndarray], frame_id: str,
+                   what: str) -> np.ndarray:
+    """geometry_msgs/PoseStamped -> the policy's pose vector: each segment a position (its axes) or the
+    orientation in the segment's representation; quaternions kept on the hemisphere of the previous sample
+    (``previous``, by segment index, updated) so a stream never flips sign."""
+    if frame_id and msg.header.frame_id != frame_id:
+        raise InputError(f"{what}: pose in frame {msg.header.frame_id!r}, expected {frame_id!r} "
+                         f"(obs.<key>.frame_id)")
+    p, o = msg.pose.position, msg.pose.orientation
+    matrix = rotations.quat_to_matrix(np.array([o.x, o.y, o.z, o.w], np.float64))
+    position = {"x": p.x, "y": p.y, "z": p.z}
+    if not all(np.isfinite(list(position.values()))):
+        raise InputError(f"{what}: non-finite position {list(position.values())}")
+    parts = []
+    for i, seg in enumerate(segments):
+        if seg.kind == "position":
+            parts.append(np.array([position[a] for a in seg.axes]))
+            continue
+        value = rotations.REPRESENTATIONS[seg.representation].from_matrix(matrix)
+        if seg.representation.startswith("quat_"):
+            value = rotations.hemisphere(value, previous.get(i))
+            previous[i] = value
+        parts.append(value)
+    return np.concatenate(parts).astype(np.float32)
 
-    ``kind`` is the obs topic type: image | compressed_image | joint_state.
-    """
-    stamp = stamp_to_sec(msg.header.stamp)
-    if stamp == 0.0:
-        raise InputError(f"{what}: header stamp is zero; observations are timed by their header stamps, so the "
-                         "publisher must stamp each message (header.stamp = the capture time)")
-    if kind == "image":
-        return stamp, image_to_array(msg, image_shape, resize, what=what)
-    if kind == "compressed_image":
-        return stamp, compressed_to_array(msg, image_shape, resize, what=what)
-    return stamp, joint_state_to_vector(msg, joint_names, joint_field, what=what)
+
+def array_to_vector(msg: Any, size: int, what: str) -> np.ndarray:
+    """std_msgs/Float64MultiArray or Float32MultiArray -> (size,) float32 (keypoints, object state)."""
+    vec = np.asarray(msg.data, np.float64).reshape(-1)
+    if vec.size != size:
+        raise ShapeError(f"{what}: {vec.size} values, the policy's observation has {size}")
+    if not np.all(np.isfinite(vec)):
+        raise InputError(f"{what}: non-finite values at {np.flatnonzero(~np.isfinite(vec)).tolist()}")
+    return vec.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ObsType:
+    """One observation topic type (node parameter obs.<key>.type): its message and how it is read."""
+    name: str
+    msgtype: str
+    image: bool
+    stamped: bool  # timed by header.stamp; False: by receipt (std_msgs arrays have no header)
+    read: Callable[["ObsReader", Any], np.ndarray]
+    doc: str
+
+
+OBS_TYPES: dict[str, ObsType] = {t.name: t for t in (
+    ObsType("image", "sensor_msgs/msg/Image", True, True,
+            lambda r, m: image_to_array(m, r.image_shape, r.resize, r.what), "camera image"),
+    ObsType("compressed_image", "sensor_msgs/msg/CompressedImage", True, True,
+            lambda r, m: compressed_to_array(m, r.image_shape, r.resize, r.what), "jpeg or png camera image"),
+    ObsType("joint_state", "sensor_msgs/msg/JointState", False, True,
+            lambda r, m: joint_state_to_vector(m, r.joint_names, r.joint_field, r.what),
+            "the named joints' position (or velocity, effort)"),
+    ObsType("pose", "geometry_msgs/msg/PoseStamped", False, True,
+            lambda r, m: pose_to_vector(m, r.segments, r.previous, r.frame_id, r.what),
+            "end-effector pose, written as the bundle's position and rotation segments say"),
+    ObsType("float64_multi_array", "std_msgs/msg/Float64MultiArray", False, False,
+            lambda r, m: array_to_vector(m, r.size, r.what), "a plain vector (no header: timed on receipt)"),
+    ObsType("float32_multi_array", "std_msgs/msg/Float32MultiArray", False, False,
+            lambda r, m: array_to_vector(m, r.size, r.what), "a plain vector (no header: timed on receipt)"),
+)}
+OBS_MESSAGE_TYPES = {name: t.msgtype for name, t in OBS_TYPES.items()}
+
+
+@dataclass
+class ObsReader:
+    """One observation topic's messages -> (stamp, value), for the node, replay and dp-dataset alike; holds the
+    stream's state (a quaternion's hemisphere). ``kind`` is the obs topic type (OBS_TYPES)."""
+    kind: str
+    what: str  # the topic, for messages
+    image_shape: Sequence[int] | None = None
+    resize: bool = False
+    joint_names: Sequence[str] = ()
+    joint_field: str = "position"
+    segments: Sequence[Segment] = ()  # pose: the observation's layout
+    size: int = 0  # arrays: the observation's length
+    frame_id: str = ""  # pose: the frame it must be in ("": any)
+    previous: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.type = OBS_TYPES[self.kind]
+
+    def __call__(self, msg: Any, received: float | None = None) -> tuple[float, np.ndarray]:
+        """(stamp s, observation value); ``received``: the receipt time, the stamp of header-less types."""
+        if self.type.stamped:
+            stamp = stamp_to_sec(msg.header.stamp)
+            if stamp == 0.0:
+                raise InputError(f"{self.what}: header stamp is zero; observations are timed by their header "
+                                 "stamps, so the publisher must stamp each message (header.stamp = the capture time)")
+        elif not received:
+            raise InputError(f"{self.what}: a {self.kind} message has no header and the node has no clock yet")
+        else:
+            stamp = received
+        return stamp, self.type.read(self, msg)

@@ -177,15 +177,14 @@ class PolicyWiring:
     def _on_msg(self, t: ObsTopic):
         """The subscription callback, bound to this configuration's runner: an executor may still deliver a
         message after lifecycle cleanup released it (the EventsExecutor does), and it then goes nowhere."""
-        shape = self.engine.image_shapes.get(t.key)
+        read = t.reader(self.engine.image_shapes.get(t.key), self.p.resize_images)
         joints = t.joint_names if t.type == "joint_state" and t.joint_field == "position" else None
-        runner, watchdog, wake, resize = self.runner, self.watchdog, self.wake, self.p.resize_images
+        runner, watchdog, wake = self.runner, self.watchdog, self.wake
 
         def callback(msg) -> None:
             watchdog.delivered(t.key)
             try:
-                stamp, value = convert.to_observation(t.type, msg, shape, t.joint_names, t.joint_field, resize,
-                                                      what=t.topic)
+                stamp, value = read(msg, received=self.now())
             except DpRuntimeError as e:
                 runner.reject(t.key, e, t.topic)
                 return

@@ -15,9 +15,7 @@ from ..precision import PRECISIONS
 from ..settings import coerce, coerce_all, default_of, setting, settings_of
 from ..spec import ObsSpec
 from .commands import COMMAND_INTERFACES, command_interface
-from .convert import OBS_MESSAGE_TYPES
-
-OBS_TYPES = tuple(OBS_MESSAGE_TYPES)
+from .convert import OBS_TYPES, ObsReader
 QOS = ("best_effort", "reliable")
 EXECUTORS = ("single", "multi", "events")
 JOINT_FIELDS = ("position", "velocity", "effort")
@@ -27,10 +25,29 @@ JOINT_FIELDS = ("position", "velocity", "effort")
 class ObsTopic:
     key: str
     topic: str
-    type: str  # image | compressed_image | joint_state
+    type: str  # convert.OBS_TYPES: image | compressed_image | joint_state | pose | float64/32_multi_array
     qos: str  # best_effort | reliable
     joint_field: str = "position"  # JointState field for low-dim keys: position | velocity | effort
     joint_names: list[str] = field(default_factory=list)  # order of the low-dim vector (proprio joints)
+    frame_id: str = ""  # pose: the frame the pose must be in ("": any)
+    spec: ObsSpec | None = None  # the bundle's observation (its size and layout)
+
+    def reader(self, image_shape=None, resize: bool = False) -> ObsReader:
+        """A reader of this topic's messages (one per subscription: it keeps the stream's state)."""
+        low = self.spec is not None and self.spec.kind == "low_dim"
+        return ObsReader(self.type, self.topic, image_shape, resize, self.joint_names, self.joint_field,
+                         self.spec.segments if low else (), self.spec.shape[0] if low else 0, self.frame_id)
+
+
+def default_obs_type(o: ObsSpec) -> str:
+    """The topic type a bundle's observation is read from unless configured: cameras as images, a pose layout
+    (positions and rotations) as PoseStamped, plain values as Float64MultiArray, joints as JointState."""
+    if o.kind == "image":
+        return "image"
+    kinds = {s.kind for s in o.segments}
+    if kinds <= {"position", "rotation"}:
+        return "pose"
+    return "float64_multi_array" if "values" in kinds else "joint_state"
 
 
 @dataclass
@@ -142,24 +159,29 @@ def resolve_obs_topics(get: Callable[[str, Any], Any], observations: Sequence[Ob
         def param(name: str, default: Any, kind: Any = str) -> Any:
             return coerce(prefix + name, get(prefix + name, default), kind)
         topic = param("topic", o.topic or f"/{key}")
-        kind = param("type", "image" if image else "joint_state")
+        kind = param("type", default_obs_type(o))
         qos = param("qos", "best_effort" if image else "reliable")
         fld = param("field", "position")
+        frame_id = param("frame_id", "")
+        if kind not in OBS_TYPES:
+            raise ConfigError(f"{prefix}type must be one of {tuple(OBS_TYPES)}, got {kind!r}")
+        if image != OBS_TYPES[kind].image:
+            raise ConfigError(f"{prefix}type {kind!r} does not fit the bundle's {o.kind} observation")
         names = []
-        if not image:
+        if kind == "joint_state":
             names = param("joint_names", list(o.names), list[str])
             if len(names) != o.shape[0]:
                 raise ConfigError(f"{prefix}joint_names has {len(names)} names, the bundle's {key!r} has "
                                   f"{o.shape[0]} dims")
-        if kind not in OBS_TYPES:
-            raise ConfigError(f"{prefix}type must be one of {OBS_TYPES}, got {kind!r}")
-        if image != (kind in ("image", "compressed_image")):
-            raise ConfigError(f"{prefix}type {kind!r} does not fit the bundle's {o.kind} observation")
+        if kind == "pose" and not {s.kind for s in o.segments} <= {"position", "rotation"}:
+            raise ConfigError(f"{prefix}type pose: the bundle's {key!r} is {'; '.join(s.describe() for s in o.segments)}"
+                              ", not positions and rotations (re-export with dp-export --layout, or read it as "
+                              "joint_state or float64_multi_array)")
         if qos not in QOS:
             raise ConfigError(f"{prefix}qos must be one of {QOS}, got {qos!r}")
         if fld not in JOINT_FIELDS:
             raise ConfigError(f"{prefix}field must be one of {JOINT_FIELDS}, got {fld!r}")
-        out.append(ObsTopic(key, topic, kind, qos, fld, names))
+        out.append(ObsTopic(key, topic, kind, qos, fld, names, frame_id, o))
     return out
 
 
@@ -197,9 +219,10 @@ def flatten_params(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 # -- documentation produced from the declarations (python -m dp_runtime.ros.params --write) ----------------
-OBS_ROW = ("| `obs.<key>.topic` / `.type` / `.qos` / `.field` / `.joint_names` | from the manifest | per observation "
-           "key: topic, `image`/`compressed_image`/`joint_state`, `best_effort`/`reliable`, JointState field, joint "
-           "order (matched by name) |")
+OBS_ROW = ("| `obs.<key>.topic` / `.type` / `.qos` / `.field` / `.joint_names` / `.frame_id` | from the manifest | "
+           "per observation key: topic, `image`/`compressed_image`/`joint_state`/`pose`/`float64_multi_array`/"
+           "`float32_multi_array`, `best_effort`/`reliable`, JointState field, joint order (matched by name), the "
+           "frame a pose must be in |")
 TABLE_BEGIN, TABLE_END = "<!-- parameters: generated from NodeParams -->", "<!-- parameters: end -->"
 YAML_HEADER = """# dp_runtime policy_node parameters (ROS 2 parameter file), generated from
 # dp_runtime/ros/params.py:NodeParams (python -m dp_runtime.ros.params --write).
@@ -210,10 +233,12 @@ policy_node:
 """
 YAML_OBS = """    # Per observation key (the keys come from the bundle manifest; `dp-inspect BUNDLE` lists them):
     # obs.<key>.topic: topic name (default: the manifest's topic, else /<key>)
-    # obs.<key>.type: image | compressed_image | joint_state
+    # obs.<key>.type: image | compressed_image | joint_state | pose (PoseStamped) | float64_multi_array |
+    #   float32_multi_array (no header: timed on receipt); default from the bundle's layout (dp-inspect)
     # obs.<key>.qos: best_effort (cameras) | reliable (joint states)
     # obs.<key>.field: position | velocity | effort (joint_state only)
     # obs.<key>.joint_names: [..] order of the low-dim vector, matched by name
+    # obs.<key>.frame_id: pose only: the frame the pose must be in (another is refused, counted); "" any
 """
 
 

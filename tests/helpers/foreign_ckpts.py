@@ -94,21 +94,28 @@ def add_batchnorm_buffers(state: dict, prefix: str) -> dict:
 
 # -- diffusion_policy ----------------------------------------------------------------------------
 
-def dp_source(hybrid: bool = False, seed: int = 0, cropped: bool = True) -> DiffusionPolicy:
-    """Image policy: rgb keys sorted then low-dim sorted; hybrid: shape_meta order (here agent_pos first).
+PUSHT_LOW = {"agent_pos": 2}
+# diffusion_policy's robomimic *_image_abs tasks (e.g. lift_image_abs.yaml): robosuite's eef observations, 10-D actions
+ROBOMIMIC_ABS_LOW = {"robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2}
+
+
+def dp_source(hybrid: bool = False, seed: int = 0, cropped: bool = True, low: dict[str, int] = PUSHT_LOW,
+              action_dim: int = 2) -> DiffusionPolicy:
+    """Image policy: rgb keys sorted then low-dim sorted; hybrid: shape_meta order (here the low-dims first).
 
     ``cropped=False``: what diffusion_policy evaluates with random_crop=False (no crop at all).
     """
     crop = (4, 4, CROP, CROP) if cropped else None  # torchvision center_crop: round(3.5) = 4
     enc = (EncoderConfig(base_width=8, pool="spatial_softmax", num_kp=8, feature_dim=16, fc_relu=True) if hybrid
            else EncoderConfig(base_width=8, pool="avg"))
-    cfg = PolicyConfig(images=[ImageSpec("image", (IMG, IMG, 3), crop=crop)], low_dims=[LowDimSpec("agent_pos", 2)],
-                       action_dim=2, horizon=8, n_obs_steps=2, n_action_steps=4, num_inference_steps=8,
-                       image_range="mean_std", obs_order=["agent_pos", "image"] if hybrid else ["image", "agent_pos"],
-                       encoder=enc, unet=UNET)
+    order = [*low, "image"] if hybrid else ["image", *sorted(low)]
+    cfg = PolicyConfig(images=[ImageSpec("image", (IMG, IMG, 3), crop=crop)],
+                       low_dims=[LowDimSpec(k, n) for k, n in low.items()],
+                       action_dim=action_dim, horizon=8, n_obs_steps=2, n_action_steps=4, num_inference_steps=8,
+                       image_range="mean_std", obs_order=order, encoder=enc, unet=UNET)
     policy = randomize(DiffusionPolicy(cfg), seed)
-    set_affine(policy, "agent_pos", [0.004, 0.005], [-1.1, -0.9])
-    set_affine(policy, "action", [0.004, 0.005], [-1.0, -1.2])
+    for k, n in {**low, "action": action_dim}.items():
+        set_affine(policy, k, np.linspace(0.004, 0.005, n).tolist(), np.linspace(-1.1, -0.9, n).tolist())
     m, s = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     if hybrid:  # range normalizer to [-1, 1], no ImageNet step
         set_image_mean_std(policy, "image", [0.5] * 3, [0.5] * 3)
@@ -127,16 +134,18 @@ def dp_state_dict(policy: DiffusionPolicy, hybrid: bool) -> dict:
     else:
         out.update({k: v for k, v in sd.items() if k.startswith("obs_encoder.key_model_map.")})
         out["obs_encoder._dummy_variable"] = torch.zeros(0)
-    for key in ("agent_pos", "action"):
+    for key in [s.key for s in policy.cfg.low_dims] + ["action"]:
         out[f"normalizer.params_dict.{key}.scale"] = sd[f"normalizer.params.{key}.scale"]
         out[f"normalizer.params_dict.{key}.offset"] = sd[f"normalizer.params.{key}.offset"]
-        out[f"normalizer.params_dict.{key}.input_stats.min"] = torch.zeros(2)
+        out[f"normalizer.params_dict.{key}.input_stats.min"] = torch.zeros_like(sd[f"normalizer.params.{key}.scale"])
     out["normalizer.params_dict.image.scale"] = torch.tensor([2.0])
     out["normalizer.params_dict.image.offset"] = torch.tensor([-1.0])
     return out
 
 
-def dp_cfg(hybrid: bool, target: str | None = None):
+def dp_cfg(hybrid: bool, target: str | None = None, low: dict[str, int] = PUSHT_LOW, action_dim: int = 2,
+           task: dict | None = None):
+    """``task``: more of the task config (diffusion_policy's robomimic tasks: abs_action, dataset.rotation_rep)."""
     from omegaconf import OmegaConf
     policy = {
         "_target_": target or ("diffusion_policy.policy.diffusion_unet_hybrid_image_policy."
@@ -162,9 +171,10 @@ def dp_cfg(hybrid: bool, target: str | None = None):
                           "name": "resnet18", "weights": None},
             "resize_shape": None, "crop_shape": [CROP, CROP], "random_crop": True, "use_group_norm": True,
             "share_rgb_model": False, "imagenet_norm": True}
-    obs = {"image": {"shape": [3, IMG, IMG], "type": "rgb"}, "agent_pos": {"shape": [2], "type": "low_dim"}}
+    lows = {k: {"shape": [n], "type": "low_dim"} for k, n in low.items()}
+    obs = {"image": {"shape": [3, IMG, IMG], "type": "rgb"}, **lows}
     if hybrid:  # shape_meta order decides the hybrid policy's feature order
-        obs = {"agent_pos": obs["agent_pos"], "image": obs["image"]}
+        obs = {**lows, "image": obs["image"]}
     return OmegaConf.create({
         "name": "train_diffusion_unet_hybrid" if hybrid else "train_diffusion_unet_image",
         "shape_meta": "${task.shape_meta}", "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4,
@@ -172,8 +182,8 @@ def dp_cfg(hybrid: bool, target: str | None = None):
         "ema": {"_target_": "diffusion_policy.model.diffusion.ema_model.EMAModel", "update_after_step": 0,
                 "inv_gamma": 1.0, "power": 0.75, "min_value": 0.0, "max_value": 0.9999},
         "training": {"use_ema": True},
-        "task": {"name": "pusht_image", "shape_meta": {"obs": obs, "action": {"shape": [2]}},
-                 "env_runner": {"fps": 10}},
+        "task": {"name": "pusht_image", "shape_meta": {"obs": obs, "action": {"shape": [action_dim]}},
+                 "env_runner": {"fps": 10}, **(task or {})},
     })
 
 

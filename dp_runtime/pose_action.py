@@ -1,0 +1,92 @@
+"""End-effector actions decoded into poses, as each framework means them (numpy only).
+
+An action vector's layout (layout.py) says which values are a position, a rotation (in which
+representation) and a gripper, and how the pose parts are meant:
+- ``absolute``: the target pose itself (diffusion_policy's ``*_abs`` tasks, the real UR5's TCP waypoints);
+  axes the segment leaves out keep the reference pose's (a planar PushT target holds z and orientation).
+- ``delta``: a per-step change times ``scale``, applied to the pose when the step executes, as robosuite's
+  OSC_POSE does: position + scale * dpos, rotation R(scale * drot) @ R (a world-frame rotation first).
+- ``relative``: a pose in the frame of the pose measured at the chunk's observation time (UMI:
+  ``base @ action``), so a chunk is decoded against the observation that produced it, never re-anchored.
+Rotations are made exact on decode (Gram-Schmidt for 6-D, normalization for quaternions).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+from .layout import Layout, slices
+from .rotations import REPRESENTATIONS, orthonormalize
+
+AXES = {"x": 0, "y": 1, "z": 2}
+
+
+@dataclass(frozen=True)
+class Pose:
+    position: np.ndarray  # (3,) metres
+    rotation: np.ndarray  # (3, 3), maps the end-effector frame into the reference frame
+
+    def compose(self, other: "Pose") -> "Pose":
+        """self @ other: ``other`` expressed in this pose's frame, into the reference frame."""
+        return Pose(self.position + self.rotation @ other.position, self.rotation @ other.rotation)
+
+
+@dataclass(frozen=True)
+class EeAction:
+    pose: Pose | None  # None: the layout has no position or rotation
+    gripper: np.ndarray  # (n,) the gripper values, as the policy outputs them (empty: none)
+    joints: np.ndarray  # (n,) joint values in the layout's order (empty: none)
+
+
+def needs_reference(layout: Layout) -> bool:
+    """Whether decoding needs a measured pose: delta or relative segments, or an absolute pose that leaves
+    out a position axis or the rotation."""
+    posed = [s for s in layout if s.kind in ("position", "rotation")]
+    if not posed:
+        return False
+    axes = "".join(s.axes for s in posed if s.kind == "position")
+    return posed[0].mode != "absolute" or len(axes) < 3 or not any(s.kind == "rotation" for s in posed)
+
+
+def decode(action: np.ndarray, layout: Layout, reference: Pose | None) -> EeAction:
+    """One action (A,) -> its pose, gripper and joint parts. ``reference``: the pose a delta applies to (the
+    measured pose when the step executes), a relative pose is expressed in (the pose at the chunk's observation
+    time), and a partial absolute pose takes its missing parts from; an InputError when one is needed and None.
+    The pose segments share one mode (layout.parse checks it)."""
+    action = np.asarray(action, np.float64)
+    parts = slices(layout)
+    posed = [(s, sl) for s, sl in parts if s.kind in ("position", "rotation")]
+    pose = None
+    if posed:
+        if reference is None and needs_reference(layout):
+            raise InputError("an end-effector action relative to the measured pose arrived before any pose was "
+                             "measured (delta, relative or partial pose segments)")
+        mode = posed[0][0].mode
+        base = reference or Pose(np.zeros(3), np.eye(3))
+        # relative: the action is a pose in the base's frame, its left-out parts the base itself
+        start = Pose(np.zeros(3), np.eye(3)) if mode == "relative" else base
+        position, rotation = start.position.copy(), start.rotation
+        for s, sl in posed:
+            v = action[sl]
+            if s.kind == "position":
+                idx = [AXES[a] for a in s.axes]
+                position[idx] = base.position[idx] + s.scale * v if mode == "delta" else v
+            elif mode == "delta":  # robosuite OSC: the delta rotation applied in the reference frame, first
+                rotation = REPRESENTATIONS[s.representation].to_matrix(s.scale * v) @ base.rotation
+            else:
+                rotation = _exact(REPRESENTATIONS[s.representation].to_matrix(v), s.representation)
+        pose = Pose(position, rotation)
+        if mode == "relative":
+            pose = base.compose(pose)
+    pick = [np.zeros(0)]
+    gripper = np.concatenate(pick + [action[sl] for s, sl in parts if s.kind == "gripper"])
+    joints = np.concatenate(pick + [action[sl] for s, sl in parts if s.kind == "joints"])
+    return EeAction(pose, gripper, joints)
+
+
+def _exact(m: np.ndarray, representation: str) -> np.ndarray:
+    """A decoded matrix made exact: 6-D (Gram-Schmidt) and quaternions (normalized) already are; a 9-value
+    matrix is projected onto the nearest rotation."""
+    return orthonormalize(m) if representation == "matrix" else m

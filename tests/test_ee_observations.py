@@ -1,0 +1,90 @@
+"""End-effector and plain-vector observations: PoseStamped read into the bundle's position and rotation
+segments (quaternions without sign flips, frames checked), Float64/32MultiArray timed on receipt, and the
+node's topic types defaulted from the bundle's layout."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from geometry_msgs.msg import PoseStamped
+from std_msgs.msg import Float32MultiArray, Float64MultiArray
+
+from dp_runtime import layout, rotations
+from dp_runtime.errors import ConfigError, InputError, ShapeError
+from dp_runtime.ros.convert import ObsReader
+from dp_runtime.ros.params import resolve_obs_topics
+from dp_runtime.spec import ObsSpec
+
+EEF = layout.parse([{"kind": "position"}, {"kind": "rotation", "representation": "quat_xyzw"}], 7, "eef")
+
+
+def pose_msg(position, quat_xyzw, frame="base_link", stamp=(12, 500_000_000)) -> PoseStamped:
+    m = PoseStamped()
+    m.header.frame_id = frame
+    m.header.stamp.sec, m.header.stamp.nanosec = stamp
+    m.pose.position.x, m.pose.position.y, m.pose.position.z = map(float, position)
+    m.pose.orientation.x, m.pose.orientation.y, m.pose.orientation.z, m.pose.orientation.w = map(float, quat_xyzw)
+    return m
+
+
+def test_pose_into_position_and_quaternion_without_sign_flips():
+    read = ObsReader("pose", "/tcp_pose", segments=EEF, size=7, frame_id="base_link")
+    q = rotations.axis_angle_to_quat(np.array([0.0, 0.0, 3.1]))  # near pi: w is small, its sign fragile
+    stamp, v = read(pose_msg([0.4, -0.1, 0.3], q))
+    assert stamp == 12.5 and v.dtype == np.float32
+    assert np.allclose(v[:3], [0.4, -0.1, 0.3]) and np.allclose(v[3:], q, atol=1e-7)
+    _, v2 = read(pose_msg([0.4, -0.1, 0.3], -q))  # the same rotation with the other sign, as a driver may send
+    assert np.allclose(v2[3:], q, atol=1e-7)
+    q_past = rotations.axis_angle_to_quat(np.array([0.0, 0.0, -3.1]))  # turned on through pi: w flips sign
+    _, v3 = read(pose_msg([0.4, -0.1, 0.3], q_past))
+    assert np.dot(v3[3:], v2[3:]) > 0.9 and np.allclose(np.abs(v3[3:]), np.abs(q_past), atol=1e-7)
+
+
+def test_pose_into_rotation_6d_rows_axis_angle_and_a_planar_position():
+    segs = layout.parse([{"kind": "position", "axes": "xy"}, {"kind": "rotation", "representation": "rotation_6d_rows"},
+                         {"kind": "rotation", "representation": "axis_angle"}], 11, "eef")
+    rv = np.array([0.3, -0.2, 0.9])
+    _, v = ObsReader("pose", "/p", segments=segs, size=11)(pose_msg([1, 2, 3], rotations.axis_angle_to_quat(rv)))
+    m = rotations.REPRESENTATIONS["axis_angle"].to_matrix(rv)
+    assert np.allclose(v[:2], [1, 2]) and np.allclose(v[2:8], m[:2].reshape(6), atol=1e-6)
+    assert np.allclose(v[8:], rv, atol=1e-6)
+
+
+@pytest.mark.parametrize("msg, error, words", [
+    (pose_msg([0, 0, 0], [0, 0, 0, 1], frame="world"), InputError, r"/p: pose in frame 'world', expected 'base_link'"),
+    (pose_msg([0, 0, 0], [0, 0, 0, 0]), InputError, r"quaternion .* is zero or not finite"),
+    (pose_msg([np.nan, 0, 0], [0, 0, 0, 1]), InputError, r"non-finite position"),
+    (pose_msg([0, 0, 0], [0, 0, 0, 1], stamp=(0, 0)), InputError, r"header stamp is zero"),
+])
+def test_bad_poses_are_refused_by_name(msg, error, words):
+    with pytest.raises(error, match=words):
+        ObsReader("pose", "/p", segments=EEF, size=7, frame_id="base_link")(msg)
+
+
+@pytest.mark.parametrize("cls, kind", [(Float64MultiArray, "float64_multi_array"),
+                                       (Float32MultiArray, "float32_multi_array")])
+def test_plain_vectors_are_timed_on_receipt(cls, kind):
+    read = ObsReader(kind, "/keypoints", size=4)
+    stamp, v = read(cls(data=[1.0, 2.0, 3.0, 4.0]), received=7.25)
+    assert stamp == 7.25 and v.tolist() == [1, 2, 3, 4] and v.dtype == np.float32
+    with pytest.raises(ShapeError, match="/keypoints: 3 values, the policy's observation has 4"):
+        read(cls(data=[1.0, 2.0, 3.0]), received=7.3)
+    with pytest.raises(InputError, match="non-finite values at \\[1\\]"):
+        read(cls(data=[1.0, float("nan"), 3.0, 4.0]), received=7.3)
+    with pytest.raises(InputError, match="no header and the node has no clock yet"):
+        read(cls(data=[1.0, 2.0, 3.0, 4.0]), received=0.0)
+
+
+def test_topic_types_default_from_the_layout_and_pose_needs_a_pose_layout():
+    obs = (ObsSpec("eef", "low_dim", (7,), layout=EEF),
+           ObsSpec("gripper", "low_dim", (2,), names=("finger_l", "finger_r"),
+                   layout=layout.parse([{"kind": "gripper", "size": 2}], 2, "g")),
+           ObsSpec("keypoints", "low_dim", (4,), layout=layout.parse([{"kind": "values", "size": 4}], 4, "k")),
+           ObsSpec("q", "low_dim", (2,), names=("j1", "j2")))
+    topics = resolve_obs_topics(lambda name, default: default, obs)
+    assert [t.type for t in topics] == ["pose", "joint_state", "float64_multi_array", "joint_state"]
+    assert topics[0].joint_names == [] and topics[3].joint_names == ["j1", "j2"]
+    with pytest.raises(ConfigError, match=r"obs\.q\.type pose: the bundle's 'q' is joints \[j1, j2\], not positions"):
+        resolve_obs_topics(lambda name, default: "pose" if name == "obs.q.type" else default, obs[3:])
+    frame = resolve_obs_topics(lambda name, default: "tool0_base" if name == "obs.eef.frame_id" else default, obs[:1])
+    with pytest.raises(InputError, match="expected 'tool0_base'"):
+        frame[0].reader()(pose_msg([0, 0, 0], [0, 0, 0, 1]))

@@ -1,0 +1,128 @@
+"""Action and observation layouts in the bundle contract: checked when read, filled by the importers from what
+the checkpoint says, given by dp-export --layout where it is silent, printed by dp-inspect."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dp_runtime import layout
+from dp_runtime.checkpoint import load_any
+from dp_runtime.checkpoint.layouts import diffusion_policy_action, obs_layout, robomimic_action
+from dp_runtime.cli import export_main, inspect_main
+from dp_runtime.errors import BundleError, ConfigError
+from dp_runtime.spec import BundleSpec
+from tests.helpers import foreign_ckpts as fc
+
+ROBOMIMIC_ABS_ACTION = [{"kind": "position"}, {"kind": "rotation", "representation": "rotation_6d_rows"},
+                        {"kind": "gripper", "size": 1}]
+
+
+def test_a_robomimic_abs_action_layout_reads_with_sizes_from_the_table():
+    segs = layout.parse(ROBOMIMIC_ABS_ACTION, 10, "action")
+    assert [(s.kind, s.size) for s in segs] == [("position", 3), ("rotation", 6), ("gripper", 1)]
+    assert [(sl.start, sl.stop) for _, sl in layout.slices(segs)] == [(0, 3), (3, 9), (9, 10)]
+    assert layout.describe(segs) == ["[0:3] position xyz", "[3:9] rotation rotation_6d_rows", "[9:10] gripper"]
+
+
+@pytest.mark.parametrize("items, words", [
+    (ROBOMIMIC_ABS_ACTION[:2], r"action: segments add up to 9 values .*the vector has 10"),
+    ([{"kind": "rotation", "representation": "rot6d"}], r"action\[0\]: rotation representation 'rot6d'; expected one of"),
+    ([{"kind": "pose"}], r"action\[0\]: kind 'pose'; expected one of joints, position"),
+    ([{"kind": "gripper", "size": 10, "mode": "delta"}], r"gripper segments are absolute"),
+    ([{"kind": "position", "axes": "xyz", "mode": "delta", "scale": 0}, {"kind": "values", "size": 7}],
+     r"action\[0\]: scale 0; expected a positive number"),
+    ([{"kind": "position", "axes": "xq"}, {"kind": "values", "size": 8}], r"position axes 'xq'"),
+    ([{"kind": "rotation", "representation": "quat_xyzw", "size": 3}, {"kind": "values", "size": 7}],
+     r"rotation quat_xyzw has size 3; expected 4"),
+    ([{"kind": "values", "size": 10, "colour": "red"}], r"unknown key\(s\) \['colour'\]"),
+    ([], r"non-empty list of segments"),
+])
+def test_bad_layouts_name_the_segment_and_the_fix(items, words):
+    with pytest.raises(ConfigError, match=words):
+        layout.parse(items, 10, "action")
+
+
+def test_importer_rules_follow_the_frameworks_names():
+    assert obs_layout("robot0_eef_quat", 4) == [{"kind": "rotation", "size": 4, "representation": "quat_xyzw"}]
+    assert obs_layout("robot0_gripper_qpos", 2) == [{"kind": "gripper", "size": 2}]
+    assert [s["kind"] for s in obs_layout("robot_eef_pose", 6)] == ["position", "rotation"]
+    assert obs_layout("agent_pos", 2) == [] and obs_layout("robot0_eef_pos", 2) == []  # no rule: no layout
+    keys = list(fc.ROBOMIMIC_ABS_LOW)
+    assert [s.get("representation") for s in diffusion_policy_action(20, keys, True, "rotation_6d")] == \
+        [None, "rotation_6d_rows", None] * 2
+    delta = diffusion_policy_action(7, keys, False, None)
+    assert [(s["kind"], s.get("mode"), s.get("scale")) for s in delta] == \
+        [("position", "delta", 0.05), ("rotation", "delta", 0.5), ("gripper", None, None)]
+    assert "output_max" in delta[0]["assumed"]
+    assert "abs_action not in the config" in diffusion_policy_action(10, keys, None, None)[0]["assumed"]
+    assert diffusion_policy_action(10, keys, False, None) == []  # the flag and the dimension disagree
+    assert [s["axes"] for s in diffusion_policy_action(2, ["robot_eef_pose"], None, None)] == ["xy"]  # real PushT
+    assert diffusion_policy_action(2, ["agent_pos"], None, None) == []
+    assert [s.get("representation") for s in robomimic_action(
+        ["action_dict/abs_pos", "action_dict/abs_rot_6d", "action_dict/gripper"], 10, [])] == \
+        [None, "rotation_6d_rows", None]
+    assert robomimic_action(["actions"], 7, ["robot0_eef_pos"])[0]["mode"] == "delta"
+    assert robomimic_action(["action/pos", "action/gripper"], 2, ["robot0_eef_pos"]) == []
+
+
+def abs_checkpoint(tmp_path, abs_action=True):
+    policy = fc.randomize(fc.dp_source(hybrid=True, low=fc.ROBOMIMIC_ABS_LOW, action_dim=10), 0)
+    cfg = fc.dp_cfg(True, low=fc.ROBOMIMIC_ABS_LOW, action_dim=10,
+                    task={"abs_action": abs_action, "dataset": {"rotation_rep": "rotation_6d"}})
+    return fc.write_dp(tmp_path / "lift_image_abs.ckpt", policy, hybrid=True, cfg=cfg)
+
+
+def test_a_diffusion_policy_image_abs_checkpoint_exports_its_layout_and_dp_inspect_prints_it(tmp_path, capsys):
+    path = abs_checkpoint(tmp_path)
+    assert export_main([str(path), "-o", str(tmp_path / "b"), "--trust-pickle", "--formats", "onnx",
+                        "--no-inpaint", "--parity-samples", "1"]) == 0
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["action"]["segments"] == [{"kind": "position", "size": 3, "axes": "xyz"},
+                                              {"kind": "rotation", "size": 6, "representation": "rotation_6d_rows"},
+                                              {"kind": "gripper", "size": 1}]
+    obs = {o["key"]: o.get("segments") for o in manifest["observations"]}
+    assert obs["robot0_eef_quat"] == [{"kind": "rotation", "size": 4, "representation": "quat_xyzw"}]
+    spec = BundleSpec.from_json(manifest)
+    assert spec.policy.action.layout[1].representation == "rotation_6d_rows"
+    capsys.readouterr()
+    assert inspect_main([str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "[3:9] rotation rotation_6d_rows" in out and "[0:4] rotation quat_xyzw" in out
+
+
+def test_dp_export_layout_file_overrides_and_is_checked(tmp_path, capsys):
+    path = abs_checkpoint(tmp_path, abs_action=None)
+    f = tmp_path / "layout.yaml"
+    f.write_text("action:\n  - {kind: position}\n  - {kind: rotation, representation: rotation_6d_cols}\n"
+                 "  - {kind: gripper, size: 1}\nobservations:\n  robot0_gripper_qpos: [{kind: values, size: 2}]\n")
+    ck = load_any(path, trust_pickle=True)
+    assert "abs_action not in the config" in ck.config.action_layout[0]["assumed"]
+    assert export_main([str(path), "-o", str(tmp_path / "b"), "--trust-pickle", "--formats", "onnx",
+                        "--no-inpaint", "--parity-samples", "1", "--layout", str(f)]) == 0
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["action"]["segments"][1]["representation"] == "rotation_6d_cols"
+    assert {o["key"]: o.get("segments") for o in manifest["observations"]}["robot0_gripper_qpos"] == \
+        [{"kind": "values", "size": 2}]
+    f.write_text("action:\n  - {kind: position}\n  - {kind: gripper, size: 1}\n")
+    capsys.readouterr()
+    assert export_main([str(path), "-o", str(tmp_path / "c"), "--trust-pickle", "--layout", str(f)]) != 0
+    assert "action layout: segments add up to 4 values" in capsys.readouterr().err
+    f.write_text("observations:\n  wrist_pose: [{kind: position}]\n")
+    assert export_main([str(path), "-o", str(tmp_path / "c"), "--trust-pickle", "--layout", str(f)]) != 0
+    assert "['wrist_pose'] are not low-dim inputs of this policy" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_manifest_with_a_bad_layout_is_refused_by_name(tmp_path):
+    path = abs_checkpoint(tmp_path)
+    assert export_main([str(path), "-o", str(tmp_path / "b"), "--trust-pickle", "--formats", "onnx",
+                        "--no-inpaint", "--parity-samples", "1"]) == 0
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    manifest["action"]["segments"][1]["representation"] = "quat_xyzw"
+    with pytest.raises(BundleError, match=r"manifest.json: action segments\[1\]: rotation quat_xyzw has size 6"):
+        BundleSpec.from_json(manifest)
+    # a bundle without segments (every bundle before them) reads as joint values
+    del manifest["action"]["segments"]
+    spec = BundleSpec.from_json(manifest)
+    assert spec.policy.action.layout == () and layout.is_joint_space(spec.policy.action.segments)

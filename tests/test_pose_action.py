@@ -1,0 +1,89 @@
+"""End-effector actions decoded as each framework means them: diffusion_policy's absolute 10-D (equal to its own
+undo_transform_action), robosuite OSC deltas against the pose when the step executes, UMI's poses relative to
+the pose at observation time, PushT's planar target; refused before any pose was measured."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dp_runtime import layout, rotations
+from dp_runtime.checkpoint.layouts import arm_action
+from dp_runtime.errors import ConfigError, InputError
+from dp_runtime.pose_action import Pose, decode, needs_reference
+from tests.helpers.framework_rotations import dp_undo_transform_action, p3d_axis_angle_to_matrix, umi_rot6d_to_mat
+
+ABS = tuple(arm_action(True))
+DELTA = tuple(arm_action(False))
+RNG = np.random.default_rng(0)
+
+
+def random_pose() -> Pose:
+    return Pose(RNG.normal(size=3), rotations.quat_to_matrix(RNG.normal(size=4)))
+
+
+def test_absolute_10d_equals_diffusion_policys_own_undo_transform_action():
+    # network outputs: positions, slightly non-orthonormal 6-D rows (as a denoiser gives), gripper in [-1, 1]
+    m = rotations.quat_to_matrix(RNG.normal(size=(500, 4)))
+    actions = np.concatenate([RNG.normal(size=(500, 3)),
+                              rotations.matrix_to_rot6d_rows(m) + RNG.normal(scale=0.03, size=(500, 6)),
+                              RNG.uniform(-1, 1, size=(500, 1))], axis=1)
+    theirs = dp_undo_transform_action(actions)  # (500, 7): pos, axis-angle, gripper
+    their_m = p3d_axis_angle_to_matrix(torch.from_numpy(theirs[:, 3:6])).numpy()
+    for a, t, tm in zip(actions, theirs, their_m):
+        ours = decode(a, ABS, None)
+        assert np.abs(ours.pose.position - t[:3]).max() < 1e-6
+        assert np.abs(ours.pose.rotation - tm).max() < 1e-6
+        assert np.abs(rotations.quat_to_axis_angle(rotations.matrix_to_quat(ours.pose.rotation)) - t[3:6]).max() < 1e-6
+        assert ours.gripper.tolist() == [t[6]]
+    # dual arm (20 -> 14): two poses, in the same order
+    both = np.concatenate([actions[0], actions[1]])
+    assert np.allclose(dp_undo_transform_action(both[None])[0], np.concatenate([theirs[0], theirs[1]]), atol=1e-9)
+
+
+def test_osc_deltas_apply_to_the_pose_when_the_step_executes():
+    now = random_pose()
+    a = np.array([1.0, -0.5, 0.2, 0.0, 0.0, 1.0, -1.0])  # +5 cm x, ..., 0.5 rad about z, gripper open
+    out = decode(a, DELTA, now)
+    assert np.allclose(out.pose.position, now.position + 0.05 * a[:3])
+    turn = rotations.REPRESENTATIONS["axis_angle"].to_matrix(np.array([0, 0, 0.5]))
+    assert np.allclose(out.pose.rotation, turn @ now.rotation)  # robosuite: the delta applied in the base frame
+    with pytest.raises(InputError, match="before any pose was measured"):
+        decode(a, DELTA, None)
+
+
+def test_umi_relative_actions_are_decoded_against_the_pose_at_observation_time():
+    rel = layout.parse([{"kind": "position", "mode": "relative"},
+                        {"kind": "rotation", "representation": "rotation_6d_rows", "mode": "relative"},
+                        {"kind": "gripper", "size": 1}], 10, "umi")
+    base = random_pose()
+    local = random_pose()
+    a = np.concatenate([local.position, rotations.matrix_to_rot6d_rows(local.rotation), [0.08]])
+    out = decode(a, rel, base)
+    # UMI: pose10d_to_mat(action) composed on the base pose as base @ action (umi/common/pose_util.py)
+    mat = np.eye(4)
+    mat[:3, :3], mat[:3, 3] = umi_rot6d_to_mat(a[3:9]), a[:3]
+    bmat = np.eye(4)
+    bmat[:3, :3], bmat[:3, 3] = base.rotation, base.position
+    want = bmat @ mat
+    assert np.abs(out.pose.position - want[:3, 3]).max() < 1e-9 and np.abs(out.pose.rotation - want[:3, :3]).max() < 1e-9
+    assert out.gripper.tolist() == [0.08]
+
+
+def test_planar_target_holds_z_and_orientation():
+    xy = layout.parse([{"kind": "position", "axes": "xy"}], 2, "pusht")
+    held = random_pose()
+    out = decode(np.array([0.3, -0.2]), xy, held)
+    assert np.allclose(out.pose.position, [0.3, -0.2, held.position[2]]) and np.allclose(out.pose.rotation, held.rotation)
+    assert needs_reference(xy) and not needs_reference(ABS) and needs_reference(DELTA)
+    with pytest.raises(InputError):
+        decode(np.array([0.3, -0.2]), xy, None)
+
+
+def test_mixed_pose_modes_and_scaled_6d_are_refused():
+    with pytest.raises(ConfigError, match="mix modes"):
+        layout.parse([{"kind": "position", "mode": "delta"}, {"kind": "rotation", "representation": "axis_angle"}],
+                     6, "a")
+    with pytest.raises(ConfigError, match="a scale applies to angles"):
+        layout.parse([{"kind": "rotation", "representation": "rotation_6d_rows", "mode": "delta", "scale": 0.5}],
+                     6, "a")
