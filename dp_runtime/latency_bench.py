@@ -108,7 +108,6 @@ def variant_engine(bundle: Path, g, device: str, steps: int, options: BackendOpt
     """A variant opened the way the runtime opens it, or directly (marked emulated) where the runtime
     would refuse it for lack of native kernels, so every precision gets a row."""
     from .engine import PolicyEngine
-    from .engine.backends import BackendOptions
     from .engine.formats import graph_format
     fmt = graph_format(g.format)
     if g.precision in supported_on(device, g.format):

@@ -5,16 +5,20 @@ import pytest
 pytest.importorskip("std_msgs")
 
 from dp_runtime.errors import ConfigError, InputError  # noqa: E402
-from dp_runtime.ros.commands import COMMAND_INTERFACES, command_interface, command_to_vector  # noqa: E402
+from dp_runtime import layout, rotations  # noqa: E402
+from dp_runtime.checkpoint.layouts import arm_action  # noqa: E402
+from dp_runtime.ros.commands import (COMMAND_INTERFACES, CommandContext, command_interface,  # noqa: E402
+                                     command_to_vector)
+from tests.helpers.framework_rotations import dp_undo_transform_action  # noqa: E402
 
 NAMES = ["j1", "j2"]
 
 
-@pytest.mark.parametrize("name", sorted(COMMAND_INTERFACES))
+@pytest.mark.parametrize("name", sorted(n for n, i in COMMAND_INTERFACES.items() if not i.pose))
 def test_each_interface_round_trips(name):
     ci = COMMAND_INTERFACES[name]
     actions = np.array([[0.5, -1.0], [0.6, -0.9]]) if ci.per_chunk else np.array([0.5, -1.0])
-    msg = ci.build(actions, NAMES, 12.5, 0.1, None)
+    msg = ci.build(actions, CommandContext(NAMES, 12.5, 0.1))
     assert isinstance(msg, ci.message_class)
     first = actions[0] if ci.per_chunk else actions
     assert np.allclose(command_to_vector(msg, ci.msgtype, NAMES), first)
@@ -27,3 +31,38 @@ def test_unknown_interface_and_type_are_refused_by_name():
         command_interface("twist")
     with pytest.raises(InputError, match="unsupported command type geometry_msgs/msg/Twist"):
         command_to_vector(object(), "geometry_msgs/msg/Twist", NAMES)
+
+
+def test_pose_targets_equal_diffusion_policys_own_undo_of_the_same_actions():
+    """A diffusion_policy *_abs action (10-D: pos, rotation_6d rows, gripper) as a PoseStamped target: the pose
+    robosuite would be sent by the framework's env runner (undo_transform_action), within 1e-6."""
+    ci = command_interface("pose")
+    abs_layout = tuple(arm_action(True))
+    ci.check(abs_layout)
+    rng = np.random.default_rng(1)
+    m = rotations.quat_to_matrix(rng.normal(size=(200, 4)))
+    actions = np.concatenate([rng.normal(size=(200, 3)), rotations.matrix_to_rot6d_rows(m)
+                              + rng.normal(scale=0.03, size=(200, 6)), rng.uniform(-1, 1, (200, 1))], axis=1)
+    theirs = dp_undo_transform_action(actions)
+    for a, t in zip(actions, theirs):
+        msg = ci.build(a, CommandContext(NAMES, 12.5, 0.1, layout=abs_layout, frame_id="base"))
+        assert msg.header.frame_id == "base" and msg.header.stamp.sec == 12
+        p, o = msg.pose.position, msg.pose.orientation
+        assert np.abs(np.array([p.x, p.y, p.z]) - t[:3]).max() < 1e-6
+        q = np.array([o.x, o.y, o.z, o.w])
+        assert abs(np.linalg.norm(q) - 1) < 1e-9
+        got = rotations.REPRESENTATIONS["quat_xyzw"].to_matrix(q)
+        want = rotations.REPRESENTATIONS["axis_angle"].to_matrix(t[3:6])
+        assert np.abs(got - want).max() < 1e-6
+
+
+def test_pose_interface_refuses_actions_it_cannot_express():
+    ci = command_interface("pose")
+    with pytest.raises(ConfigError, match="no position or rotation segments"):
+        ci.check(layout.joints(NAMES))
+    with pytest.raises(ConfigError, match="needs the measured end-effector pose"):
+        ci.check(tuple(arm_action(False)))  # robosuite OSC deltas
+    with pytest.raises(ConfigError, match="needs the measured end-effector pose"):
+        ci.check(layout.parse([{"kind": "position", "axes": "xy"}], 2, "pusht"))
+    with pytest.raises(InputError, match="unsupported command type geometry_msgs/msg/PoseStamped"):
+        command_to_vector(object(), "geometry_msgs/msg/PoseStamped", NAMES)  # not read back as joints

@@ -2,8 +2,10 @@
 
 Adding an interface is one entry here. The node publishes what ``build``
 returns; replay decodes recorded commands of any listed type with ``decode``.
-Builders take ``(actions, names, stamp, dt, previous)``: a per-tick builder
-gets one action (A,), a per-chunk builder the remaining actions (K, A).
+Builders take ``(actions, context)``: a per-tick builder gets one action (A,),
+a per-chunk builder the remaining actions (K, A); the context carries the
+joint names, stamp, period, previous command and, for end-effector outputs,
+the action's layout and the frame the target is in.
 """
 from __future__ import annotations
 
@@ -13,24 +15,52 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import ConfigError, InputError, ShapeError
+from ..layout import Layout
+from ..pose_action import decode as decode_action, needs_reference
+from ..rotations import matrix_to_quat
 from .convert import joint_state_to_vector, message_class, normalize_msgtype, sec_to_stamp_fields
 
 
-def float64_multi_array(action: np.ndarray, names: Sequence[str], stamp: float, dt: float, previous=None):
+@dataclass(frozen=True)
+class CommandContext:
+    """What a builder needs besides the actions."""
+    names: Sequence[str]  # joint names in action order
+    stamp: float
+    dt: float
+    previous: np.ndarray | None = None  # the last command before these (a trajectory's first velocity)
+    layout: Layout = ()  # the action's segments (end-effector outputs)
+    frame_id: str = ""  # the frame an end-effector target is in
+
+
+def float64_multi_array(action: np.ndarray, ctx: CommandContext):
     """One action as std_msgs/Float64MultiArray (ros2_control forward_command_controller)."""
     from std_msgs.msg import Float64MultiArray
     return Float64MultiArray(data=[float(x) for x in action])
 
 
-def joint_state_command(action: np.ndarray, names: Sequence[str], stamp: float, dt: float, previous=None):
+def joint_state_command(action: np.ndarray, ctx: CommandContext):
     from sensor_msgs.msg import JointState
-    msg = JointState(name=list(names), position=[float(x) for x in action])
-    msg.header.stamp.sec, msg.header.stamp.nanosec = sec_to_stamp_fields(stamp)
+    msg = JointState(name=list(ctx.names), position=[float(x) for x in action])
+    msg.header.stamp.sec, msg.header.stamp.nanosec = sec_to_stamp_fields(ctx.stamp)
     return msg
 
 
-def joint_trajectory(actions: np.ndarray, names: Sequence[str], stamp: float, dt: float,
-                     previous: np.ndarray | None = None):
+def pose_stamped(action: np.ndarray, ctx: CommandContext):
+    """One action's pose as a geometry_msgs/PoseStamped target in ``ctx.frame_id`` (cartesian_controllers'
+    target_frame, MoveIt Servo's pose target); decoded as the layout says (pose_action.py)."""
+    from geometry_msgs.msg import PoseStamped
+    pose = decode_action(action, ctx.layout, None).pose
+    msg = PoseStamped()
+    msg.header.frame_id = ctx.frame_id
+    msg.header.stamp.sec, msg.header.stamp.nanosec = sec_to_stamp_fields(ctx.stamp)
+    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in pose.position)
+    q = matrix_to_quat(pose.rotation)
+    o = msg.pose.orientation
+    o.x, o.y, o.z, o.w = (float(v) for v in q)
+    return msg
+
+
+def joint_trajectory(actions: np.ndarray, ctx: CommandContext):
     """Remaining actions (K, A) as a JointTrajectory starting now (stamp zero).
 
     Point k has time_from_start (k + 1) * dt and finite-difference velocities;
@@ -38,8 +68,9 @@ def joint_trajectory(actions: np.ndarray, names: Sequence[str], stamp: float, dt
     """
     from builtin_interfaces.msg import Duration
     from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
-    msg = JointTrajectory(joint_names=list(names))
-    prev = previous if previous is not None else actions[0]
+    msg = JointTrajectory(joint_names=list(ctx.names))
+    dt = ctx.dt
+    prev = ctx.previous if ctx.previous is not None else actions[0]
     points = []
     for k, a in enumerate(actions):
         vel = (a - prev) / dt
@@ -78,12 +109,26 @@ class CommandInterface:
     name: str  # the node parameter command_interface
     msgtype: str
     per_chunk: bool  # one message per chunk (a trajectory) instead of one per control tick
-    build: Callable[..., Any]
-    decode: Callable[[Any, Sequence[str], str], np.ndarray]
+    build: Callable[[np.ndarray, CommandContext], Any]
+    decode: Callable[[Any, Sequence[str], str], np.ndarray] | None  # a recorded command -> (A,); None: not read
+    pose: bool = False  # an end-effector target: the action must hold an absolute pose
 
     @property
     def message_class(self):
         return message_class(self.msgtype)
+
+    def check(self, layout: Layout) -> None:
+        """Refuse an action this interface cannot express (before the first command, never a wrong one)."""
+        if not self.pose:
+            return
+        kinds = {s.kind for s in layout}
+        if not kinds & {"position", "rotation"}:
+            raise ConfigError(f"command_interface {self.name}: the bundle's action has no position or rotation "
+                              "segments (dp-inspect shows them; dp-export --layout gives them)")
+        if needs_reference(layout):
+            raise ConfigError(f"command_interface {self.name}: the action is a delta, relative or partial pose, "
+                              "which needs the measured end-effector pose; this version publishes absolute poses "
+                              "(x, y, z and a rotation) only")
 
 
 COMMAND_INTERFACES: dict[str, CommandInterface] = {i.name: i for i in (
@@ -92,8 +137,9 @@ COMMAND_INTERFACES: dict[str, CommandInterface] = {i.name: i for i in (
     CommandInterface("joint_trajectory", "trajectory_msgs/msg/JointTrajectory", True, joint_trajectory,
                      decode_joint_trajectory),
     CommandInterface("joint_state", "sensor_msgs/msg/JointState", False, joint_state_command, decode_joint_state),
+    CommandInterface("pose", "geometry_msgs/msg/PoseStamped", False, pose_stamped, None, pose=True),
 )}
-RECORDED_COMMAND_TYPES = tuple(i.msgtype for i in COMMAND_INTERFACES.values())
+RECORDED_COMMAND_TYPES = tuple(i.msgtype for i in COMMAND_INTERFACES.values() if i.decode is not None)
 
 
 def command_interface(name: str) -> CommandInterface:
@@ -106,6 +152,6 @@ def command_interface(name: str) -> CommandInterface:
 def command_to_vector(msg: Any, msgtype: str, names: Sequence[str], what: str = "command") -> np.ndarray:
     """A recorded command message of any interface's type -> (A,) float64 in action order."""
     for interface in COMMAND_INTERFACES.values():
-        if interface.msgtype == normalize_msgtype(msgtype):
+        if interface.decode is not None and interface.msgtype == normalize_msgtype(msgtype):
             return interface.decode(msg, names, what)
     raise InputError(f"{what}: unsupported command type {msgtype}; expected one of {RECORDED_COMMAND_TYPES}")

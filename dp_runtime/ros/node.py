@@ -277,7 +277,7 @@ class PolicyWiring:
         return True
 
     def _publish(self, actions, stamp: float, previous=None) -> None:
-        self.pub.publish(self.rt.interface.build(actions, self.rt.action_names, stamp, self.rt.dt, previous))
+        self.pub.publish(self.rt.interface.build(actions, self.rt.command_context(stamp, previous)))
 
     # -- diagnostics -----------------------------------------------------------------
     def _on_diagnostics(self) -> None:

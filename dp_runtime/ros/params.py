@@ -70,9 +70,12 @@ class NodeParams(RunnerConfig):
     max_action_error: float = setting(0.0, "run variants whose recorded max action error (normalized) is up to "
                                            "this; 0 = the bound each was checked against at export", ge=0)
     command_interface: str = setting("float64_multi_array", "command message: float64_multi_array, "
-                                     "joint_trajectory (the remaining chunk) or joint_state",
+                                     "joint_trajectory (the remaining chunk), joint_state, or pose (PoseStamped "
+                                     "target of an end-effector policy's absolute pose)",
                                      choices=tuple(COMMAND_INTERFACES))
     command_topic: str = setting("/forward_position_controller/commands", "topic the commands go to")
+    command_frame_id: str = setting("base_link", "command_interface pose: the frame the target pose is in (the "
+                                                 "controller's base frame; the bundle's poses are in it too)")
     command_qos: str = setting("reliable", "command publisher reliability", choices=QOS)
     action_lower: list[float] = setting([], "clip: one value or one per action joint", shown="unset", live=True)
     action_upper: list[float] = setting([], "clip: one value or one per action joint", shown="unset", live=True)

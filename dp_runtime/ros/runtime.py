@@ -13,7 +13,8 @@ from ..control import IMMEDIATE, Delivery, PolicyRunner
 from ..engine import PolicyEngine, load_bundle
 from ..engine.backends import BackendOptions
 from ..engine.remote import ClientTls, RemoteEngine
-from .commands import CommandInterface, command_interface
+from ..errors import ConfigError
+from .commands import CommandContext, CommandInterface, command_interface
 from .params import NodeParams, ObsTopic, resolve_obs_topics
 
 
@@ -32,6 +33,10 @@ class Runtime:
     @property
     def dt(self) -> float:
         return self.runner.dt
+
+    def command_context(self, stamp: float, previous=None) -> CommandContext:
+        return CommandContext(self.action_names, stamp, self.dt, previous, self.engine.spec.action.segments,
+                              self.params.command_frame_id)
 
 
 def open_engine(p: NodeParams) -> PolicyEngine | RemoteEngine:
@@ -57,4 +62,14 @@ def open_runtime(p: NodeParams, get: Callable[[str, Any], Any], engine: PolicyEn
     runner = PolicyRunner(engine, p.runner_config(**runner_overrides), p.limits(engine.spec.action.dim),
                           keep_observations=keep_observations, warn=warn, info=info, delivery=delivery,
                           keep_chunks=keep_chunks)
-    return Runtime(p, engine, runner, topics, command_interface(p.command_interface))
+    interface = command_interface(p.command_interface)
+    segments = engine.spec.action.segments
+    interface.check(segments)
+    if interface.pose:
+        if p.on_stale == "hold_position":
+            raise ConfigError("on_stale hold_position holds the measured joints; with command_interface pose use "
+                              "on_stale: stop")
+        left = [s.describe() for s in segments if s.kind not in ("position", "rotation")]
+        if left:
+            (info or print)(f"command_interface pose publishes the pose; not published: {', '.join(left)}")
+    return Runtime(p, engine, runner, topics, interface)

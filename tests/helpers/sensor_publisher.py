@@ -18,6 +18,7 @@ from helpers.synthetic import render_dot
 
 SCENE_TARGET = np.array([0.4, -0.3])
 JOINTS = {"joint1": 0.1, "joint2": -0.2, "gripper": 0.0}
+EEF_POSE = (0.45, -0.1, 0.3), (0.0, 0.7071067811865476, 0.0, 0.7071067811865476)  # position, quaternion xyzw
 
 
 def stamp(msg, t):
@@ -36,6 +37,7 @@ def main():
     ap.add_argument("--camera-qos", default="best_effort")
     ap.add_argument("--clock", action="store_true", help="publish /clock (sim time from 1000 s) and stamp with it")
     ap.add_argument("--loop-at", type=float, default=-1, help="with --clock: jump sim time back to 1000 s here")
+    ap.add_argument("--pose", action="store_true", help="also publish the end-effector pose EEF_POSE on /eef_pose")
     args = ap.parse_args()
     rclpy.init()
     node = rclpy.create_node("test_sensor_publisher")
@@ -43,6 +45,10 @@ def main():
     cam = node.create_publisher(Image, "/camera/image_raw", QoSProfile(reliability=rel, history=HistoryPolicy.KEEP_LAST, depth=5))
     js = node.create_publisher(JointState, "/joint_states", 10)
     img = render_dot(SCENE_TARGET, args.size)
+    pose_pub = None
+    if args.pose:
+        from geometry_msgs.msg import PoseStamped
+        pose_pub = node.create_publisher(PoseStamped, "/eef_pose", 10)
     clock_pub = None
     if args.clock:
         from rosgraph_msgs.msg import Clock
@@ -68,6 +74,14 @@ def main():
         j = JointState(name=list(JOINTS), position=list(JOINTS.values()))
         stamp(j, now)
         js.publish(j)
+        if pose_pub is not None:
+            p = PoseStamped()
+            p.header.frame_id = "base_link"
+            stamp(p, now)
+            p.pose.position.x, p.pose.position.y, p.pose.position.z = EEF_POSE[0]
+            o = p.pose.orientation
+            o.x, o.y, o.z, o.w = EEF_POSE[1]
+            pose_pub.publish(p)
         if args.bad and i % 5 == 0:
             wrong = Image(height=args.size, width=args.size, encoding="32FC1", step=args.size * 4,
                           data=bytes(args.size * args.size * 4))
