@@ -90,3 +90,18 @@ def _exact(m: np.ndarray, representation: str) -> np.ndarray:
     """A decoded matrix made exact: 6-D (Gram-Schmidt) and quaternions (normalized) already are; a 9-value
     matrix is projected onto the nearest rotation."""
     return orthonormalize(m) if representation == "matrix" else m
+
+
+def encode(pose: Pose, layout: Layout, action: np.ndarray) -> np.ndarray:
+    """``action`` (A,) with its absolute pose segments rewritten to ``pose`` (each in its representation; a
+    quaternion keeps the hemisphere it had), the other values as they were: a limited pose back in the vector."""
+    out = np.asarray(action, np.float64).copy()
+    for s, sl in slices(layout):
+        if s.kind == "position":
+            out[sl] = pose.position[[AXES[a] for a in s.axes]]
+        elif s.kind == "rotation":
+            value = REPRESENTATIONS[s.representation].from_matrix(pose.rotation)
+            if s.representation.startswith("quat_") and float(np.dot(value, out[sl])) < 0:
+                value = -value
+            out[sl] = value
+    return out

@@ -28,7 +28,7 @@ def test_each_interface_round_trips(name):
 
 def test_unknown_interface_and_type_are_refused_by_name():
     with pytest.raises(ConfigError, match="command_interface must be one of .*'twist'"):
-        command_interface("twist")
+        command_interface("velocity")
     with pytest.raises(InputError, match="unsupported command type geometry_msgs/msg/Twist"):
         command_to_vector(object(), "geometry_msgs/msg/Twist", NAMES)
 
@@ -66,3 +66,38 @@ def test_pose_interface_refuses_actions_it_cannot_express():
         ci.check(layout.parse([{"kind": "position", "axes": "xy"}], 2, "pusht"))
     with pytest.raises(InputError, match="unsupported command type geometry_msgs/msg/PoseStamped"):
         command_to_vector(object(), "geometry_msgs/msg/PoseStamped", NAMES)  # not read back as joints
+
+
+def test_twist_is_robosuite_osc_deltas_over_one_period():
+    ci = command_interface("twist")
+    delta = tuple(arm_action(False))  # [dpos x 0.05 m, d-axis-angle x 0.5 rad, gripper]
+    ci.check(delta)
+    msg = ci.build(np.array([1.0, -0.5, 0.2, 0.0, 0.0, 0.4, -1.0]), CommandContext(NAMES, 3.0, 0.05, layout=delta,
+                                                                                   frame_id="base"))
+    t = msg.twist
+    assert msg.header.frame_id == "base"
+    assert np.allclose([t.linear.x, t.linear.y, t.linear.z], np.array([1.0, -0.5, 0.2]) * 0.05 / 0.05)
+    assert np.allclose([t.angular.x, t.angular.y, t.angular.z], [0, 0, 0.4 * 0.5 / 0.05])
+    with pytest.raises(ConfigError, match="command_interface twist: publishes per-step deltas .* is absolute"):
+        ci.check(tuple(arm_action(True)))
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"command_interface": "twist"}, "twist with on_starvation hold would repeat the last velocity"),
+    ({"command_interface": "twist", "on_starvation": "stop", "on_stale": "hold_position"},
+     "on_stale hold_position holds the measured joints"),
+    ({"command_interface": "pose", "on_starvation": "stop"}, "twist for per-step deltas|publishes absolute poses"),
+])
+def test_end_effector_interfaces_refuse_settings_that_would_command_wrongly(params, words):
+    from dataclasses import replace
+
+    from dp_runtime.ros.params import NodeParams
+    from dp_runtime.ros.runtime import open_runtime
+    from dp_runtime.spec import ActionSpec
+    from test_control import SPEC, FakeEngine
+    segments = tuple(arm_action(False))
+
+    class DeltaEngine(FakeEngine):
+        spec = replace(SPEC, action=ActionSpec(7, tuple(f"a{i}" for i in range(7)), 1, 5, layout=segments))
+    with pytest.raises(ConfigError, match=words):
+        open_runtime(NodeParams(bundle="b", **params), lambda name, default: default, engine=DeltaEngine())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from dp_runtime import layout
@@ -126,3 +127,73 @@ def test_a_manifest_with_a_bad_layout_is_refused_by_name(tmp_path):
     del manifest["action"]["segments"]
     spec = BundleSpec.from_json(manifest)
     assert spec.policy.action.layout == () and layout.is_joint_space(spec.policy.action.segments)
+
+
+def test_the_readme_end_effector_yaml_wires_an_image_abs_bundle(tmp_path):
+    """The README's parameter file for a lift_image_abs bundle (at most 20 lines) opens the control loop: both
+    eef keys read the TCP PoseStamped, the gripper its joints, and the pose interface accepts the action."""
+    from pathlib import Path
+
+    from dp_runtime.ros.params import load_params_file
+    from dp_runtime.ros.runtime import open_runtime
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("A diffusion_policy `lift_image_abs` checkpoint")[1].split("```yaml\n")[1].split("```")[0]
+    assert len(block.strip().splitlines()) <= 20
+    path = abs_checkpoint(tmp_path)
+    assert export_main([str(path), "-o", str(tmp_path / "b"), "--trust-pickle", "--formats", "onnx",
+                        "--no-inpaint", "--parity-samples", "1"]) == 0
+    (tmp_path / "policy.yaml").write_text(block)
+    p, flat = load_params_file(tmp_path / "policy.yaml", bundle=str(tmp_path / "b"))
+    said = []
+    rt = open_runtime(p, lambda name, default: flat.get(name, default), info=said.append)
+    topics = {t.key: t for t in rt.topics}
+    assert topics["robot0_eef_pos"].type == topics["robot0_eef_quat"].type == "pose"
+    assert topics["robot0_eef_pos"].topic == "/tcp_pose_broadcaster/pose" and topics["robot0_eef_quat"].frame_id == "base_link"
+    assert topics["robot0_gripper_qpos"].type == "joint_state"
+    assert rt.interface.name == "pose" and rt.command_context(1.0).frame_id == "base_link"
+    assert any("not published: gripper" in line for line in said)
+
+
+def test_replay_reads_one_tcp_pose_topic_into_both_eef_keys(tmp_path):
+    """robosuite's eef position and quaternion are two keys of the policy and one PoseStamped topic of the robot:
+    replay (a real rosbag2 MCAP) feeds both from it, as the node's two subscriptions do."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from dp_runtime.replay.cli import main as replay_main
+    path = abs_checkpoint(tmp_path)
+    assert export_main([str(path), "-o", str(tmp_path / "b"), "--trust-pickle", "--formats", "onnx",
+                        "--no-inpaint", "--parity-samples", "1"]) == 0
+    ts = get_typestore(Stores.ROS2_KILTED)
+    T = ts.types
+    types = {"/image": "sensor_msgs/msg/Image", "/tcp_pose": "geometry_msgs/msg/PoseStamped",
+             "/joint_states": "sensor_msgs/msg/JointState"}
+    with Writer(tmp_path / "bag", version=8, storage_plugin=StoragePlugin.MCAP) as w:
+        conns = {topic: w.add_connection(topic, kind, typestore=ts) for topic, kind in types.items()}
+        for i in range(60):  # 3 s at 20 Hz
+            t = 1_700_000_000.0 + i * 0.05
+            header = T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](
+                sec=int(t), nanosec=int(round((t - int(t)) * 1e9)) % 1_000_000_000), frame_id="base_link")
+            msgs = {
+                "/image": T["sensor_msgs/msg/Image"](header=header, height=fc.IMG, width=fc.IMG, encoding="rgb8",
+                                                     is_bigendian=0, step=fc.IMG * 3,
+                                                     data=np.full(fc.IMG * fc.IMG * 3, 90, np.uint8)),
+                "/tcp_pose": T["geometry_msgs/msg/PoseStamped"](header=header, pose=T["geometry_msgs/msg/Pose"](
+                    position=T["geometry_msgs/msg/Point"](x=0.4 + 0.01 * i, y=0.0, z=0.3),
+                    orientation=T["geometry_msgs/msg/Quaternion"](x=0.0, y=1.0, z=0.0, w=0.0))),
+                "/joint_states": T["sensor_msgs/msg/JointState"](header=header, name=["l", "r"],
+                                                                 position=np.array([0.02, -0.02]),
+                                                                 velocity=np.zeros(0), effort=np.zeros(0)),
+            }
+            for topic, msg in msgs.items():
+                w.write(conns[topic], int(t * 1e9), ts.serialize_cdr(msg, types[topic]))
+    (tmp_path / "policy.yaml").write_text(
+        "policy_node:\n  ros__parameters:\n    obs:\n      image: {topic: /image}\n"
+        "      robot0_eef_pos: {topic: /tcp_pose, frame_id: base_link}\n"
+        "      robot0_eef_quat: {topic: /tcp_pose, frame_id: base_link}\n"
+        "      robot0_gripper_qpos: {topic: /joint_states, joint_names: [l, r]}\n")
+    assert replay_main([str(tmp_path / "bag"), "--bundle", str(tmp_path / "b"), "--config",
+                        str(tmp_path / "policy.yaml"), "--out", str(tmp_path / "report"), "--no-progress"]) == 0
+    m = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert m["chunks"] > 5 and m["messages"]["invalid_total"] == 0
+    assert m["messages"]["used"] == 60 * 4  # the pose counted once per key it feeds

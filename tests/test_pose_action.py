@@ -87,3 +87,47 @@ def test_mixed_pose_modes_and_scaled_6d_are_refused():
     with pytest.raises(ConfigError, match="a scale applies to angles"):
         layout.parse([{"kind": "rotation", "representation": "rotation_6d_rows", "mode": "delta", "scale": 0.5}],
                      6, "a")
+
+
+def limits(**kw):
+    from dp_runtime.control.limits import ActionLimits
+    return ActionLimits.from_lists(10, [], [], [], ABS, **kw)
+
+
+def abs_action(position, rotation, gripper=0.5):
+    return np.concatenate([position, rotations.matrix_to_rot6d_rows(rotation), [gripper]])
+
+
+def test_workspace_box_and_steps_limit_an_absolute_pose_and_are_counted():
+    lim = limits(ee_lower=[-0.5, -0.5, 0.05], ee_upper=[0.5, 0.5, 0.8], ee_linear=0.02, ee_angular=0.1)
+    start = abs_action([0.3, 0.0, 0.2], np.eye(3))
+    assert np.allclose(lim.apply(start, None), start) and lim.limited == 0
+    below = lim.apply(abs_action([0.3, 0.0, -0.1], np.eye(3)), None)  # under the table: clamped to z 0.05
+    assert np.allclose(below[:3], [0.3, 0.0, 0.05]) and lim.limited == 1
+    far = lim.apply(abs_action([0.4, 0.0, 0.2], np.eye(3)), start)  # 10 cm in one tick: 2 cm
+    assert np.allclose(far[:3], [0.32, 0.0, 0.2]) and lim.limited == 2
+    turn = rotations.REPRESENTATIONS["axis_angle"].to_matrix(np.array([0, 0, -3.0]))  # 3 rad the short way
+    limited = lim.apply(abs_action([0.3, 0.0, 0.2], turn), start)
+    got = decode(limited, ABS, None).pose.rotation
+    want = rotations.REPRESENTATIONS["axis_angle"].to_matrix(np.array([0, 0, -0.1]))
+    assert np.abs(got - want).max() < 1e-9 and limited[9] == 0.5  # the gripper untouched
+    assert lim.limited == 3
+
+
+def test_pose_limits_need_an_absolute_pose():
+    from dp_runtime.control.limits import ActionLimits
+    with pytest.raises(ConfigError, match="limit an absolute end-effector pose .* delta, relative or partial"):
+        ActionLimits.from_lists(7, [], [], [], DELTA, ee_linear=0.01)
+    with pytest.raises(ConfigError, match="has none"):
+        ActionLimits.from_lists(2, [], [], [], layout.joints(["j1", "j2"]), ee_lower=[0, 0, 0])
+    with pytest.raises(ConfigError, match="ee_workspace_upper has 2 values, expected 1 or 3"):
+        limits(ee_upper=[0.5, 0.5])
+
+
+def test_a_limited_quaternion_keeps_its_hemisphere():
+    quat = layout.parse([{"kind": "position"}, {"kind": "rotation", "representation": "quat_wxyz"}], 7, "q")
+    from dp_runtime.control.limits import ActionLimits
+    lim = ActionLimits.from_lists(7, [], [], [], quat, ee_upper=[0.1, 1, 1])
+    q = -rotations.REPRESENTATIONS["quat_wxyz"].from_matrix(rotations.quat_to_matrix(np.array([0.1, 0.2, 0.3, 0.9])))
+    out = lim.apply(np.concatenate([[0.5, 0, 0], q]), None)
+    assert out[0] == 0.1 and np.allclose(out[3:], q)  # clamped x; the same quaternion, same sign

@@ -549,5 +549,5 @@ class PolicyRunner:
                                      latency_ms=percentiles_ms(self.scheduler.latencies, 50, 100),
                                      inference_lead=self.scheduler.lead(),
                                      peak_departure=self.departures.peak_departure,
-                                     peak_speed=self.departures.peak_speed,
+                                     peak_speed=self.departures.peak_speed, limited=self.limits.limited,
                                      chunk_transition=self.transition.name)

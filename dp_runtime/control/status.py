@@ -26,7 +26,7 @@ QUEUE_KEYS = {"dropped": "dropped_actions", "skipped": "skipped_actions", "starv
 COUNTS = {"chunks": "chunks", "queue_depth": "queue_depth", "stale_refusals": "stale_refusals",
           "invalid_inputs": "invalid_inputs", "inference_errors": "inference_errors",
           "overruns": "inference_overruns", "commands": "commands_published", "inference_lead": "inference_lead",
-          "chunk_switches": "chunk_switches", "discontinuities": "discontinuities"}
+          "chunk_switches": "chunk_switches", "discontinuities": "discontinuities", "limited": "ee_limited_commands"}
 PAIRS = {"latency_ms": ("inference_latency_ms_median", "inference_latency_ms_max", "{:.1f}"),
          "command_period_ms": ("command_period_ms_p50", "command_period_ms_p99", "{:.2f}"),
          "obs_to_command_ms": ("obs_to_first_command_ms_p50", "obs_to_first_command_ms_max", "{:.1f}")}
@@ -47,6 +47,7 @@ class RunnerStatus:
     commands: int = 0  # commands issued (per-tick commands and per-chunk trajectories)
     last_error: str = ""
     discontinuities: int = 0  # breaks that ended the plan's authority (departure, input gap, clock jump)
+    limited: int = 0  # commands whose end-effector pose the workspace box or step limits changed
     last_discontinuity: str = ""  # the newest one's stamp and reason
     peak_departure: float = 0.0  # the largest departure and speed (normalized) that did not break: the margin
     peak_speed: float = 0.0  # discontinuity_threshold and discontinuity_speed have on this robot

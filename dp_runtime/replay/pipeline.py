@@ -100,9 +100,10 @@ def replay_offline(bag_path: str | Path | Bag, setup: ReplaySetup, seed: int = 0
                    keep_observations: bool = False) -> ReplayResult:
     started = time.perf_counter()
     runner = setup.runner(seed, assumed_latency_s, keep_observations)
-    by_topic = {t.topic: t for t in setup.topics}
-    readers = {t.topic: t.reader(setup.engine.image_shapes.get(t.key), setup.params.resize_images)
-               for t in setup.topics}
+    readers: dict[str, list] = {}  # topic -> (key, reader) per observation it feeds (an eef pose may feed two)
+    for t in setup.topics:
+        readers.setdefault(t.topic, []).append((t.key, t.reader(setup.engine.image_shapes.get(t.key),
+                                                                setup.params.resize_images)))
     dt = 1.0 / setup.params.control_rate_hz
     with opened(bag_path, setup, distro) as bag:
         result = ReplayResult(str(bag.path), "offline", [], [], runner.chunks, distro=bag.distro)
@@ -129,17 +130,17 @@ def replay_offline(bag_path: str | Path | Bag, setup: ReplaySetup, seed: int = 0
                 result.recorded.append((raw.time, recorded))
                 runner.executed(raw.time, recorded)
                 continue
-            t = by_topic[raw.topic]
-            try:
-                stamp, value = readers[raw.topic](msg, received=raw.time)
-            except DpRuntimeError as e:
-                _count(result, f"{raw.topic}: {e}")
-                continue
-            result.stamp_lag.setdefault(raw.topic, []).append(raw.time - stamp)
-            if runner.add(t.key, stamp, value):
-                result.messages_used += 1
-            else:
-                _count(result, runner.stats.last_error)
+            for key, read in readers[raw.topic]:
+                try:
+                    stamp, value = read(msg, received=raw.time)
+                except DpRuntimeError as e:
+                    _count(result, f"{raw.topic}: {e}")
+                    continue
+                result.stamp_lag.setdefault(raw.topic, []).append(raw.time - stamp)
+                if runner.add(key, stamp, value):
+                    result.messages_used += 1
+                else:
+                    _count(result, runner.stats.last_error)
         bar.close()
         result.problems = bag.problems_found()
     status = runner.status(t0 + k * dt if t0 is not None else 0.0)

@@ -15,9 +15,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import ConfigError, InputError, ShapeError
-from ..layout import Layout
-from ..pose_action import decode as decode_action, needs_reference
-from ..rotations import matrix_to_quat
+from ..layout import Layout, slices
+from ..pose_action import AXES, decode as decode_action, needs_reference
+from ..rotations import REPRESENTATIONS, matrix_to_quat
 from .convert import joint_state_to_vector, message_class, normalize_msgtype, sec_to_stamp_fields
 
 
@@ -58,6 +58,45 @@ def pose_stamped(action: np.ndarray, ctx: CommandContext):
     o = msg.pose.orientation
     o.x, o.y, o.z, o.w = (float(v) for v in q)
     return msg
+
+
+def twist_stamped(action: np.ndarray, ctx: CommandContext):
+    """One action's per-step delta as a geometry_msgs/TwistStamped in ``ctx.frame_id``: the delta times its
+    scale over one control period (robosuite OSC's step as a velocity, e.g. for MoveIt Servo)."""
+    from geometry_msgs.msg import TwistStamped
+    msg = TwistStamped()
+    msg.header.frame_id = ctx.frame_id
+    msg.header.stamp.sec, msg.header.stamp.nanosec = sec_to_stamp_fields(ctx.stamp)
+    linear, angular = np.zeros(3), np.zeros(3)
+    for s, sl in slices(ctx.layout):
+        if s.kind == "position":
+            linear[[AXES[a] for a in s.axes]] = s.scale * action[sl] / ctx.dt
+        elif s.kind == "rotation":
+            angular = REPRESENTATIONS["axis_angle"].from_matrix(
+                REPRESENTATIONS[s.representation].to_matrix(s.scale * action[sl])) / ctx.dt
+    t = msg.twist
+    t.linear.x, t.linear.y, t.linear.z = (float(v) for v in linear)
+    t.angular.x, t.angular.y, t.angular.z = (float(v) for v in angular)
+    return msg
+
+
+def absolute_pose(name: str, layout: Layout) -> None:
+    """The pose interface's check: an absolute pose with x, y, z and a rotation."""
+    if not {s.kind for s in layout} & {"position", "rotation"}:
+        raise ConfigError(f"command_interface {name}: the bundle's action has no position or rotation segments "
+                          "(dp-inspect shows them; dp-export --layout gives them)")
+    if needs_reference(layout):
+        raise ConfigError(f"command_interface {name}: the action is a delta, relative or partial pose, which needs "
+                          "the measured end-effector pose; this version publishes absolute poses (x, y, z and a "
+                          "rotation) as pose, per-step deltas as twist")
+
+
+def delta_pose(name: str, layout: Layout) -> None:
+    """The twist interface's check: per-step deltas (robosuite OSC), whose velocity needs no measured pose."""
+    posed = [s for s in layout if s.kind in ("position", "rotation")]
+    if not posed or posed[0].mode != "delta":
+        raise ConfigError(f"command_interface {name}: publishes per-step deltas as velocities; the bundle's action "
+                          f"is {'not a pose' if not posed else posed[0].mode} (use pose for absolute poses)")
 
 
 def joint_trajectory(actions: np.ndarray, ctx: CommandContext):
@@ -111,24 +150,21 @@ class CommandInterface:
     per_chunk: bool  # one message per chunk (a trajectory) instead of one per control tick
     build: Callable[[np.ndarray, CommandContext], Any]
     decode: Callable[[Any, Sequence[str], str], np.ndarray] | None  # a recorded command -> (A,); None: not read
-    pose: bool = False  # an end-effector target: the action must hold an absolute pose
+    accepts: Callable[[str, Layout], None] | None = None  # end-effector: refuses an action it cannot express
 
     @property
     def message_class(self):
         return message_class(self.msgtype)
 
+    @property
+    def pose(self) -> bool:
+        """An end-effector interface (it publishes the pose part of the action only)."""
+        return self.accepts is not None
+
     def check(self, layout: Layout) -> None:
         """Refuse an action this interface cannot express (before the first command, never a wrong one)."""
-        if not self.pose:
-            return
-        kinds = {s.kind for s in layout}
-        if not kinds & {"position", "rotation"}:
-            raise ConfigError(f"command_interface {self.name}: the bundle's action has no position or rotation "
-                              "segments (dp-inspect shows them; dp-export --layout gives them)")
-        if needs_reference(layout):
-            raise ConfigError(f"command_interface {self.name}: the action is a delta, relative or partial pose, "
-                              "which needs the measured end-effector pose; this version publishes absolute poses "
-                              "(x, y, z and a rotation) only")
+        if self.accepts is not None:
+            self.accepts(self.name, layout)
 
 
 COMMAND_INTERFACES: dict[str, CommandInterface] = {i.name: i for i in (
@@ -137,7 +173,8 @@ COMMAND_INTERFACES: dict[str, CommandInterface] = {i.name: i for i in (
     CommandInterface("joint_trajectory", "trajectory_msgs/msg/JointTrajectory", True, joint_trajectory,
                      decode_joint_trajectory),
     CommandInterface("joint_state", "sensor_msgs/msg/JointState", False, joint_state_command, decode_joint_state),
-    CommandInterface("pose", "geometry_msgs/msg/PoseStamped", False, pose_stamped, None, pose=True),
+    CommandInterface("pose", "geometry_msgs/msg/PoseStamped", False, pose_stamped, None, absolute_pose),
+    CommandInterface("twist", "geometry_msgs/msg/TwistStamped", False, twist_stamped, None, delta_pose),
 )}
 RECORDED_COMMAND_TYPES = tuple(i.msgtype for i in COMMAND_INTERFACES.values() if i.decode is not None)
 

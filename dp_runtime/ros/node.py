@@ -148,7 +148,7 @@ class PolicyWiring:
                 return SetParametersResult(successful=False, reason=str(e))
         try:
             new = dataclasses.replace(self.p, **changes)  # validated as at start
-            self.runner.reconfigure(new.runner_config(), new.limits(self.engine.spec.action.dim))
+            self.runner.reconfigure(new.runner_config(), new.limits(self.engine.spec.action))
         except DpRuntimeError as e:
             return SetParametersResult(successful=False, reason=str(e))
         self.p = new

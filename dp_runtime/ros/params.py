@@ -13,7 +13,7 @@ from ..engine.formats import BACKENDS
 from ..errors import ConfigError
 from ..precision import PRECISIONS
 from ..settings import coerce, coerce_all, default_of, setting, settings_of
-from ..spec import ObsSpec
+from ..spec import ActionSpec, ObsSpec
 from .commands import COMMAND_INTERFACES, command_interface
 from .convert import OBS_TYPES, ObsReader
 QOS = ("best_effort", "reliable")
@@ -70,16 +70,26 @@ class NodeParams(RunnerConfig):
     max_action_error: float = setting(0.0, "run variants whose recorded max action error (normalized) is up to "
                                            "this; 0 = the bound each was checked against at export", ge=0)
     command_interface: str = setting("float64_multi_array", "command message: float64_multi_array, "
-                                     "joint_trajectory (the remaining chunk), joint_state, or pose (PoseStamped "
-                                     "target of an end-effector policy's absolute pose)",
+                                     "joint_trajectory (the remaining chunk), joint_state, pose (PoseStamped "
+                                     "target of an end-effector policy's absolute pose) or twist (TwistStamped: "
+                                     "its per-step deltas over one period)",
                                      choices=tuple(COMMAND_INTERFACES))
     command_topic: str = setting("/forward_position_controller/commands", "topic the commands go to")
-    command_frame_id: str = setting("base_link", "command_interface pose: the frame the target pose is in (the "
-                                                 "controller's base frame; the bundle's poses are in it too)")
+    command_frame_id: str = setting("base_link", "command_interface pose and twist: the frame the target is in "
+                                                 "(the controller's base frame; the bundle's poses are in it too)")
     command_qos: str = setting("reliable", "command publisher reliability", choices=QOS)
     action_lower: list[float] = setting([], "clip: one value or one per action joint", shown="unset", live=True)
     action_upper: list[float] = setting([], "clip: one value or one per action joint", shown="unset", live=True)
     action_max_delta: list[float] = setting([], "max change per control step", shown="unset", live=True)
+    ee_workspace_lower: list[float] = setting([], "end-effector pose actions: x, y, z lower corner of the workspace "
+                                                  "box (m, in the bundle's frame); clamped, counted", shown="unset",
+                                              live=True)
+    ee_workspace_upper: list[float] = setting([], "end-effector pose actions: x, y, z upper corner of the workspace "
+                                                  "box", shown="unset", live=True)
+    ee_max_linear_step: float = setting(0.0, "end-effector pose actions: m the target may move per control step "
+                                             "(0: unlimited)", ge=0, live=True)
+    ee_max_angular_step: float = setting(0.0, "end-effector pose actions: rad the target may turn per control step, "
+                                              "along the shorter arc (0: unlimited)", ge=0, live=True)
     threads: int = setting(0, "CPU threads inference uses (0: min(cores, 8) for ONNX Runtime, torch's default "
                               "otherwise)", ge=0)
     cuda_graphs: bool = setting(True, "TorchScript on CUDA: capture the denoising loop as a CUDA graph per "
@@ -120,8 +130,10 @@ class NodeParams(RunnerConfig):
         """The control loop's settings from these parameters."""
         return RunnerConfig(**{**self.runner_fields(), **overrides})
 
-    def limits(self, action_dim: int) -> ActionLimits:
-        return ActionLimits.from_lists(action_dim, self.action_lower, self.action_upper, self.action_max_delta)
+    def limits(self, action: ActionSpec) -> ActionLimits:
+        return ActionLimits.from_lists(action.dim, self.action_lower, self.action_upper, self.action_max_delta,
+                                       action.segments, self.ee_workspace_lower, self.ee_workspace_upper,
+                                       self.ee_max_linear_step, self.ee_max_angular_step)
 
 
 PARAMETERS = {f.name: (rule, tp) for f, rule, tp in settings_of(NodeParams)}

@@ -59,17 +59,22 @@ def open_runtime(p: NodeParams, get: Callable[[str, Any], Any], engine: PolicyEn
     ``delivery``, ``keep_chunks``: replay's simulated clock and full chunk record (PolicyRunner's)."""
     engine = engine or open_engine(p)
     topics = resolve_obs_topics(get, engine.spec.observations)
-    runner = PolicyRunner(engine, p.runner_config(**runner_overrides), p.limits(engine.spec.action.dim),
+    runner = PolicyRunner(engine, p.runner_config(**runner_overrides), p.limits(engine.spec.action),
                           keep_observations=keep_observations, warn=warn, info=info, delivery=delivery,
                           keep_chunks=keep_chunks)
     interface = command_interface(p.command_interface)
     segments = engine.spec.action.segments
     interface.check(segments)
+    if interface.name == "twist" and p.on_starvation == "hold":
+        raise ConfigError("command_interface twist with on_starvation hold would repeat the last velocity when the "
+                          "queue runs dry; set on_starvation: stop (the controller's command timeout then stops "
+                          "the arm)")
     if interface.pose:
         if p.on_stale == "hold_position":
             raise ConfigError("on_stale hold_position holds the measured joints; with command_interface pose use "
                               "on_stale: stop")
         left = [s.describe() for s in segments if s.kind not in ("position", "rotation")]
         if left:
-            (info or print)(f"command_interface pose publishes the pose; not published: {', '.join(left)}")
+            (info or print)(f"command_interface {interface.name} publishes the pose; not published: "
+                            f"{', '.join(left)}")
     return Runtime(p, engine, runner, topics, interface)
