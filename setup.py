@@ -18,7 +18,7 @@ setup(
     # wheels in requirements.txt; torch is pinned by the install path, not here.
     install_requires=[
         "setuptools", "numpy", "torch>=2.1", "diffusers>=0.30", "safetensors>=0.4", "onnx>=1.16", "onnx-ir>=0.1",
-        "rosbags>=0.10", "mcap>=1.1", "pyyaml", "matplotlib", "tqdm", "pillow",
+        "rosbags>=0.10", "mcap>=1.1", "pyyaml", "matplotlib", "tqdm", "pillow", "kinpy>=0.6",
     ],
     zip_safe=True,
     maintainer="dp_runtime developers",

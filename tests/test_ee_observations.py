@@ -88,3 +88,61 @@ def test_topic_types_default_from_the_layout_and_pose_needs_a_pose_layout():
     frame = resolve_obs_topics(lambda name, default: "tool0_base" if name == "obs.eef.frame_id" else default, obs[:1])
     with pytest.raises(InputError, match="expected 'tool0_base'"):
         frame[0].reader()(pose_msg([0, 0, 0], [0, 0, 0, 1]))
+
+
+URDF = __import__("pathlib").Path(__file__).parent / "fixtures" / "arm6.urdf"
+ARM = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint", "wrist_3_joint"]
+
+
+def urdf_fk(q: np.ndarray) -> np.ndarray:
+    """The fixture's chain composed by hand from its origins (URDF rpy = extrinsic x-y-z) and z-axis joints."""
+    import xml.etree.ElementTree as ET
+    pose = np.eye(4)
+    joints = {j.get("name"): j for j in ET.parse(URDF).getroot().iter("joint")}
+    for name in ARM + ["flange_tool0"]:
+        o = joints[name].find("origin")
+        step = np.eye(4)
+        step[:3, :3] = rotations.REPRESENTATIONS["euler_xyz"].to_matrix(np.array(o.get("rpy").split(), float))
+        step[:3, 3] = np.array(o.get("xyz").split(), float)
+        if name in ARM:
+            turn = np.eye(4)
+            turn[:3, :3] = rotations.REPRESENTATIONS["axis_angle"].to_matrix(np.array([0, 0, q[ARM.index(name)]]))
+            step = step @ turn
+        pose = pose @ step
+    return pose
+
+
+def joint_state(q, names=ARM, stamp=(5, 0)):
+    from sensor_msgs.msg import JointState
+    m = JointState(name=list(names) + ["finger_joint"], position=[float(v) for v in q] + [0.01])
+    m.header.stamp.sec, m.header.stamp.nanosec = stamp
+    return m
+
+
+def test_fk_pose_from_joint_states_equals_the_chain_composed_by_hand():
+    from dp_runtime.kinematics import Kinematics
+    kin = Kinematics(URDF.read_text(), "tool0")
+    assert kin.joint_names == ARM  # the chain's movable joints in order; the finger after tool0 is not in it
+    segs = layout.parse([{"kind": "position"}, {"kind": "rotation", "representation": "rotation_6d_rows"}], 9, "eef")
+    read = ObsReader("fk", "/joint_states", segments=segs, size=9, kinematics=kin)
+    rng = np.random.default_rng(0)
+    for q in rng.uniform(-3, 3, size=(50, 6)):
+        stamp, v = read(joint_state(q[::-1], ARM[::-1]))  # any order in the message, matched by name
+        want = urdf_fk(q)
+        assert stamp == 5.0
+        assert np.abs(v[:3] - want[:3, 3]).max() < 1e-6 and np.abs(v[3:] - want[:2, :3].reshape(6)).max() < 1e-6
+
+
+def test_fk_refuses_a_urdf_without_the_link_and_a_message_without_the_joints():
+    from dp_runtime.kinematics import Kinematics
+    with pytest.raises(ConfigError, match="the URDF has no tip link 'tcp'; its links: base_link, shoulder_link"):
+        Kinematics(URDF.read_text(), "tcp", where="obs.eef.urdf")
+    with pytest.raises(ConfigError, match="not a URDF"):
+        Kinematics("<robot", "tool0")
+    obs = (ObsSpec("eef", "low_dim", (7,), layout=EEF),)
+    params = {"obs.eef.type": "fk", "obs.eef.urdf": str(URDF)}
+    topic = resolve_obs_topics(lambda name, default: params.get(name, default), obs)[0]
+    with pytest.raises(InputError, match=r"missing joint\(s\) \['wrist_3_joint'\]"):
+        topic.reader()(joint_state(np.zeros(5), ARM[:5]))
+    with pytest.raises(ConfigError, match="obs.eef.urdf: type fk needs the robot's URDF file"):
+        resolve_obs_topics(lambda name, default: {"obs.eef.type": "fk"}.get(name, default), obs)

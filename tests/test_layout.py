@@ -167,7 +167,7 @@ def test_replay_reads_one_tcp_pose_topic_into_both_eef_keys(tmp_path):
     ts = get_typestore(Stores.ROS2_KILTED)
     T = ts.types
     types = {"/image": "sensor_msgs/msg/Image", "/tcp_pose": "geometry_msgs/msg/PoseStamped",
-             "/joint_states": "sensor_msgs/msg/JointState"}
+             "/joint_states": "sensor_msgs/msg/JointState", "/commands": "std_msgs/msg/Float64MultiArray"}
     with Writer(tmp_path / "bag", version=8, storage_plugin=StoragePlugin.MCAP) as w:
         conns = {topic: w.add_connection(topic, kind, typestore=ts) for topic, kind in types.items()}
         for i in range(60):  # 3 s at 20 Hz
@@ -184,6 +184,9 @@ def test_replay_reads_one_tcp_pose_topic_into_both_eef_keys(tmp_path):
                 "/joint_states": T["sensor_msgs/msg/JointState"](header=header, name=["l", "r"],
                                                                  position=np.array([0.02, -0.02]),
                                                                  velocity=np.zeros(0), effort=np.zeros(0)),
+                # the 10-D commands the robot executed (pos, rotation_6d rows of the identity, gripper)
+                "/commands": T["std_msgs/msg/Float64MultiArray"](layout=T["std_msgs/msg/MultiArrayLayout"](
+                    dim=[], data_offset=0), data=np.array([0.4, 0, 0.3, 1, 0, 0, 0, 1, 0, 0.0])),
             }
             for topic, msg in msgs.items():
                 w.write(conns[topic], int(t * 1e9), ts.serialize_cdr(msg, types[topic]))
@@ -193,7 +196,12 @@ def test_replay_reads_one_tcp_pose_topic_into_both_eef_keys(tmp_path):
         "      robot0_eef_quat: {topic: /tcp_pose, frame_id: base_link}\n"
         "      robot0_gripper_qpos: {topic: /joint_states, joint_names: [l, r]}\n")
     assert replay_main([str(tmp_path / "bag"), "--bundle", str(tmp_path / "b"), "--config",
-                        str(tmp_path / "policy.yaml"), "--out", str(tmp_path / "report"), "--no-progress"]) == 0
+                        str(tmp_path / "policy.yaml"), "--out", str(tmp_path / "report"), "--no-progress",
+                        "--recorded-topic", "/commands"]) == 0
     m = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert m["chunks"] > 5 and m["messages"]["invalid_total"] == 0
     assert m["messages"]["used"] == 60 * 4  # the pose counted once per key it feeds
+    # the report's errors per segment, in metres and radians (not one MSE over mixed units)
+    seg = m["segment_error"]
+    assert seg["0:position"]["unit"] == "m" and seg["1:rotation rotation_6d_rows"]["unit"] == "rad"
+    assert 0 <= seg["1:rotation rotation_6d_rows"]["max"] <= np.pi and seg["0:position"]["count"] == m["compared"] > 0

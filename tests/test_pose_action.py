@@ -131,3 +131,18 @@ def test_a_limited_quaternion_keeps_its_hemisphere():
     q = -rotations.REPRESENTATIONS["quat_wxyz"].from_matrix(rotations.quat_to_matrix(np.array([0.1, 0.2, 0.3, 0.9])))
     out = lim.apply(np.concatenate([[0.5, 0, 0], q]), None)
     assert out[0] == 0.1 and np.allclose(out[3:], q)  # clamped x; the same quaternion, same sign
+
+
+def test_replay_errors_per_segment_are_in_metres_and_radians():
+    from dp_runtime.replay.report import segment_errors
+    rec = np.stack([abs_action([0.3, 0.0, 0.2], np.eye(3), 1.0)] * 4)
+    turn = rotations.REPRESENTATIONS["axis_angle"].to_matrix(np.array([0, 0, 0.2]))
+    pred = np.stack([abs_action([0.33, 0.04, 0.2], turn, 0.5)] * 4)
+    e = segment_errors(pred, rec, ABS)
+    assert e["0:position"]["unit"] == "m" and abs(e["0:position"]["p50"] - 0.05) < 1e-9
+    assert e["1:rotation rotation_6d_rows"]["unit"] == "rad" and abs(e["1:rotation rotation_6d_rows"]["max"] - 0.2) < 1e-9
+    assert e["2:gripper"]["p50"] == 0.5
+    # a delta's error is what it moves the arm: the scale applied (0.05 m per unit, OSC)
+    d = segment_errors(np.array([[1.0, 0, 0, 0, 0, 0, 0]]), np.zeros((1, 7)), DELTA)
+    assert abs(d["0:position"]["max"] - 0.05) < 1e-12 and abs(d["1:rotation axis_angle"]["max"]) < 1e-12
+    assert segment_errors(pred, rec, layout.joints([f"a{i}" for i in range(10)])) == {}

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import layout, rotations
+from ..layout import Layout
 from ..ros import plan
 from ..ros.convert import sec_to_stamp_fields
 from ..ros.plan import plan_points
@@ -43,14 +45,35 @@ def _stats(values: list[float] | np.ndarray, scale: float = 1.0) -> dict[str, fl
             "max": float(v.max()), "count": int(v.size)}
 
 
+def segment_errors(pred: np.ndarray, rec: np.ndarray, segments: Layout) -> dict[str, dict]:
+    """Per segment of an end-effector action, in its own units: a position's distance (m; a delta's times its
+    scale), a rotation's angle (rad, whatever its representation), other segments' mean absolute error.
+    (N, A) predicted and recorded commands; empty for a joint-space action."""
+    if layout.is_joint_space(segments) or not len(pred):
+        return {}
+    out = {}
+    for i, (s, sl) in enumerate(layout.slices(segments)):
+        name = f"{i}:{s.kind}" + (f" {s.representation}" if s.representation else "")
+        if s.kind == "position":
+            out[name] = {"unit": "m", **_stats(np.linalg.norm((pred[:, sl] - rec[:, sl]) * s.scale, axis=1))}
+        elif s.kind == "rotation":
+            to_matrix = rotations.REPRESENTATIONS[s.representation].to_matrix
+            out[name] = {"unit": "rad", **_stats(rotations.angle_between(to_matrix(pred[:, sl] * s.scale),
+                                                                         to_matrix(rec[:, sl] * s.scale)))}
+        else:
+            out[name] = {"unit": "action", **_stats(np.abs(pred[:, sl] - rec[:, sl]).mean(axis=1))}
+    return out
+
+
 def metrics(result: ReplayResult, setup: ReplaySetup) -> dict:
     times, pred, rec = aligned(result)
-    per_dim = {}
+    per_dim, per_segment = {}, {}
     if rec.size and np.isfinite(rec).any():
         ok = np.isfinite(rec).all(axis=1)
         err = pred[ok] - rec[ok]
         for i, name in enumerate(setup.action_names):
             per_dim[name] = {"mse": float(np.mean(err[:, i] ** 2)), "mae": float(np.mean(np.abs(err[:, i])))}
+        per_segment = segment_errors(pred[ok], rec[ok], setup.engine.spec.action.segments)
     inference = sum(c.latency_s for c in result.chunks)
     chunks = len(result.chunks) or int(result.node_diagnostics.get("chunks", 0))
     local = result.mode == "offline"  # realtime: inference ran in the node process, not here
@@ -63,6 +86,7 @@ def metrics(result: ReplayResult, setup: ReplaySetup) -> dict:
         "commands": int(len(times)), "ticks": len(result.commands),
         "compared": int(np.isfinite(rec).all(axis=1).sum()) if rec.size else 0,
         "action_error": per_dim,
+        "segment_error": per_segment,
         "action_mse_mean": float(np.mean([d["mse"] for d in per_dim.values()])) if per_dim else None,
         "action_mae_mean": float(np.mean([d["mae"] for d in per_dim.values()])) if per_dim else None,
         "chunks": chunks,
@@ -186,7 +210,10 @@ def summary(m: dict, out: Path) -> str:
     lines = [f"replayed {m['bag']} ({m['mode']}, recorded with {m['recorded_distro']}): "
              f"{m['messages']['read']} messages, {m['chunks']} chunks, {m['commands']} commands "
              f"at {m['control_rate_hz']:g} Hz"]
-    if m["action_error"]:
+    if m.get("segment_error"):
+        lines.append(f"vs {m['recorded_topic']}: " + ", ".join(
+            f"{name} {e['p50']:.4g} {e['unit']} median, {e['max']:.4g} max" for name, e in m["segment_error"].items()))
+    elif m["action_error"]:
         lines.append(f"vs {m['recorded_topic']}: MSE {m['action_mse_mean']:.5f}, MAE {m['action_mae_mean']:.5f} "
                      "(mean over dims; per dim in metrics.json)")
     lat = m["inference_latency_ms"]

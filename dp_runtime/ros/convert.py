@@ -120,23 +120,17 @@ def message_class(msgtype: str):
     return getattr(importlib.import_module(f"{pkg}.msg"), name)
 
 
-def pose_to_vector(msg: Any, segments: Sequence[Segment], previous: dict[int, np.ndarray], frame_id: str,
-                   what: str) -> np.ndarray:
-    """geometry_msgs/PoseStamped -> the policy's pose vector: each segment a position (its axes) or the
-    orientation in the segment's representation; quaternions kept on the hemisphere of the previous sample
-    (``previous``, by segment index, updated) so a stream never flips sign."""
-    if frame_id and msg.header.frame_id != frame_id:
-        raise InputError(f"{what}: pose in frame {msg.header.frame_id!r}, expected {frame_id!r} "
-                         f"(obs.<key>.frame_id)")
-    p, o = msg.pose.position, msg.pose.orientation
-    matrix = rotations.quat_to_matrix(np.array([o.x, o.y, o.z, o.w], np.float64))
-    position = {"x": p.x, "y": p.y, "z": p.z}
-    if not all(np.isfinite(list(position.values()))):
-        raise InputError(f"{what}: non-finite position {list(position.values())}")
+def pose_vector(position: np.ndarray, matrix: np.ndarray, segments: Sequence[Segment],
+                previous: dict[int, np.ndarray], what: str) -> np.ndarray:
+    """A pose -> the policy's pose vector: each segment a position (its axes) or the orientation in the
+    segment's representation; quaternions kept on the hemisphere of the previous sample (``previous``, by
+    segment index, updated) so a stream never flips sign."""
+    if not np.all(np.isfinite(position)):
+        raise InputError(f"{what}: non-finite position {list(position)}")
     parts = []
     for i, seg in enumerate(segments):
         if seg.kind == "position":
-            parts.append(np.array([position[a] for a in seg.axes]))
+            parts.append(np.asarray(position)[["xyz".index(a) for a in seg.axes]])
             continue
         value = rotations.REPRESENTATIONS[seg.representation].from_matrix(matrix)
         if seg.representation.startswith("quat_"):
@@ -144,6 +138,24 @@ def pose_to_vector(msg: Any, segments: Sequence[Segment], previous: dict[int, np
             previous[i] = value
         parts.append(value)
     return np.concatenate(parts).astype(np.float32)
+
+
+def pose_to_vector(msg: Any, segments: Sequence[Segment], previous: dict[int, np.ndarray], frame_id: str,
+                   what: str) -> np.ndarray:
+    """geometry_msgs/PoseStamped (in ``frame_id`` where one is configured) -> the policy's pose vector."""
+    if frame_id and msg.header.frame_id != frame_id:
+        raise InputError(f"{what}: pose in frame {msg.header.frame_id!r}, expected {frame_id!r} "
+                         f"(obs.<key>.frame_id)")
+    p, o = msg.pose.position, msg.pose.orientation
+    matrix = rotations.quat_to_matrix(np.array([o.x, o.y, o.z, o.w], np.float64))
+    return pose_vector(np.array([p.x, p.y, p.z], np.float64), matrix, segments, previous, what)
+
+
+def fk_to_vector(r: "ObsReader", msg: Any) -> np.ndarray:
+    """sensor_msgs/JointState -> the end-effector pose vector by forward kinematics of the chain's joints."""
+    q = joint_state_to_vector(msg, r.kinematics.joint_names, "position", r.what)
+    pose = r.kinematics.forward(q)
+    return pose_vector(pose[:3, 3], pose[:3, :3], r.segments, r.previous, r.what)
 
 
 def array_to_vector(msg: Any, size: int, what: str) -> np.ndarray:
@@ -178,6 +190,8 @@ OBS_TYPES: dict[str, ObsType] = {t.name: t for t in (
     ObsType("pose", "geometry_msgs/msg/PoseStamped", False, True,
             lambda r, m: pose_to_vector(m, r.segments, r.previous, r.frame_id, r.what),
             "end-effector pose, written as the bundle's position and rotation segments say"),
+    ObsType("fk", "sensor_msgs/msg/JointState", False, True, fk_to_vector,
+            "end-effector pose by forward kinematics of the joint states (URDF), as the pose segments say"),
     ObsType("float64_multi_array", "std_msgs/msg/Float64MultiArray", False, False,
             lambda r, m: array_to_vector(m, r.size, r.what), "a plain vector (no header: timed on receipt)"),
     ObsType("float32_multi_array", "std_msgs/msg/Float32MultiArray", False, False,
@@ -199,6 +213,7 @@ class ObsReader:
     segments: Sequence[Segment] = ()  # pose: the observation's layout
     size: int = 0  # arrays: the observation's length
     frame_id: str = ""  # pose: the frame it must be in ("": any)
+    kinematics: Any = None  # fk: kinematics.Kinematics of the chain
     previous: dict[int, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

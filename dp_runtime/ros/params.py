@@ -11,6 +11,7 @@ from ..control import ActionLimits, RunnerConfig
 from ..engine.backends import DEVICES
 from ..engine.formats import BACKENDS
 from ..errors import ConfigError
+from ..kinematics import Kinematics
 from ..precision import PRECISIONS
 from ..settings import coerce, coerce_all, default_of, setting, settings_of
 from ..spec import ActionSpec, ObsSpec
@@ -31,12 +32,14 @@ class ObsTopic:
     joint_names: list[str] = field(default_factory=list)  # order of the low-dim vector (proprio joints)
     frame_id: str = ""  # pose: the frame the pose must be in ("": any)
     spec: ObsSpec | None = None  # the bundle's observation (its size and layout)
+    kinematics: Kinematics | None = None  # fk: the chain from the URDF
 
     def reader(self, image_shape=None, resize: bool = False) -> ObsReader:
         """A reader of this topic's messages (one per subscription: it keeps the stream's state)."""
         low = self.spec is not None and self.spec.kind == "low_dim"
         return ObsReader(self.type, self.topic, image_shape, resize, self.joint_names, self.joint_field,
-                         self.spec.segments if low else (), self.spec.shape[0] if low else 0, self.frame_id)
+                         self.spec.segments if low else (), self.spec.shape[0] if low else 0, self.frame_id,
+                         self.kinematics)
 
 
 def default_obs_type(o: ObsSpec) -> str:
@@ -188,15 +191,26 @@ def resolve_obs_topics(get: Callable[[str, Any], Any], observations: Sequence[Ob
             if len(names) != o.shape[0]:
                 raise ConfigError(f"{prefix}joint_names has {len(names)} names, the bundle's {key!r} has "
                                   f"{o.shape[0]} dims")
-        if kind == "pose" and not {s.kind for s in o.segments} <= {"position", "rotation"}:
-            raise ConfigError(f"{prefix}type pose: the bundle's {key!r} is {'; '.join(s.describe() for s in o.segments)}"
-                              ", not positions and rotations (re-export with dp-export --layout, or read it as "
-                              "joint_state or float64_multi_array)")
+        if kind in ("pose", "fk") and not {s.kind for s in o.segments} <= {"position", "rotation"}:
+            raise ConfigError(f"{prefix}type {kind}: the bundle's {key!r} is "
+                              f"{'; '.join(s.describe() for s in o.segments)}, not positions and rotations "
+                              "(re-export with dp-export --layout, or read it as joint_state or float64_multi_array)")
+        kinematics = None
+        if kind == "fk":
+            urdf = param("urdf", "")
+            if not urdf:
+                raise ConfigError(f"{prefix}urdf: type fk needs the robot's URDF file (the pose is computed from "
+                                  "the joint states)")
+            try:
+                text = Path(urdf).expanduser().read_text()
+            except OSError as e:
+                raise ConfigError(f"{prefix}urdf: cannot read {urdf}: {e}") from None
+            kinematics = Kinematics(text, param("tip_link", "tool0"), param("base_link", ""), f"{prefix}urdf {urdf}")
         if qos not in QOS:
             raise ConfigError(f"{prefix}qos must be one of {QOS}, got {qos!r}")
         if fld not in JOINT_FIELDS:
             raise ConfigError(f"{prefix}field must be one of {JOINT_FIELDS}, got {fld!r}")
-        out.append(ObsTopic(key, topic, kind, qos, fld, names, frame_id, o))
+        out.append(ObsTopic(key, topic, kind, qos, fld, names, frame_id, o, kinematics))
     return out
 
 
@@ -234,10 +248,10 @@ def flatten_params(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 # -- documentation produced from the declarations (python -m dp_runtime.ros.params --write) ----------------
-OBS_ROW = ("| `obs.<key>.topic` / `.type` / `.qos` / `.field` / `.joint_names` / `.frame_id` | from the manifest | "
-           "per observation key: topic, `image`/`compressed_image`/`joint_state`/`pose`/`float64_multi_array`/"
-           "`float32_multi_array`, `best_effort`/`reliable`, JointState field, joint order (matched by name), the "
-           "frame a pose must be in |")
+OBS_ROW = ("| `obs.<key>.topic` / `.type` / `.qos` / `.field` / `.joint_names` / `.frame_id` / `.urdf` / `.tip_link` / "
+           "`.base_link` | from the manifest | per observation key: topic, `image`/`compressed_image`/`joint_state`/"
+           "`pose`/`fk`/`float64_multi_array`/`float32_multi_array`, `best_effort`/`reliable`, JointState field, "
+           "joint order (matched by name), the frame a pose must be in, fk's URDF file and chain |")
 TABLE_BEGIN, TABLE_END = "<!-- parameters: generated from NodeParams -->", "<!-- parameters: end -->"
 YAML_HEADER = """# dp_runtime policy_node parameters (ROS 2 parameter file), generated from
 # dp_runtime/ros/params.py:NodeParams (python -m dp_runtime.ros.params --write).
@@ -248,12 +262,15 @@ policy_node:
 """
 YAML_OBS = """    # Per observation key (the keys come from the bundle manifest; `dp-inspect BUNDLE` lists them):
     # obs.<key>.topic: topic name (default: the manifest's topic, else /<key>)
-    # obs.<key>.type: image | compressed_image | joint_state | pose (PoseStamped) | float64_multi_array |
-    #   float32_multi_array (no header: timed on receipt); default from the bundle's layout (dp-inspect)
+    # obs.<key>.type: image | compressed_image | joint_state | pose (PoseStamped) | fk (pose from JointState and
+    #   a URDF) | float64_multi_array | float32_multi_array (no header: timed on receipt); default from the
+    #   bundle's layout (dp-inspect)
     # obs.<key>.qos: best_effort (cameras) | reliable (joint states)
     # obs.<key>.field: position | velocity | effort (joint_state only)
     # obs.<key>.joint_names: [..] order of the low-dim vector, matched by name
     # obs.<key>.frame_id: pose only: the frame the pose must be in (another is refused, counted); "" any
+    # obs.<key>.urdf / .tip_link / .base_link: fk only: the robot's URDF file and the chain (default tool0,
+    #   from the URDF's root): the pose computed from /joint_states
 """
 
 
