@@ -60,10 +60,11 @@ def test_pose_interface_refuses_actions_it_cannot_express():
     ci = command_interface("pose")
     with pytest.raises(ConfigError, match="no position or rotation segments"):
         ci.check(layout.joints(NAMES))
-    with pytest.raises(ConfigError, match="needs the measured end-effector pose"):
+    with pytest.raises(ConfigError, match="decoded against the measured end-effector pose, and the bundle observes none"):
         ci.check(tuple(arm_action(False)))  # robosuite OSC deltas
-    with pytest.raises(ConfigError, match="needs the measured end-effector pose"):
+    with pytest.raises(ConfigError, match="decoded against the measured end-effector pose, and the bundle observes none"):
         ci.check(layout.parse([{"kind": "position", "axes": "xy"}], 2, "pusht"))
+    ci.check(tuple(arm_action(False)), measures_pose=True)  # with a pose observation, decoded against it
     with pytest.raises(InputError, match="unsupported command type geometry_msgs/msg/PoseStamped"):
         command_to_vector(object(), "geometry_msgs/msg/PoseStamped", NAMES)  # not read back as joints
 
@@ -86,7 +87,7 @@ def test_twist_is_robosuite_osc_deltas_over_one_period():
     ({"command_interface": "twist"}, "twist with on_starvation hold would repeat the last velocity"),
     ({"command_interface": "twist", "on_starvation": "stop", "on_stale": "hold_position"},
      "on_stale hold_position holds the measured joints"),
-    ({"command_interface": "pose", "on_starvation": "stop"}, "twist for per-step deltas|publishes absolute poses"),
+    ({"command_interface": "pose"}, "the bundle observes none"),
 ])
 def test_end_effector_interfaces_refuse_settings_that_would_command_wrongly(params, words):
     from dataclasses import replace

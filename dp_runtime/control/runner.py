@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import ConfigError, DpRuntimeError, StaleInputError
 from ..holds import every_step
+from ..pose_action import Pose
 from ..settings import check, setting, settings_of
 from ..spec import PolicySpec
 from . import chunk_noise, transitions
@@ -32,6 +33,7 @@ from .action_queue import ActionQueue
 from .chunk_noise import CHUNK_NOISE, ChunkNoise, NoiseRule, noise_rule
 from .delivery import IMMEDIATE, Delivery
 from .discontinuity import DepartureCheck, Discontinuity, input_gap
+from .ee_pose import PoseTracker
 from .limits import ActionLimits
 from .metrics import RunnerMetrics
 from .observation_buffer import Observation, ObservationBuffer
@@ -196,6 +198,9 @@ class PolicyRunner:
         scale = np.asarray(self.spec.action.scale or np.ones(self.spec.action.dim), np.float64)
         self.departures = DepartureCheck(cfg.discontinuity_threshold, cfg.discontinuity_speed, scale,
                                          self.dt * self.spec.n_action_steps, self.action_names)
+        tracker = PoseTracker(self.spec)
+        self.ee = tracker if tracker.needed else None  # the measured pose, where actions are relative to it
+        self.command_reference: Pose | None = None  # the pose the last command is decoded against
         self.chunks: deque[ChunkRecord] = deque(maxlen=keep_chunks)
         self.keep_observations = keep_observations
         self.running = cfg.autostart
@@ -294,6 +299,8 @@ class PolicyRunner:
         self._plan = None
         self._noise = None
         self.jumps.break_sequence()
+        if self.ee is not None:
+            self.ee.clear()
 
     # -- inputs ----------------------------------------------------------------------
     def reject(self, key: str, error: Exception, what: str | None = None) -> None:
@@ -315,6 +322,8 @@ class PolicyRunner:
             with self.lock:
                 previous = self.buffer.newest(key)
                 self.buffer.add(key, stamp, value, now)
+                if self.ee is not None:
+                    self.ee.add(key, stamp, value)
                 if self._first_input is None:
                     self._first_input = stamp
                 if joint_names:
@@ -463,8 +472,11 @@ class PolicyRunner:
         """Queue a chunk's executed slice as it arrives (under the lock), as the transition merges it."""
         self._plan = plan
         self._restarting = False
-        return self.transition.merge(self.queue, self.spec.executed(plan.actions), plan.t_obs, arrival,
-                                     self.cfg.blend_actions, plan.held_until)
+        dropped = self.transition.merge(self.queue, self.spec.executed(plan.actions), plan.t_obs, arrival,
+                                        self.cfg.blend_actions, plan.held_until)
+        if self.ee is not None:
+            self.ee.chunk_planned(self.queue.chunk, plan.t_obs)
+        return dropped
 
     def _deliver(self, now: float) -> None:
         """Hand over the chunk in flight once its arrival time has come (under the lock)."""
@@ -509,10 +521,18 @@ class PolicyRunner:
             self._deliver(now)
             action = None if self._restarting and not self.queue else self.queue.pop(now)
             chunk = self.queue.popped_chunk
+        if action is not None and self.ee is not None:
+            with self.lock:
+                self.command_reference = self.ee.reference(chunk)
+            if self.command_reference is None:  # never a guess: nothing is commanded until a pose is measured
+                self.warn_once("ee-reference", "an end-effector action relative to the measured pose is due but no "
+                               f"pose was measured yet (observations {', '.join(self.ee.keys) or 'none'}): "
+                               "not commanded")
+                return None
         if action is None:
             starved = len(self.queue) == 0
-            if starved and not self.hold_on_starvation:
-                return None
+            if (starved and not self.hold_on_starvation) or (self.ee is not None and self.ee.mode == "delta"):
+                return None  # a repeated delta would move the arm on: nothing is the hold
             cmd = self.last_command  # next action not due yet, or starved with "hold"
         else:
             cmd = self.limits.apply(action, self.last_command)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError, ShapeError
 from ..layout import Layout, slices
-from ..pose_action import AXES, decode as decode_action, needs_reference
+from ..pose_action import AXES, Pose, decode as decode_action, needs_reference
 from ..rotations import REPRESENTATIONS, matrix_to_quat
 from .convert import joint_state_to_vector, message_class, normalize_msgtype, sec_to_stamp_fields
 
@@ -30,6 +30,7 @@ class CommandContext:
     previous: np.ndarray | None = None  # the last command before these (a trajectory's first velocity)
     layout: Layout = ()  # the action's segments (end-effector outputs)
     frame_id: str = ""  # the frame an end-effector target is in
+    reference: Pose | None = None  # the measured pose a delta, relative or partial pose is decoded against
 
 
 def float64_multi_array(action: np.ndarray, ctx: CommandContext):
@@ -49,7 +50,7 @@ def pose_stamped(action: np.ndarray, ctx: CommandContext):
     """One action's pose as a geometry_msgs/PoseStamped target in ``ctx.frame_id`` (cartesian_controllers'
     target_frame, MoveIt Servo's pose target); decoded as the layout says (pose_action.py)."""
     from geometry_msgs.msg import PoseStamped
-    pose = decode_action(action, ctx.layout, None).pose
+    pose = decode_action(action, ctx.layout, ctx.reference).pose
     msg = PoseStamped()
     msg.header.frame_id = ctx.frame_id
     msg.header.stamp.sec, msg.header.stamp.nanosec = sec_to_stamp_fields(ctx.stamp)
@@ -80,18 +81,18 @@ def twist_stamped(action: np.ndarray, ctx: CommandContext):
     return msg
 
 
-def absolute_pose(name: str, layout: Layout) -> None:
-    """The pose interface's check: an absolute pose with x, y, z and a rotation."""
+def target_pose(name: str, layout: Layout, measures_pose: bool) -> None:
+    """The pose interface's check: a pose, and a measured one where the action is relative to it."""
     if not {s.kind for s in layout} & {"position", "rotation"}:
         raise ConfigError(f"command_interface {name}: the bundle's action has no position or rotation segments "
                           "(dp-inspect shows them; dp-export --layout gives them)")
-    if needs_reference(layout):
-        raise ConfigError(f"command_interface {name}: the action is a delta, relative or partial pose, which needs "
-                          "the measured end-effector pose; this version publishes absolute poses (x, y, z and a "
-                          "rotation) as pose, per-step deltas as twist")
+    if needs_reference(layout) and not measures_pose:
+        raise ConfigError(f"command_interface {name}: the action is a delta, relative or partial pose, which is "
+                          "decoded against the measured end-effector pose, and the bundle observes none (a pose or "
+                          "fk observation; dp-export --layout can say which observation is one)")
 
 
-def delta_pose(name: str, layout: Layout) -> None:
+def delta_pose(name: str, layout: Layout, measures_pose: bool) -> None:
     """The twist interface's check: per-step deltas (robosuite OSC), whose velocity needs no measured pose."""
     posed = [s for s in layout if s.kind in ("position", "rotation")]
     if not posed or posed[0].mode != "delta":
@@ -150,7 +151,7 @@ class CommandInterface:
     per_chunk: bool  # one message per chunk (a trajectory) instead of one per control tick
     build: Callable[[np.ndarray, CommandContext], Any]
     decode: Callable[[Any, Sequence[str], str], np.ndarray] | None  # a recorded command -> (A,); None: not read
-    accepts: Callable[[str, Layout], None] | None = None  # end-effector: refuses an action it cannot express
+    accepts: Callable[[str, Layout, bool], None] | None = None  # end-effector: refuses what it cannot express
 
     @property
     def message_class(self):
@@ -161,10 +162,11 @@ class CommandInterface:
         """An end-effector interface (it publishes the pose part of the action only)."""
         return self.accepts is not None
 
-    def check(self, layout: Layout) -> None:
-        """Refuse an action this interface cannot express (before the first command, never a wrong one)."""
+    def check(self, layout: Layout, measures_pose: bool = False) -> None:
+        """Refuse an action this interface cannot express (before the first command, never a wrong one);
+        ``measures_pose``: the bundle observes the end-effector pose (relative actions can be decoded)."""
         if self.accepts is not None:
-            self.accepts(self.name, layout)
+            self.accepts(self.name, layout, measures_pose)
 
 
 COMMAND_INTERFACES: dict[str, CommandInterface] = {i.name: i for i in (
@@ -173,7 +175,7 @@ COMMAND_INTERFACES: dict[str, CommandInterface] = {i.name: i for i in (
     CommandInterface("joint_trajectory", "trajectory_msgs/msg/JointTrajectory", True, joint_trajectory,
                      decode_joint_trajectory),
     CommandInterface("joint_state", "sensor_msgs/msg/JointState", False, joint_state_command, decode_joint_state),
-    CommandInterface("pose", "geometry_msgs/msg/PoseStamped", False, pose_stamped, None, absolute_pose),
+    CommandInterface("pose", "geometry_msgs/msg/PoseStamped", False, pose_stamped, None, target_pose),
     CommandInterface("twist", "geometry_msgs/msg/TwistStamped", False, twist_stamped, None, delta_pose),
 )}
 RECORDED_COMMAND_TYPES = tuple(i.msgtype for i in COMMAND_INTERFACES.values() if i.decode is not None)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..control import IMMEDIATE, Delivery, PolicyRunner
+from ..control.ee_pose import PoseTracker
 from ..engine import PolicyEngine, load_bundle
 from ..engine.backends import BackendOptions
 from ..engine.remote import ClientTls, RemoteEngine
@@ -36,7 +37,7 @@ class Runtime:
 
     def command_context(self, stamp: float, previous=None) -> CommandContext:
         return CommandContext(self.action_names, stamp, self.dt, previous, self.engine.spec.action.segments,
-                              self.params.command_frame_id)
+                              self.params.command_frame_id, self.runner.command_reference)
 
 
 def open_engine(p: NodeParams) -> PolicyEngine | RemoteEngine:
@@ -64,7 +65,11 @@ def open_runtime(p: NodeParams, get: Callable[[str, Any], Any], engine: PolicyEn
                           keep_chunks=keep_chunks)
     interface = command_interface(p.command_interface)
     segments = engine.spec.action.segments
-    interface.check(segments)
+    interface.check(segments, measures_pose=bool(PoseTracker(engine.spec).keys))
+    if interface.name == "pose" and runner.ee is not None and runner.ee.mode == "delta" \
+            and p.on_starvation == "hold":
+        raise ConfigError("command_interface pose with delta actions and on_starvation hold would apply the last "
+                          "delta again and again; set on_starvation: stop (the arm then stays at its last target)")
     if interface.name == "twist" and p.on_starvation == "hold":
         raise ConfigError("command_interface twist with on_starvation hold would repeat the last velocity when the "
                           "queue runs dry; set on_starvation: stop (the controller's command timeout then stops "

@@ -1,0 +1,95 @@
+"""The measured end-effector pose, for actions that are relative to it.
+
+A policy's pose observations (the low-dim keys whose segments are positions and rotations: one
+PoseStamped or fk key, or robosuite's separate position and quaternion keys) are merged into one
+measured pose with a short history. Which pose an action is decoded against depends on its mode:
+- ``delta`` (robosuite OSC): the pose measured when the step executes (the newest);
+- ``relative`` (UMI): the pose measured at the observation time of the chunk that planned it, so a
+  chunk's actions stay one consistent path however the arm moves meanwhile (never re-anchored per tick);
+- an absolute pose that leaves out axes or the rotation (PushT's xy): the pose held when the policy
+  started commanding (after a start, reset or discontinuity), so z and the orientation do not follow sag.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from ..layout import slices
+from ..pose_action import AXES, Pose, needs_reference
+from ..rotations import REPRESENTATIONS
+from ..spec import PolicySpec
+
+HISTORY = 256  # measured poses kept (seconds at a few hundred Hz: more than an observation history spans)
+
+
+class PoseTracker:
+    def __init__(self, spec: PolicySpec):
+        self.keys = {o.key: o.segments for o in spec.observations
+                     if o.kind == "low_dim" and {s.kind for s in o.segments} <= {"position", "rotation"}}
+        posed = [s for s in spec.action.segments if s.kind in ("position", "rotation")]
+        self.needed = needs_reference(spec.action.segments)
+        self.mode = posed[0].mode if posed else ""
+        self.position: np.ndarray | None = None  # the newest measured parts, merged over the pose keys
+        self.rotation: np.ndarray | None = None
+        self.axes: set[str] = set()
+        self.history: deque[tuple[float, Pose]] = deque(maxlen=HISTORY)
+        self.held: Pose | None = None
+        self.chunk_poses: dict[int, Pose] = {}  # relative: queue chunk id -> the pose at its observation time
+
+    def add(self, key: str, stamp: float, value: np.ndarray) -> None:
+        """One sample of a pose observation (ignored for other keys)."""
+        segments = self.keys.get(key)
+        if segments is None:
+            return
+        value = np.asarray(value, np.float64)
+        for s, sl in slices(segments):
+            if s.kind == "position":
+                if self.position is None:
+                    self.position = np.zeros(3)
+                self.position[[AXES[a] for a in s.axes]] = value[sl]
+                self.axes |= set(s.axes)
+            else:
+                self.rotation = REPRESENTATIONS[s.representation].to_matrix(value[sl])
+        pose = self.measured()
+        if pose is not None:
+            self.history.append((stamp, pose))
+
+    def measured(self) -> Pose | None:
+        """The newest full pose (None until x, y, z and a rotation were all measured)."""
+        if self.position is None or self.rotation is None or len(self.axes) < 3:
+            return None
+        return Pose(self.position.copy(), self.rotation.copy())
+
+    def at(self, stamp: float) -> Pose | None:
+        """The newest pose measured at or before ``stamp`` (the observation time of a chunk)."""
+        found = None
+        for t, pose in self.history:
+            if t > stamp + 1e-9:
+                break
+            found = pose
+        return found
+
+    def chunk_planned(self, chunk: int, t_obs: float) -> None:
+        """A chunk reached the queue: remember the pose its relative actions are expressed in."""
+        if self.mode == "relative":
+            pose = self.at(t_obs)
+            if pose is not None:
+                self.chunk_poses[chunk] = pose
+            for old in [c for c in self.chunk_poses if c < chunk - 2]:
+                del self.chunk_poses[old]
+
+    def reference(self, chunk: int) -> Pose | None:
+        """The pose the action about to be commanded (from queue chunk ``chunk``) is decoded against."""
+        if self.mode == "delta":
+            return self.measured()
+        if self.mode == "relative":
+            return self.chunk_poses.get(chunk)
+        if self.held is None:
+            self.held = self.measured()
+        return self.held
+
+    def clear(self) -> None:
+        """Start, reset or a discontinuity: the held pose and the chunks' poses belong to the old course."""
+        self.held = None
+        self.chunk_poses.clear()

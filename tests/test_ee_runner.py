@@ -1,0 +1,113 @@
+"""End-effector actions relative to the measured pose, through the runner (so the node and replay see it alike):
+robosuite OSC deltas against the pose when the step executes, UMI's relative poses against the pose at the
+chunk's observation time (never re-anchored), a planar target written into the pose held at start, and nothing
+commanded before a pose was measured."""
+from __future__ import annotations
+
+import numpy as np
+
+from dp_runtime import layout, rotations
+from dp_runtime.checkpoint.layouts import arm_action
+from dp_runtime.control import PolicyRunner, RunnerConfig, simulated
+from dp_runtime.ros.commands import CommandContext, pose_stamped
+from dp_runtime.spec import ActionSpec, ObsSpec, PolicySpec
+from test_control import IMG, FakeEngine, img
+
+EEF = layout.parse([{"kind": "position"}, {"kind": "rotation", "representation": "quat_xyzw"}], 7, "eef")
+TURN = rotations.REPRESENTATIONS["axis_angle"].to_matrix(np.array([0.0, 0.0, 0.5]))
+
+
+def engine_for(action_layout, rows: np.ndarray):
+    """A bundle stand-in observing a camera and the eef pose, predicting ``rows`` (8, A) every chunk."""
+    dim = sum(s.size for s in action_layout)
+    spec = PolicySpec((ObsSpec("cam", "image", IMG), ObsSpec("eef", "low_dim", (7,), layout=EEF)),
+                      ActionSpec(dim, tuple(f"a{i}" for i in range(dim)), 1, 5, layout=tuple(action_layout)),
+                      horizon=8, n_obs_steps=2, obs_interval_s=0.1)
+
+    class EeEngine(FakeEngine):
+        def predict(self, history, seed=None, noise=None):
+            from dp_runtime.engine.engine import Prediction
+            return Prediction(np.asarray(rows, np.float32), 0.001, seed)
+    EeEngine.spec = spec
+    return EeEngine()
+
+
+def feed(r, t, x, rotation=np.eye(3)):
+    r.add("cam", t, img(0))
+    r.add("eef", t, np.concatenate([[x, 0.1, 0.3], rotations.matrix_to_quat(rotation)]))
+
+
+def target(r, action):
+    """The PoseStamped the node would publish for this command: (position, rotation)."""
+    msg = pose_stamped(action, CommandContext([], 0.0, 0.1, layout=r.spec.action.segments, reference=r.command_reference))
+    p, o = msg.pose.position, msg.pose.orientation
+    return np.array([p.x, p.y, p.z]), rotations.quat_to_matrix(np.array([o.x, o.y, o.z, o.w]))
+
+
+CONFIG = RunnerConfig(control_rate_hz=10, inference_lead=0, chunk_transition="replace", chunk_noise="fresh")
+
+
+def runner(action_layout, rows, **kw):
+    """Chunks delivered on the simulated clock at once (as replay and the sim drive the runner)."""
+    return PolicyRunner(engine_for(action_layout, rows), CONFIG, delivery=simulated(0.0), **kw)
+
+
+def test_osc_deltas_apply_to_the_pose_measured_when_each_step_executes():
+    delta = tuple(arm_action(False))
+    r = runner(delta, np.tile([1.0, 0, 0, 0, 0, 1.0, -1.0], (8, 1)))  # +5 cm x and 0.5 rad about z per step
+    feed(r, 0.9, 0.40)
+    feed(r, 1.0, 0.40)
+    r.infer(1.0)
+    position, rotation = target(r, r.tick(1.0))
+    assert np.allclose(position, [0.45, 0.1, 0.3]) and np.allclose(rotation, TURN)
+    feed(r, 1.05, 0.42, TURN)  # the arm got 2 cm and the turn: the next delta starts there
+    position, rotation = target(r, r.tick(1.1))
+    assert np.allclose(position, [0.47, 0.1, 0.3]) and np.allclose(rotation, TURN @ TURN)
+    assert r.tick(1.13) is None  # no new step due: a repeated delta would move the arm on, so nothing
+
+
+def test_relative_actions_decode_against_the_pose_at_the_chunks_observation_time():
+    rel = layout.parse([{"kind": "position", "mode": "relative"},
+                        {"kind": "rotation", "representation": "rotation_6d_rows", "mode": "relative"},
+                        {"kind": "gripper", "size": 1}], 10, "umi")
+    rows = np.array([[0.01 * k, 0, 0, 1, 0, 0, 0, 1, 0, 0.08] for k in range(8)])  # 1 cm further per step
+    r = runner(rel, rows)
+    feed(r, 0.9, 0.40)
+    feed(r, 1.0, 0.40, TURN)  # the pose the chunk is planned from: x 0.40, turned 0.5 rad about z
+    r.infer(1.0)
+    feed(r, 1.02, 0.60)  # the arm has moved since (or the estimate jumped): the chunk's path must not follow
+    for k, t in enumerate((1.0, 1.1, 1.2), start=1):
+        position, rotation = target(r, r.tick(t))
+        step = TURN @ np.array([0.01 * k, 0, 0])  # UMI: base @ action, the step in the base's frame
+        assert np.allclose(position, np.array([0.40, 0.1, 0.3]) + step) and np.allclose(rotation, TURN)
+
+
+def test_a_planar_target_keeps_the_pose_held_at_start_and_a_reset_holds_anew():
+    xy = layout.parse([{"kind": "position", "axes": "xy"}], 2, "pusht")
+    r = runner(xy, np.tile([0.3, -0.2], (8, 1)))
+    feed(r, 0.9, 0.40, TURN)
+    feed(r, 1.0, 0.40, TURN)
+    r.infer(1.0)
+    assert np.allclose(target(r, r.tick(1.0))[0], [0.3, -0.2, 0.3])
+    r.add("eef", 1.05, np.concatenate([[0.3, -0.2, 0.28], rotations.matrix_to_quat(np.eye(3))]))  # z sags
+    position, rotation = target(r, r.tick(1.1))
+    assert np.allclose(position, [0.3, -0.2, 0.3]) and np.allclose(rotation, TURN)  # held, not following
+    r.reset()  # a new course: the pose is held anew at its first command (the hand now unturned)
+    feed(r, 2.0, 0.5)
+    feed(r, 2.1, 0.5)
+    r.infer(2.1)
+    position, rotation = target(r, r.tick(2.1))
+    assert np.allclose(position, [0.3, -0.2, 0.3]) and np.allclose(rotation, np.eye(3))
+
+
+def test_nothing_is_commanded_before_a_pose_was_measured():
+    delta = tuple(arm_action(False))
+    said = []
+    r = runner(delta, np.zeros((8, 7)), warn=lambda cause, msg: said.append(msg))
+    r.add("cam", 0.9, img(0))
+    r.add("cam", 1.0, img(0))
+    r.buffer.add("eef", 0.9, np.zeros(7))  # in the history (as a malformed start would be) but never measured
+    r.buffer.add("eef", 1.0, np.zeros(7))
+    r.infer(1.0)
+    assert r.tick(1.0) is None
+    assert any("no pose was measured yet (observations eef): not commanded" in m for m in said)
