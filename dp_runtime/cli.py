@@ -151,6 +151,11 @@ def inspect_main(argv: list[str] | None = None) -> int:
             if g.inpaint_step:
                 print(f"            {'':<16} {g.inpaint_step} (chunk_transition inpaint): parity "
                       f"{g.inpaint_max_abs_error:.2e}")
+        sizes: dict[str, set[str]] = {}
+        for g in m.graphs:
+            sizes.setdefault(g.format, set()).update(g.files)
+        print("size        " + ", ".join(f"{fmt} {sum(m.files[f].bytes for f in files if f in m.files) / 1e6:.1f} MB"
+                                      for fmt, files in sizes.items()) + " (each format's graph files)")
         print(f"providers   {ort.get_available_providers()}")
         engine = load_bundle(args.bundle, backend=args.backend, device=args.device, precision=args.precision)
         lat = sorted(engine.warm_up() for _ in range(5))

@@ -192,6 +192,10 @@ def test_cli_inspect_and_export(tiny_bundle, tiny_ckpt, tmp_path, bundle_copy):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "verified" in r.stdout and "self-test" in r.stdout and "CPUExecutionProvider" in r.stdout
+    sizes = {fmt: sum((tiny_bundle / f).stat().st_size for f in files) / 1e6 for fmt, files in (
+        ("onnx", ("encoder.onnx", "denoise_step.onnx", "denoise_step_inpaint.onnx")),
+        ("torchscript", ("encoder.pt", "denoise_step.pt", "denoise_step_inpaint.pt")))}
+    assert f"size        onnx {sizes['onnx']:.1f} MB, torchscript {sizes['torchscript']:.1f} MB" in r.stdout
     (bundle_copy / "encoder.onnx").write_bytes(b"junk")
     r = subprocess.run([sys.executable, "-m", "dp_runtime.cli_entry", "dp-inspect", str(bundle_copy)],
                        capture_output=True, text=True, timeout=120)
@@ -217,3 +221,19 @@ def test_inspect_compares_step_counts_on_the_same_noise(tiny_bundle):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "4 steps: max |diff|" in r.stdout and "2 steps" in r.stdout and "denoise_step_inpaint" in r.stdout
+
+
+def test_no_graph_file_holds_weights_it_never_uses(tiny_bundle):
+    """A traced TorchScript file keeps every weight its module holds: the encoder once carried the whole UNet and
+    the step graph the FiLM maps and step encoder it runs precomputed. Each now holds what its graph computes
+    with, so its parameters are the ONNX graph's (which drops unused initializers) give or take the constants."""
+    import onnx
+    for stem in ("encoder", "denoise_step", "denoise_step_inpaint"):
+        ts = torch.jit.load(str(tiny_bundle / f"{stem}.pt"))
+        held = sum(t.numel() for t in ts.state_dict().values())
+        names = list(ts.state_dict())
+        model = onnx.load(str(tiny_bundle / f"{stem}.onnx"))
+        used = sum(int(np.prod(init.dims)) for init in model.graph.initializer)
+        assert not any("cond_encoder" in n or "diffusion_step_encoder" in n for n in names), stem
+        assert held <= 1.1 * used + 64, (stem, held, used)
+        assert not any(n.startswith("policy.model") for n in names), stem

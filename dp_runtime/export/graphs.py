@@ -19,6 +19,8 @@ re-reading them every step is most of the CPU speed-up.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from diffusers import DDIMScheduler
 from torch import nn
@@ -35,9 +37,13 @@ def _split_film_weights(policy: DiffusionPolicy) -> tuple[list[nn.Linear], list[
 
 
 class EncoderGraph(nn.Module):
+    """Holds the observation encoder and the normalizer only: a traced TorchScript file keeps every weight its
+    module holds, used or not (the whole UNet, once)."""
+
     def __init__(self, policy: DiffusionPolicy):
         super().__init__()
-        self.policy = policy
+        self.obs_encoder = policy.obs_encoder
+        self.normalizer = policy.normalizer
         self.keys = [s.key for s in policy.cfg.images] + [s.key for s in policy.cfg.low_dims]
         linears, _, dsed = _split_film_weights(policy)
         # Observation columns of every FiLM layer, stacked: (sum(out), G) and bias (sum(out),).
@@ -47,8 +53,21 @@ class EncoderGraph(nn.Module):
     def forward(self, *obs: torch.Tensor) -> torch.Tensor:
         """obs in manifest order: images (B, To, H, W, C) uint8, low-dim (B, To, D) float32
         -> observation part of all FiLM embeddings (B, F)."""
-        cond = self.policy.encode(dict(zip(self.keys, obs)))
+        cond = self.obs_encoder(dict(zip(self.keys, obs)), self.normalizer)
         return nn.functional.linear(nn.functional.mish(cond), self.w_obs, self.b_obs)
+
+
+def without_conditioning(unet: nn.Module) -> nn.Module:
+    """A copy of the UNet without what the step graph never runs: the FiLM layers' linear maps and the
+    diffusion-step encoder, whose results the step graph holds precomputed (``film_t``, the encoder's
+    ``w_obs``). A traced file would otherwise carry their weights unused."""
+    if not hasattr(unet, "film_blocks"):
+        return unet
+    unet = copy.deepcopy(unet)
+    for block in unet.film_blocks():
+        block.cond_encoder = nn.Identity()
+    unet.diffusion_step_encoder = nn.Identity()
+    return unet
 
 
 class DenoiseStepGraph(nn.Module):
@@ -58,7 +77,7 @@ class DenoiseStepGraph(nn.Module):
 
     def __init__(self, policy: DiffusionPolicy, scheduler: DDIMScheduler, unet: nn.Module | None = None):
         super().__init__()
-        self.unet = policy.model if unet is None else unet
+        self.unet = without_conditioning(policy.model if unet is None else unet)
         self.action_norm = policy.normalizer.params["action"]
         linears, self.film_sizes, dsed = _split_film_weights(policy)
         model = policy.model
