@@ -75,7 +75,7 @@ def test_relative_actions_decode_against_the_pose_at_the_chunks_observation_time
     feed(r, 0.9, 0.40)
     feed(r, 1.0, 0.40, TURN)  # the pose the chunk is planned from: x 0.40, turned 0.5 rad about z
     r.infer(1.0)
-    feed(r, 1.02, 0.60)  # the arm has moved since (or the estimate jumped): the chunk's path must not follow
+    feed(r, 1.02, 0.42)  # the arm has moved since: the chunk's path must not follow it (re-anchored, it drifts)
     for k, t in enumerate((1.0, 1.1, 1.2), start=1):
         position, rotation = target(r, r.tick(t))
         step = TURN @ np.array([0.01 * k, 0, 0])  # UMI: base @ action, the step in the base's frame
@@ -89,7 +89,7 @@ def test_a_planar_target_keeps_the_pose_held_at_start_and_a_reset_holds_anew():
     feed(r, 1.0, 0.40, TURN)
     r.infer(1.0)
     assert np.allclose(target(r, r.tick(1.0))[0], [0.3, -0.2, 0.3])
-    r.add("eef", 1.05, np.concatenate([[0.3, -0.2, 0.28], rotations.matrix_to_quat(np.eye(3))]))  # z sags
+    r.add("eef", 1.05, np.concatenate([[0.40, 0.1, 0.28], rotations.matrix_to_quat(np.eye(3))]))  # z sags
     position, rotation = target(r, r.tick(1.1))
     assert np.allclose(position, [0.3, -0.2, 0.3]) and np.allclose(rotation, TURN)  # held, not following
     r.reset()  # a new course: the pose is held anew at its first command (the hand now unturned)
@@ -111,3 +111,37 @@ def test_nothing_is_commanded_before_a_pose_was_measured():
     r.infer(1.0)
     assert r.tick(1.0) is None
     assert any("no pose was measured yet (observations eef): not commanded" in m for m in said)
+
+
+def test_a_pushed_end_effector_is_a_discontinuity():
+    """The departure rule on the measured pose against the commanded one: the hand pushed away from every recent
+    target (slowly: not a jump) ends the plan's authority, named and counted."""
+    from dataclasses import replace
+    abs_layout = tuple(arm_action(True))
+    target_row = np.concatenate([[0.45, 0.1, 0.3], rotations.matrix_to_rot6d_rows(np.eye(3)), [0.0]])
+    eng = engine_for(abs_layout, np.tile(target_row, (8, 1)))
+    eng.spec = replace(eng.spec, action=replace(eng.spec.action, scale=(4.0,) * 3 + (1.0,) * 7))  # 0.35 -> 8.75 cm
+    said = []
+    r = PolicyRunner(eng, CONFIG, delivery=simulated(0.0), warn=lambda cause, msg: said.append(msg))
+    feed(r, 0.9, 0.45)
+    feed(r, 1.0, 0.45)
+    r.infer(1.0)
+    r.tick(1.0)
+    feed(r, 1.05, 0.45)  # following the target: the rule is armed
+    for k, t in enumerate((1.1, 1.15, 1.2, 1.25, 1.3), start=1):
+        feed(r, t, 0.45 + 0.03 * k)  # pushed at 0.6 m/s (2.4 normalized units/s: under the jump rule)
+        r.tick(round(t, 2))
+    assert r.stats.discontinuities == 1
+    assert "measured end-effector x is" in r.stats.last_discontinuity
+    assert any("discontinuity at" in m and "end-effector x" in m for m in said)
+
+
+def test_a_zero_quaternion_action_is_not_commanded():
+    quat = layout.parse([{"kind": "position"}, {"kind": "rotation", "representation": "quat_xyzw"}], 7, "q")
+    said = []
+    r = runner(quat, np.tile([0.4, 0.1, 0.3, 0, 0, 0, 0], (8, 1)), warn=lambda cause, msg: said.append(msg))
+    feed(r, 0.9, 0.4)
+    feed(r, 1.0, 0.4)
+    r.infer(1.0)
+    assert r.tick(1.0) is None and r.stats.inference_errors == 1
+    assert any("end-effector action not commanded: quaternion" in m for m in said)

@@ -23,12 +23,24 @@ from ..spec import PolicySpec
 HISTORY = 256  # measured poses kept (seconds at a few hundred Hz: more than an observation history spans)
 
 
+def position_scale(spec: PolicySpec) -> np.ndarray:
+    """(3,) normalized action units per metre of the commanded position (the action normalizer's scale on the
+    position dims; a delta's per unit scale divided out), 1 where unknown: the departure rule's scale."""
+    out = np.ones(3)
+    scale = spec.action.scale
+    for s, sl in slices(spec.action.segments):
+        if s.kind == "position" and scale:
+            out[[AXES[a] for a in s.axes]] = np.asarray(scale[sl]) / s.scale
+    return out
+
+
 class PoseTracker:
     def __init__(self, spec: PolicySpec):
         self.keys = {o.key: o.segments for o in spec.observations
                      if o.kind == "low_dim" and {s.kind for s in o.segments} <= {"position", "rotation"}}
         posed = [s for s in spec.action.segments if s.kind in ("position", "rotation")]
-        self.needed = needs_reference(spec.action.segments)
+        self.posed = bool(posed)  # the action holds a pose (the departure rule compares the measured one)
+        self.needed = needs_reference(spec.action.segments)  # its actions are decoded against the measured pose
         self.mode = posed[0].mode if posed else ""
         self.position: np.ndarray | None = None  # the newest measured parts, merged over the pose keys
         self.rotation: np.ndarray | None = None

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import ConfigError, DpRuntimeError, StaleInputError
 from ..holds import every_step
-from ..pose_action import Pose
+from ..pose_action import Pose, decode
 from ..settings import check, setting, settings_of
 from ..spec import PolicySpec
 from . import chunk_noise, transitions
@@ -33,7 +33,7 @@ from .action_queue import ActionQueue
 from .chunk_noise import CHUNK_NOISE, ChunkNoise, NoiseRule, noise_rule
 from .delivery import IMMEDIATE, Delivery
 from .discontinuity import DepartureCheck, Discontinuity, input_gap
-from .ee_pose import PoseTracker
+from .ee_pose import PoseTracker, position_scale
 from .limits import ActionLimits
 from .metrics import RunnerMetrics
 from .observation_buffer import Observation, ObservationBuffer
@@ -199,8 +199,14 @@ class PolicyRunner:
         self.departures = DepartureCheck(cfg.discontinuity_threshold, cfg.discontinuity_speed, scale,
                                          self.dt * self.spec.n_action_steps, self.action_names)
         tracker = PoseTracker(self.spec)
-        self.ee = tracker if tracker.needed else None  # the measured pose, where actions are relative to it
+        # the measured end-effector pose, where the action is a pose and the bundle observes one
+        self.ee = tracker if tracker.posed and tracker.keys else None
         self.command_reference: Pose | None = None  # the pose the last command is decoded against
+        # the departure and jump rules on the measured end-effector position against the commanded one
+        self.posed = tracker.posed  # the action holds an end-effector pose (checked decodable before commanding)
+        self.pose_departures = DepartureCheck(cfg.discontinuity_threshold, cfg.discontinuity_speed,
+                                              position_scale(self.spec), self.dt * self.spec.n_action_steps,
+                                              ["end-effector x", "end-effector y", "end-effector z"])
         self.chunks: deque[ChunkRecord] = deque(maxlen=keep_chunks)
         self.keep_observations = keep_observations
         self.running = cfg.autostart
@@ -269,6 +275,7 @@ class PolicyRunner:
             self._stale = None
             self._first_input = None
             self.departures.clear()
+            self.pose_departures.clear()
             self.generation += 1
 
     def discontinuity(self, d: Discontinuity) -> None:
@@ -285,6 +292,7 @@ class PolicyRunner:
         self.buffer.drop_before(d.stamp)
         self._drop_queue()
         self.departures.clear()
+        self.pose_departures.clear()
         self.last_t_obs = None
         self._pending_t_obs = None
         self.last_command = self.measured_joints()
@@ -322,8 +330,10 @@ class PolicyRunner:
             with self.lock:
                 previous = self.buffer.newest(key)
                 self.buffer.add(key, stamp, value, now)
-                if self.ee is not None:
+                pose = None
+                if self.ee is not None and key in self.ee.keys:
                     self.ee.add(key, stamp, value)
+                    pose = self.ee.measured()
                 if self._first_input is None:
                     self._first_input = stamp
                 if joint_names:
@@ -335,6 +345,8 @@ class PolicyRunner:
                 elif broke is None and joint_names and self.running:
                     measured = self.measured_joints()
                     broke = None if measured is None else self.departures.check(stamp, measured)
+                elif broke is None and pose is not None and self.running:
+                    broke = self.pose_departures.check(stamp, pose.position)
         except DpRuntimeError as e:
             self.reject(key, e)
             return False
@@ -343,9 +355,16 @@ class PolicyRunner:
         return True
 
     def executed(self, t: float, command: np.ndarray) -> None:
-        """A command the robot executed at ``t`` (replay: the recorded ones), for the departure check."""
+        """A command the robot executed at ``t`` (replay: the recorded ones), for the departure check (an
+        end-effector command by its position, decoded as the node publishes it)."""
         with self.lock:
             self.departures.executed(t, command)
+            if self.ee is not None and (self.command_reference is not None or not self.ee.needed):
+                try:
+                    pose = decode(command, self.spec.action.segments, self.command_reference).pose
+                except DpRuntimeError:  # a recorded command that is no pose: nothing to compare with
+                    return
+                self.pose_departures.executed(t, pose.position)
 
     def inputs_stale(self, now: float) -> dict[str, float]:
         """The stale inputs at ``now`` (empty: all fresh)."""
@@ -521,7 +540,7 @@ class PolicyRunner:
             self._deliver(now)
             action = None if self._restarting and not self.queue else self.queue.pop(now)
             chunk = self.queue.popped_chunk
-        if action is not None and self.ee is not None:
+        if action is not None and self.ee is not None and self.ee.needed:
             with self.lock:
                 self.command_reference = self.ee.reference(chunk)
             if self.command_reference is None:  # never a guess: nothing is commanded until a pose is measured
@@ -536,6 +555,8 @@ class PolicyRunner:
             cmd = self.last_command  # next action not due yet, or starved with "hold"
         else:
             cmd = self.limits.apply(action, self.last_command)
+            if self.posed and not self._decodes(cmd):
+                return None
             self.last_command = cmd
             self.jumps.add(cmd, chunk)
         if cmd is not None and self.cfg.commands_executed:
@@ -545,6 +566,17 @@ class PolicyRunner:
         self.metrics.issued(self._pending_t_obs, now)
         self._pending_t_obs = None
         return cmd
+
+    def _decodes(self, cmd: np.ndarray) -> bool:
+        """Whether an end-effector action is a pose (a zero quaternion is not): never a wrong command; counted
+        as an inference error and logged once when not."""
+        try:
+            decode(cmd, self.spec.action.segments, self.command_reference)
+            return True
+        except DpRuntimeError as e:
+            self.stats.inference_errors += 1
+            self.warn_once("ee-decode", f"end-effector action not commanded: {e}")
+            return False
 
     def measured_joints(self) -> np.ndarray | None:
         """The latest measured positions of the commanded joints (None until all were measured)."""
@@ -568,6 +600,8 @@ class PolicyRunner:
         return self.metrics.snapshot(running=self.running, stale=stale, ages=ages, queue=queue, queue_depth=depth,
                                      latency_ms=percentiles_ms(self.scheduler.latencies, 50, 100),
                                      inference_lead=self.scheduler.lead(),
-                                     peak_departure=self.departures.peak_departure,
-                                     peak_speed=self.departures.peak_speed, limited=self.limits.limited,
+                                     peak_departure=max(self.departures.peak_departure,
+                                                        self.pose_departures.peak_departure),
+                                     peak_speed=max(self.departures.peak_speed, self.pose_departures.peak_speed),
+                                     limited=self.limits.limited,
                                      chunk_transition=self.transition.name)
