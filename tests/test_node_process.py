@@ -33,7 +33,7 @@ def test_bad_parameters_refuse_with_one_fatal_line_and_no_traceback(tmp_path, ti
         "typed": (node_params(tiny_bundle, control_rate_hz="fast"), "'control_rate_hz' must be a number"),
         "zero_rate": (node_params(tiny_bundle, control_rate_hz=0), "control_rate_hz must be > 0"),
         "limits": (node_params(tiny_bundle, action_lower=[1.0, 2.0, 3.0]), "action_lower has 3 values"),
-        "interface": (node_params(tiny_bundle, command_interface="twist"), "command_interface must be one of"),
+        "interface": (node_params(tiny_bundle, command_interface="velocity"), "command_interface must be one of"),
         "no_bundle_dir": (node_params(tmp_path / "nowhere"), "does not exist"),
     }
     # each in its own domain: six participants starting and ending at once never discover each other
