@@ -102,3 +102,23 @@ def test_end_effector_interfaces_refuse_settings_that_would_command_wrongly(para
         spec = replace(SPEC, action=ActionSpec(7, tuple(f"a{i}" for i in range(7)), 1, 5, layout=segments))
     with pytest.raises(ConfigError, match=words):
         open_runtime(NodeParams(bundle="b", **params), lambda name, default: default, engine=DeltaEngine())
+
+
+def test_command_outputs_publish_a_slice_through_a_joint_interface():
+    from dp_runtime.ros.commands import command_outputs
+    abs_layout = tuple(arm_action(True))
+    names = [f"a{i}" for i in range(10)]
+    (grip,) = command_outputs(["gripper:float64_multi_array:/gripper/commands"], abs_layout, names)
+    assert grip.columns == (9,) and grip.topic == "/gripper/commands"
+    action = np.arange(10, dtype=float)
+    assert list(grip.build(action, CommandContext(names, 1.0, 0.1)).data) == [9.0]
+    (rng,) = command_outputs(["0-3:joint_state:/xyz"], abs_layout, names)
+    msg = rng.build(action, CommandContext(names, 1.0, 0.1))
+    assert list(msg.name) == ["a0", "a1", "a2"] and list(msg.position) == [0.0, 1.0, 2.0]
+    for bad, words in (("gripper:/x", "expected SELECTOR:INTERFACE:TOPIC"),
+                       ("gripper:pose:/x", "not a per-tick joint interface"),
+                       ("gripper:joint_trajectory:/x", "not a per-tick joint interface"),
+                       ("joints:float64_multi_array:/x", "the action has no 'joints' segment; it has position xyz"),
+                       ("8-12:float64_multi_array:/x", "range 8-12 outside the action's 10 values")):
+        with pytest.raises(ConfigError, match=words):
+            command_outputs([bad], abs_layout, names)

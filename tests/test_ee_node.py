@@ -37,21 +37,30 @@ def ee_bundle(tmp_path_factory):
 
 
 def test_pose_in_pose_out_over_dds(tmp_path, ee_bundle, domain):
+    """...and the gripper through its own output (command_outputs), the same action's last value."""
     from geometry_msgs.msg import PoseStamped
+    from std_msgs.msg import Float64MultiArray
+    grippers = []
+
+    def listen(col, t0):
+        col.node.create_subscription(Float64MultiArray, "/test/gripper", lambda m: grippers.append(list(m.data)), 50)
     col, log, alive, t0, rc = run(
         tmp_path, ee_bundle, domain, {"command_interface": "pose", "command_topic": "/test/target",
-                                      "command_frame_id": "base_link", "obs": {"eef": {"frame_id": "base_link"}}},
-        ["--rate", "30", "--pose"], 5.0, command_type=PoseStamped, topic="/test/target")
+                                      "command_frame_id": "base_link", "obs": {"eef": {"frame_id": "base_link"}},
+                                      "command_outputs": ["gripper:float64_multi_array:/test/gripper"]},
+        ["--rate", "30", "--pose"], 5.0, command_type=PoseStamped, topic="/test/target", during=listen)
     assert alive and rc == 0, log
-    assert "command_interface pose publishes the pose; not published: gripper" in log
+    assert "not published" not in log  # the gripper goes out on its own topic
     rel = np.array([t for t, _ in col.commands]) - t0
     commanded(rel, 1.5, 4.5)
     engine = load_bundle(ee_bundle)
     eef = np.array([*EEF_POSE[0], *EEF_POSE[1]], np.float32)
     obs = {"camera": np.stack([render_dot(SCENE_TARGET, 24)] * 2), "eef": np.stack([eef] * 2)}
     layout = engine.spec.action.segments
-    poses = [decode(a, layout, None).pose for k in range(len(col.commands) + 5)
-             for a in engine.executed_slice(engine.predict(obs, seed=k).actions)]
+    actions = [a for k in range(len(col.commands) + 5) for a in engine.executed_slice(engine.predict(obs, seed=k).actions)]
+    poses = [decode(a, layout, None).pose for a in actions]
+    assert len(grippers) >= 0.8 * len(col.commands) > 0
+    assert all(len(g) == 1 and any(abs(g[0] - a[9]) < 1e-4 for a in actions) for g in grippers)
     for _, msg in col.commands:
         assert msg.header.frame_id == "base_link"
         p, o = msg.pose.position, msg.pose.orientation

@@ -131,7 +131,8 @@ def test_a_manifest_with_a_bad_layout_is_refused_by_name(tmp_path):
 
 def test_the_readme_end_effector_yaml_wires_an_image_abs_bundle(tmp_path):
     """The README's parameter file for a lift_image_abs bundle (at most 20 lines) opens the control loop: both
-    eef keys read the TCP PoseStamped, the gripper its joints, and the pose interface accepts the action."""
+    eef keys read the TCP PoseStamped, the gripper its joints, the pose interface accepts the action and the
+    gripper value goes to its own controller."""
     from pathlib import Path
 
     from dp_runtime.ros.params import load_params_file
@@ -151,7 +152,7 @@ def test_the_readme_end_effector_yaml_wires_an_image_abs_bundle(tmp_path):
     assert topics["robot0_eef_pos"].topic == "/tcp_pose_broadcaster/pose" and topics["robot0_eef_quat"].frame_id == "base_link"
     assert topics["robot0_gripper_qpos"].type == "joint_state"
     assert rt.interface.name == "pose" and rt.command_context(1.0).frame_id == "base_link"
-    assert any("not published: gripper" in line for line in said)
+    assert [o.columns for o in rt.outputs] == [(9,)] and not any("not published" in line for line in said)
 
 
 def test_replay_reads_one_tcp_pose_topic_into_both_eef_keys(tmp_path):

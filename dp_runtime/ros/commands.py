@@ -194,3 +194,51 @@ def command_to_vector(msg: Any, msgtype: str, names: Sequence[str], what: str = 
         if interface.decode is not None and interface.msgtype == normalize_msgtype(msgtype):
             return interface.decode(msg, names, what)
     raise InputError(f"{what}: unsupported command type {msgtype}; expected one of {RECORDED_COMMAND_TYPES}")
+
+
+@dataclass(frozen=True)
+class CommandOutput:
+    """One more output beside the main command: a slice of the action published through a per-tick joint
+    interface (the gripper joint of an end-effector policy, to its own controller)."""
+    spec: str  # as configured: SELECTOR:INTERFACE:TOPIC
+    columns: tuple[int, ...]  # the action's indices it publishes
+    names: tuple[str, ...]  # joint names of those columns
+    interface: CommandInterface
+    topic: str
+
+    def build(self, action: np.ndarray, ctx: CommandContext):
+        previous = None if ctx.previous is None else np.asarray(ctx.previous)[list(self.columns)]
+        return self.interface.build(np.asarray(action)[list(self.columns)],
+                                    CommandContext(self.names, ctx.stamp, ctx.dt, previous))
+
+
+def command_outputs(specs: Sequence[str], layout: Layout, action_names: Sequence[str]) -> list[CommandOutput]:
+    """``command_outputs`` entries, each SELECTOR:INTERFACE:TOPIC; SELECTOR a segment kind (every segment of it)
+    or an index range i-j of the action (j exclusive)."""
+    out = []
+    for spec in specs:
+        parts = spec.split(":", 2)
+        if len(parts) != 3 or not all(parts):
+            raise ConfigError(f"command_outputs entry {spec!r}: expected SELECTOR:INTERFACE:TOPIC, e.g. "
+                              "gripper:float64_multi_array:/gripper_controller/commands")
+        selector, name, topic = parts
+        interface = command_interface(name)
+        if interface.per_chunk or interface.pose:
+            raise ConfigError(f"command_outputs entry {spec!r}: {name} is not a per-tick joint interface "
+                              "(float64_multi_array or joint_state)")
+        if "-" in selector and selector.replace("-", "").isdigit():
+            a, b = (int(x) for x in selector.split("-"))
+            columns = tuple(range(a, b))
+            if not 0 <= a < b <= len(action_names):
+                raise ConfigError(f"command_outputs entry {spec!r}: range {a}-{b} outside the action's "
+                                  f"{len(action_names)} values")
+            names = tuple(action_names[i] for i in columns)
+        else:
+            picked = [(s, sl) for s, sl in slices(layout) if s.kind == selector]
+            if not picked:
+                raise ConfigError(f"command_outputs entry {spec!r}: the action has no {selector!r} segment; it has "
+                                  f"{', '.join(s.describe() for s in layout)} (or give an index range i-j)")
+            columns = tuple(i for _, sl in picked for i in range(sl.start, sl.stop))
+            names = tuple(n for s, sl in picked for n in (s.names or [action_names[i] for i in range(sl.start, sl.stop)]))
+        out.append(CommandOutput(spec, columns, names, interface, topic))
+    return out

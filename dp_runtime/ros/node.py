@@ -68,6 +68,7 @@ class PolicyWiring:
         self.watchdog: QosWatchdog | None = None
         self.entities: list = []
         self.pub: Publisher | None = None
+        self.output_pubs: list = []  # (CommandOutput, Publisher): command_outputs
         self.plan_pubs: list[Publisher] = []
         self.diag_pub: Publisher | None = None
         self.starved_reported = 0
@@ -99,11 +100,13 @@ class PolicyWiring:
         self.entities = [self.create_subscription(convert.message_class(convert.OBS_MESSAGE_TYPES[t.type]), t.topic,
                                                   self._on_msg(t), qos(t.qos)) for t in self.rt.topics]
         self.pub = self.create_publisher(self.rt.interface.message_class, self.p.command_topic, qos(self.p.command_qos))
+        self.output_pubs = [(o, self.create_publisher(o.interface.message_class, o.topic, qos(self.p.command_qos)))
+                            for o in self.rt.outputs]
         self.plan_pubs = [self._plan_publisher(topic) for topic in (plan.PLAN_TOPIC, plan.COMMITTED_TOPIC)]
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.starved_reported = 0
         self.entities += [
-            self.pub, self.diag_pub, *self.plan_pubs,
+            self.pub, self.diag_pub, *self.plan_pubs, *(pub for _, pub in self.output_pubs),
             self.create_timer(self.p.diagnostics_period, self._on_diagnostics),
             self.create_service(Trigger, "~/start", self._srv(self.start_commands)),
             self.create_service(Trigger, "~/stop", self._srv(lambda: self.runner.stop() or (True, "stopped"))),
@@ -277,7 +280,10 @@ class PolicyWiring:
         return True
 
     def _publish(self, actions, stamp: float, previous=None) -> None:
-        self.pub.publish(self.rt.interface.build(actions, self.rt.command_context(stamp, previous)))
+        ctx = self.rt.command_context(stamp, previous)
+        self.pub.publish(self.rt.interface.build(actions, ctx))
+        for output, pub in self.output_pubs:  # per-tick only (command_outputs refuses per-chunk interfaces)
+            pub.publish(output.build(actions, ctx))
 
     # -- diagnostics -----------------------------------------------------------------
     def _on_diagnostics(self) -> None:
@@ -384,6 +390,7 @@ class LifecyclePolicyNode(PolicyWiring, LifecycleNode):
         self.entities = []
         self.configured = False
         self.pub = self.diag_pub = self.rt = self.runner = self.engine = self.p = None
+        self.output_pubs = []
         self.plan_pubs = []
 
 

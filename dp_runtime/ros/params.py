@@ -78,6 +78,10 @@ class NodeParams(RunnerConfig):
                                      "its per-step deltas over one period)",
                                      choices=tuple(COMMAND_INTERFACES))
     command_topic: str = setting("/forward_position_controller/commands", "topic the commands go to")
+    command_outputs: list[str] = setting(
+        [], "more outputs beside command_topic, each SELECTOR:INTERFACE:TOPIC: the action's segments of one kind "
+            "(gripper, joints, values) or an index range i-j, through float64_multi_array or joint_state (the "
+            "gripper of an end-effector policy to its own controller)", shown="unset")
     command_frame_id: str = setting("base_link", "command_interface pose and twist: the frame the target is in "
                                                  "(the controller's base frame; the bundle's poses are in it too)")
     command_qos: str = setting("reliable", "command publisher reliability", choices=QOS)

@@ -5,7 +5,7 @@ over its parameter file, so both build exactly the same control loop.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,7 +15,8 @@ from ..engine import PolicyEngine, load_bundle
 from ..engine.backends import BackendOptions
 from ..engine.remote import ClientTls, RemoteEngine
 from ..errors import ConfigError
-from .commands import CommandContext, CommandInterface, command_interface
+from ..layout import slices
+from .commands import CommandContext, CommandInterface, CommandOutput, command_interface, command_outputs
 from .params import NodeParams, ObsTopic, resolve_obs_topics
 
 
@@ -26,6 +27,7 @@ class Runtime:
     runner: PolicyRunner
     topics: list[ObsTopic]
     interface: CommandInterface
+    outputs: list[CommandOutput] = field(default_factory=list)  # command_outputs: slices beside the command
 
     @property
     def action_names(self) -> list[str]:
@@ -65,6 +67,10 @@ def open_runtime(p: NodeParams, get: Callable[[str, Any], Any], engine: PolicyEn
                           keep_chunks=keep_chunks)
     interface = command_interface(p.command_interface)
     segments = engine.spec.action.segments
+    outputs = command_outputs(p.command_outputs, segments, runner.action_names)
+    if outputs and interface.per_chunk:
+        raise ConfigError(f"command_outputs are published per tick; command_interface {interface.name} publishes "
+                          "one trajectory per chunk (use a per-tick interface with them)")
     interface.check(segments, measures_pose=bool(PoseTracker(engine.spec).keys))
     if interface.name == "pose" and runner.ee is not None and runner.ee.mode == "delta" \
             and p.on_starvation == "hold":
@@ -78,8 +84,10 @@ def open_runtime(p: NodeParams, get: Callable[[str, Any], Any], engine: PolicyEn
         if p.on_stale == "hold_position":
             raise ConfigError("on_stale hold_position holds the measured joints; with command_interface pose use "
                               "on_stale: stop")
-        left = [s.describe() for s in segments if s.kind not in ("position", "rotation")]
+        published = {i for o in outputs for i in o.columns}
+        left = [s.describe() for s, sl in slices(segments)
+                if s.kind not in ("position", "rotation") and not set(range(sl.start, sl.stop)) <= published]
         if left:
             (info or print)(f"command_interface {interface.name} publishes the pose; not published: "
                             f"{', '.join(left)}")
-    return Runtime(p, engine, runner, topics, interface)
+    return Runtime(p, engine, runner, topics, interface, outputs)
