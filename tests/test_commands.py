@@ -122,3 +122,22 @@ def test_command_outputs_publish_a_slice_through_a_joint_interface():
                        ("8-12:float64_multi_array:/x", "range 8-12 outside the action's 10 values")):
         with pytest.raises(ConfigError, match=words):
             command_outputs([bad], abs_layout, names)
+
+
+def test_pose_trajectory_times_the_remaining_chunks_poses():
+    ci = command_interface("pose_trajectory")
+    abs_layout = tuple(arm_action(True))
+    ci.check(abs_layout)
+    rng = np.random.default_rng(3)
+    m = rotations.quat_to_matrix(rng.normal(size=(3, 4)))
+    actions = np.concatenate([rng.normal(size=(3, 3)), rotations.matrix_to_rot6d_rows(m), np.zeros((3, 1))], axis=1)
+    msg = ci.build(actions, CommandContext(NAMES, 0.0, 0.1, layout=abs_layout, frame_id="base"))
+    assert ci.per_chunk and msg.header.frame_id == "base" and list(msg.joint_names) == ["end_effector"]
+    for k, (point, a, rot) in enumerate(zip(msg.points, actions, m)):
+        t = point.time_from_start
+        assert abs(t.sec + t.nanosec * 1e-9 - 0.1 * (k + 1)) < 1e-9
+        tr, q = point.transforms[0].translation, point.transforms[0].rotation
+        assert np.allclose([tr.x, tr.y, tr.z], a[:3])
+        assert np.abs(rotations.quat_to_matrix(np.array([q.x, q.y, q.z, q.w])) - rot).max() < 1e-9
+    with pytest.raises(ConfigError, match="pose_trajectory: the action is a delta, relative or partial pose"):
+        ci.check(tuple(arm_action(False)), measures_pose=True)  # a chunk at once has no pose to decode each against

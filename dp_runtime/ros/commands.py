@@ -81,6 +81,34 @@ def twist_stamped(action: np.ndarray, ctx: CommandContext):
     return msg
 
 
+def pose_trajectory(actions: np.ndarray, ctx: CommandContext):
+    """The remaining actions' poses (K, A) as a trajectory_msgs/MultiDOFJointTrajectory in ``ctx.frame_id``: point
+    k the pose due (k + 1) * dt from now, for Cartesian controllers that interpolate between timed targets (the
+    real UR5 tasks' waypoints); one joint, named ``end_effector``."""
+    from builtin_interfaces.msg import Duration
+    from geometry_msgs.msg import Transform
+    from trajectory_msgs.msg import MultiDOFJointTrajectory, MultiDOFJointTrajectoryPoint
+    msg = MultiDOFJointTrajectory(joint_names=["end_effector"])
+    msg.header.frame_id = ctx.frame_id
+    points = []
+    for k, a in enumerate(actions):
+        pose = decode_action(a, ctx.layout, None).pose
+        tf = Transform()
+        tf.translation.x, tf.translation.y, tf.translation.z = (float(v) for v in pose.position)
+        r = tf.rotation
+        r.x, r.y, r.z, r.w = (float(v) for v in matrix_to_quat(pose.rotation))
+        sec, nanosec = sec_to_stamp_fields((k + 1) * ctx.dt)
+        points.append(MultiDOFJointTrajectoryPoint(transforms=[tf], time_from_start=Duration(sec=sec, nanosec=nanosec)))
+    msg.points = points
+    return msg
+
+
+def absolute_pose(name: str, layout: Layout, measures_pose: bool) -> None:
+    """A trajectory's check: absolute poses with x, y, z and a rotation (a chunk published at once has no
+    measured pose per point to decode against)."""
+    target_pose(name, layout, False)
+
+
 def target_pose(name: str, layout: Layout, measures_pose: bool) -> None:
     """The pose interface's check: a pose, and a measured one where the action is relative to it."""
     if not {s.kind for s in layout} & {"position", "rotation"}:
@@ -177,6 +205,8 @@ COMMAND_INTERFACES: dict[str, CommandInterface] = {i.name: i for i in (
     CommandInterface("joint_state", "sensor_msgs/msg/JointState", False, joint_state_command, decode_joint_state),
     CommandInterface("pose", "geometry_msgs/msg/PoseStamped", False, pose_stamped, None, target_pose),
     CommandInterface("twist", "geometry_msgs/msg/TwistStamped", False, twist_stamped, None, delta_pose),
+    CommandInterface("pose_trajectory", "trajectory_msgs/msg/MultiDOFJointTrajectory", True, pose_trajectory, None,
+                     absolute_pose),
 )}
 RECORDED_COMMAND_TYPES = tuple(i.msgtype for i in COMMAND_INTERFACES.values() if i.decode is not None)
 

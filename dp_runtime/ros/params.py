@@ -74,16 +74,18 @@ class NodeParams(RunnerConfig):
                                            "this; 0 = the bound each was checked against at export", ge=0)
     command_interface: str = setting("float64_multi_array", "command message: float64_multi_array, "
                                      "joint_trajectory (the remaining chunk), joint_state, pose (PoseStamped "
-                                     "target of an end-effector policy's absolute pose) or twist (TwistStamped: "
-                                     "its per-step deltas over one period)",
+                                     "target of an end-effector policy's pose), twist (TwistStamped: its per-step "
+                                     "deltas over one period) or pose_trajectory (MultiDOFJointTrajectory: the "
+                                     "remaining chunk's absolute poses, timed)",
                                      choices=tuple(COMMAND_INTERFACES))
     command_topic: str = setting("/forward_position_controller/commands", "topic the commands go to")
     command_outputs: list[str] = setting(
         [], "more outputs beside command_topic, each SELECTOR:INTERFACE:TOPIC: the action's segments of one kind "
             "(gripper, joints, values) or an index range i-j, through float64_multi_array or joint_state (the "
             "gripper of an end-effector policy to its own controller)", shown="unset")
-    command_frame_id: str = setting("base_link", "command_interface pose and twist: the frame the target is in "
-                                                 "(the controller's base frame; the bundle's poses are in it too)")
+    command_frame_id: str = setting("base_link", "command_interface pose, twist, pose_trajectory: the frame the "
+                                                 "target is in (the controller's base frame; the bundle's poses are "
+                                                 "in it too)")
     command_qos: str = setting("reliable", "command publisher reliability", choices=QOS)
     action_lower: list[float] = setting([], "clip: one value or one per action joint", shown="unset", live=True)
     action_upper: list[float] = setting([], "clip: one value or one per action joint", shown="unset", live=True)

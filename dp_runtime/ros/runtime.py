@@ -82,8 +82,8 @@ def open_runtime(p: NodeParams, get: Callable[[str, Any], Any], engine: PolicyEn
                           "the arm)")
     if interface.pose:
         if p.on_stale == "hold_position":
-            raise ConfigError("on_stale hold_position holds the measured joints; with command_interface pose use "
-                              "on_stale: stop")
+            raise ConfigError(f"on_stale hold_position holds the measured joints; with command_interface "
+                              f"{interface.name} use on_stale: stop")
         published = {i for o in outputs for i in o.columns}
         left = [s.describe() for s, sl in slices(segments)
                 if s.kind not in ("position", "rotation") and not set(range(sl.start, sl.stop)) <= published]
