@@ -105,3 +105,28 @@ def encode(pose: Pose, layout: Layout, action: np.ndarray) -> np.ndarray:
                 value = -value
             out[sl] = value
     return out
+
+
+def pose_of(values: np.ndarray, layout: Layout) -> Pose:
+    """The pose a vector's position and rotation segments hold, whatever their mode (axes left out: 0, no
+    rotation: identity)."""
+    values = np.asarray(values, np.float64)
+    position, rotation = np.zeros(3), np.eye(3)
+    for s, sl in slices(layout):
+        if s.kind == "position":
+            position[[AXES[a] for a in s.axes]] = values[sl]
+        elif s.kind == "rotation":
+            rotation = REPRESENTATIONS[s.representation].to_matrix(values[sl])
+    return Pose(position, rotation)
+
+
+def relative_to_newest(history: np.ndarray, layout: Layout) -> np.ndarray:
+    """(To, D) pose observations -> each frame in the newest frame's coordinates (UMI's ``obs_pose_repr:
+    relative``: inv(newest) @ pose), written in the same segments: the newest becomes the identity."""
+    base = pose_of(history[-1], layout)
+    inv = base.rotation.T
+    out = np.asarray(history, np.float64).copy()
+    for i, row in enumerate(history):
+        p = pose_of(row, layout)
+        out[i] = encode(Pose(inv @ (p.position - base.position), inv @ p.rotation), layout, row)
+    return out.astype(np.float32)

@@ -145,3 +145,23 @@ def test_a_zero_quaternion_action_is_not_commanded():
     r.infer(1.0)
     assert r.tick(1.0) is None and r.stats.inference_errors == 1
     assert any("end-effector action not commanded: quaternion" in m for m in said)
+
+
+def test_the_policy_sees_a_relative_pose_history_and_the_record_keeps_the_measured_one():
+    from dataclasses import replace
+    rel_obs = layout.parse([{"kind": "position", "mode": "relative"},
+                            {"kind": "rotation", "representation": "quat_xyzw", "mode": "relative"}], 7, "eef")
+    eng = engine_for(tuple(arm_action(True)), np.zeros((8, 10)))
+    eng.spec = replace(eng.spec, observations=(eng.spec.observations[0],
+                                               ObsSpec("eef", "low_dim", (7,), layout=rel_obs)))
+    seen = []
+    predict = eng.predict
+    eng.predict = lambda history, seed=None, noise=None: seen.append(history) or predict(history, seed, noise)
+    r = PolicyRunner(eng, CONFIG, delivery=simulated(0.0), keep_observations=True)
+    feed(r, 0.9, 0.40)
+    feed(r, 1.0, 0.45, TURN)
+    rec = r.infer(1.0)
+    eef = seen[0]["eef"]
+    assert np.allclose(eef[-1], [0, 0, 0, 0, 0, 0, 1], atol=1e-6)  # the newest pose is the origin
+    assert np.allclose(eef[0, :3], TURN.T @ np.array([-0.05, 0.0, 0.0]), atol=1e-6)  # the older one in its frame
+    assert np.allclose(rec.observation.history["eef"][-1, :3], [0.45, 0.1, 0.3])  # the record: as measured

@@ -206,3 +206,29 @@ def test_replay_reads_one_tcp_pose_topic_into_both_eef_keys(tmp_path):
     seg = m["segment_error"]
     assert seg["0:position"]["unit"] == "m" and seg["1:rotation rotation_6d_rows"]["unit"] == "rad"
     assert 0 <= seg["1:rotation rotation_6d_rows"]["max"] <= np.pi and seg["0:position"]["count"] == m["compared"] > 0
+
+
+def test_umi_pose_repr_makes_the_eef_history_and_the_actions_relative():
+    """UMI's task config says pose_repr: {obs_pose_repr: relative, action_pose_repr: relative}; its rotation is
+    stored as rotation_6d under the name robot0_eef_rot_axis_angle (shape_meta rotation_rep)."""
+    obs = obs_layout("robot0_eef_rot_axis_angle", 6, "relative")
+    assert obs == [{"kind": "rotation", "size": 6, "representation": "rotation_6d_rows", "mode": "relative"}]
+    assert obs_layout("robot0_eef_pos", 3, "relative")[0]["mode"] == "relative"
+    assert obs_layout("robot0_gripper_width", 1, "relative") == [{"kind": "gripper", "size": 1}]
+    action = diffusion_policy_action(10, ["robot0_eef_pos", "robot0_eef_rot_axis_angle"], None, None, "relative")
+    assert [(s["kind"], s.get("mode")) for s in action] == [("position", "relative"), ("rotation", "relative"),
+                                                             ("gripper", None)]
+    assert "assumed" not in action[0]  # the checkpoint says it
+
+
+def test_a_umi_shaped_checkpoint_imports_relative_layouts(tmp_path):
+    low = {"robot0_eef_pos": 3, "robot0_eef_rot_axis_angle": 6, "robot0_gripper_width": 1}
+    policy = fc.randomize(fc.dp_source(hybrid=True, low=low, action_dim=10), 0)
+    cfg = fc.dp_cfg(True, low=low, action_dim=10,
+                    task={"pose_repr": {"obs_pose_repr": "relative", "action_pose_repr": "relative"}})
+    ck = load_any(fc.write_dp(tmp_path / "umi.ckpt", policy, hybrid=True, cfg=cfg), trust_pickle=True)
+    spec = ck.config.policy_spec()
+    obs = {o.key: o.layout for o in spec.observations if o.kind == "low_dim"}
+    assert obs["robot0_eef_rot_axis_angle"][0].representation == "rotation_6d_rows"
+    assert {s.mode for s in obs["robot0_eef_pos"] + obs["robot0_eef_rot_axis_angle"]} == {"relative"}
+    assert [s.mode for s in spec.action.layout] == ["relative", "relative", "absolute"]

@@ -146,3 +146,23 @@ def test_replay_errors_per_segment_are_in_metres_and_radians():
     d = segment_errors(np.array([[1.0, 0, 0, 0, 0, 0, 0]]), np.zeros((1, 7)), DELTA)
     assert abs(d["0:position"]["max"] - 0.05) < 1e-12 and abs(d["1:rotation axis_angle"]["max"]) < 1e-12
     assert segment_errors(pred, rec, layout.joints([f"a{i}" for i in range(10)])) == {}
+
+
+def test_umi_relative_observation_history_is_in_the_newest_frame():
+    """UMI's obs_pose_repr relative: each history pose as inv(newest) @ pose (umi/common/pose_util.py composes
+    4x4 matrices; written here with them), in the observation's own segments."""
+    from dp_runtime.pose_action import relative_to_newest
+    segs = layout.parse([{"kind": "position", "mode": "relative"},
+                         {"kind": "rotation", "representation": "rotation_6d_rows", "mode": "relative"}], 9, "eef")
+    poses = [random_pose() for _ in range(3)]
+    history = np.stack([np.concatenate([p.position, rotations.matrix_to_rot6d_rows(p.rotation)]) for p in poses])
+    rel = relative_to_newest(history, segs)
+    base = np.eye(4)
+    base[:3, :3], base[:3, 3] = poses[-1].rotation, poses[-1].position
+    for row, p in zip(rel, poses):
+        m = np.eye(4)
+        m[:3, :3], m[:3, 3] = p.rotation, p.position
+        want = np.linalg.inv(base) @ m
+        assert np.abs(row[:3] - want[:3, 3]).max() < 1e-5
+        assert np.abs(umi_rot6d_to_mat(row[3:].astype(np.float64)) - want[:3, :3]).max() < 1e-5
+    assert np.allclose(rel[-1], [0, 0, 0, 1, 0, 0, 0, 1, 0], atol=1e-6)  # the newest is the identity

@@ -103,8 +103,12 @@ def load(path: Path, trust_pickle: bool = False, allow_non_ema: bool = False) ->
     copy_prefixed(imp, state, "model", "model")
     _normalizers(imp, state, images, low_dims, layout.imagenet)
     imp.config = _policy_config(path, field, images, low_dims, action_dim, layout, encoder)
+    pose_repr = field("task.pose_repr", dict, None) or {}  # UMI: obs_pose_repr, action_pose_repr
+    for spec in low_dims:
+        spec.layout = obs_layout(spec.key, spec.size, pose_repr.get("obs_pose_repr"))
     imp.config.action_layout = diffusion_policy_action(action_dim, low, field("task.abs_action", bool, None),
-                                                       field("task.dataset.rotation_rep", str, None))
+                                                       field("task.dataset.rotation_rep", str, None),
+                                                       pose_repr.get("action_pose_repr"))
     imp.config.validate()
     imp.extra = {"policy_class": target, "obs_keys": layout.order}
     if not hybrid and layout.crop_shape is not None and not layout.rule:
@@ -213,8 +217,7 @@ def _observation_specs(obs_meta: dict, rgb: list[str], low: list[str], layout: _
         crop = centre_crop((h, w), layout.crop_shape, layout.rule) if layout.crop_shape and layout.rule else None
         images.append(ImageSpec(k, (h, w, c), crop=crop))
         hw[k] = (crop[2], crop[3]) if crop else (h, w)
-    low_dims = [LowDimSpec(k, n, layout=obs_layout(k, n))
-                for k, n in ((k, int(torch.tensor(obs_meta[k]["shape"]).prod())) for k in layout.order if k in low)]
+    low_dims = [LowDimSpec(k, int(torch.tensor(obs_meta[k]["shape"]).prod())) for k in layout.order if k in low]
     return images, low_dims, hw
 
 

@@ -24,6 +24,8 @@ OBS_RULES: tuple[tuple[str, int, tuple[Segment, ...]], ...] = (
     ("eef_pos", 3, (Segment("position", 3, axes="xyz"),)),
     ("eef_quat", 4, (Segment("rotation", 4, representation="quat_xyzw"),)),
     ("eef_rot_axis_angle", 3, (Segment("rotation", 3, representation="axis_angle"),)),
+    # UMI stores the rotation under this name as rotation_6d (shape_meta rotation_rep, pytorch3d's rows)
+    ("eef_rot_axis_angle", 6, (Segment("rotation", 6, representation="rotation_6d_rows"),)),
     ("eef_pose", 6, (Segment("position", 3, axes="xyz"), Segment("rotation", 3, representation="axis_angle"))),
 )
 
@@ -39,13 +41,15 @@ ACTION_KEY_RULES: dict[str, Segment] = {
 }
 
 
-def obs_layout(key: str, size: int) -> list[dict[str, Any]]:
-    """The segments of low-dim observation ``key`` by robosuite's / diffusion_policy's / UMI's names ([]: none)."""
+def obs_layout(key: str, size: int, pose_repr: str | None = None) -> list[dict[str, Any]]:
+    """The segments of low-dim observation ``key`` by robosuite's / diffusion_policy's / UMI's names ([]: none);
+    ``pose_repr`` "relative" (UMI's ``obs_pose_repr``): the pose history is seen relative to the newest pose."""
     if key.endswith("gripper_qpos") or key.endswith("gripper_width"):
         return [Segment("gripper", size).to_json()]
+    mode = {"relative": {"mode": "relative"}}.get(pose_repr or "", {})
     for suffix, n, segments in OBS_RULES:
         if key.endswith(suffix) and size == n:
-            return [s.to_json() for s in segments]
+            return [s.to_json() | mode for s in segments]
     return []
 
 
@@ -64,9 +68,14 @@ def arm_action(abs_action: bool | None, rotation_rep: str = "rotation_6d") -> tu
 
 
 def diffusion_policy_action(action_dim: int, obs_keys: list[str], abs_action: bool | None,
-                            rotation_rep: str | None) -> list[dict[str, Any]]:
+                            rotation_rep: str | None, pose_repr: str | None = None) -> list[dict[str, Any]]:
     """diffusion_policy's action layout: robomimic tasks (10/20 absolute, 7/14 delta per arm), the real UR5
-    tasks (6: TCP pose waypoints; 2: PushT's xy), else [] (no rule: joint values)."""
+    tasks (6: TCP pose waypoints; 2: PushT's xy), UMI (``action_pose_repr``: 10-D per arm, relative to the pose
+    at the observation time, or absolute), else [] (no rule: joint values)."""
+    if pose_repr in ("relative", "abs") and action_dim in (10, 20):
+        mode = "relative" if pose_repr == "relative" else "absolute"
+        return [s.to_json() | ({"mode": mode} if s.kind != "gripper" else {})
+                for s in arm_action(True, rotation_rep or "rotation_6d") * (action_dim // 10)]
     if "robot_eef_pose" in obs_keys:
         if action_dim == 6:
             return [Segment("position", 3, axes="xyz").to_json(),

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import ConfigError, DpRuntimeError, StaleInputError
 from ..holds import every_step
-from ..pose_action import Pose, decode
+from ..pose_action import Pose, decode, relative_to_newest
 from ..settings import check, setting, settings_of
 from ..spec import PolicySpec
 from . import chunk_noise, transitions
@@ -204,6 +204,9 @@ class PolicyRunner:
         self.command_reference: Pose | None = None  # the pose the last command is decoded against
         # the departure and jump rules on the measured end-effector position against the commanded one
         self.posed = tracker.posed  # the action holds an end-effector pose (checked decodable before commanding)
+        # pose observations the policy sees relative to the newest (UMI): converted when a history is assembled
+        self.relative_obs = {o.key: o.segments for o in self.spec.observations
+                             if o.kind == "low_dim" and any(s.mode == "relative" for s in o.segments)}
         self.pose_departures = DepartureCheck(cfg.discontinuity_threshold, cfg.discontinuity_speed,
                                               position_scale(self.spec), self.dt * self.spec.n_action_steps,
                                               ["end-effector x", "end-effector y", "end-effector z"])
@@ -416,7 +419,9 @@ class PolicyRunner:
             self._noise = noise = self.noise(self._noise, obs.stamp, self.dt, seed,
                                                  (self.spec.horizon, self.spec.action.dim))
         started = time.perf_counter()
-        pred = self._predict(obs.history, seed, committed, noise)
+        history = {k: relative_to_newest(v, self.relative_obs[k]) if k in self.relative_obs else v
+                   for k, v in obs.history.items()}
+        pred = self._predict(history, seed, committed, noise)
         if pred is None:
             return None
         finished = time.perf_counter()
