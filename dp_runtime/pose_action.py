@@ -33,6 +33,9 @@ class Pose:
         return Pose(self.position + self.rotation @ other.position, self.rotation @ other.rotation)
 
 
+IDENTITY = Pose(np.zeros(3), np.eye(3))  # read only: decode copies what it changes
+
+
 @dataclass(frozen=True)
 class EeAction:
     pose: Pose | None  # None: the layout has no position or rotation
@@ -64,9 +67,9 @@ def decode(action: np.ndarray, layout: Layout, reference: Pose | None) -> EeActi
             raise InputError("an end-effector action relative to the measured pose arrived before any pose was "
                              "measured (delta, relative or partial pose segments)")
         mode = posed[0][0].mode
-        base = reference or Pose(np.zeros(3), np.eye(3))
+        base = reference or IDENTITY
         # relative: the action is a pose in the base's frame, its left-out parts the base itself
-        start = Pose(np.zeros(3), np.eye(3)) if mode == "relative" else base
+        start = IDENTITY if mode == "relative" else base
         position, rotation = start.position.copy(), start.rotation
         for s, sl in posed:
             v = action[sl]

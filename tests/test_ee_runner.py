@@ -165,3 +165,20 @@ def test_the_policy_sees_a_relative_pose_history_and_the_record_keeps_the_measur
     assert np.allclose(eef[-1], [0, 0, 0, 0, 0, 0, 1], atol=1e-6)  # the newest pose is the origin
     assert np.allclose(eef[0, :3], TURN.T @ np.array([-0.05, 0.0, 0.0]), atol=1e-6)  # the older one in its frame
     assert np.allclose(rec.observation.history["eef"][-1, :3], [0.45, 0.1, 0.3])  # the record: as measured
+
+
+def test_deltas_without_a_pose_observation_are_commanded_and_never_repeated():
+    """command_interface twist publishes OSC deltas as velocities and needs no measured pose: a bundle that
+    observes none still commands every step (its rotation checked), and a tick without a new step repeats none."""
+    from dataclasses import replace
+    delta = tuple(arm_action(False))
+    eng = engine_for(delta, np.tile([1.0, 0, 0, 0, 0, 1.0, -1.0], (8, 1)))
+    eng.spec = replace(eng.spec, observations=(eng.spec.observations[0],
+                                               ObsSpec("state", "low_dim", (2,), names=("j1", "j2"))))
+    r = PolicyRunner(eng, CONFIG, delivery=simulated(0.0))
+    for t in (0.9, 1.0):
+        r.add("cam", t, img(0))
+        r.add("state", t, np.zeros(2, np.float32))
+    r.infer(1.0)
+    assert np.allclose(r.tick(1.0), [1.0, 0, 0, 0, 0, 1.0, -1.0]) and r.stats.inference_errors == 0
+    assert r.tick(1.03) is None  # the next step is not due: a repeated delta would move the arm on

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import ConfigError, DpRuntimeError, StaleInputError
 from ..holds import every_step
-from ..pose_action import Pose, decode, relative_to_newest
+from ..pose_action import IDENTITY, Pose, decode, relative_to_newest
 from ..settings import check, setting, settings_of
 from ..spec import PolicySpec
 from . import chunk_noise, transitions
@@ -202,11 +202,12 @@ class PolicyRunner:
         # the measured end-effector pose, where the action is a pose and the bundle observes one
         self.ee = tracker if tracker.posed and tracker.keys else None
         self.command_reference: Pose | None = None  # the pose the last command is decoded against
-        # the departure and jump rules on the measured end-effector position against the commanded one
         self.posed = tracker.posed  # the action holds an end-effector pose (checked decodable before commanding)
+        self.deltas = tracker.mode == "delta"  # per-step deltas: a repeated one would move the arm on
         # pose observations the policy sees relative to the newest (UMI): converted when a history is assembled
         self.relative_obs = {o.key: o.segments for o in self.spec.observations
                              if o.kind == "low_dim" and any(s.mode == "relative" for s in o.segments)}
+        # the departure and jump rules on the measured end-effector position against the commanded one
         self.pose_departures = DepartureCheck(cfg.discontinuity_threshold, cfg.discontinuity_speed,
                                               position_scale(self.spec), self.dt * self.spec.n_action_steps,
                                               ["end-effector x", "end-effector y", "end-effector z"])
@@ -357,16 +358,17 @@ class PolicyRunner:
             self.discontinuity(broke)
         return True
 
-    def executed(self, t: float, command: np.ndarray) -> None:
+    def executed(self, t: float, command: np.ndarray, pose: Pose | None = None) -> None:
         """A command the robot executed at ``t`` (replay: the recorded ones), for the departure check (an
-        end-effector command by its position, decoded as the node publishes it)."""
+        end-effector command by its position: ``pose``, as the tick decoded it, or decoded here)."""
         with self.lock:
             self.departures.executed(t, command)
-            if self.ee is not None and (self.command_reference is not None or not self.ee.needed):
+            if self.ee is not None and pose is None and (self.command_reference is not None or not self.ee.needed):
                 try:
                     pose = decode(command, self.spec.action.segments, self.command_reference).pose
                 except DpRuntimeError:  # a recorded command that is no pose: nothing to compare with
                     return
+            if self.ee is not None and pose is not None:
                 self.pose_departures.executed(t, pose.position)
 
     def inputs_stale(self, now: float) -> dict[str, float]:
@@ -553,35 +555,39 @@ class PolicyRunner:
                                f"pose was measured yet (observations {', '.join(self.ee.keys) or 'none'}): "
                                "not commanded")
                 return None
+        pose = None
         if action is None:
             starved = len(self.queue) == 0
-            if (starved and not self.hold_on_starvation) or (self.ee is not None and self.ee.mode == "delta"):
+            if (starved and not self.hold_on_starvation) or self.deltas:
                 return None  # a repeated delta would move the arm on: nothing is the hold
             cmd = self.last_command  # next action not due yet, or starved with "hold"
         else:
             cmd = self.limits.apply(action, self.last_command)
-            if self.posed and not self._decodes(cmd):
-                return None
+            if self.posed:
+                pose = self._commanded_pose(cmd)
+                if pose is None:
+                    return None
             self.last_command = cmd
             self.jumps.add(cmd, chunk)
         if cmd is not None and self.cfg.commands_executed:
-            self.executed(now, cmd)
+            self.executed(now, cmd, pose)
         if cmd is None or self.cfg.per_chunk:
             return None
         self.metrics.issued(self._pending_t_obs, now)
         self._pending_t_obs = None
         return cmd
 
-    def _decodes(self, cmd: np.ndarray) -> bool:
-        """Whether an end-effector action is a pose (a zero quaternion is not): never a wrong command; counted
-        as an inference error and logged once when not."""
+    def _commanded_pose(self, cmd: np.ndarray) -> Pose | None:
+        """The pose an end-effector command targets, decoded once per tick (the departure rule compares it);
+        None when the action is no pose (a zero quaternion): never a wrong command, counted as an inference
+        error and logged once. Without a pose observation to decode against (deltas published as velocities)
+        only the action's own rotation is checked, against the identity."""
         try:
-            decode(cmd, self.spec.action.segments, self.command_reference)
-            return True
+            return decode(cmd, self.spec.action.segments, self.command_reference or IDENTITY).pose
         except DpRuntimeError as e:
             self.stats.inference_errors += 1
             self.warn_once("ee-decode", f"end-effector action not commanded: {e}")
-            return False
+            return None
 
     def measured_joints(self) -> np.ndarray | None:
         """The latest measured positions of the commanded joints (None until all were measured)."""

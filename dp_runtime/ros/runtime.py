@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..control import IMMEDIATE, Delivery, PolicyRunner
-from ..control.ee_pose import PoseTracker
 from ..engine import PolicyEngine, load_bundle
 from ..engine.backends import BackendOptions
 from ..engine.remote import ClientTls, RemoteEngine
@@ -71,7 +70,7 @@ def open_runtime(p: NodeParams, get: Callable[[str, Any], Any], engine: PolicyEn
     if outputs and interface.per_chunk:
         raise ConfigError(f"command_outputs are published per tick; command_interface {interface.name} publishes "
                           "one trajectory per chunk (use a per-tick interface with them)")
-    interface.check(segments, measures_pose=bool(PoseTracker(engine.spec).keys))
+    interface.check(segments, measures_pose=runner.ee is not None)
     if interface.name == "pose" and runner.ee is not None and runner.ee.mode == "delta" \
             and p.on_starvation == "hold":
         raise ConfigError("command_interface pose with delta actions and on_starvation hold would apply the last "
