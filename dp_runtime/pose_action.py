@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import InputError
 from .layout import Layout, slices
-from .rotations import REPRESENTATIONS, orthonormalize
+from .rotations import REPRESENTATIONS, hemisphere, orthonormalize
 
 AXES = {"x": 0, "y": 1, "z": 2}
 
@@ -104,9 +104,7 @@ def encode(pose: Pose, layout: Layout, action: np.ndarray) -> np.ndarray:
             out[sl] = pose.position[[AXES[a] for a in s.axes]]
         elif s.kind == "rotation":
             value = REPRESENTATIONS[s.representation].from_matrix(pose.rotation)
-            if s.representation.startswith("quat_") and float(np.dot(value, out[sl])) < 0:
-                value = -value
-            out[sl] = value
+            out[sl] = hemisphere(value, out[sl]) if s.representation.startswith("quat_") else value
     return out
 
 

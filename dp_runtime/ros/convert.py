@@ -7,7 +7,7 @@ are built with the rclpy message classes (also used to serialize into bags).
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -15,6 +15,7 @@ import numpy as np
 from .. import rotations
 from ..errors import InputError, ShapeError
 from ..layout import Segment
+from ..pose_action import Pose, encode
 
 ENCODING_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 
@@ -120,42 +121,31 @@ def message_class(msgtype: str):
     return getattr(importlib.import_module(f"{pkg}.msg"), name)
 
 
-def pose_vector(position: np.ndarray, matrix: np.ndarray, segments: Sequence[Segment],
-                previous: dict[int, np.ndarray], what: str) -> np.ndarray:
-    """A pose -> the policy's pose vector: each segment a position (its axes) or the orientation in the
-    segment's representation; quaternions kept on the hemisphere of the previous sample (``previous``, by
-    segment index, updated) so a stream never flips sign."""
+def pose_vector(r: "ObsReader", position: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """A measured pose -> the policy's pose vector, each segment in its representation (pose_action.encode);
+    a quaternion kept on the hemisphere of the stream's previous sample, so it never flips sign."""
     if not np.all(np.isfinite(position)):
-        raise InputError(f"{what}: non-finite position {list(position)}")
-    parts = []
-    for i, seg in enumerate(segments):
-        if seg.kind == "position":
-            parts.append(np.asarray(position)[["xyz".index(a) for a in seg.axes]])
-            continue
-        value = rotations.REPRESENTATIONS[seg.representation].from_matrix(matrix)
-        if seg.representation.startswith("quat_"):
-            value = rotations.hemisphere(value, previous.get(i))
-            previous[i] = value
-        parts.append(value)
-    return np.concatenate(parts).astype(np.float32)
+        raise InputError(f"{r.what}: non-finite position {list(position)}")
+    previous = r.previous if r.previous is not None else np.zeros(sum(s.size for s in r.segments))
+    r.previous = encode(Pose(np.asarray(position, np.float64), matrix), r.segments, previous).astype(np.float32)
+    return r.previous
 
 
-def pose_to_vector(msg: Any, segments: Sequence[Segment], previous: dict[int, np.ndarray], frame_id: str,
-                   what: str) -> np.ndarray:
-    """geometry_msgs/PoseStamped (in ``frame_id`` where one is configured) -> the policy's pose vector."""
-    if frame_id and msg.header.frame_id != frame_id:
-        raise InputError(f"{what}: pose in frame {msg.header.frame_id!r}, expected {frame_id!r} "
+def pose_to_vector(r: "ObsReader", msg: Any) -> np.ndarray:
+    """geometry_msgs/PoseStamped (in ``r.frame_id`` where one is configured) -> the policy's pose vector."""
+    if r.frame_id and msg.header.frame_id != r.frame_id:
+        raise InputError(f"{r.what}: pose in frame {msg.header.frame_id!r}, expected {r.frame_id!r} "
                          f"(obs.<key>.frame_id)")
     p, o = msg.pose.position, msg.pose.orientation
     matrix = rotations.quat_to_matrix(np.array([o.x, o.y, o.z, o.w], np.float64))
-    return pose_vector(np.array([p.x, p.y, p.z], np.float64), matrix, segments, previous, what)
+    return pose_vector(r, np.array([p.x, p.y, p.z], np.float64), matrix)
 
 
 def fk_to_vector(r: "ObsReader", msg: Any) -> np.ndarray:
     """sensor_msgs/JointState -> the end-effector pose vector by forward kinematics of the chain's joints."""
     q = joint_state_to_vector(msg, r.kinematics.joint_names, "position", r.what)
     pose = r.kinematics.forward(q)
-    return pose_vector(pose[:3, 3], pose[:3, :3], r.segments, r.previous, r.what)
+    return pose_vector(r, pose[:3, 3], pose[:3, :3])
 
 
 def array_to_vector(msg: Any, size: int, what: str) -> np.ndarray:
@@ -187,8 +177,7 @@ OBS_TYPES: dict[str, ObsType] = {t.name: t for t in (
     ObsType("joint_state", "sensor_msgs/msg/JointState", False, True,
             lambda r, m: joint_state_to_vector(m, r.joint_names, r.joint_field, r.what),
             "the named joints' position (or velocity, effort)"),
-    ObsType("pose", "geometry_msgs/msg/PoseStamped", False, True,
-            lambda r, m: pose_to_vector(m, r.segments, r.previous, r.frame_id, r.what),
+    ObsType("pose", "geometry_msgs/msg/PoseStamped", False, True, pose_to_vector,
             "end-effector pose, written as the bundle's position and rotation segments say"),
     ObsType("fk", "sensor_msgs/msg/JointState", False, True, fk_to_vector,
             "end-effector pose by forward kinematics of the joint states (URDF), as the pose segments say"),
@@ -214,7 +203,7 @@ class ObsReader:
     size: int = 0  # arrays: the observation's length
     frame_id: str = ""  # pose: the frame it must be in ("": any)
     kinematics: Any = None  # fk: kinematics.Kinematics of the chain
-    previous: dict[int, np.ndarray] = field(default_factory=dict)
+    previous: np.ndarray | None = None  # pose, fk: the stream's previous value (a quaternion's hemisphere)
 
     def __post_init__(self) -> None:
         self.type = OBS_TYPES[self.kind]
