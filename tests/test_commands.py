@@ -65,7 +65,7 @@ def test_pose_interface_refuses_actions_it_cannot_express():
     with pytest.raises(ConfigError, match="decoded against the measured end-effector pose, and the bundle observes none"):
         ci.check(layout.parse([{"kind": "position", "axes": "xy"}], 2, "pusht"))
     ci.check(tuple(arm_action(False)), measures_pose=True)  # with a pose observation, decoded against it
-    with pytest.raises(InputError, match="unsupported command type geometry_msgs/msg/PoseStamped"):
+    with pytest.raises(InputError, match="an end-effector command, and the action's layout has no position"):
         command_to_vector(object(), "geometry_msgs/msg/PoseStamped", NAMES)  # not read back as joints
 
 
@@ -141,3 +141,30 @@ def test_pose_trajectory_times_the_remaining_chunks_poses():
         assert np.abs(rotations.quat_to_matrix(np.array([q.x, q.y, q.z, q.w])) - rot).max() < 1e-9
     with pytest.raises(ConfigError, match="pose_trajectory: the action is a delta, relative or partial pose"):
         ci.check(tuple(arm_action(False)), measures_pose=True)  # a chunk at once has no pose to decode each against
+
+
+def test_recorded_pose_and_twist_commands_decode_into_the_actions_that_built_them():
+    """A demonstration bag's PoseStamped targets and TwistStamped velocities back into the action (dp-dataset, replay
+    reports): the pose segments in their representation, what the message does not carry (the gripper) NaN."""
+    rng = np.random.default_rng(0)
+    absolute, delta = tuple(arm_action(True)), tuple(arm_action(False))
+    names = [f"a{i}" for i in range(10)]
+    for _ in range(50):
+        m = rotations.REPRESENTATIONS["axis_angle"].to_matrix(rng.normal(size=3))
+        action = np.array([*rng.normal(size=3), *m[:2].reshape(-1), 1.0])
+        msg = command_interface("pose").build(action, CommandContext(names, 1.0, 0.1, layout=absolute))
+        got = command_to_vector(msg, "geometry_msgs/msg/PoseStamped", names, "/target", absolute)
+        assert np.abs(got[:9] - action[:9]).max() < 1e-9 and np.isnan(got[9])
+        step = np.array([*rng.uniform(-1, 1, 6), -1.0])
+        msg = command_interface("twist").build(step, CommandContext(names[:7], 1.0, 0.1, layout=delta))
+        got = command_to_vector(msg, "geometry_msgs/msg/TwistStamped", names[:7], "/twist", delta, 0.1)
+        assert np.abs(got[:6] - step[:6]).max() < 1e-9 and np.isnan(got[6])
+    with pytest.raises(ConfigError, match="twist commands need the control period"):
+        command_to_vector(msg, "geometry_msgs/msg/TwistStamped", names[:7], "/twist", delta)
+    with pytest.raises(InputError, match="/target: an end-effector command, and the action's layout has no position"):
+        command_to_vector(command_interface("pose").build(action, CommandContext(names, 1.0, 0.1, layout=absolute)),
+                          "geometry_msgs/msg/PoseStamped", names, "/target")
+    zero = command_interface("pose").build(action, CommandContext(names, 1.0, 0.1, layout=absolute))
+    zero.pose.orientation.w = zero.pose.orientation.x = zero.pose.orientation.y = zero.pose.orientation.z = 0.0
+    with pytest.raises(InputError, match="orientation .* is zero or not finite"):
+        command_to_vector(zero, "geometry_msgs/msg/PoseStamped", names, "/target", absolute)

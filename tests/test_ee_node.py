@@ -68,3 +68,30 @@ def test_pose_in_pose_out_over_dds(tmp_path, ee_bundle, domain):
         m = rotations.quat_to_matrix(np.array([o.x, o.y, o.z, o.w]))
         assert any(np.abs(position - c.position).max() < 1e-4 and np.abs(m - c.rotation).max() < 1e-4
                    for c in poses), position
+
+
+def test_the_urdf_latched_on_robot_description_is_read_and_its_absence_named(domain):
+    """What robot_state_publisher does: the URDF on /robot_description, transient local, published before the
+    reader starts (dp-sim's grasp arm publishes its own so)."""
+    import rclpy
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import String
+
+    from dp_runtime.errors import ConfigError
+    from dp_runtime.ros.latched import latched_string
+    from dp_runtime.ros.side_node import SideNode
+    from dp_runtime.sim.grasp import GraspingArm
+    urdf = GraspingArm().urdf()
+    publisher = SideNode("test_robot_state_publisher", domain)
+    publisher.node.create_publisher(String, "/test/robot_description", QoSProfile(
+        depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)).publish(
+        String(data=urdf))
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain)
+    try:
+        assert latched_string(context, "/test/robot_description", 20.0) == urdf
+        with pytest.raises(ConfigError, match="no URDF on /test/nobody within 1 s"):
+            latched_string(context, "/test/nobody", 1.0)
+    finally:
+        rclpy.shutdown(context=context)
+        publisher.close()

@@ -144,5 +144,11 @@ def test_fk_refuses_a_urdf_without_the_link_and_a_message_without_the_joints():
     topic = resolve_obs_topics(lambda name, default: params.get(name, default), obs)[0]
     with pytest.raises(InputError, match=r"missing joint\(s\) \['wrist_3_joint'\]"):
         topic.reader()(joint_state(np.zeros(5), ARM[:5]))
-    with pytest.raises(ConfigError, match="obs.eef.urdf: type fk needs the robot's URDF file"):
+    with pytest.raises(ConfigError, match="obs.eef.urdf: type fk without a URDF file reads /robot_description, "
+                                          "which only the node can"):
         resolve_obs_topics(lambda name, default: {"obs.eef.type": "fk"}.get(name, default), obs)
+    # the node's way: the URDF latched on the topic (read by ros/latched.py; over DDS in test_ee_node.py)
+    asked = []
+    topic = resolve_obs_topics(lambda name, default: {"obs.eef.type": "fk", "obs.eef.robot_description": "/arm/urdf"}
+                               .get(name, default), obs, lambda t: asked.append(t) or URDF.read_text())[0]
+    assert asked == ["/arm/urdf"] and topic.kinematics.joint_names == list(ARM)

@@ -40,6 +40,12 @@ class ReplaySetup:
         rt = open_runtime(params, flat.get, engine=engine)
         return cls(engine, params, rt.topics, rt.action_names, recorded_topic, flat)
 
+    def recorded_vector(self, msg, msgtype: str, topic: str) -> np.ndarray:
+        """A recorded command -> (A,) in action order; an end-effector pose or twist fills its pose segments, the
+        rest NaN (the gripper's command is on a topic of its own)."""
+        return command_to_vector(msg, msgtype, self.action_names, topic, self.engine.spec.action.segments,
+                                 1.0 / self.params.control_rate_hz)
+
     @property
     def wanted_topics(self) -> set[str]:
         """The bag topics replay reads: the observations and, if compared, the recorded commands."""
@@ -123,7 +129,7 @@ def replay_offline(bag_path: str | Path | Bag, setup: ReplaySetup, seed: int = 0
                 continue
             if raw.topic == setup.recorded_topic:
                 try:
-                    recorded = command_to_vector(msg, raw.msgtype, setup.action_names, raw.topic)
+                    recorded = setup.recorded_vector(msg, raw.msgtype, raw.topic)
                 except DpRuntimeError as e:
                     _count(result, f"{raw.topic}: {e}")
                     continue

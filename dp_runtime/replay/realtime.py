@@ -19,7 +19,6 @@ import numpy as np
 
 from ..errors import BagError, DpRuntimeError
 from ..ros import convert
-from ..ros.commands import command_to_vector
 from ..ros.process import stop_process
 from ..control import RunnerStatus
 from ..ros.side_node import SideNode
@@ -63,7 +62,7 @@ def read_recording(bag_path: str | Path | Bag, setup: ReplaySetup, distro: str) 
         for m in messages:
             if m.topic == setup.recorded_topic and (msg := bag.deserialize(m)) is not None:
                 try:
-                    recorded.append((m.time, command_to_vector(msg, m.msgtype, setup.action_names)))
+                    recorded.append((m.time, setup.recorded_vector(msg, m.msgtype, m.topic)))
                 except DpRuntimeError:
                     pass
         return Recording(str(bag.path), messages, recorded, bag.topics, bag.distro, bag.problems_found())

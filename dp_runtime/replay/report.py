@@ -54,6 +54,10 @@ def segment_errors(pred: np.ndarray, rec: np.ndarray, segments: Layout) -> dict[
     out = {}
     for i, (s, sl) in enumerate(layout.slices(segments)):
         name = f"{i}:{s.kind}" + (f" {s.representation}" if s.representation else "")
+        ok = np.isfinite(rec[:, sl]).all(axis=1)  # a segment recorded on another topic is not compared
+        if not ok.any():
+            continue
+        pred, rec = pred[ok], rec[ok]
         if s.kind == "position":
             out[name] = {"unit": "m", **_stats(np.linalg.norm((pred[:, sl] - rec[:, sl]) * s.scale, axis=1))}
         elif s.kind == "rotation":
@@ -69,11 +73,11 @@ def metrics(result: ReplayResult, setup: ReplaySetup) -> dict:
     times, pred, rec = aligned(result)
     per_dim, per_segment = {}, {}
     if rec.size and np.isfinite(rec).any():
-        ok = np.isfinite(rec).all(axis=1)
-        err = pred[ok] - rec[ok]
-        for i, name in enumerate(setup.action_names):
-            per_dim[name] = {"mse": float(np.mean(err[:, i] ** 2)), "mae": float(np.mean(np.abs(err[:, i])))}
-        per_segment = segment_errors(pred[ok], rec[ok], setup.engine.spec.action.segments)
+        for i, name in enumerate(setup.action_names):  # each value where it was recorded
+            err = (pred[:, i] - rec[:, i])[np.isfinite(rec[:, i])]
+            if err.size:
+                per_dim[name] = {"mse": float(np.mean(err ** 2)), "mae": float(np.mean(np.abs(err)))}
+        per_segment = segment_errors(pred, rec, setup.engine.spec.action.segments)
     inference = sum(c.latency_s for c in result.chunks)
     chunks = len(result.chunks) or int(result.node_diagnostics.get("chunks", 0))
     local = result.mode == "offline"  # realtime: inference ran in the node process, not here

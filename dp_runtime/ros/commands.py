@@ -16,8 +16,8 @@ import numpy as np
 
 from ..errors import ConfigError, InputError, ShapeError
 from ..layout import Layout, slices
-from ..pose_action import AXES, Pose, decode as decode_action, needs_reference
-from ..rotations import REPRESENTATIONS, matrix_to_quat
+from ..pose_action import AXES, Pose, decode as decode_action, encode, needs_reference
+from ..rotations import REPRESENTATIONS, matrix_to_quat, quat_to_matrix
 from .convert import joint_state_to_vector, message_class, normalize_msgtype, sec_to_stamp_fields
 
 
@@ -150,26 +150,73 @@ def joint_trajectory(actions: np.ndarray, ctx: CommandContext):
     return msg
 
 
-def decode_float64_multi_array(msg: Any, names: Sequence[str], what: str) -> np.ndarray:
+@dataclass(frozen=True)
+class DecodeContext:
+    """What a recorded command's decoder needs besides the message."""
+    names: Sequence[str]  # the action's names, in order
+    what: str = "command"  # the topic, for messages
+    layout: Layout = ()  # end-effector commands: the action's segments they fill
+    dt: float = 0.0  # twist: the control period a velocity was held for (its delta = velocity * dt)
+
+
+def decode_float64_multi_array(msg: Any, ctx: DecodeContext) -> np.ndarray:
     vec = np.asarray(msg.data, dtype=np.float64)
-    if vec.shape != (len(names),):
-        raise ShapeError(f"{what}: {vec.size} values, expected {len(names)} ({list(names)})")
+    if vec.shape != (len(ctx.names),):
+        raise ShapeError(f"{ctx.what}: {vec.size} values, expected {len(ctx.names)} ({list(ctx.names)})")
     return vec
 
 
-def decode_joint_state(msg: Any, names: Sequence[str], what: str) -> np.ndarray:
-    return joint_state_to_vector(msg, names, "position", what).astype(np.float64)
+def decode_joint_state(msg: Any, ctx: DecodeContext) -> np.ndarray:
+    return joint_state_to_vector(msg, ctx.names, "position", ctx.what).astype(np.float64)
 
 
-def decode_joint_trajectory(msg: Any, names: Sequence[str], what: str) -> np.ndarray:
+def decode_joint_trajectory(msg: Any, ctx: DecodeContext) -> np.ndarray:
     """A recorded trajectory's first point, in action order."""
     if not len(msg.points):
-        raise ShapeError(f"{what}: trajectory without points")
+        raise ShapeError(f"{ctx.what}: trajectory without points")
     index = {n: i for i, n in enumerate(msg.joint_names)}
-    missing = [n for n in names if n not in index]
+    missing = [n for n in ctx.names if n not in index]
     if missing:
-        raise InputError(f"{what}: missing joint(s) {missing}; message has {list(msg.joint_names)}")
-    return np.array([msg.points[0].positions[index[n]] for n in names], dtype=np.float64)
+        raise InputError(f"{ctx.what}: missing joint(s) {missing}; message has {list(msg.joint_names)}")
+    return np.array([msg.points[0].positions[index[n]] for n in ctx.names], dtype=np.float64)
+
+
+def _posed(ctx: DecodeContext) -> np.ndarray:
+    """An action vector of NaN (the parts a pose command does not carry: the gripper's comes on its own topic)."""
+    if not any(s.kind in ("position", "rotation") for s in ctx.layout):
+        raise InputError(f"{ctx.what}: an end-effector command, and the action's layout has no position or "
+                         "rotation segments (dataset action_layout)")
+    return np.full(sum(s.size for s in ctx.layout), np.nan)
+
+
+def decode_pose_stamped(msg: Any, ctx: DecodeContext) -> np.ndarray:
+    """A recorded PoseStamped target -> the action's absolute pose segments (the others NaN)."""
+    out = _posed(ctx)
+    p, o = msg.pose.position, msg.pose.orientation
+    q = np.array([o.x, o.y, o.z, o.w], np.float64)
+    if not np.all(np.isfinite(q)) or np.linalg.norm(q) < 1e-6:
+        raise InputError(f"{ctx.what}: orientation {q.tolist()} is zero or not finite")
+    pose = Pose(np.array([p.x, p.y, p.z], np.float64), quat_to_matrix(q / np.linalg.norm(q)))
+    return encode(pose, ctx.layout, out)
+
+
+def decode_twist_stamped(msg: Any, ctx: DecodeContext) -> np.ndarray:
+    """A recorded TwistStamped -> the action's per-step delta segments: velocity * dt / scale (the inverse of
+    ``twist_stamped``); the others NaN."""
+    if not ctx.dt > 0:
+        raise ConfigError(f"{ctx.what}: twist commands need the control period they were held for "
+                          "(dataset command_period_s)")
+    out = _posed(ctx)
+    t = msg.twist
+    linear = np.array([t.linear.x, t.linear.y, t.linear.z], np.float64) * ctx.dt
+    angular = np.array([t.angular.x, t.angular.y, t.angular.z], np.float64) * ctx.dt
+    for s, sl in slices(ctx.layout):
+        if s.kind == "position":
+            out[sl] = linear[[AXES[a] for a in s.axes]] / s.scale
+        elif s.kind == "rotation":
+            out[sl] = REPRESENTATIONS[s.representation].from_matrix(
+                REPRESENTATIONS["axis_angle"].to_matrix(angular)) / s.scale
+    return out
 
 
 @dataclass(frozen=True)
@@ -178,7 +225,7 @@ class CommandInterface:
     msgtype: str
     per_chunk: bool  # one message per chunk (a trajectory) instead of one per control tick
     build: Callable[[np.ndarray, CommandContext], Any]
-    decode: Callable[[Any, Sequence[str], str], np.ndarray] | None  # a recorded command -> (A,); None: not read
+    decode: Callable[[Any, DecodeContext], np.ndarray] | None  # a recorded command -> (A,); None: not read
     accepts: Callable[[str, Layout, bool], None] | None = None  # end-effector: refuses what it cannot express
 
     @property
@@ -203,8 +250,9 @@ COMMAND_INTERFACES: dict[str, CommandInterface] = {i.name: i for i in (
     CommandInterface("joint_trajectory", "trajectory_msgs/msg/JointTrajectory", True, joint_trajectory,
                      decode_joint_trajectory),
     CommandInterface("joint_state", "sensor_msgs/msg/JointState", False, joint_state_command, decode_joint_state),
-    CommandInterface("pose", "geometry_msgs/msg/PoseStamped", False, pose_stamped, None, target_pose),
-    CommandInterface("twist", "geometry_msgs/msg/TwistStamped", False, twist_stamped, None, delta_pose),
+    CommandInterface("pose", "geometry_msgs/msg/PoseStamped", False, pose_stamped, decode_pose_stamped, target_pose),
+    CommandInterface("twist", "geometry_msgs/msg/TwistStamped", False, twist_stamped, decode_twist_stamped,
+                     delta_pose),
     CommandInterface("pose_trajectory", "trajectory_msgs/msg/MultiDOFJointTrajectory", True, pose_trajectory, None,
                      absolute_pose),
 )}
@@ -218,11 +266,13 @@ def command_interface(name: str) -> CommandInterface:
         raise ConfigError(f"command_interface must be one of {tuple(COMMAND_INTERFACES)}, got {name!r}") from None
 
 
-def command_to_vector(msg: Any, msgtype: str, names: Sequence[str], what: str = "command") -> np.ndarray:
-    """A recorded command message of any interface's type -> (A,) float64 in action order."""
+def command_to_vector(msg: Any, msgtype: str, names: Sequence[str], what: str = "command", layout: Layout = (),
+                      dt: float = 0.0) -> np.ndarray:
+    """A recorded command message of any interface's type -> (A,) float64 in action order (an end-effector
+    command: its pose segments, the rest NaN)."""
     for interface in COMMAND_INTERFACES.values():
         if interface.decode is not None and interface.msgtype == normalize_msgtype(msgtype):
-            return interface.decode(msg, names, what)
+            return interface.decode(msg, DecodeContext(names, what, layout, dt))
     raise InputError(f"{what}: unsupported command type {msgtype}; expected one of {RECORDED_COMMAND_TYPES}")
 
 

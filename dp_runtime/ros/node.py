@@ -41,6 +41,7 @@ from ..engine import PolicyEngine
 from ..settings import coerce
 from .params import PARAMETERS, NodeParams, ObsTopic, declare, declare_any
 from .qos_watchdog import QosWatchdog
+from .latched import ROBOT_DESCRIPTION_WAIT_S, latched_string
 from .runtime import Runtime, open_runtime
 
 LEVELS = {OK: DiagnosticStatus.OK, WARN: DiagnosticStatus.WARN, ERROR: DiagnosticStatus.ERROR}
@@ -93,7 +94,9 @@ class PolicyWiring:
             self.p.autostart = autostart
         log = self.get_logger()
         self.rt = open_runtime(self.p, lambda name, default: declare_any(self, name, default),
-                               warn=lambda cause, msg: log.warning(msg), info=log.info)
+                               warn=lambda cause, msg: log.warning(msg), info=log.info,
+                               robot_description=lambda topic: latched_string(self.context, topic,
+                                                                              ROBOT_DESCRIPTION_WAIT_S))
         self.runner = self.rt.runner
         self.engine = self.rt.engine
         self.watchdog = QosWatchdog({t.key: (t.topic, t.qos) for t in self.rt.topics}, self.p.qos_warn_after)

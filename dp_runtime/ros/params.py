@@ -169,11 +169,13 @@ def declare(node: Any) -> NodeParams:
     return p
 
 
-def resolve_obs_topics(get: Callable[[str, Any], Any], observations: Sequence[ObsSpec]) -> list[ObsTopic]:
+def resolve_obs_topics(get: Callable[[str, Any], Any], observations: Sequence[ObsSpec],
+                       robot_description: Callable[[str], str] | None = None) -> list[ObsTopic]:
     """Per-key ``obs.<key>.topic|type|qos|field|joint_names``; defaults from the bundle's spec.
 
     ``get(name, default)`` returns a parameter value: a declared ROS parameter in the
-    node, a key of a parameter file in replay.
+    node, a key of a parameter file in replay. ``robot_description(topic)``: the URDF published on a
+    topic (the node waits for it; None: only files can be read, as in replay).
     """
     out = []
     for o in observations:
@@ -204,13 +206,17 @@ def resolve_obs_topics(get: Callable[[str, Any], Any], observations: Sequence[Ob
         kinematics = None
         if kind == "fk":
             urdf = param("urdf", "")
-            if not urdf:
-                raise ConfigError(f"{prefix}urdf: type fk needs the robot's URDF file (the pose is computed from "
-                                  "the joint states)")
-            try:
-                text = Path(urdf).expanduser().read_text()
-            except OSError as e:
-                raise ConfigError(f"{prefix}urdf: cannot read {urdf}: {e}") from None
+            if urdf:
+                try:
+                    text = Path(urdf).expanduser().read_text()
+                except OSError as e:
+                    raise ConfigError(f"{prefix}urdf: cannot read {urdf}: {e}") from None
+            else:  # robot_state_publisher's latched topic
+                urdf = param("robot_description", "/robot_description")
+                if robot_description is None:
+                    raise ConfigError(f"{prefix}urdf: type fk without a URDF file reads {urdf}, which only the node "
+                                      "can (set obs.<key>.urdf to the robot's URDF file here)")
+                text = robot_description(urdf)
             kinematics = Kinematics(text, param("tip_link", "tool0"), param("base_link", ""), f"{prefix}urdf {urdf}")
         if qos not in QOS:
             raise ConfigError(f"{prefix}qos must be one of {QOS}, got {qos!r}")
@@ -254,10 +260,11 @@ def flatten_params(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 # -- documentation produced from the declarations (python -m dp_runtime.ros.params --write) ----------------
-OBS_ROW = ("| `obs.<key>.topic` / `.type` / `.qos` / `.field` / `.joint_names` / `.frame_id` / `.urdf` / `.tip_link` / "
-           "`.base_link` | from the manifest | per observation key: topic, `image`/`compressed_image`/`joint_state`/"
-           "`pose`/`fk`/`float64_multi_array`/`float32_multi_array`, `best_effort`/`reliable`, JointState field, "
-           "joint order (matched by name), the frame a pose must be in, fk's URDF file and chain |")
+OBS_ROW = ("| `obs.<key>.topic` / `.type` / `.qos` / `.field` / `.joint_names` / `.frame_id` / `.urdf` / "
+           "`.robot_description` / `.tip_link` / `.base_link` | from the manifest | per observation key: topic, "
+           "`image`/`compressed_image`/`joint_state`/`pose`/`fk`/`float64_multi_array`/`float32_multi_array`, "
+           "`best_effort`/`reliable`, JointState field, joint order (matched by name), the frame a pose must be in, "
+           "fk's URDF file (default: the URDF on `/robot_description`) and chain |")
 TABLE_BEGIN, TABLE_END = "<!-- parameters: generated from NodeParams -->", "<!-- parameters: end -->"
 YAML_HEADER = """# dp_runtime policy_node parameters (ROS 2 parameter file), generated from
 # dp_runtime/ros/params.py:NodeParams (python -m dp_runtime.ros.params --write).
@@ -276,7 +283,8 @@ YAML_OBS = """    # Per observation key (the keys come from the bundle manifest;
     # obs.<key>.joint_names: [..] order of the low-dim vector, matched by name
     # obs.<key>.frame_id: pose only: the frame the pose must be in (another is refused, counted); "" any
     # obs.<key>.urdf / .tip_link / .base_link: fk only: the robot's URDF file and the chain (default tool0,
-    #   from the URDF's root): the pose computed from /joint_states
+    #   from the URDF's root): the pose computed from /joint_states; without a file, the URDF latched on
+    #   obs.<key>.robot_description (default /robot_description, waited for 10 s at configure)
 """
 
 

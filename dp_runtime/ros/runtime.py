@@ -55,12 +55,13 @@ def open_engine(p: NodeParams) -> PolicyEngine | RemoteEngine:
 def open_runtime(p: NodeParams, get: Callable[[str, Any], Any], engine: PolicyEngine | None = None,
                  warn: Callable[[str, str], None] | None = None, info: Callable[[str], None] | None = None,
                  keep_observations: bool = False, delivery: Delivery = IMMEDIATE, keep_chunks: int | None = 100,
-                 **runner_overrides: Any) -> Runtime:
+                 robot_description: Callable[[str], str] | None = None, **runner_overrides: Any) -> Runtime:
     """Build the control loop; ``get(name, default)`` reads per-observation ``obs.<key>.*`` parameters.
 
-    ``delivery``, ``keep_chunks``: replay's simulated clock and full chunk record (PolicyRunner's)."""
+    ``delivery``, ``keep_chunks``: replay's simulated clock and full chunk record (PolicyRunner's);
+    ``robot_description(topic)``: the URDF latched on a topic (the node's; replay reads URDF files only)."""
     engine = engine or open_engine(p)
-    topics = resolve_obs_topics(get, engine.spec.observations)
+    topics = resolve_obs_topics(get, engine.spec.observations, robot_description)
     runner = PolicyRunner(engine, p.runner_config(**runner_overrides), p.limits(engine.spec.action),
                           keep_observations=keep_observations, warn=warn, info=info, delivery=delivery,
                           keep_chunks=keep_chunks)

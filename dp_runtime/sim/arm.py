@@ -41,6 +41,8 @@ class ArmState:
 
 
 class ReachingArm:
+    joint_names = JOINTS  # what its JointState names, in order
+
     def __init__(self, cfg: ArmConfig = ArmConfig(), seed: int = 0):
         self.cfg = cfg
         self.rng = np.random.default_rng(seed)
@@ -82,6 +84,14 @@ class ReachingArm:
 
     def distance(self) -> float:
         return float(np.linalg.norm(self.elbow_and_hand(self.state.q)[1] - self.state.target))
+
+    def joint_positions(self) -> np.ndarray:
+        """What its JointState reports, in ``joint_names`` order."""
+        return self.state.q
+
+    def ee_pose(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(position, quaternion xyzw) of the end effector where the arm publishes one (None: joint space only)."""
+        return None
 
     def success(self) -> bool:
         return self.distance() < self.cfg.success_radius

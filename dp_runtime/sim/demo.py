@@ -27,6 +27,7 @@ import numpy as np
 
 from ..control import RunnerStatus
 from ..errors import ConfigError
+from ..ros.commands import command_interface
 from ..ros.process import stop_process
 from ..ros.side_node import SideNode
 from .tasks import TASKS, DemoPlan, SimTask, sim_task
@@ -66,7 +67,7 @@ def build_demos(n: int, seed: int, task: SimTask):
 def build_dataset(bag: Path, task: SimTask):
     def go(target: Path) -> None:
         from ..dataset import DatasetConfig, bag_to_dataset, policy_config, save_dataset
-        cfg = DatasetConfig.load(config_path("sim_dataset.yaml"))
+        cfg = DatasetConfig.load(config_path(task.dataset_config))
         cfg = replace(cfg, policy=task.policy_overrides(cfg.policy))
         arrays, info = bag_to_dataset(bag, cfg)
         save_dataset(target, arrays, policy_config(cfg, info), info)
@@ -106,7 +107,7 @@ def build_report(bundle: Path, out: Path, seed: int, task: SimTask):
         bag = out / "episode_bag"
         if not bag.exists():
             record_demonstrations(bag, 1, seed=seed + 999, task=task, hold_s=3.0)  # done, then hold: a few chunks
-        params, flat = load_params_file(config_path("sim_policy.yaml"), bundle=str(bundle))
+        params, flat = load_params_file(config_path(task.node_config), bundle=str(bundle))
         setup = ReplaySetup.create(load_bundle(bundle), params, flat, params.command_topic)
         result = replay_offline(bag, setup, seed=seed)
         tmp = target.with_name(target.name + ".partial")
@@ -136,9 +137,10 @@ class Watcher(SideNode):
     """Subscribes (own rclpy context) to episode results, commands and the node's diagnostics; with
     ``reset_episodes``, calls the node's ~/reset as each episode ends (as an evaluation script resets its policy)."""
 
-    def __init__(self, domain: int, command_topic: str, episode_topic: str, reset_episodes: bool = False):
+    def __init__(self, domain: int, command_topic: str, command_type: type, episode_topic: str,
+                 reset_episodes: bool = False):
         from diagnostic_msgs.msg import DiagnosticArray
-        from std_msgs.msg import Float64MultiArray, String
+        from std_msgs.msg import String
         from std_srvs.srv import Trigger
         super().__init__("dp_demo_watcher", domain)
         self.episodes: list[dict] = []
@@ -148,7 +150,7 @@ class Watcher(SideNode):
         self._reset = self.node.create_client(Trigger, "/policy_node/reset") if reset_episodes else None
         self._reset_request = Trigger.Request()
         self.node.create_subscription(String, episode_topic, self._on_episode, 50)
-        self.node.create_subscription(Float64MultiArray, command_topic,
+        self.node.create_subscription(command_type, command_topic,
                                       lambda m: self.command_times.append(time.perf_counter()), 100)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
 
@@ -184,7 +186,7 @@ def closed_loop(bundle: Path, out: Path, episodes: int, seed: int, domain: int |
     ``reset_episodes``: call the node's ~/reset at each episode end (default: nobody tells the node, which
     finds each new episode's start itself, as a discontinuity: the arm is teleported)."""
     from ..ros.params import load_params_file
-    params, _ = load_params_file(config_path("sim_policy.yaml"))
+    params, _ = load_params_file(config_path(task.node_config))
     domain = free_domain_id(150 + os.getpid() % 50) if domain is None else domain
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED="1",
                RMW_IMPLEMENTATION=os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp"))
@@ -192,9 +194,10 @@ def closed_loop(bundle: Path, out: Path, episodes: int, seed: int, domain: int |
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     results_file = logs / "episodes.jsonl"
-    watcher = Watcher(domain, params.command_topic, "/sim/episode", reset_episodes)
+    watcher = Watcher(domain, params.command_topic, command_interface(params.command_interface).message_class,
+                      "/sim/episode", reset_episodes)
     node = subprocess.Popen([sys.executable, "-m", "dp_runtime.ros.node", "--ros-args", "--params-file",
-                             str(config_path("sim_policy.yaml")), "-p", f"bundle:={bundle}", "-p", f"seed:={seed}",
+                             str(config_path(task.node_config)), "-p", f"bundle:={bundle}", "-p", f"seed:={seed}",
                              *[a for v in node_params for a in ("-p", v)]],
                             env=env, stdout=open(logs / "policy_node.log", "w"), stderr=subprocess.STDOUT)
     sim = None

@@ -1,10 +1,14 @@
 """dp-sim: the planar arm as a ROS 2 node (camera, joint states in; position commands out).
 
-    dp-sim [--task reach|around|track] [--episodes N] [--seed S] [--command-topic /arm/commands] [--ros-args ...]
+    dp-sim [--task reach|around|track|grasp|grasp_delta] [--episodes N] [--seed S] [--command-topic /arm/commands]
+           [--ros-args ...]
 
 Publishes sensor_msgs/Image (rgb8, 96x96) and sensor_msgs/JointState with
 header stamps, takes std_msgs/Float64MultiArray joint position commands (as a
-ros2_control forward position controller does), and reports each episode as
+ros2_control forward position controller does); the end-effector tasks (grasp)
+publish the hand's geometry_msgs/PoseStamped (base_link) and the URDF on
+/robot_description (transient local) and take PoseStamped targets, TwistStamped
+velocities and a gripper command (grasp.py), and reports each episode as
 JSON on /sim/episode (std_msgs/String) and, with --results FILE, as one JSON
 line per episode in FILE (the record to count from: a late subscriber misses
 topic messages, the file misses nothing). Exits 0 after N episodes (0: never).
@@ -21,11 +25,13 @@ import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 
+from ..rotations import quat_to_matrix
 from ..ros.convert import sec_to_stamp_fields
-from .arm import JOINTS
+from .grasp import BASE_FRAME, EeCommand, matrix_yaw
 from .record import SimTopics
 from .tasks import TASKS, sim_task
 
@@ -50,6 +56,17 @@ class SimNode(Node):
         self.js_pub = self.create_publisher(JointState, self.topics.joints, 10)
         self.ep_pub = self.create_publisher(String, self.topics.episodes, 10)
         self.create_subscription(Float64MultiArray, self.topics.commands, self.on_command, 10)
+        self.ee = self.arm.ee_pose() is not None
+        if self.ee:
+            from geometry_msgs.msg import PoseStamped, TwistStamped
+            self.pose_pub = self.create_publisher(PoseStamped, self.topics.eef_pose, 10)
+            self.create_subscription(PoseStamped, self.topics.target_pose, self.on_target_pose, 10)
+            self.create_subscription(TwistStamped, self.topics.twist, self.on_twist, 10)
+            self.create_subscription(Float64MultiArray, self.topics.gripper, self.on_gripper, 10)
+            latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                                 reliability=ReliabilityPolicy.RELIABLE)
+            self.create_publisher(String, self.topics.robot_description, latched).publish(
+                String(data=self.arm.urdf()))
         self.dt = 1.0 / self.cfg.physics_hz
         self.k = 0
         self.every = self.topics.every(self.cfg.physics_hz)
@@ -59,14 +76,43 @@ class SimNode(Node):
                                f"{self.episodes_wanted or 'unlimited'} episodes")
 
     def on_command(self, msg: Float64MultiArray) -> None:
+        self.apply(np.asarray(msg.data), self.topics.commands)
+
+    def apply(self, command, topic: str) -> None:
         if time.monotonic() - self.episode_start < self.settle_s:
             return  # the previous episode's chunk is still in flight after a reset
         try:
-            self.arm.command(np.asarray(msg.data))
-        except ValueError as e:
+            self.arm.command(command)
+        except (ValueError, TypeError, AttributeError) as e:
             self.bad_commands += 1
             if self.bad_commands == 1:
-                self.get_logger().warning(f"ignoring bad command on {self.topics.commands}: {e}")
+                self.get_logger().warning(f"ignoring bad command on {topic}: {e}")
+
+    def in_base(self, msg, topic: str) -> bool:
+        """A Cartesian command in another frame than base_link is refused (counted), as cartesian_controllers do."""
+        if msg.header.frame_id == BASE_FRAME:
+            return True
+        self.bad_commands += 1
+        self.get_logger().warning(f"ignoring a command on {topic} in frame {msg.header.frame_id!r}, "
+                                  f"expected {BASE_FRAME!r}", throttle_duration_sec=2.0)
+        return False
+
+    def on_target_pose(self, msg) -> None:
+        if self.in_base(msg, self.topics.target_pose):
+            p, o = msg.pose.position, msg.pose.orientation
+            q = np.array([o.x, o.y, o.z, o.w])
+            if np.linalg.norm(q) > 1e-6:
+                yaw = matrix_yaw(quat_to_matrix(q / np.linalg.norm(q)))
+                self.apply(EeCommand(None, pose=np.array([p.x, p.y, yaw])), self.topics.target_pose)
+
+    def on_twist(self, msg) -> None:
+        if self.in_base(msg, self.topics.twist):
+            t = msg.twist
+            self.apply(EeCommand(None, twist=np.array([t.linear.x, t.linear.y, t.angular.z])), self.topics.twist)
+
+    def on_gripper(self, msg: Float64MultiArray) -> None:
+        if len(msg.data) == 1:
+            self.apply(EeCommand(float(msg.data[0])), self.topics.gripper)
 
     def stamp(self, header) -> None:
         header.stamp.sec, header.stamp.nanosec = sec_to_stamp_fields(self.get_clock().now().nanoseconds * 1e-9)
@@ -85,9 +131,19 @@ class SimNode(Node):
             self.stamp(msg.header)
             self.cam_pub.publish(msg)
         if self.k % self.every["joints"] == 0:
-            js = JointState(name=list(JOINTS), position=[float(x) for x in self.arm.state.q])
+            js = JointState(name=list(self.arm.joint_names), position=[float(x) for x in self.arm.joint_positions()])
             self.stamp(js.header)
             self.js_pub.publish(js)
+            if self.ee:
+                from geometry_msgs.msg import PoseStamped
+                position, quat = self.arm.ee_pose()
+                pose = PoseStamped()
+                pose.header.frame_id = BASE_FRAME
+                pose.header.stamp = js.header.stamp
+                p, o = pose.pose.position, pose.pose.orientation
+                p.x, p.y, p.z = (float(v) for v in position)
+                o.x, o.y, o.z, o.w = (float(v) for v in quat)
+                self.pose_pub.publish(pose)
         self.k += 1
         if self.arm.done():
             success = self.arm.succeeded()

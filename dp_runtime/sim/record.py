@@ -15,7 +15,7 @@ import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from .arm import JOINTS
+from .grasp import BASE_FRAME, EeCommand
 from .tasks import TASKS, SimTask
 
 
@@ -44,6 +44,11 @@ class SimTopics:
     joints: str = "/joint_states"
     commands: str = "/arm/commands"
     episodes: str = "/sim/episode"
+    eef_pose: str = "/eef_pose"  # end-effector tasks: the measured pose (PoseStamped, base_link)
+    target_pose: str = "/arm/target_pose"  # ... the Cartesian controller's absolute target (PoseStamped)
+    twist: str = "/arm/twist"  # ... its velocity command (TwistStamped)
+    gripper: str = "/gripper/command"  # ... the gripper's command (Float64MultiArray, -1 open .. +1 closed)
+    robot_description: str = "/robot_description"
     camera_hz: float = 20.0
     joints_hz: float = 50.0
     control_hz: float = 10.0
@@ -72,15 +77,50 @@ class BagRecorder:
                                (topics.episodes, "std_msgs/msg/String")):
             self.conns[topic] = (self.writer.add_connection(topic, msgtype, typestore=self.ts), msgtype)
 
-    def _header(self, t: float):
+    def _header(self, t: float, frame_id: str = "camera"):
         sec = int(t)
         return self.T["std_msgs/msg/Header"](
             stamp=self.T["builtin_interfaces/msg/Time"](sec=sec, nanosec=int(round((t - sec) * 1e9)) % 10**9),
-            frame_id="camera")
+            frame_id=frame_id)
 
-    def _write(self, topic: str, msg, t: float) -> None:
+    def _write(self, topic: str, msg, t: float, msgtype: str = "") -> None:
+        if topic not in self.conns:  # the end-effector topics: only in the bags of tasks that have them
+            self.conns[topic] = (self.writer.add_connection(topic, msgtype, typestore=self.ts), msgtype)
         conn, msgtype = self.conns[topic]
         self.writer.write(conn, int(round(t * 1e9)), self.ts.serialize_cdr(msg, msgtype))
+
+    def _vector3(self, v):
+        return self.T["geometry_msgs/msg/Vector3"](x=float(v[0]), y=float(v[1]), z=float(v[2]))
+
+    def _pose(self, position, quat):
+        return self.T["geometry_msgs/msg/Pose"](
+            position=self.T["geometry_msgs/msg/Point"](x=float(position[0]), y=float(position[1]), z=float(position[2])),
+            orientation=self.T["geometry_msgs/msg/Quaternion"](x=float(quat[0]), y=float(quat[1]), z=float(quat[2]),
+                                                               w=float(quat[3])))
+
+    def pose(self, position: np.ndarray, quat: np.ndarray, stamp: float) -> None:
+        """The measured end-effector pose (PoseStamped in base_link)."""
+        self._write(self.topics.eef_pose, self.T["geometry_msgs/msg/PoseStamped"](
+            header=self._header(stamp, BASE_FRAME), pose=self._pose(position, quat)), stamp + 0.001,
+            "geometry_msgs/msg/PoseStamped")
+
+    def ee_command(self, cmd: EeCommand, t: float) -> None:
+        """A Cartesian command as the policy node publishes it: the pose target or the twist, and the gripper's."""
+        if cmd.pose is not None:
+            x, y, yaw = cmd.pose
+            self._write(self.topics.target_pose, self.T["geometry_msgs/msg/PoseStamped"](
+                header=self._header(t, BASE_FRAME),
+                pose=self._pose((x, y, 0.0), (0.0, 0.0, np.sin(yaw / 2), np.cos(yaw / 2)))), t,
+                "geometry_msgs/msg/PoseStamped")
+        if cmd.twist is not None:
+            vx, vy, wz = cmd.twist
+            self._write(self.topics.twist, self.T["geometry_msgs/msg/TwistStamped"](
+                header=self._header(t, BASE_FRAME), twist=self.T["geometry_msgs/msg/Twist"](
+                    linear=self._vector3((vx, vy, 0.0)), angular=self._vector3((0.0, 0.0, wz)))), t,
+                "geometry_msgs/msg/TwistStamped")
+        self._write(self.topics.gripper, self.T["std_msgs/msg/Float64MultiArray"](
+            layout=self.T["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0),
+            data=np.array([cmd.gripper], np.float64)), t + 0.001, "std_msgs/msg/Float64MultiArray")
 
     def image(self, img: np.ndarray, stamp: float) -> None:
         h, w, _ = img.shape
@@ -88,9 +128,9 @@ class BagRecorder:
             header=self._header(stamp), height=h, width=w, encoding="rgb8", is_bigendian=0, step=w * 3,
             data=img.reshape(-1)), stamp + 0.004)
 
-    def joints(self, q: np.ndarray, stamp: float) -> None:
+    def joints(self, names: tuple[str, ...], q: np.ndarray, stamp: float) -> None:
         self._write(self.topics.joints, self.T["sensor_msgs/msg/JointState"](
-            header=self._header(stamp), name=list(JOINTS), position=np.asarray(q, np.float64),
+            header=self._header(stamp), name=list(names), position=np.asarray(q, np.float64),
             velocity=np.zeros(0), effort=np.zeros(0)), stamp + 0.001)
 
     def command(self, q: np.ndarray, t: float) -> None:
@@ -135,11 +175,17 @@ def record_demonstrations(out: Path, episodes: int, seed: int = 0, task: SimTask
                 if k % every["camera"] == 0:
                     rec.image(arm.render(), t)
                 if k % every["joints"] == 0:
-                    rec.joints(arm.state.q, t)
+                    rec.joints(arm.joint_names, arm.joint_positions(), t)
+                    if (pose := arm.ee_pose()) is not None:
+                        rec.pose(*pose, t)
                 if k % every["control"] == 0:
                     cmd = expert.action(1.0 / topics.control_hz)
-                    arm.command(cmd + noise(1.0 / topics.control_hz))
-                    rec.command(cmd, t + 0.003)
+                    if isinstance(cmd, EeCommand):
+                        arm.command(cmd)
+                        rec.ee_command(cmd, t + 0.003)
+                    else:
+                        arm.command(cmd + noise(1.0 / topics.control_hz))
+                        rec.command(cmd, t + 0.003)
                 arm.step(dt_phys)
                 k += 1
                 if ended is None and arm.done():

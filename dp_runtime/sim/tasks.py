@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .arm import ArmConfig, ArmState, ReachingArm, ScriptedExpert
+from .grasp import GraspConfig, GraspExpert, GraspingArm
 
 
 class Expert(Protocol):
@@ -275,6 +276,8 @@ class SimTask:
     # rad: the demonstrations' executed commands perturbed around the expert's (record.ExecutionNoise,
     # DART); the recorded commands stay the expert's
     demo_noise: float = 0.0
+    dataset_config: str = "sim_dataset.yaml"  # config/: dp-dataset's topics, action and network for this task
+    node_config: str = "sim_policy.yaml"  # config/: the policy node's parameters for this task's sim
 
     def policy_overrides(self, base: Mapping[str, Any]) -> dict[str, Any]:
         """``base`` (a dataset config's policy section) with this task's overrides applied."""
@@ -292,6 +295,9 @@ class SimTask:
         return self.arm(0).cfg.episode_seconds
 
 
+# the grasp tasks read the bar's angle from the image: the track task's wider network
+GRASP_POLICY = {"encoder": {"base_width": 16, "feature_dim": 128}, "unet": {"down_dims": [64, 128, 256]}}
+
 TASKS: dict[str, SimTask] = {t.name: t for t in (
     SimTask("reach", "reach a target (the embedded default)", lambda seed: ReachingArm(ArmConfig(), seed),
             lambda arm, seed: ScriptedExpert(arm, seed=seed), "distance", DemoPlan(400, 1000, 20)),
@@ -306,6 +312,16 @@ TASKS: dict[str, SimTask] = {t.name: t for t in (
             # policy extrapolated its own joint history (8 cm off at the first action of every chunk).
             policy={"encoder": {"base_width": 16, "feature_dim": 128}, "unet": {"down_dims": [64, 128, 256]}},
             demo_noise=0.08),
+    SimTask("grasp", "grasp a bar with a 3-joint arm's gripper: end-effector pose in, PoseStamped targets out "
+            "(diffusion_policy's robomimic *_abs convention: 10-D position, rotation_6d, gripper)",
+            lambda seed: GraspingArm(GraspConfig(), seed), lambda arm, seed: GraspExpert(arm, seed=seed),
+            "distance", DemoPlan(300, 2000, 20), policy=GRASP_POLICY,
+            dataset_config="grasp_dataset.yaml", node_config="grasp_policy.yaml"),
+    SimTask("grasp_delta", "the grasp task in robomimic's OSC delta convention: TwistStamped velocities out "
+            "(7-D: position and axis-angle deltas, gripper)",
+            lambda seed: GraspingArm(GraspConfig(), seed), lambda arm, seed: GraspExpert(arm, twist=True, seed=seed),
+            "distance", DemoPlan(300, 2000, 20), policy=GRASP_POLICY,
+            dataset_config="grasp_delta_dataset.yaml", node_config="grasp_delta_policy.yaml"),
 )}
 
 

@@ -1,0 +1,158 @@
+"""The end-effector sim task (grasp): its Cartesian controller, gripper and URDF, and its demonstrations through
+dp-dataset into the action conventions the policy is trained in (robomimic *_abs: 10-D pos/rot6d rows/gripper;
+robomimic OSC deltas: 7-D, through TwistStamped)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dp_runtime import rotations
+from dp_runtime.dataset import DatasetConfig, bag_to_dataset
+from dp_runtime.errors import ConfigError
+from dp_runtime.sim.demo import config_path
+from dp_runtime.sim.grasp import EeCommand, GraspExpert, GraspingArm, wrap
+from dp_runtime.sim.record import record_demonstrations
+from dp_runtime.sim.tasks import TASKS
+
+
+def settle(arm: GraspingArm, seconds: float) -> None:
+    for _ in range(int(round(seconds * 100))):
+        arm.step(0.01)
+
+
+def test_a_pose_target_is_reached_and_one_out_of_reach_keeps_the_last_joint_target():
+    arm = GraspingArm(seed=1)
+    goal = np.array([0.5, 0.3, 0.4])
+    arm.command(EeCommand(None, pose=goal))
+    settle(arm, 3.0)
+    hand = arm.hand_pose(arm.state.q)
+    assert np.abs(hand[:2] - goal[:2]).max() < 1e-6 and abs(wrap(hand[2] - goal[2])) < 1e-6
+    arm.command(EeCommand(None, pose=np.array([3.0, 0.0, 0.0])))  # 3 m away: beyond the arm
+    settle(arm, 0.5)
+    assert np.abs(arm.hand_pose(arm.state.q) - hand).max() < 1e-9
+
+
+def test_a_twist_moves_the_hand_for_its_timeout_only():
+    arm = GraspingArm(seed=2)
+    arm.command(EeCommand(None, pose=np.array([0.5, 0.0, 0.0])))
+    settle(arm, 3.0)
+    start = arm.hand_pose(arm.state.q)
+    arm.command(EeCommand(None, twist=np.array([0.1, 0.2, 0.5])))  # held 0.15 s, then the goal stays
+    settle(arm, 2.0)
+    moved = arm.hand_pose(arm.state.q) - start
+    assert np.allclose(moved, np.array([0.1, 0.2, 0.5]) * arm.cfg.twist_timeout, atol=2e-3), moved
+
+
+def test_closing_away_from_the_bar_is_a_miss_and_closing_over_it_along_it_a_grasp():
+    arm = GraspingArm(seed=3)
+    s = arm.state
+    arm.command(EeCommand(1.0, pose=np.array([*(s.target + 0.1), s.bar_yaw])))  # closed 10 cm off
+    settle(arm, 3.0)
+    assert s.misses == 1 and not arm.succeeded() and s.width == 0.0
+    yaw = arm.grasp_yaw(s.target, s.bar_yaw, arm.hand_pose(s.q)[2])
+    arm.command(EeCommand(-1.0, pose=np.array([*s.target, wrap(yaw + np.pi / 2)])))  # across the bar: no grasp
+    settle(arm, 3.0)
+    arm.command(EeCommand(1.0))
+    settle(arm, 1.0)
+    assert s.misses == 2 and not arm.succeeded()
+    arm.command(EeCommand(-1.0, pose=np.array([*s.target, yaw])))
+    settle(arm, 3.0)
+    arm.command(EeCommand(1.0))
+    settle(arm, 1.0)
+    assert arm.succeeded() and arm.done() and s.width == arm.cfg.bar_width
+
+
+def test_bad_commands_are_refused_with_what_was_expected():
+    arm = GraspingArm(seed=4)
+    with pytest.raises(ValueError, match="pose target must be finite"):
+        arm.command(EeCommand(None, pose=np.array([np.nan, 0.0, 0.0])))
+    with pytest.raises(ValueError, match="gripper command must be finite"):
+        arm.command(EeCommand(float("inf")))
+
+
+def test_the_published_urdf_gives_the_published_pose_by_forward_kinematics():
+    """What a robot without a pose topic does (obs type fk): the URDF on /robot_description and the joint states
+    give the hand pose the sim publishes."""
+    from dp_runtime.kinematics import Kinematics
+    arm = GraspingArm(seed=5)
+    kin = Kinematics(arm.urdf(), "hand")
+    assert kin.joint_names == ["shoulder", "elbow", "wrist"]
+    for q in np.random.default_rng(0).uniform(arm.lower, arm.upper, (20, 3)):
+        arm.state.q = q
+        position, quat = arm.ee_pose()
+        m = kin.forward(q)
+        assert np.abs(m[:3, 3] - position).max() < 1e-12
+        assert rotations.angle_between(m[None, :3, :3], rotations.quat_to_matrix(quat)[None])[0] < 1e-7
+
+
+@pytest.fixture(scope="module")
+def bags(tmp_path_factory):
+    d = tmp_path_factory.mktemp("grasp")
+    return {name: record_demonstrations(d / name, 4, seed=3, task=TASKS[name]) and d / name
+            for name in ("grasp", "grasp_delta")}
+
+
+def expert_commands(name: str, episodes: int = 4, seed: int = 3) -> list[EeCommand]:
+    """The expert's commands, replayed in-process with the recorder's seed and schedule, less each episode's first
+    (recorded before the episode's first camera frame: no observation history, no sample)."""
+    task = TASKS[name]
+    arm = task.arm(seed)
+    expert = task.expert(arm, seed)
+    out = []
+    for _ in range(episodes):
+        arm.reset()
+        expert.reset()
+        k = 0
+        while not arm.done():
+            if k % 10 == 0:
+                command = expert.action(0.1)
+                arm.command(command)
+                out += [command] if k else []
+            arm.step(0.01)
+            k += 1
+    return out
+
+
+def test_grasp_demonstrations_become_robomimic_abs_actions(bags):
+    """PoseStamped targets -> [position, pytorch3d's matrix_to_rotation_6d (rows), gripper]; the gripper's command,
+    on its own topic, joined to each target."""
+    cfg = DatasetConfig.load(config_path("grasp_dataset.yaml"))
+    arrays, info = bag_to_dataset(bags["grasp"], cfg)
+    assert info["episodes"] == 4 and info["low_dims"] == {"robot0_eef_pos": 3, "robot0_eef_quat": 4,
+                                                          "robot0_gripper_qpos": 2}
+    # the executed step of each sample (index n_obs_steps - 1 of its chunk) is that tick's command
+    actions = arrays["action"][:, cfg.n_obs_steps - 1]
+    want = []
+    for c in expert_commands("grasp"):
+        m = rotations.quat_to_matrix(np.array([0, 0, np.sin(c.pose[2] / 2), np.cos(c.pose[2] / 2)]))
+        want.append([c.pose[0], c.pose[1], 0.0, *m[:2].reshape(-1), c.gripper])
+    assert actions.shape[1] == 10 and len(actions) == len(want)
+    assert np.abs(actions - np.array(want, np.float32)).max() < 1e-6
+    assert set(np.unique(actions[:, 9])) == {-1.0, 1.0}
+    quat = arrays["robot0_eef_quat"].reshape(-1, 4)
+    assert np.allclose(np.linalg.norm(quat, axis=1), 1, atol=1e-6) and np.all(quat[:, :2] == 0)
+
+
+def test_grasp_delta_demonstrations_become_robomimic_osc_actions(bags):
+    """TwistStamped velocities -> per-step deltas in [-1, 1]: velocity * command_period_s / scale (0.05 m, 0.5 rad)."""
+    cfg = DatasetConfig.load(config_path("grasp_delta_dataset.yaml"))
+    arrays, _ = bag_to_dataset(bags["grasp_delta"], cfg)
+    actions = arrays["action"][:, cfg.n_obs_steps - 1]
+    want = [[c.twist[0] * 0.1 / 0.05, c.twist[1] * 0.1 / 0.05, 0.0, 0.0, 0.0, c.twist[2] * 0.1 / 0.5, c.gripper]
+            for c in expert_commands("grasp_delta")]
+    assert np.abs(actions - np.array(want, np.float32)).max() < 1e-5
+    assert np.abs(actions[:, :6]).max() <= 1.0
+
+
+def test_dataset_configs_refuse_what_cannot_be_read(tmp_path):
+    text = config_path("grasp_dataset.yaml").read_text()
+    bad = tmp_path / "a.yaml"
+    bad.write_text(text.replace("      layout: [{kind: position}]\n", ""))
+    with pytest.raises(ConfigError, match="robot0_eef_pos.*need a layout"):
+        DatasetConfig.load(bad)
+    bad.write_text(text.replace("command_parts: {gripper:", "command_parts: {fingers:"))
+    with pytest.raises(ConfigError, match="command_parts 'fingers' is not a segment kind"):
+        DatasetConfig.load(bad)
+    bad.write_text(text.replace("representation: rotation_6d_rows", "representation: rot6d"))
+    with pytest.raises(ConfigError, match="representation 'rot6d'"):
+        DatasetConfig.load(bad)
