@@ -64,8 +64,8 @@ def variant_bundle(tmp_path_factory, tiny_ckpt, calibration_npz) -> Path:
 
 @pytest.fixture(scope="session")
 def compiled_bundle(tmp_path_factory, tiny_ckpt) -> Path:
-    """ONNX and the compiled whole-chunk format (2 DDIM steps: AOTInductor compiles the unrolled chunk on the
-    CPU in seconds, not minutes), with inpainting. The export's parity check fills the compile cache."""
+    """ONNX and the compiled format (encoder, step and inpainting step programs; 2 DDIM steps), with inpainting.
+    The export's parity check fills the compile cache."""
     from dp_runtime.export import ExportOptions, export_bundle
     out = tmp_path_factory.mktemp("compiled") / "tiny"
     export_bundle(tiny_ckpt, out, ExportOptions(formats=("onnx", "export"), steps=2, seed=0, parity_samples=2,

@@ -20,7 +20,7 @@ from dp_runtime.engine.compiled import KEY_FILE, PACKAGE, CompileCache, CompileK
 from dp_runtime.engine.formats import export_program
 from dp_runtime.engine.manifest import scan_exported
 from dp_runtime.errors import BatchNormError, BundleError, ConfigError, ShapeError
-from dp_runtime.holds import early_steps
+from dp_runtime.holds import early_steps, every_step
 from dp_runtime.precision import check_runs_on
 
 
@@ -30,15 +30,18 @@ def obs_of(rng, n=None):
             "state": rng.uniform(-1, 1, (*shape, 2, 2)).astype(np.float32)}
 
 
-def test_compiled_chunk_graph_matches_onnx_and_records_its_parity(compiled_bundle):
+def test_compiled_programs_match_onnx_and_record_their_parity(compiled_bundle):
+    """Encoder, step and inpainting step compiled each and looped over (issue 34): any step count, and the mask
+    may change between steps (soft_inpaint_early, the default transition, runs on the compiled backend)."""
     m = json.loads((compiled_bundle / "manifest.json").read_text())
     (g,) = [g for g in m["graphs"] if g["format"] == "export"]
-    assert g["encoder"] == "" and g["step"] == "chunk.pt2" and g["inpaint_step"] == "chunk_inpaint.pt2"
+    assert (g["encoder"], g["step"], g["inpaint_step"]) == ("encoder.pt2", "denoise_step.pt2",
+                                                            "denoise_step_inpaint.pt2")
     assert g["max_abs_error"] <= 1e-4 and g["inpaint_max_abs_error"] <= 1e-4
-    assert set(m["files"]) >= {"chunk.pt2", "chunk_inpaint.pt2"}
+    assert set(m["files"]) >= {"encoder.pt2", "denoise_step.pt2", "denoise_step_inpaint.pt2"}
     compiled = load_bundle(compiled_bundle, backend="aoti", device="cpu")
     onnx = load_bundle(compiled_bundle, backend="onnxruntime", device="cpu")
-    assert compiled.provider == "aoti:cpu"
+    assert compiled.provider == "aoti:cpu" and compiled.masks_per_step
     rng = np.random.default_rng(0)
     for _ in range(3):
         obs = obs_of(rng)
@@ -47,14 +50,42 @@ def test_compiled_chunk_graph_matches_onnx_and_records_its_parity(compiled_bundl
         a = compiled.predict(obs, seed=5, known=known, mask=mask).actions
         np.testing.assert_allclose(a, onnx.predict(obs, seed=5, known=known, mask=mask).actions, atol=1e-5)
         soft = np.where(mask, 1.0, 0.6 ** np.arange(8)).astype(np.float32)  # soft_inpaint's weights
-        a = compiled.predict(obs, seed=5, known=known, mask=soft).actions
-        np.testing.assert_allclose(a, onnx.predict(obs, seed=5, known=known, mask=soft).actions, atol=1e-5)
-    # soft_inpaint_early changes the mask between steps: the chunk program cannot, and says so
-    assert not compiled.masks_per_step and onnx.masks_per_step
-    with pytest.raises(BundleError, match="soft_inpaint_early needs backend onnxruntime or torchscript"):
-        compiled.predict(obs, seed=5, known=known, mask=soft, hold=early_steps)
-    with pytest.raises(ConfigError, match="soft_inpaint_early changes the inpainting mask between DDIM steps"):
-        PolicyRunner(compiled, RunnerConfig(chunk_transition="soft_inpaint_early"))
+        for hold in (every_step, early_steps):
+            a = compiled.predict(obs, seed=5, known=known, mask=soft, hold=hold).actions
+            np.testing.assert_allclose(a, onnx.predict(obs, seed=5, known=known, mask=soft, hold=hold).actions,
+                                       atol=1e-5)
+    PolicyRunner(compiled, RunnerConfig(chunk_transition="soft_inpaint_early"))  # accepted now
+    four = [load_bundle(compiled_bundle, backend=b, device="cpu", num_inference_steps=4) for b in ("aoti", "onnxruntime")]
+    np.testing.assert_allclose(four[0].predict(obs, seed=6).actions, four[1].predict(obs, seed=6).actions, atol=1e-5)
+
+
+def test_the_looped_programs_equal_the_unrolled_chunk_program(compiled_bundle, tiny_ckpt, tmp_path):
+    """The loop over the compiled step gives the whole-chunk program's actions (the format before issue 34),
+    plain and inpainting, within 1e-6: same graphs, same arithmetic, only the host drives the steps."""
+    from dp_runtime.checkpoint import load_any
+    from dp_runtime.engine.compiled import compile_program
+    from dp_runtime.export.bundle import graphs_to_export, scheduler_spec
+    from dp_runtime.export.graphs import ChunkGraph
+    from dp_runtime.export.precision import convs_as_matmul
+    ck = load_any(tiny_ckpt)
+    policy = ck.policy.eval()
+    ddim = scheduler_spec(ck.config.scheduler, 2)
+    traced = {g.role: g for g in graphs_to_export(policy, 2, True, convs_as_matmul(policy.model))}
+    looped = load_bundle(compiled_bundle, backend="aoti", device="cpu")
+    rng = np.random.default_rng(3)
+    obs = obs_of(rng, 1)
+    noise = rng.standard_normal((1, 8, 2)).astype(np.float32)
+    known, mask = rng.uniform(-1, 1, (1, 8, 2)).astype(np.float32), (np.arange(8) < 3)[None, :, None]
+    for role, held in (("step", ()), ("inpaint_step", (known, mask.astype(np.float32)))):
+        chunk = ChunkGraph(traced["encoder"].module, traced[role].module, ddim.timesteps, ddim.prev_timesteps).eval()
+        args = tuple(torch.from_numpy(a) for a in (obs["camera"], obs["state"], noise, *held))
+        export_program(chunk, args, [], [], tmp_path / f"{role}.pt2", 17)
+        compile_program(tmp_path / f"{role}.pt2", torch.device("cpu"), tmp_path / f"{role}.package.pt2")
+        unrolled = torch._inductor.aoti_load_package(str(tmp_path / f"{role}.package.pt2"))
+        want = unrolled(*args)[0].numpy()[0]
+        got = looped.predict({k: v[0] for k, v in obs.items()}, noise=noise[0],
+                             **({"known": known[0], "mask": mask[0, :, 0]} if held else {})).actions
+        np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 def test_batched_prediction_equals_single_predictions_with_the_same_noise(compiled_bundle):
@@ -96,10 +127,10 @@ def test_batch_buckets_pad_by_repeating_the_last_row():
 def test_an_edited_program_is_refused_before_it_is_compiled(compiled_bundle, tmp_path):
     copy = tmp_path / "b"
     shutil.copytree(compiled_bundle, copy)
-    with open(copy / "chunk.pt2", "r+b") as f:
+    with open(copy / "denoise_step.pt2", "r+b") as f:
         f.seek(100)
         f.write(b"\x00\x01\x02")
-    with pytest.raises(BundleError, match="chunk.pt2 sha256 mismatch"):
+    with pytest.raises(BundleError, match="denoise_step.pt2 sha256 mismatch"):
         load_bundle(copy, backend="aoti", device="cpu")
 
 
@@ -111,8 +142,6 @@ def test_exported_programs_with_batchnorm_are_refused(tmp_path):
 
 
 def test_compiled_format_refusals(compiled_bundle):
-    with pytest.raises(BundleError, match="bake the exported 2 DDIM steps"):
-        load_bundle(compiled_bundle, backend="aoti", device="cpu", num_inference_steps=4)
     with pytest.raises(BundleError, match="device 'tensorrt' is not available with backend aoti"):
         load_bundle(compiled_bundle, backend="aoti", device="tensorrt")
     with pytest.raises(BundleError, match="precision 'tf32' does not run natively on cpu"):
@@ -140,13 +169,13 @@ KEY = CompileKey("ab" * 32, "2.13.0", "None", "cpu x86_64 avx2")
 
 def test_cache_compiles_once_per_key_and_reuses_it(tmp_path, caplog):
     cache, calls = CompileCache(tmp_path / "cache"), []
-    first = cache.package(KEY, fake_compile(calls), "chunk.pt2")
+    first = cache.package(KEY, fake_compile(calls), "denoise_step.pt2")
     with caplog.at_level(logging.INFO):
-        again = cache.package(KEY, fake_compile(calls), "chunk.pt2")
+        again = cache.package(KEY, fake_compile(calls), "denoise_step.pt2")
     assert len(calls) == 1 and first == again and again.name == PACKAGE
     assert "from the cache" in caplog.text
     other_gpu = CompileKey(KEY.program_sha256, KEY.torch, "13.0", "cuda NVIDIA H200 sm90")
-    assert cache.package(other_gpu, fake_compile(calls), "chunk.pt2") != first and len(calls) == 2
+    assert cache.package(other_gpu, fake_compile(calls), "denoise_step.pt2") != first and len(calls) == 2
 
 
 @pytest.mark.parametrize("damage, words", [
@@ -156,7 +185,7 @@ def test_cache_compiles_once_per_key_and_reuses_it(tmp_path, caplog):
 ])
 def test_a_cache_entry_for_another_machine_or_altered_is_recompiled_never_loaded(tmp_path, caplog, damage, words):
     cache, calls = CompileCache(tmp_path / "cache"), []
-    entry = cache.package(KEY, fake_compile(calls), "chunk.pt2").parent
+    entry = cache.package(KEY, fake_compile(calls), "denoise_step.pt2").parent
     if damage == "key":  # a package copied in from another machine, its key file with it
         recorded = json.loads((entry / KEY_FILE).read_text())
         recorded["key"].update(device="cuda NVIDIA H100 sm90", torch="2.11.0")
@@ -166,7 +195,7 @@ def test_a_cache_entry_for_another_machine_or_altered_is_recompiled_never_loaded
     else:
         (entry / KEY_FILE).write_text("{")
     with caplog.at_level(logging.INFO):
-        again = cache.package(KEY, fake_compile(calls), "chunk.pt2")
+        again = cache.package(KEY, fake_compile(calls), "denoise_step.pt2")
     assert len(calls) == 2 and words in caplog.text
     assert again.read_bytes() == b"compiled code"
 
@@ -176,6 +205,6 @@ def test_an_unwritable_cache_compiles_into_a_temporary_directory_and_says_so(tmp
     blocker.write_text("not a directory")
     cache, calls = CompileCache(blocker / "cache"), []
     with caplog.at_level(logging.INFO):
-        package = cache.package(KEY, fake_compile(calls), "chunk.pt2")
+        package = cache.package(KEY, fake_compile(calls), "denoise_step.pt2")
     assert package.read_bytes() == b"compiled code" and not str(package).startswith(str(blocker))
     assert "is not writable" in caplog.text and "every start compiles again" in caplog.text

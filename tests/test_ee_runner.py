@@ -182,3 +182,33 @@ def test_deltas_without_a_pose_observation_are_commanded_and_never_repeated():
     r.infer(1.0)
     assert np.allclose(r.tick(1.0), [1.0, 0, 0, 0, 0, 1.0, -1.0]) and r.stats.inference_errors == 0
     assert r.tick(1.03) is None  # the next step is not due: a repeated delta would move the arm on
+
+
+def test_after_a_discontinuity_an_absolute_pose_holds_the_measured_pose_and_the_gripper():
+    """Where the robot is, not where the old plan was going: the pose hold of issue 33 (joints hold the measured
+    joints), its gripper as last commanded, until a chunk from fresh observations arrives."""
+    abs_layout = tuple(arm_action(True))
+    target_row = np.concatenate([[0.45, 0.1, 0.3], rotations.matrix_to_rot6d_rows(np.eye(3)), [1.0]])
+    r = runner(abs_layout, np.tile(target_row, (8, 1)))
+    feed(r, 0.9, 0.45)
+    feed(r, 1.0, 0.45)
+    r.infer(1.0)
+    assert np.allclose(r.tick(1.0), target_row)
+    feed(r, 1.05, 0.8, TURN)  # teleported: 35 cm in 50 ms
+    assert r.stats.discontinuities == 1
+    held = r.tick(1.1)
+    assert held is not None and held[9] == 1.0
+    position, rotation = target(r, held)
+    assert np.allclose(position, [0.8, 0.1, 0.3]) and np.allclose(rotation, TURN)
+    feed(r, 1.15, 0.8, TURN)
+    assert np.allclose(r.tick(1.2), held)  # still held: no chunk from after the break yet
+
+
+def test_after_a_discontinuity_deltas_hold_nothing():
+    r = runner(tuple(arm_action(False)), np.tile([0.2, 0, 0, 0, 0, 0, -1.0], (8, 1)))
+    feed(r, 0.9, 0.45)
+    feed(r, 1.0, 0.45)
+    r.infer(1.0)
+    assert r.tick(1.0) is not None
+    feed(r, 1.05, 0.8)
+    assert r.stats.discontinuities == 1 and r.tick(1.1) is None

@@ -11,7 +11,7 @@ from dp_runtime.dataset import DatasetConfig, bag_to_dataset
 from dp_runtime.errors import ConfigError
 from dp_runtime.sim.demo import config_path
 from dp_runtime.sim.grasp import EeCommand, GraspExpert, GraspingArm, wrap
-from dp_runtime.sim.record import record_demonstrations
+from dp_runtime.sim.record import GripperSlips, record_demonstrations
 from dp_runtime.sim.tasks import TASKS
 
 
@@ -98,19 +98,47 @@ def expert_commands(name: str, episodes: int = 4, seed: int = 3) -> list[EeComma
     task = TASKS[name]
     arm = task.arm(seed)
     expert = task.expert(arm, seed)
+    slips = GripperSlips(task.gripper_slips, np.random.default_rng(seed + 7_919))
     out = []
     for _ in range(episodes):
         arm.reset()
         expert.reset()
+        slips.reset()
         k = 0
         while not arm.done():
             if k % 10 == 0:
                 command = expert.action(0.1)
-                arm.command(command)
+                arm.command(slips(command, arm.state.t, 0.1))
                 out += [command] if k else []
             arm.step(0.01)
             k += 1
     return out
+
+
+def test_gripper_slips_close_the_executed_gripper_only_and_the_expert_recovers():
+    """DART for the gripper: the executed command closes for a moment (a miss), the recorded one stays the
+    expert's open; the expert's next commands open it again and it still grasps."""
+    task = TASKS["grasp"]
+    arm = task.arm(0)
+    expert = task.expert(arm, 0)
+    slips = GripperSlips(2.0, np.random.default_rng(0))  # often
+    missed = 0
+    for _ in range(10):
+        arm.reset()
+        expert.reset()
+        slips.reset()
+        k = 0
+        while not arm.done():
+            if k % 10 == 0:
+                command = expert.action(0.1)
+                executed = slips(command, arm.state.t, 0.1)
+                assert executed.gripper == 1.0 or executed == command
+                arm.command(executed)
+            arm.step(0.01)
+            k += 1
+        assert arm.succeeded()
+        missed += arm.state.misses > 0
+    assert missed >= 3
 
 
 def test_grasp_demonstrations_become_robomimic_abs_actions(bags):

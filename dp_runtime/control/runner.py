@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import ConfigError, DpRuntimeError, StaleInputError
 from ..holds import every_step
-from ..pose_action import IDENTITY, Pose, decode, relative_to_newest
+from ..pose_action import IDENTITY, Pose, decode, encode, relative_to_newest
 from ..settings import check, setting, settings_of
 from ..spec import PolicySpec
 from . import chunk_noise, transitions
@@ -299,7 +299,7 @@ class PolicyRunner:
         self.pose_departures.clear()
         self.last_t_obs = None
         self._pending_t_obs = None
-        self.last_command = self.measured_joints()
+        self.last_command = self._measured_hold()
         self._restarting = True
         self.generation += 1  # a chunk being inferred from the old history is discarded
         self.metrics.discontinuity(d)
@@ -588,6 +588,18 @@ class PolicyRunner:
             self.stats.inference_errors += 1
             self.warn_once("ee-decode", f"end-effector action not commanded: {e}")
             return None
+
+    def _measured_hold(self) -> np.ndarray | None:
+        """What is held after a discontinuity until a chunk from fresh observations arrives (under the lock): the
+        measured joints, or the measured end-effector pose written into the last command (its gripper as it was
+        commanded); None, nothing commanded: deltas (a repeated one moves the arm on), relative poses, nothing
+        measured or commanded yet."""
+        if not self.posed:
+            return self.measured_joints()
+        pose = self.ee.measured() if self.ee is not None and self.ee.mode == "absolute" else None
+        if pose is None or self.last_command is None:
+            return None
+        return encode(pose, self.spec.action.segments, self.last_command)
 
     def measured_joints(self) -> np.ndarray | None:
         """The latest measured positions of the commanded joints (None until all were measured)."""

@@ -234,19 +234,22 @@ class TorchScriptBackend:
         import torch
         self.torch = torch
         self.device = torch_device(device, options.threads)
-        try:
-            self.enc = torch.jit.load(str(encoder), map_location=self.device).eval()
-            self.stp = torch.jit.load(str(step), map_location=self.device).eval()
-            self.inp = torch.jit.load(str(inpaint_step), map_location=self.device).eval() if inpaint_step else None
-        except Exception as e:  # torch.jit raises RuntimeError with its own text
-            raise BundleError(f"TorchScript cannot load {encoder.name}/{step.name}: {e}") from e
+        self.options = options
+        self.enc, self.stp = self._load(encoder), self._load(step)
+        self.inp = self._load(inpaint_step) if inpaint_step else None
         self.can_inpaint = self.inp is not None
         self.masks_per_step = True
-        self.options = options
         self.provider = f"torch:{self.device.type}"
         self.device_schedule = DeviceSchedule(lambda a: torch.from_numpy(a).to(self.device))
         self.cuda_graphs = options.cuda_graphs and self.device.type == "cuda"
         self._graphs: dict = {}
+
+    def _load(self, path: Path):
+        """One graph file as a callable on ``self.device`` (the compiled backend compiles its programs here)."""
+        try:
+            return self.torch.jit.load(str(path), map_location=self.device).eval()
+        except Exception as e:  # torch.jit raises RuntimeError with its own text
+            raise BundleError(f"TorchScript cannot load {path.name}: {e}") from e
 
     def _math_mode(self):
         """TF32 on or off for this backend's CUDA work only (torch's switches are process-wide: restored after)."""

@@ -1,12 +1,16 @@
-"""AOTInductor backend: a bundle's exported whole-chunk program, compiled for this machine and cached.
+"""AOTInductor backend: a bundle's exported programs (encoder, DDIM step, inpainting step), compiled for this
+machine and cached, run in the same loop as the TorchScript graphs.
 
-The bundle carries a ``torch.export`` program (portable, hashed in the manifest, scanned for
-BatchNorm like every graph). Compiled code is specific to the device and the torch/CUDA build, so
-it is compiled where it runs, at first load (``torch._inductor.aoti_compile_and_package``), and
-cached, as ONNX Runtime caches TensorRT engines: one entry per (program sha256, torch version, CUDA
-version, device identity). An entry whose recorded key or package hash does not match is recompiled
-with a log line, never loaded; a cache directory that cannot be written compiles into a temporary
-one (said in the log; every start then compiles).
+The bundle carries ``torch.export`` programs (portable, hashed in the manifest, scanned for BatchNorm like
+every graph). Compiled code is specific to the device and the torch/CUDA build, so it is compiled where it
+runs, at first load (``torch._inductor.aoti_compile_and_package``), and cached, as ONNX Runtime caches
+TensorRT engines: one entry per (program sha256, torch version, CUDA version, device identity). An entry
+whose recorded key or package hash does not match is recompiled with a log line, never loaded; a cache
+directory that cannot be written compiles into a temporary one (said in the log; every start then
+compiles). One step is compiled and looped over, not the whole chunk unrolled: a compile of one UNet
+evaluation instead of sixteen, the step count a runtime choice, the inpainting mask free to change between
+steps (soft_inpaint_early), and on CUDA the loop is captured as one CUDA graph per batch bucket (the
+TorchScript backend's capture), so a GPU still runs the chunk without a host round trip per step.
 """
 from __future__ import annotations
 
@@ -20,18 +24,17 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
-import numpy as np
 
 from ..digest import sha256_file
 from ..errors import BundleError
 from ..precision import cpu_flags
-from .backends import BackendOptions, torch_device
+from .backends import BackendOptions, TorchScriptBackend
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 256  # the exported programs' batch axis is dynamic up to this
-PACKAGE = "chunk.pt2"
+PACKAGE = "program.pt2"
 KEY_FILE = "key.json"
 
 
@@ -57,6 +60,7 @@ class CompileKey:
     torch: str
     cuda: str
     device: str
+    threads: int = 0  # CPU: the OpenMP thread count Inductor writes into the code (0: a CUDA program)
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:24]
@@ -93,8 +97,8 @@ class CompileCache:
         return entry / PACKAGE
 
     def _compile(self, work: Path, key: CompileKey, compile_to: Callable[[Path], None], what: str) -> Path:
-        log.info("%s: compiling for %s with AOTInductor (first load on this machine; cached after)...", what,
-                 key.device)
+        log.info("%s: compiling for %s%s with AOTInductor (first load on this machine; cached after)...", what,
+                 key.device, f", {key.threads} threads" if key.threads else "")
         t0 = time.perf_counter()
         compile_to(work / PACKAGE)
         (work / KEY_FILE).write_text(json.dumps({"key": asdict(key), "package_sha256": sha256_file(work / PACKAGE)},
@@ -119,20 +123,40 @@ class CompileCache:
         return None
 
 
+STATIC_INPUTS = ("timestep", "prev_timestep")  # (1,) schedule entries: the same for every robot in a batch
+
+
 def batch_dims(module, args: tuple):
-    """dynamic_shapes for torch.export: every input's axis 0 is the batch (1..MAX_BATCH). A forward taking
-    ``*inputs`` gets them as one group, as torch.export matches the signature."""
+    """dynamic_shapes for torch.export: every input's axis 0 is the batch (1..MAX_BATCH), but the timesteps. A
+    forward taking ``*inputs`` gets them as one group, as torch.export matches the signature."""
     import inspect
 
     import torch
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    dims = tuple({0: batch} for _ in args)
-    params = inspect.signature(module.forward).parameters.values()
-    return (dims,) if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params) else dims
+    params = [p for p in inspect.signature(module.forward).parameters.values()]
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return (tuple({0: batch} for _ in args),)
+    return tuple(None if p.name in STATIC_INPUTS else {0: batch} for p, _ in zip(params, args))
 
 
-def compile_program(program: Path, device, out: Path) -> None:
-    """AOTInductor-compile the exported program for ``device`` into the package ``out``."""
+def cpu_threads(asked: int | None) -> int:
+    """The threads a compiled CPU program runs on: ``asked``, else one fewer than the cores (at least one).
+
+    Inductor writes the count into the code (``#pragma omp parallel num_threads(N)``) and every parallel region
+    waits for all N: with as many threads as cores, one core taken by another process (a camera driver, another
+    node) holds each region up by a scheduler time slice, 3x slower at batch 1 (issue 34, bench/compiled_loop.py).
+    One core is left to the rest of the robot. More threads than cores are cut to the cores, with a warning."""
+    cores = os.cpu_count() or 1
+    if asked and asked > cores:
+        log.warning("threads %d is more than this machine's %d cores: the compiled program runs on %d", asked,
+                    cores, cores)
+        return cores
+    return asked or max(1, cores - 1)
+
+
+def compile_program(program: Path, device, out: Path, threads: int = 0) -> None:
+    """AOTInductor-compile the exported program for ``device`` (on the CPU: ``threads`` OpenMP threads) into the
+    package ``out``."""
     import torch
     try:
         ep = torch.export.load(str(program))
@@ -143,46 +167,54 @@ def compile_program(program: Path, device, out: Path) -> None:
         module = ep.module().to(device)
         args = tuple(a.to(device) for a in args)
         ep = torch.export.export(module, args, kwargs, dynamic_shapes=batch_dims(module, args), strict=False)
-    torch._inductor.aoti_compile_and_package(ep, package_path=str(out))
+    with torch._inductor.config.patch({"cpp.threads": threads or -1}):
+        torch._inductor.aoti_compile_and_package(ep, package_path=str(out))
 
 
-class CompiledBackend:
-    """The whole chunk in one compiled call. The schedule is baked into the program: ``load_bundle`` refuses
-    another step count, so ``denoise`` ignores the one it is given."""
+class CompiledBackend(TorchScriptBackend):
+    """The TorchScript backend's loop (encoder once, a step per timestep, CUDA graphs on the GPU) over
+    AOTInductor-compiled programs; the compile (or the cache hit) of each is timed in the log."""
     name = "aoti"
 
-    def __init__(self, encoder: Path | None, step: Path, device: str = "auto",
-                 options: BackendOptions = BackendOptions(), inpaint_step: Path | None = None):
-        """``encoder``: unused (the chunk program holds the encoder); the format table passes every backend
-        the same arguments."""
-        import torch
-        self.torch = torch
-        self.device = torch_device(device, options.threads)
+    def __init__(self, encoder: Path, step: Path, device: str = "auto", options: BackendOptions = BackendOptions(),
+                 inpaint_step: Path | None = None):
+        import dataclasses
         self.cache = CompileCache(options.compile_cache)
-        self.chunk = self._open(step)
-        self.inp = self._open(inpaint_step) if inpaint_step else None
-        self.can_inpaint = self.inp is not None
-        self.masks_per_step = False  # the chunk program runs every step with the one mask it is given
+        resolved = device if device != "auto" else ("cuda" if torch_cuda_available() else "cpu")
+        self.threads = cpu_threads(options.threads) if resolved == "cpu" else 0
+        t0 = time.perf_counter()
+        super().__init__(encoder, step, device, dataclasses.replace(options, threads=self.threads or None),
+                         inpaint_step)
         self.provider = f"aoti:{self.device.type}"
+        log.info("compiled programs ready in %.1f s (%s%s)", time.perf_counter() - t0,
+                 ", ".join(p.name for p in (encoder, step, inpaint_step) if p),
+                 f"; {self.threads} CPU threads" if self.threads else "")
 
-    def _open(self, program: Path):
+    def _load(self, program: Path):
         """The compiled program (the bundle's verification has already loaded and scanned the exported one;
         it is loaded again only to compile)."""
         torch = self.torch
         key = CompileKey(sha256_file(program), torch.__version__, str(torch.version.cuda),
-                         device_identity(self.device))
-        package = self.cache.package(key, lambda out: compile_program(program, self.device, out), program.name)
+                         device_identity(self.device), self.threads)
+        package = self.cache.package(key, lambda out: compile_program(program, self.device, out, self.threads),
+                                     program.name)
         try:
-            return torch._inductor.aoti_load_package(str(package))
+            return Program(torch._inductor.aoti_load_package(str(package)))
         except Exception as e:
             raise BundleError(f"cannot load the compiled package {package} for {program.name}: {e}") from e
 
-    def denoise(self, obs: Sequence[np.ndarray], noise: np.ndarray, schedule,
-                known: np.ndarray | None = None, masks: Sequence[np.ndarray] | None = None) -> np.ndarray:
-        th = self.torch
-        held = () if known is None else (known, masks[0])  # one mask for every step (the engine checks)
-        with th.inference_mode():
-            args = [th.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in (*obs, noise, *held)]
-            out = (self.chunk if known is None else self.inp)(*args)
-        out = out[0] if isinstance(out, (tuple, list)) else out
-        return out.cpu().numpy()
+
+def torch_cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+class Program:
+    """A compiled package called as the module it was exported from: one output as a tensor, several as a tuple."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def __call__(self, *args):
+        out = self.runner(*args)
+        return out[0] if len(out) == 1 else tuple(out)

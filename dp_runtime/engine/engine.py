@@ -232,10 +232,6 @@ def load_bundle(path: str | Path, backend: str = "auto", device: str = "auto",
     else:
         fmt = by_backend(backend)
     fmt.check_device(device)
-    if fmt.whole_chunk and num_inference_steps and num_inference_steps != spec.ddim.num_inference_steps:
-        raise BundleError(f"{path}: the {fmt.name} graphs bake the exported {spec.ddim.num_inference_steps} DDIM "
-                          f"steps into one chunk graph; num_inference_steps {num_inference_steps} needs backend "
-                          f"onnxruntime or torchscript (or re-export with --steps {num_inference_steps})")
     try:
         graphs = choose_graphs(spec, fmt.name, precision, resolve_device(fmt.backend, device), max_action_error,
                                need_inpaint)

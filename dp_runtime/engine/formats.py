@@ -4,7 +4,7 @@ Each entry names its file suffix, the backend that runs it (and the name a user 
 the devices that backend accepts, the scanner that proves a graph file has no BatchNorm, and the
 exporter that writes a traced module in this format. ``load_bundle``, the exporter, dp-inspect and
 the latency bench read this table; a new format is one entry. ``export`` is the compiled one: a
-torch.export program of the whole chunk, compiled by AOTInductor where it runs (engine/compiled.py).
+torch.export program per graph, compiled by AOTInductor where it runs (engine/compiled.py).
 """
 from __future__ import annotations
 
@@ -59,7 +59,9 @@ class GraphFormat:
     backend_class: Callable[..., Backend]  # (encoder, step, device, options, inpaint_step) -> Backend
     scan: Callable[[Path], None]  # raises BatchNormError when a graph file holds running statistics
     export: Callable[[Any, tuple, Sequence[str], Sequence[str], Path, int], None]
-    whole_chunk: bool = False  # one graph per chunk (encoder + the exported DDIM steps), no separate encoder
+    # compiled where it runs (AOTInductor): opt-in at export, whose parity check compiles; traced in the UNet's
+    # matmul form (export/precision.py:convs_as_matmul), which Inductor fuses
+    compiled: bool = False
 
     def check_device(self, device: str) -> None:
         check_device(device)
@@ -78,11 +80,11 @@ FORMATS: dict[str, GraphFormat] = {f.name: f for f in (
     GraphFormat("torchscript", "torchscript", ".pt", ("auto", "cpu", "cuda"), TorchScriptBackend,
                 scan_torchscript_file, export_torchscript),
     GraphFormat("export", "aoti", ".pt2", ("auto", "cpu", "cuda"), CompiledBackend, scan_exported, export_program,
-                whole_chunk=True),
+                compiled=True),
 )}
 BACKENDS: dict[str, GraphFormat] = {f.backend: f for f in FORMATS.values()}
 # What dp-export writes unless told: compiled formats are opt-in (their parity check compiles them, minutes).
-DEFAULT_FORMATS = tuple(f.name for f in FORMATS.values() if not f.whole_chunk)
+DEFAULT_FORMATS = tuple(f.name for f in FORMATS.values() if not f.compiled)
 
 
 def _who_takes(device: str) -> str:

@@ -32,23 +32,20 @@ from ..precision import DEFAULT_TOLERANCE, PRECISIONS, parse_precisions, support
 from ..spec import (MANIFEST, BundleSpec, CalibrationInfo, EmaInfo, FileEntry, GraphSet, NormLayer, ParityInfo,
                     SchedulerSpec, SourceInfo)
 from .calibration import calibration_observations
-from .graphs import ChunkGraph, DenoiseStepGraph, EncoderGraph, InpaintStepGraph
+from .graphs import DenoiseStepGraph, EncoderGraph, InpaintStepGraph
 from .precision import convs_as_matmul, quantize_int8, unet_for
 
 log = logging.getLogger(__name__)
 PARITY_TOL = 1e-4  # fp32 graphs vs the torch policy; reduced precisions use their own (precision.py)
 PRECISION_SAMPLES = 16  # random observations a reduced-precision variant is measured on (at least)
 FILE_STEMS = {"encoder": "encoder", "step": "denoise_step", "inpaint_step": "denoise_step_inpaint"}
-CHUNK_STEMS = {"step": "chunk", "inpaint_step": "chunk_inpaint"}  # whole-chunk formats: one graph per chunk
 STEP_INPUTS = ["sample", "timestep", "prev_timestep", "cond"]
-CHUNK_HELD = ["known", "mask"]
 
 
 def file_name(fmt: str, role: str, precision: str = "fp32") -> str:
     """Reduced-precision variants add only a step graph; they share the fp32 encoder."""
     tag = "" if precision == "fp32" or role == "encoder" else f".{precision}"
-    fmt_ = graph_format(fmt)
-    return (CHUNK_STEMS if fmt_.whole_chunk else FILE_STEMS)[role] + tag + fmt_.suffix
+    return FILE_STEMS[role] + tag + graph_format(fmt).suffix
 
 
 def example_inputs(policy: DiffusionPolicy, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -109,7 +106,7 @@ def open_backend(fmt: str, files: dict[str, Path], precision: str = "fp32", comp
     only a CUDA device computes, and compiled formats where a GPU is (compiled where they will run)."""
     tf32 = PRECISIONS[precision].tf32
     fmt_ = graph_format(fmt)
-    device = "cuda" if tf32 or (fmt_.whole_chunk and torch.cuda.is_available()) else "cpu"
+    device = "cuda" if tf32 or (fmt_.compiled and torch.cuda.is_available()) else "cpu"
     options = BackendOptions(tf32=tf32, compile_cache=compile_cache)
     return fmt_.open(files.get("encoder"), files["step"], device, options, inpaint_step=files.get("inpaint_step"))
 
@@ -212,40 +209,25 @@ class Variant:
 
     def files(self, root: Path) -> dict[str, Path]:
         own = {g.role: root / file_name(self.fmt, g.role, self.precision) for g in self.graphs}
-        if graph_format(self.fmt).whole_chunk:
-            return own
         return {"encoder": root / file_name(self.fmt, "encoder"), **own}
-
-
-def whole_chunk(traced: list[Traced], ddim: SchedulerSpec) -> list[Traced]:
-    """The encoder and each step graph joined into one chunk graph per role (compiled formats)."""
-    enc = next(g for g in traced if g.role == "encoder")
-    sample = next(g for g in traced if g.role == "step").args[0]
-    out = []
-    for g in (g for g in traced if g.role != "encoder"):
-        held = g.args[4:6] if g.role == "inpaint_step" else ()  # known, mask
-        out.append(Traced(g.role, ChunkGraph(enc.module, g.module, ddim.timesteps, ddim.prev_timesteps).eval(),
-                          (*enc.args, torch.randn_like(sample), *held), [*enc.inputs, "noise", *CHUNK_HELD[:len(held)]],
-                          ["action"]))
-    return out
 
 
 def plan_variants(policy: DiffusionPolicy, ddim: SchedulerSpec, formats: tuple[str, ...],
                   precisions: tuple[str, ...], inpaint: bool) -> list[Variant]:
-    """Compiled (whole-chunk) formats trace the UNet in its matmul form: every Conv1d one GEMM over its unfolded
-    input (same math to ~3e-7), which Inductor fuses and cuBLAS runs far faster than short cuDNN convolutions."""
+    """Compiled formats trace the UNet in its matmul form: every Conv1d one GEMM over its unfolded input (same
+    math to ~3e-7), which Inductor fuses and cuBLAS runs far faster than short cuDNN convolutions."""
     steps = ddim.num_inference_steps
     unets = {False: None}
-    if any(graph_format(f).whole_chunk for f in formats):
+    if any(graph_format(f).compiled for f in formats):
         unets[True] = convs_as_matmul(policy.model)
-    traced = {whole: graphs_to_export(policy, steps, inpaint, unet) for whole, unet in unets.items()}
+    traced = {compiled: graphs_to_export(policy, steps, inpaint, unet) for compiled, unet in unets.items()}
     variants = []
     for fmt in formats:
-        whole = graph_format(fmt).whole_chunk
-        step = next(g for g in traced[whole] if g.role == "step")
+        compiled = graph_format(fmt).compiled
+        step = next(g for g in traced[compiled] if g.role == "step")
         for prec in (p for p in precisions if fmt in PRECISIONS[p].formats):
-            graphs = traced[whole] if prec == "fp32" else [variant_step(step, policy, steps, prec, unets[whole])]
-            variants.append(Variant(fmt, prec, whole_chunk(graphs, ddim) if whole else graphs))
+            graphs = traced[compiled] if prec == "fp32" else [variant_step(step, policy, steps, prec, unets[compiled])]
+            variants.append(Variant(fmt, prec, graphs))
     return variants
 
 

@@ -49,11 +49,11 @@ class GraspConfig(ArmConfig):
     home: tuple = (0.3, 1.7, 0.0)
     max_velocity: float = 1.6  # rad/s per joint
     episode_seconds: float = 8.0
-    bar_length: float = 0.22
+    bar_length: float = 0.3
     bar_width: float = 0.03  # m: the fingers stop at this opening on the bar
     gripper_open: float = 0.08  # m between the fingers
-    gripper_speed: float = 0.2  # m/s of the opening
-    position_tolerance: float = 0.035  # m: the hand over the bar's middle
+    gripper_speed: float = 0.1  # m/s of the opening
+    position_tolerance: float = 0.05  # m: the hand over the bar's middle third
     yaw_tolerance: float = 0.3  # rad: the hand along the bar
     bar_radius: tuple[float, float] = (0.4, 0.75)
     bar_angle: tuple[float, float] = (-1.6, 2.6)
@@ -249,13 +249,16 @@ class GraspingArm(ReachingArm):
 
     # -- camera ---------------------------------------------------------------------
     def render(self) -> np.ndarray:
-        """Top-down: grey floor, the bar (red, lighter at its ends' middle mark), blue links, yellow fingers."""
+        """Top-down: grey floor, the bar (red, its two ends marked magenta and orange: a direction a small encoder's
+        keypoints find, where a thin line's angle is hard to read), blue links, yellow fingers."""
         s, c = self.state, self.cfg
         img = np.empty(self.gx.shape + (3,), np.uint8)
         img[:] = (40, 40, 40)
         px = 2 * c.extent / c.image_size
         along = 0.5 * c.bar_length * np.array([np.cos(s.bar_yaw), np.sin(s.bar_yaw)])
         img[self._segment(s.target - along, s.target + along, max(c.bar_width / 2, 1.2 * px))] = (230, 40, 40)
+        img[self.disk(s.target + along, 2.5 * px)] = (230, 60, 230)
+        img[self.disk(s.target - along, 2.5 * px)] = (250, 150, 30)
         elbow, wrist, hand = self.points(s.q)
         for a, b in ((np.zeros(2), elbow), (elbow, wrist)):
             img[self._segment(a, b, 1.3 * px)] = (60, 120, 230)
@@ -289,20 +292,25 @@ class GraspExpert:
         self.arm, self.twist = arm, twist
         self.goal = np.zeros(3)
         self.carrot = np.zeros(3)
+        self.closing = False
 
     def reset(self) -> None:
         s = self.arm.state
         hand = self.arm.hand_pose(s.q)
         self.goal = np.array([*s.target, self.arm.grasp_yaw(s.target, s.bar_yaw, hand[2])])
         self.carrot = hand
+        self.closing = False
 
     def action(self, dt: float) -> EeCommand:
         hand = self.arm.hand_pose(self.arm.state.q)
         self.carrot = toward(self.carrot, self.goal, self.speed * dt, self.yaw_speed * dt)
         off = self.goal - hand
         off[2] = wrap(off[2])
+        s = self.arm.state
         there = float(np.linalg.norm(off[:2])) < 0.012 and abs(off[2]) < 0.08
-        gripper = 1.0 if there or self.arm.state.grasped else -1.0
+        # close once there with the fingers open (closed fingers, after a miss, open first)
+        self.closing = there and (self.closing or s.width >= self.arm.cfg.gripper_open - 1e-6)
+        gripper = 1.0 if self.closing or s.grasped else -1.0
         if not self.twist:
             return EeCommand(gripper, pose=self.carrot.copy())
         # toward the carrot from the measured pose, over one period (what robosuite's OSC does with a delta)

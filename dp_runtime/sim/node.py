@@ -55,9 +55,10 @@ class SimNode(Node):
         self.cam_pub = self.create_publisher(Image, self.topics.camera, camera_qos)
         self.js_pub = self.create_publisher(JointState, self.topics.joints, 10)
         self.ep_pub = self.create_publisher(String, self.topics.episodes, 10)
-        self.create_subscription(Float64MultiArray, self.topics.commands, self.on_command, 10)
         self.ee = self.arm.ee_pose() is not None
-        if self.ee:
+        if not self.ee:  # a joint-space arm: position commands (the end-effector arm's controller is Cartesian)
+            self.create_subscription(Float64MultiArray, self.topics.commands, self.on_command, 10)
+        else:
             from geometry_msgs.msg import PoseStamped, TwistStamped
             self.pose_pub = self.create_publisher(PoseStamped, self.topics.eef_pose, 10)
             self.create_subscription(PoseStamped, self.topics.target_pose, self.on_target_pose, 10)
@@ -72,7 +73,9 @@ class SimNode(Node):
         self.every = self.topics.every(self.cfg.physics_hz)
         self.last = time.monotonic()
         self.create_timer(self.dt, self.on_step)
-        self.get_logger().info(f"sim arm ready ({args.task}): commands on {self.topics.commands}, "
+        inputs = (f"{self.topics.target_pose} (PoseStamped), {self.topics.twist} (TwistStamped), {self.topics.gripper}"
+                  if self.ee else self.topics.commands)
+        self.get_logger().info(f"sim arm ready ({args.task}): commands on {inputs}, "
                                f"{self.episodes_wanted or 'unlimited'} episodes")
 
     def on_command(self, msg: Float64MultiArray) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,27 @@ class ExecutionNoise:
         a = dt / self.tau_s
         self.offset += -a * self.offset + self.std * np.sqrt(2 * a) * self.rng.normal(size=2)
         return self.offset
+
+
+class GripperSlips:
+    """DART for a gripper: now and then (``rate_hz``) the executed command closes the gripper for ``hold_s`` while
+    the recorded one stays the expert's (open). The demonstrations then show fingers closed away from the target
+    and the expert's way back, opening again: without them a policy that closed too early never saw a recovery
+    and stayed closed for the rest of the episode."""
+
+    def __init__(self, rate_hz: float, rng: np.random.Generator, hold_s: float = 0.4):
+        self.rate_hz, self.rng, self.hold_s = rate_hz, rng, hold_s
+        self.until = -1.0
+
+    def reset(self) -> None:
+        self.until = -1.0
+
+    def __call__(self, cmd: EeCommand, t: float, dt: float) -> EeCommand:
+        if cmd.gripper is None or cmd.gripper > 0:
+            return cmd  # the expert closes: nothing to perturb
+        if t >= self.until and self.rng.random() < self.rate_hz * dt:
+            self.until = t + self.hold_s
+        return replace(cmd, gripper=1.0) if t < self.until else cmd
 
 
 @dataclass
@@ -163,12 +184,14 @@ def record_demonstrations(out: Path, episodes: int, seed: int = 0, task: SimTask
     every = topics.every(arm.cfg.physics_hz)
     t_start = T0
     noise = ExecutionNoise(task.demo_noise, np.random.default_rng(seed + 104_729))  # std 0: exactly the expert's
+    slips = GripperSlips(task.gripper_slips, np.random.default_rng(seed + 7_919))
     successes, durations = 0, []
     try:
         for ep in range(episodes):
             arm.reset()
             expert.reset()
             noise.reset()
+            slips.reset()
             k, ended = 0, None
             while True:
                 t = t_start + k * dt_phys
@@ -181,7 +204,7 @@ def record_demonstrations(out: Path, episodes: int, seed: int = 0, task: SimTask
                 if k % every["control"] == 0:
                     cmd = expert.action(1.0 / topics.control_hz)
                     if isinstance(cmd, EeCommand):
-                        arm.command(cmd)
+                        arm.command(slips(cmd, arm.state.t, 1.0 / topics.control_hz))
                         rec.ee_command(cmd, t + 0.003)
                     else:
                         arm.command(cmd + noise(1.0 / topics.control_hz))

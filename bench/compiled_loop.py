@@ -1,0 +1,165 @@
+"""The compiled format (issue 34): looped step programs vs the unrolled chunk, threads under a shared CPU, compile
+and cached-start times, against ONNX Runtime, on one policy, all latencies interleaved in one process.
+
+    python bench/compiled_loop.py [--checkpoint out/demo/checkpoint/policy.safetensors] [--unrolled-steps 4]
+                                  [--repeats 30] [--out bench/results/compiled_loop.json]
+
+Rows, idle and with one core taken by another process (a Python busy loop, as a camera driver or another
+node takes one): ONNX Runtime (its default threads), the compiled programs looped with the default thread
+count (one fewer than the cores) and with as many threads as cores, batch 1 and 8; and the looped programs
+against the whole chunk unrolled into one program (the format before issue 34) at ``--unrolled-steps`` DDIM
+steps (compiling the unrolled 16-step chunk takes ~8 minutes here; the per-step comparison is the same).
+Cached start: a fresh process from ``import`` to a loaded engine with every program in the compile cache.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dp_runtime.checkpoint import load_any
+from dp_runtime.engine import load_bundle
+from dp_runtime.engine.backends import BackendOptions, default_threads
+from dp_runtime.engine.compiled import compile_program, cpu_threads
+from dp_runtime.engine.formats import export_program
+from dp_runtime.export import ExportOptions, export_bundle
+from dp_runtime.export.bundle import graphs_to_export, scheduler_spec
+from dp_runtime.export.graphs import ChunkGraph
+from dp_runtime.export.precision import convs_as_matmul
+from dp_runtime.latency_bench import cpu_features, interleaved_median_ms
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def busy_core() -> subprocess.Popen:
+    """Another process that keeps one core busy."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def cached_start_s(bundle: Path, cache: Path, threads: int) -> float:
+    """A fresh process: import, verify the bundle, load the cached programs (what a node's start costs)."""
+    code = ("import time; t = time.perf_counter(); from dp_runtime.engine import load_bundle; "
+            "from dp_runtime.engine.backends import BackendOptions; "
+            f"load_bundle({str(bundle)!r}, backend='aoti', device='cpu', warm_up=False, "
+            f"options=BackendOptions(threads={threads}, compile_cache={str(cache)!r})); "
+            "print(time.perf_counter() - t)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", default="out/demo/checkpoint/policy.safetensors")
+    ap.add_argument("--unrolled-steps", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "compiled_loop.json"))
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="compiled_loop."))
+    cache = work / "cache"
+    cores = os.cpu_count() or 1
+    fewer = cpu_threads(None)
+    print(f"{platform.processor() or platform.machine()}, {cores} cores ({', '.join(cpu_features())}); "
+          f"compiled threads: default {fewer}, all cores {cores}", flush=True)
+
+    bundle, export_s = timed(lambda: export_bundle(args.checkpoint, work / "bundle", ExportOptions(
+        formats=("onnx", "export"), inpaint=True, compile_cache=cache), progress=lambda m: print(f"  {m}", flush=True)))
+    print(f"dp-export --formats onnx,export --inpaint: {export_s:.0f} s (compiles the looped programs with "
+          f"{fewer} threads)", flush=True)
+    start_s = [cached_start_s(bundle, cache, fewer) for _ in range(3)]
+    print(f"cached start (fresh process, import to loaded engine): {min(start_s):.1f} s best of 3", flush=True)
+
+    engines = {"onnxruntime": load_bundle(bundle, backend="onnxruntime", device="cpu")}
+    compile_s = {}
+    for threads in dict.fromkeys((fewer, cores)):
+        engine, s = timed(lambda: load_bundle(bundle, backend="aoti", device="cpu",
+                                              options=BackendOptions(threads=threads, compile_cache=cache)))
+        engines[f"aoti looped, {threads} threads"] = engine
+        compile_s[f"looped, {threads} threads (3 programs)"] = s
+        print(f"aoti looped {threads} threads: loaded in {s:.0f} s", flush=True)
+
+    # the unrolled chunk at --unrolled-steps, against the looped programs at the same step count
+    n = args.unrolled_steps
+    ck = load_any(args.checkpoint)
+    policy = ck.policy.eval()
+    ddim = scheduler_spec(ck.config.scheduler, n)
+    traced = {g.role: g for g in graphs_to_export(policy, n, False, convs_as_matmul(policy.model))}
+    chunk = ChunkGraph(traced["encoder"].module, traced["step"].module, ddim.timesteps, ddim.prev_timesteps).eval()
+    rng = np.random.default_rng(0)
+    obs = {s.key: rng.integers(0, 256, (1, 2, *s.shape), dtype=np.uint8) for s in ck.config.images}
+    obs.update({s.key: rng.uniform(-1, 1, (1, 2, s.size)).astype(np.float32) for s in ck.config.low_dims})
+    keys = traced["encoder"].inputs
+    noise = rng.standard_normal((1, ck.config.horizon, ck.config.action_dim)).astype(np.float32)
+    example = tuple(torch.from_numpy(obs[k]).repeat(2, *([1] * (obs[k].ndim - 1))) for k in keys) + (
+        torch.from_numpy(noise).repeat(2, 1, 1),)
+    export_program(chunk, example, [], [], work / "unrolled.pt2", 17)
+    torch.set_num_threads(fewer)
+    _, s = timed(lambda: compile_program(work / "unrolled.pt2", torch.device("cpu"), work / "unrolled.package.pt2",
+                                         fewer))
+    compile_s[f"unrolled, {n} steps, {fewer} threads (1 program)"] = s
+    unrolled = torch._inductor.aoti_load_package(str(work / "unrolled.package.pt2"))
+    looped_n = load_bundle(bundle, backend="aoti", device="cpu", num_inference_steps=n,
+                           options=BackendOptions(threads=fewer, compile_cache=cache))
+    one = {k: v[0] for k, v in obs.items()}
+    ref = unrolled(*(torch.from_numpy(obs[k]) for k in keys), torch.from_numpy(noise))[0].numpy()[0]
+    diff = float(np.abs(looped_n.predict(one, noise=noise[0]).actions - ref).max())
+    print(f"unrolled {n}-step chunk compiled in {s:.0f} s; looped vs unrolled max diff {diff:.2e}", flush=True)
+
+    def call(engine, batch, threads):
+        many = [one] * batch
+        seeds = list(range(batch))
+
+        def go():
+            torch.set_num_threads(threads)  # extern GEMMs follow torch's pool; the compiled regions are fixed
+            return engine.predict(one, seed=0) if batch == 1 else engine.predict_batch(many, seeds)
+        return go
+
+    def unrolled_call():
+        torch.set_num_threads(fewer)
+        with torch.inference_mode():
+            return unrolled(*(torch.from_numpy(obs[k]) for k in keys), torch.from_numpy(noise))
+
+    rows = []
+    for label, engine in engines.items():
+        threads = default_threads() if label == "onnxruntime" else int(label.split(", ")[1].split()[0])
+        for batch in (1, 8):
+            rows.append((f"{label}, batch {batch}", call(engine, batch, threads)))
+    rows += [(f"aoti looped {n} steps, {fewer} threads, batch 1", call(looped_n, 1, fewer)),
+             (f"aoti unrolled {n} steps, {fewer} threads, batch 1", unrolled_call)]
+    table = {}
+    for load in ("idle", "one core busy"):
+        hog = busy_core() if load != "idle" else None
+        try:
+            time.sleep(0.5 if hog else 0)
+            ms = interleaved_median_ms([fn for _, fn in rows], args.repeats)
+        finally:
+            if hog:
+                hog.terminate()
+                hog.wait()
+        table[load] = {label: round(v, 2) for (label, _), v in zip(rows, ms)}
+        print(f"\n{load} (median ms, interleaved, {args.repeats} rounds):")
+        for label, v in table[load].items():
+            print(f"  {label:45s} {v:8.2f}")
+    result = {"checkpoint": args.checkpoint, "cpu": platform.processor() or platform.machine(), "cores": cores,
+              "cpu_features": cpu_features(), "torch": torch.__version__, "compiled_threads_default": fewer,
+              "export_s": round(export_s, 1), "cached_start_s": [round(x, 2) for x in start_s],
+              "compile_s": {k: round(v, 1) for k, v in compile_s.items()},
+              "looped_vs_unrolled_max_diff": diff, "latency_ms": table}
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
