@@ -108,7 +108,7 @@ def expert_commands(name: str, episodes: int = 4, seed: int = 3) -> list[EeComma
         while not arm.done():
             if k % 10 == 0:
                 command = expert.action(0.1)
-                arm.command(slips(command, arm.state.t, 0.1))
+                arm.command(slips(command, arm.state.t, 0.1, arm.distance()))
                 out += [command] if k else []
             arm.step(0.01)
             k += 1
@@ -121,7 +121,7 @@ def test_gripper_slips_close_the_executed_gripper_only_and_the_expert_recovers()
     task = TASKS["grasp"]
     arm = task.arm(0)
     expert = task.expert(arm, 0)
-    slips = GripperSlips(2.0, np.random.default_rng(0))  # often
+    slips = GripperSlips(5.0, np.random.default_rng(0))  # often
     missed = 0
     for _ in range(10):
         arm.reset()
@@ -131,7 +131,7 @@ def test_gripper_slips_close_the_executed_gripper_only_and_the_expert_recovers()
         while not arm.done():
             if k % 10 == 0:
                 command = expert.action(0.1)
-                executed = slips(command, arm.state.t, 0.1)
+                executed = slips(command, arm.state.t, 0.1, arm.distance())
                 assert executed.gripper == 1.0 or executed == command
                 arm.command(executed)
             arm.step(0.01)

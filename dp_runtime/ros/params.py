@@ -99,8 +99,9 @@ class NodeParams(RunnerConfig):
                                              "(0: unlimited)", ge=0, live=True)
     ee_max_angular_step: float = setting(0.0, "end-effector pose actions: rad the target may turn per control step, "
                                               "along the shorter arc (0: unlimited)", ge=0, live=True)
-    threads: int = setting(0, "CPU threads inference uses (0: min(cores, 8) for ONNX Runtime, torch's default "
-                              "otherwise)", ge=0)
+    threads: int = setting(0, "CPU threads inference uses (0: min(cores, 8) for ONNX Runtime, one fewer than the "
+                              "cores for backend aoti, whose compiled code waits for every thread; torch's default "
+                              "for TorchScript)", ge=0)
     cuda_graphs: bool = setting(True, "TorchScript on CUDA: capture the denoising loop as a CUDA graph per "
                                       "batch-size bucket (false: plain kernel launches)")
     compile_cache: str = setting("", "backend aoti: directory of compiled packages (empty: "

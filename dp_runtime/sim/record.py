@@ -39,22 +39,24 @@ class ExecutionNoise:
 
 
 class GripperSlips:
-    """DART for a gripper: now and then (``rate_hz``) the executed command closes the gripper for ``hold_s`` while
-    the recorded one stays the expert's (open). The demonstrations then show fingers closed away from the target
-    and the expert's way back, opening again: without them a policy that closed too early never saw a recovery
-    and stayed closed for the rest of the episode."""
+    """DART for a gripper: now and then (``rate_hz``) while the hand approaches its target (``zone_m`` from it),
+    the executed command closes the gripper for ``hold_s`` while the recorded one stays the expert's (open): the
+    learner's own mistake, closing too early. The demonstrations then show fingers closed beside the
+    target and the expert's way back, opening again: without them a policy that closed too early never saw a
+    recovery and stayed closed for the rest of the episode."""
 
-    def __init__(self, rate_hz: float, rng: np.random.Generator, hold_s: float = 0.4):
-        self.rate_hz, self.rng, self.hold_s = rate_hz, rng, hold_s
+    def __init__(self, rate_hz: float, rng: np.random.Generator, zone_m: tuple[float, float] = (0.08, 0.35),
+                 hold_s: float = 0.6):
+        self.rate_hz, self.rng, self.zone_m, self.hold_s = rate_hz, rng, zone_m, hold_s
         self.until = -1.0
 
     def reset(self) -> None:
         self.until = -1.0
 
-    def __call__(self, cmd: EeCommand, t: float, dt: float) -> EeCommand:
+    def __call__(self, cmd: EeCommand, t: float, dt: float, distance: float) -> EeCommand:
         if cmd.gripper is None or cmd.gripper > 0:
             return cmd  # the expert closes: nothing to perturb
-        if t >= self.until and self.rng.random() < self.rate_hz * dt:
+        if t >= self.until and self.zone_m[0] < distance < self.zone_m[1] and self.rng.random() < self.rate_hz * dt:
             self.until = t + self.hold_s
         return replace(cmd, gripper=1.0) if t < self.until else cmd
 
@@ -204,7 +206,7 @@ def record_demonstrations(out: Path, episodes: int, seed: int = 0, task: SimTask
                 if k % every["control"] == 0:
                     cmd = expert.action(1.0 / topics.control_hz)
                     if isinstance(cmd, EeCommand):
-                        arm.command(slips(cmd, arm.state.t, 1.0 / topics.control_hz))
+                        arm.command(slips(cmd, arm.state.t, 1.0 / topics.control_hz, arm.distance()))
                         rec.ee_command(cmd, t + 0.003)
                     else:
                         arm.command(cmd + noise(1.0 / topics.control_hz))

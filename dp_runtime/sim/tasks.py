@@ -276,8 +276,8 @@ class SimTask:
     # rad: the demonstrations' executed commands perturbed around the expert's (record.ExecutionNoise,
     # DART); the recorded commands stay the expert's
     demo_noise: float = 0.0
-    # per second: the demonstrations' executed gripper closed for a moment where the expert's stays open
-    # (record.GripperSlips, DART for a gripper); the recorded commands stay the expert's
+    # per second near the target: the demonstrations' executed gripper closed for a moment where the expert's
+    # stays open (record.GripperSlips, DART for a gripper); the recorded commands stay the expert's
     gripper_slips: float = 0.0
     dataset_config: str = "sim_dataset.yaml"  # config/: dp-dataset's topics, action and network for this task
     node_config: str = "sim_policy.yaml"  # config/: the policy node's parameters for this task's sim
@@ -318,12 +318,12 @@ TASKS: dict[str, SimTask] = {t.name: t for t in (
     SimTask("grasp", "grasp a bar with a 3-joint arm's gripper: end-effector pose in, PoseStamped targets out "
             "(diffusion_policy's robomimic *_abs convention: 10-D position, rotation_6d, gripper)",
             lambda seed: GraspingArm(GraspConfig(), seed), lambda arm, seed: GraspExpert(arm, seed=seed),
-            "distance", DemoPlan(300, 3000, 20), policy=GRASP_POLICY, gripper_slips=0.2,
+            "distance", DemoPlan(300, 3000, 20), policy=GRASP_POLICY, gripper_slips=1.0,
             dataset_config="grasp_dataset.yaml", node_config="grasp_policy.yaml"),
     SimTask("grasp_delta", "the grasp task in robomimic's OSC delta convention: TwistStamped velocities out "
             "(7-D: position and axis-angle deltas, gripper)",
             lambda seed: GraspingArm(GraspConfig(), seed), lambda arm, seed: GraspExpert(arm, twist=True, seed=seed),
-            "distance", DemoPlan(300, 3000, 20), policy=GRASP_POLICY, gripper_slips=0.2,
+            "distance", DemoPlan(300, 3000, 20), policy=GRASP_POLICY, gripper_slips=1.0,
             dataset_config="grasp_delta_dataset.yaml", node_config="grasp_delta_policy.yaml"),
 )}
 
