@@ -113,7 +113,7 @@ def main() -> None:
     looped_n = load_bundle(bundle, backend="aoti", device="cpu", num_inference_steps=n,
                            options=BackendOptions(threads=fewer, compile_cache=cache))
     one = {k: v[0] for k, v in obs.items()}
-    ref = unrolled(*(torch.from_numpy(obs[k]) for k in keys), torch.from_numpy(noise))[0].numpy()[0]
+    ref = unrolled(*(torch.from_numpy(obs[k]) for k in keys), torch.from_numpy(noise)).numpy()[0]
     diff = float(np.abs(looped_n.predict(one, noise=noise[0]).actions - ref).max())
     print(f"unrolled {n}-step chunk compiled in {s:.0f} s; looped vs unrolled max diff {diff:.2e}", flush=True)
 

@@ -83,7 +83,7 @@ def test_the_looped_programs_equal_the_unrolled_chunk_program(compiled_bundle, t
         export_program(chunk, two, [], [], tmp_path / f"{role}.pt2", 17)
         compile_program(tmp_path / f"{role}.pt2", torch.device("cpu"), tmp_path / f"{role}.package.pt2")
         unrolled = torch._inductor.aoti_load_package(str(tmp_path / f"{role}.package.pt2"))
-        want = unrolled(*args)[0].numpy()[0]
+        want = unrolled(*args).numpy()[0]
         got = looped.predict({k: v[0] for k, v in obs.items()}, noise=noise[0],
                              **({"known": known[0], "mask": mask[0, :, 0]} if held else {})).actions
         np.testing.assert_allclose(got, want, atol=1e-6)

@@ -23,14 +23,23 @@ from ..spec import PolicySpec
 HISTORY = 256  # measured poses kept (seconds at a few hundred Hz: more than an observation history spans)
 
 
-def position_scale(spec: PolicySpec) -> np.ndarray:
-    """(3,) normalized action units per metre of the commanded position (the action normalizer's scale on the
-    position dims; a delta's per unit scale divided out), 1 where unknown: the departure rule's scale."""
+def position_scale(spec: PolicySpec, dt: float) -> np.ndarray:
+    """(3,) normalized action units per metre of the commanded position, 1 where unknown: the departure rule's
+    scale. An absolute or relative position: the action normalizer's scale on its dims (the workspace's range
+    maps to [-1, 1]). A per-step delta has no range of positions, only of steps: a metre is then one unit per
+    metre/s of the fastest commandable speed (``scale`` per step over ``dt``), so discontinuity_speed 3.5 is
+    3.5x the speed the policy can command at all (robosuite OSC at 10 Hz: 1.75 m/s); the delta normalizer's scale
+    would call every ordinary motion a jump."""
     out = np.ones(3)
     scale = spec.action.scale
     for s, sl in slices(spec.action.segments):
-        if s.kind == "position" and scale:
-            out[[AXES[a] for a in s.axes]] = np.asarray(scale[sl]) / s.scale
+        if s.kind != "position":
+            continue
+        axes = [AXES[a] for a in s.axes]
+        if s.mode == "delta":
+            out[axes] = dt / s.scale
+        elif scale:
+            out[axes] = np.asarray(scale[sl])
     return out
 
 

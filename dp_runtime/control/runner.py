@@ -209,7 +209,7 @@ class PolicyRunner:
                              if o.kind == "low_dim" and any(s.mode == "relative" for s in o.segments)}
         # the departure and jump rules on the measured end-effector position against the commanded one
         self.pose_departures = DepartureCheck(cfg.discontinuity_threshold, cfg.discontinuity_speed,
-                                              position_scale(self.spec), self.dt * self.spec.n_action_steps,
+                                              position_scale(self.spec, self.dt), self.dt * self.spec.n_action_steps,
                                               ["end-effector x", "end-effector y", "end-effector z"])
         self.chunks: deque[ChunkRecord] = deque(maxlen=keep_chunks)
         self.keep_observations = keep_observations

@@ -210,11 +210,12 @@ def torch_cuda_available() -> bool:
 
 
 class Program:
-    """A compiled package called as the module it was exported from: one output as a tensor, several as a tuple."""
+    """A compiled package called as the module it was exported from: one output as a tensor, several as a tuple
+    (the package gives a single output as the tensor itself, several as a list)."""
 
     def __init__(self, runner):
         self.runner = runner
 
     def __call__(self, *args):
         out = self.runner(*args)
-        return out[0] if len(out) == 1 else tuple(out)
+        return tuple(out) if isinstance(out, (list, tuple)) else out
