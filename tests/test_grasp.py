@@ -92,6 +92,22 @@ def bags(tmp_path_factory):
             for name in ("grasp", "grasp_delta")}
 
 
+def episode(arm, expert, slips: GripperSlips) -> list[tuple[EeCommand, EeCommand]]:
+    """One episode on the recorder's schedule (a command every 0.1 s, physics at 100 Hz): (recorded, executed)."""
+    arm.reset()
+    expert.reset()
+    slips.reset()
+    out, k = [], 0
+    while not arm.done():
+        if k % 10 == 0:
+            command = expert.action(0.1)
+            out.append((command, slips(command, arm.state.t, 0.1, arm.distance())))
+            arm.command(out[-1][1])
+        arm.step(0.01)
+        k += 1
+    return out
+
+
 def expert_commands(name: str, episodes: int = 4, seed: int = 3) -> list[EeCommand]:
     """The expert's commands, replayed in-process with the recorder's seed and schedule, less each episode's first
     (recorded before the episode's first camera frame: no observation history, no sample)."""
@@ -99,20 +115,7 @@ def expert_commands(name: str, episodes: int = 4, seed: int = 3) -> list[EeComma
     arm = task.arm(seed)
     expert = task.expert(arm, seed)
     slips = GripperSlips(task.gripper_slips, np.random.default_rng(seed + 7_919))
-    out = []
-    for _ in range(episodes):
-        arm.reset()
-        expert.reset()
-        slips.reset()
-        k = 0
-        while not arm.done():
-            if k % 10 == 0:
-                command = expert.action(0.1)
-                arm.command(slips(command, arm.state.t, 0.1, arm.distance()))
-                out += [command] if k else []
-            arm.step(0.01)
-            k += 1
-    return out
+    return [recorded for _ in range(episodes) for recorded, _ in episode(arm, expert, slips)[1:]]
 
 
 def test_gripper_slips_close_the_executed_gripper_only_and_the_expert_recovers():
@@ -124,18 +127,8 @@ def test_gripper_slips_close_the_executed_gripper_only_and_the_expert_recovers()
     slips = GripperSlips(5.0, np.random.default_rng(0))  # often
     missed = 0
     for _ in range(10):
-        arm.reset()
-        expert.reset()
-        slips.reset()
-        k = 0
-        while not arm.done():
-            if k % 10 == 0:
-                command = expert.action(0.1)
-                executed = slips(command, arm.state.t, 0.1, arm.distance())
-                assert executed.gripper == 1.0 or executed == command
-                arm.command(executed)
-            arm.step(0.01)
-            k += 1
+        pairs = episode(arm, expert, slips)
+        assert all(executed.gripper == 1.0 or executed is recorded for recorded, executed in pairs)
         assert arm.succeeded()
         missed += arm.state.misses > 0
     assert missed >= 3
