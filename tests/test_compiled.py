@@ -209,3 +209,18 @@ def test_an_unwritable_cache_compiles_into_a_temporary_directory_and_says_so(tmp
         package = cache.package(KEY, fake_compile(calls), "denoise_step.pt2")
     assert package.read_bytes() == b"compiled code" and not str(package).startswith(str(blocker))
     assert "is not writable" in caplog.text and "every start compiles again" in caplog.text
+
+
+def test_compiled_threads_leave_a_core_and_never_exceed_the_cores(caplog, monkeypatch):
+    """Inductor writes the count into the code and every region waits for all threads: one fewer than the cores
+    by default (bench/compiled_loop.py: 11.6 ms with a core taken against 25.4 ms on all cores); a count above the
+    cores is cut, with a warning; the count is part of the cache key."""
+    from dp_runtime.engine.compiled import cpu_threads
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert cpu_threads(None) == 7 and cpu_threads(0) == 7 and cpu_threads(3) == 3
+    with caplog.at_level(logging.WARNING):
+        assert cpu_threads(32) == 8
+    assert "threads 32 is more than this machine's 8 cores" in caplog.text
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert cpu_threads(None) == 1
+    assert CompileKey("a", "t", "c", "d", 1).digest() != CompileKey("a", "t", "c", "d", 2).digest()
