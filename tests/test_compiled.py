@@ -224,3 +224,18 @@ def test_compiled_threads_leave_a_core_and_never_exceed_the_cores(caplog, monkey
     monkeypatch.setattr("os.cpu_count", lambda: 1)
     assert cpu_threads(None) == 1
     assert CompileKey("a", "t", "c", "d", 1).digest() != CompileKey("a", "t", "c", "d", 2).digest()
+
+
+def test_backend_auto_times_the_compiled_programs_only_where_a_compile_is_cached(compiled_bundle, tmp_path, caplog):
+    """Issue 34 item 6: a first start never compiles for minutes behind `auto`; with a cached compile the faster
+    here wins, measured and logged."""
+    with caplog.at_level(logging.INFO):
+        cold = load_bundle(compiled_bundle, device="cpu", options=BackendOptions(compile_cache=tmp_path / "empty"))
+    assert cold.backend.name == "onnxruntime" and "no compile of the export graphs cached" in caplog.text
+    assert not (tmp_path / "empty").exists() or not any((tmp_path / "empty").iterdir())
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        warm = load_bundle(compiled_bundle, device="cpu")  # the export's parity check filled the default cache
+    chosen = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backend auto: ")]
+    assert chosen and "onnxruntime" in chosen[0] and "aoti" in chosen[0] and " ms" in chosen[0]
+    assert chosen[0].split()[2] == warm.backend.name

@@ -30,7 +30,7 @@ from typing import Callable
 from ..digest import sha256_file
 from ..errors import BundleError
 from ..precision import cpu_flags
-from .backends import BackendOptions, TorchScriptBackend
+from .backends import BackendOptions, TorchScriptBackend, torch_device
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 256  # the exported programs' batch axis is dynamic up to this
@@ -202,6 +202,18 @@ class CompiledBackend(TorchScriptBackend):
             return Program(torch._inductor.aoti_load_package(str(package)))
         except Exception as e:
             raise BundleError(f"cannot load the compiled package {package} for {program.name}: {e}") from e
+
+
+def cached(programs: list[tuple[str, str]], device: str, options: BackendOptions) -> bool:
+    """Whether every program, (file name, sha256), has an intact compile for this machine in the cache (what
+    ``backend: auto`` asks before it considers the compiled format: a first start compiles for minutes)."""
+    import torch
+    dev = torch_device(device, None)
+    threads = cpu_threads(options.threads) if dev.type == "cpu" else 0
+    cache = CompileCache(options.compile_cache)
+    keys = [CompileKey(sha, torch.__version__, str(torch.version.cuda), device_identity(dev), threads)
+            for _, sha in programs]
+    return all(cache._check(cache.root / key.digest(), key) is None for key in keys)
 
 
 def torch_cuda_available() -> bool:

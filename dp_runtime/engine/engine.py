@@ -206,6 +206,43 @@ class PolicyEngine:
         return self.warmup_latency_s
 
 
+AUTO_ROUNDS = 5  # backend auto: chunks timed per backend, interleaved, before choosing
+
+
+def _auto_compiled(path: Path, spec: BundleSpec, device: str, num_inference_steps: int | None,
+                   options: BackendOptions, precision: str, max_action_error: float | None,
+                   need_inpaint: bool) -> PolicyEngine | None:
+    """``backend: auto`` with compiled graphs in the bundle: where a compile for this machine is cached, the faster
+    here of the compiled programs and ONNX Runtime (both timed now on the same observation, interleaved); None:
+    no cached compile, the table's first format. The choice and its reason are logged."""
+    from .compiled import cached
+    fmt = next((f for f in FORMATS.values() if f.compiled and f.name in spec.formats), None)
+    if fmt is None or device not in fmt.devices or "onnx" not in spec.formats:
+        return None
+    try:
+        graphs = choose_graphs(spec, fmt.name, precision, resolve_device(fmt.backend, device), max_action_error,
+                               need_inpaint)
+    except BundleError:
+        return None
+    if not cached([(name, spec.files[name].sha256) for name in graphs.files], device, options):
+        log.info("backend auto: no compile of the %s graphs cached for this machine (start once with backend: %s "
+                 "to compile them, minutes): onnxruntime", fmt.name, fmt.backend)
+        return None
+    engines = {b: load_bundle(path, b, device, num_inference_steps, options, False, precision, max_action_error,
+                              need_inpaint) for b in ("onnxruntime", fmt.backend)}
+    obs = {k: np.zeros((spec.policy.n_obs_steps, *o.shape), np.uint8 if o.kind == "image" else np.float32)
+           for k, o in ((o.key, o) for o in spec.policy.observations)}
+    times: dict[str, list[float]] = {b: [] for b in engines}
+    for _ in range(AUTO_ROUNDS + 1):  # the first round warms up
+        for b, e in engines.items():
+            times[b].append(e.predict(obs, seed=0).latency_s)
+    ms = {b: float(np.median(t[1:])) * 1e3 for b, t in times.items()}
+    best = min(ms, key=ms.get)
+    log.info("backend auto: %s (%s; measured here, median of %d chunks)", best,
+             ", ".join(f"{b} {v:.1f} ms" for b, v in ms.items()), AUTO_ROUNDS)
+    return engines[best]
+
+
 def verify_graphs(path: Path, spec: BundleSpec, graphs: GraphSet) -> None:
     """Every file of the variant: sha256 as the manifest says, and no BatchNorm by its format's scanner."""
     verify_hashes(path, spec)
@@ -228,6 +265,12 @@ def load_bundle(path: str | Path, backend: str = "auto", device: str = "auto",
     spec = read_manifest(path)
     verify_norm_inventory(spec)
     if backend == "auto":
+        faster = _auto_compiled(path, spec, device, num_inference_steps, options, precision, max_action_error,
+                                need_inpaint)
+        if faster is not None:
+            if warm_up:
+                faster.warm_up()
+            return faster
         fmt = next((f for f in FORMATS.values() if f.name in spec.formats), None) or graph_format(spec.formats[0])
     else:
         fmt = by_backend(backend)

@@ -62,8 +62,10 @@ class NodeParams(RunnerConfig):
     config/policy.yaml (``python -m dp_runtime.ros.params --write``; a test fails when they drift).
     """
     bundle: str = setting("", "exported bundle directory (dp-export -o ...)", shown="(required)")
-    backend: str = setting("auto", "graph format to run: auto (the first the bundle has: onnxruntime, then "
-                                   "torchscript), or remote (a dp-serve host at server_url runs the bundle)",
+    backend: str = setting("auto", "graph format to run: auto (the compiled programs where a compile for this "
+                                   "machine is cached and they measure faster here than onnxruntime, else the first "
+                                   "the bundle has: onnxruntime, then torchscript; logged with the reason), or "
+                                   "remote (a dp-serve host at server_url runs the bundle)",
                            choices=("auto", *BACKENDS, "remote"))
     device: str = setting("auto", "auto (TensorRT/CUDA if usable, else CPU), cpu, cuda, tensorrt", choices=DEVICES)
     num_inference_steps: int = setting(0, "DDIM steps; 0 = as exported", ge=0)
