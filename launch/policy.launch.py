@@ -90,8 +90,10 @@ def generate_launch_description():
                               description="node parameters (ROS 2 parameter YAML); default: the package's "
                                           "config/policy.yaml"),
         DeclareLaunchArgument("backend", default_value="",
-                              description="graph format to run: auto (the first the bundle has: onnxruntime, then "
-                                          "torchscript), or remote (a dp-serve host at server_url runs the bundle) "
+                              description="graph format to run: auto (the compiled programs where a compile for "
+                                          "this machine is cached and they measure faster here than onnxruntime, "
+                                          "else the first the bundle has: onnxruntime, then torchscript; logged with "
+                                          "the reason), or remote (a dp-serve host at server_url runs the bundle) "
                                           "(one of auto, onnxruntime, torchscript, aoti, remote); "
                                           "default: the config's"),
         DeclareLaunchArgument("precision", default_value="",
