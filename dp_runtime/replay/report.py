@@ -57,15 +57,15 @@ def segment_errors(pred: np.ndarray, rec: np.ndarray, segments: Layout) -> dict[
         ok = np.isfinite(rec[:, sl]).all(axis=1)  # a segment recorded on another topic is not compared
         if not ok.any():
             continue
-        pred, rec = pred[ok], rec[ok]
+        p, r = pred[ok, sl], rec[ok, sl]
         if s.kind == "position":
-            out[name] = {"unit": "m", **_stats(np.linalg.norm((pred[:, sl] - rec[:, sl]) * s.scale, axis=1))}
+            out[name] = {"unit": "m", **_stats(np.linalg.norm((p - r) * s.scale, axis=1))}
         elif s.kind == "rotation":
             to_matrix = rotations.REPRESENTATIONS[s.representation].to_matrix
-            out[name] = {"unit": "rad", **_stats(rotations.angle_between(to_matrix(pred[:, sl] * s.scale),
-                                                                         to_matrix(rec[:, sl] * s.scale)))}
+            out[name] = {"unit": "rad", **_stats(rotations.angle_between(to_matrix(p * s.scale),
+                                                                         to_matrix(r * s.scale)))}
         else:
-            out[name] = {"unit": "action", **_stats(np.abs(pred[:, sl] - rec[:, sl]).mean(axis=1))}
+            out[name] = {"unit": "action", **_stats(np.abs(p - r).mean(axis=1))}
     return out
 
 
