@@ -193,11 +193,11 @@ def decode_pose_stamped(msg: Any, ctx: DecodeContext) -> np.ndarray:
     """A recorded PoseStamped target -> the action's absolute pose segments (the others NaN)."""
     out = _posed(ctx)
     p, o = msg.pose.position, msg.pose.orientation
-    q = np.array([o.x, o.y, o.z, o.w], np.float64)
-    if not np.all(np.isfinite(q)) or np.linalg.norm(q) < 1e-6:
-        raise InputError(f"{ctx.what}: orientation {q.tolist()} is zero or not finite")
-    pose = Pose(np.array([p.x, p.y, p.z], np.float64), quat_to_matrix(q / np.linalg.norm(q)))
-    return encode(pose, ctx.layout, out)
+    try:
+        rotation = quat_to_matrix(np.array([o.x, o.y, o.z, o.w], np.float64))
+    except InputError as e:
+        raise InputError(f"{ctx.what}: orientation {e}") from None
+    return encode(Pose(np.array([p.x, p.y, p.z], np.float64), rotation), ctx.layout, out)
 
 
 def decode_twist_stamped(msg: Any, ctx: DecodeContext) -> np.ndarray:
