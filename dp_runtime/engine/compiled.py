@@ -62,6 +62,12 @@ class CompileKey:
     device: str
     threads: int = 0  # CPU: the OpenMP thread count Inductor writes into the code (0: a CUDA program)
 
+    @classmethod
+    def here(cls, program_sha256: str, device, threads: int) -> "CompileKey":
+        """The key of a program compiled on this machine's ``device`` (a torch.device) with this torch build."""
+        import torch
+        return cls(program_sha256, torch.__version__, str(torch.version.cuda), device_identity(device), threads)
+
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:24]
 
@@ -69,6 +75,10 @@ class CompileKey:
 class CompileCache:
     def __init__(self, root: Path | None = None):
         self.root = Path(root) if root is not None else default_cache_dir()
+
+    def has(self, key: CompileKey) -> bool:
+        """Whether an intact package compiled for ``key`` is cached (nothing is compiled)."""
+        return self._check(self.root / key.digest(), key) is None
 
     def package(self, key: CompileKey, compile_to: Callable[[Path], None], what: str) -> Path:
         """The compiled package for ``key``: the cached one if it is intact and was compiled for this key,
@@ -180,8 +190,7 @@ class CompiledBackend(TorchScriptBackend):
                  inpaint_step: Path | None = None):
         import dataclasses
         self.cache = CompileCache(options.compile_cache)
-        resolved = device if device != "auto" else ("cuda" if torch_cuda_available() else "cpu")
-        self.threads = cpu_threads(options.threads) if resolved == "cpu" else 0
+        self.threads = cpu_threads(options.threads) if torch_device(device, None).type == "cpu" else 0
         t0 = time.perf_counter()
         super().__init__(encoder, step, device, dataclasses.replace(options, threads=self.threads or None),
                          inpaint_step)
@@ -193,13 +202,11 @@ class CompiledBackend(TorchScriptBackend):
     def _load(self, program: Path):
         """The compiled program (the bundle's verification has already loaded and scanned the exported one;
         it is loaded again only to compile)."""
-        torch = self.torch
-        key = CompileKey(sha256_file(program), torch.__version__, str(torch.version.cuda),
-                         device_identity(self.device), self.threads)
+        key = CompileKey.here(sha256_file(program), self.device, self.threads)
         package = self.cache.package(key, lambda out: compile_program(program, self.device, out, self.threads),
                                      program.name)
         try:
-            return Program(torch._inductor.aoti_load_package(str(package)))
+            return Program(self.torch._inductor.aoti_load_package(str(package)))
         except Exception as e:
             raise BundleError(f"cannot load the compiled package {package} for {program.name}: {e}") from e
 
@@ -207,18 +214,10 @@ class CompiledBackend(TorchScriptBackend):
 def cached(programs: list[tuple[str, str]], device: str, options: BackendOptions) -> bool:
     """Whether every program, (file name, sha256), has an intact compile for this machine in the cache (what
     ``backend: auto`` asks before it considers the compiled format: a first start compiles for minutes)."""
-    import torch
     dev = torch_device(device, None)
     threads = cpu_threads(options.threads) if dev.type == "cpu" else 0
     cache = CompileCache(options.compile_cache)
-    keys = [CompileKey(sha, torch.__version__, str(torch.version.cuda), device_identity(dev), threads)
-            for _, sha in programs]
-    return all(cache._check(cache.root / key.digest(), key) is None for key in keys)
-
-
-def torch_cuda_available() -> bool:
-    import torch
-    return torch.cuda.is_available()
+    return all(cache.has(CompileKey.here(sha, dev, threads)) for _, sha in programs)
 
 
 class Program:

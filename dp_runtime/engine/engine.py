@@ -199,10 +199,14 @@ class PolicyEngine:
         """The actions to execute: the manifest's [execute_start, execute_end) of the horizon."""
         return self.spec.executed(actions)
 
-    def warm_up(self) -> float:
+    def zero_observation(self) -> dict[str, np.ndarray]:
+        """An observation history of zeros (warm-up and timing: the cost does not depend on the values)."""
         obs = {k: np.zeros((self.n_obs_steps, *s), np.uint8) for k, s in self.image_shapes.items()}
         obs.update({k: np.zeros((self.n_obs_steps, n), np.float32) for k, n in self.low_dim_sizes.items()})
-        self.warmup_latency_s = self.predict(obs, seed=0).latency_s
+        return obs
+
+    def warm_up(self) -> float:
+        self.warmup_latency_s = self.predict(self.zero_observation(), seed=0).latency_s
         return self.warmup_latency_s
 
 
@@ -230,8 +234,7 @@ def _auto_compiled(path: Path, spec: BundleSpec, device: str, num_inference_step
         return None
     engines = {b: load_bundle(path, b, device, num_inference_steps, options, False, precision, max_action_error,
                               need_inpaint) for b in ("onnxruntime", fmt.backend)}
-    obs = {k: np.zeros((spec.policy.n_obs_steps, *o.shape), np.uint8 if o.kind == "image" else np.float32)
-           for k, o in ((o.key, o) for o in spec.policy.observations)}
+    obs = engines["onnxruntime"].zero_observation()
     times: dict[str, list[float]] = {b: [] for b in engines}
     for _ in range(AUTO_ROUNDS + 1):  # the first round warms up
         for b, e in engines.items():
