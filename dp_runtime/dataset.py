@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ class DatasetObs:
     def image(self) -> bool:
         return convert.OBS_TYPES[self.type].image
 
-    @property
+    @cached_property
     def segments(self) -> Layout:
         if not self.layout:
             return ()
@@ -62,7 +63,7 @@ class DatasetConfig:
     # the action's segments (layout.py; [] = joint values): where a pose or twist command's values go
     action_layout: list[dict[str, Any]] = field(default_factory=list)
     # more of the action from other topics, SELECTOR: TOPIC (a segment kind, e.g. gripper: /gripper/command,
-    # Float64MultiArray): the latest value at each command; samples before the first are left out
+    # Float64MultiArray): the message nearest in time to each command (within episode_gap_s; none: no sample)
     command_parts: dict[str, str] = field(default_factory=dict)
     command_period_s: float = 0.0  # twist commands: the period each velocity was held (delta = velocity * period)
     horizon: int = 16
@@ -97,7 +98,7 @@ class DatasetConfig:
                                   f"action_layout ({sorted({s.kind for s in segments}) or 'none given'})")
         return out
 
-    @property
+    @cached_property
     def segments(self) -> Layout:
         return parse(self.action_layout, len(self.action_names), "dataset action_layout") if self.action_layout else ()
 
