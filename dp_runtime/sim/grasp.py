@@ -34,6 +34,11 @@ def yaw_matrix(yaw: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
+def yaw_quat(yaw: float) -> np.ndarray:
+    """The xyzw quaternion of a rotation by ``yaw`` about z."""
+    return np.array([0.0, 0.0, np.sin(yaw / 2), np.cos(yaw / 2)])
+
+
 def matrix_yaw(m: np.ndarray) -> float:
     """The rotation about z of a rotation matrix (the planar arm's orientation; tilt is ignored)."""
     return float(np.arctan2(m[1, 0], m[0, 0]))
@@ -117,7 +122,8 @@ class GraspingArm(ReachingArm):
         return np.array([*self.points(q)[2], wrap(q[0] + q[1] + q[2])])
 
     def elbow_and_hand(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.points(q)[1], self.points(q)[2]
+        _, wrist, hand = self.points(q)
+        return wrist, hand
 
     def ik3(self, goal: np.ndarray) -> np.ndarray | None:
         """Joint positions putting the hand at (x, y, yaw), the elbow on its one side; None: out of reach."""
@@ -163,7 +169,7 @@ class GraspingArm(ReachingArm):
     def ee_pose(self) -> tuple[np.ndarray, np.ndarray]:
         """(position (3,), quaternion xyzw (4,)) of the hand in ``base_link`` (the arm's plane is z = 0)."""
         x, y, yaw = self.hand_pose(self.state.q)
-        return np.array([x, y, 0.0]), np.array([0.0, 0.0, np.sin(yaw / 2), np.cos(yaw / 2)])
+        return np.array([x, y, 0.0]), yaw_quat(yaw)
 
     def urdf(self) -> str:
         """The arm as URDF (what it publishes on /robot_description): three revolute joints about z, the tool

@@ -24,11 +24,12 @@ import numpy as np
 import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.qos import DurabilityPolicy
+from geometry_msgs.msg import PoseStamped, TwistStamped
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 
+from ..errors import InputError
 from ..rotations import quat_to_matrix
 from ..ros.convert import sec_to_stamp_fields
 from .grasp import BASE_FRAME, EeCommand, matrix_yaw
@@ -59,7 +60,6 @@ class SimNode(Node):
         if not self.ee:  # a joint-space arm: position commands (the end-effector arm's controller is Cartesian)
             self.create_subscription(Float64MultiArray, self.topics.commands, self.on_command, 10)
         else:
-            from geometry_msgs.msg import PoseStamped, TwistStamped
             self.pose_pub = self.create_publisher(PoseStamped, self.topics.eef_pose, 10)
             self.create_subscription(PoseStamped, self.topics.target_pose, self.on_target_pose, 10)
             self.create_subscription(TwistStamped, self.topics.twist, self.on_twist, 10)
@@ -86,36 +86,38 @@ class SimNode(Node):
             return  # the previous episode's chunk is still in flight after a reset
         try:
             self.arm.command(command)
-        except (ValueError, TypeError, AttributeError) as e:
-            self.bad_commands += 1
-            if self.bad_commands == 1:
-                self.get_logger().warning(f"ignoring bad command on {topic}: {e}")
+        except ValueError as e:
+            self.refuse(topic, str(e))
+
+    def refuse(self, topic: str, why: str) -> None:
+        """A bad command: counted, logged (the first, then every 2 s), never applied."""
+        self.bad_commands += 1
+        self.get_logger().warning(f"ignoring bad command on {topic}: {why}", throttle_duration_sec=2.0)
 
     def in_base(self, msg, topic: str) -> bool:
-        """A Cartesian command in another frame than base_link is refused (counted), as cartesian_controllers do."""
-        if msg.header.frame_id == BASE_FRAME:
-            return True
-        self.bad_commands += 1
-        self.get_logger().warning(f"ignoring a command on {topic} in frame {msg.header.frame_id!r}, "
-                                  f"expected {BASE_FRAME!r}", throttle_duration_sec=2.0)
-        return False
+        """A Cartesian command in another frame than base_link is refused, as cartesian_controllers do."""
+        if msg.header.frame_id != BASE_FRAME:
+            self.refuse(topic, f"frame {msg.header.frame_id!r}, expected {BASE_FRAME!r}")
+        return msg.header.frame_id == BASE_FRAME
 
-    def on_target_pose(self, msg) -> None:
+    def on_target_pose(self, msg: PoseStamped) -> None:
         if self.in_base(msg, self.topics.target_pose):
             p, o = msg.pose.position, msg.pose.orientation
-            q = np.array([o.x, o.y, o.z, o.w])
-            if np.linalg.norm(q) > 1e-6:
-                yaw = matrix_yaw(quat_to_matrix(q / np.linalg.norm(q)))
-                self.apply(EeCommand(None, pose=np.array([p.x, p.y, yaw])), self.topics.target_pose)
+            try:
+                yaw = matrix_yaw(quat_to_matrix(np.array([o.x, o.y, o.z, o.w])))
+            except InputError as e:
+                return self.refuse(self.topics.target_pose, str(e))
+            self.apply(EeCommand(None, pose=np.array([p.x, p.y, yaw])), self.topics.target_pose)
 
-    def on_twist(self, msg) -> None:
+    def on_twist(self, msg: TwistStamped) -> None:
         if self.in_base(msg, self.topics.twist):
             t = msg.twist
             self.apply(EeCommand(None, twist=np.array([t.linear.x, t.linear.y, t.angular.z])), self.topics.twist)
 
     def on_gripper(self, msg: Float64MultiArray) -> None:
-        if len(msg.data) == 1:
-            self.apply(EeCommand(float(msg.data[0])), self.topics.gripper)
+        if len(msg.data) != 1:
+            return self.refuse(self.topics.gripper, f"{len(msg.data)} values, expected 1 (-1 open .. +1 closed)")
+        self.apply(EeCommand(float(msg.data[0])), self.topics.gripper)
 
     def stamp(self, header) -> None:
         header.stamp.sec, header.stamp.nanosec = sec_to_stamp_fields(self.get_clock().now().nanoseconds * 1e-9)
@@ -138,7 +140,6 @@ class SimNode(Node):
             self.stamp(js.header)
             self.js_pub.publish(js)
             if self.ee:
-                from geometry_msgs.msg import PoseStamped
                 position, quat = self.arm.ee_pose()
                 pose = PoseStamped()
                 pose.header.frame_id = BASE_FRAME

@@ -15,7 +15,7 @@ import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from .grasp import BASE_FRAME, EeCommand
+from .grasp import BASE_FRAME, EeCommand, yaw_quat
 from .tasks import TASKS, SimTask
 
 
@@ -133,7 +133,7 @@ class BagRecorder:
             x, y, yaw = cmd.pose
             self._write(self.topics.target_pose, self.T["geometry_msgs/msg/PoseStamped"](
                 header=self._header(t, BASE_FRAME),
-                pose=self._pose((x, y, 0.0), (0.0, 0.0, np.sin(yaw / 2), np.cos(yaw / 2)))), t,
+                pose=self._pose((x, y, 0.0), yaw_quat(yaw))), t,
                 "geometry_msgs/msg/PoseStamped")
         if cmd.twist is not None:
             vx, vy, wz = cmd.twist
