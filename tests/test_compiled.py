@@ -239,3 +239,4 @@ def test_backend_auto_times_the_compiled_programs_only_where_a_compile_is_cached
     chosen = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backend auto: ")]
     assert chosen and "onnxruntime" in chosen[0] and "aoti" in chosen[0] and " ms" in chosen[0]
     assert chosen[0].split()[2] == warm.backend.name
+    assert " ms" in warm.chosen_because and not cold.chosen_because  # the node's start-up line shows it

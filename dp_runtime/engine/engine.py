@@ -56,6 +56,7 @@ class PolicyEngine:
         self.bundle = bundle  # the whole manifest when loaded from a bundle directory
         self.graphs = graphs  # the variant running (precision, recorded error), when loaded from a bundle
         self.backend = backend
+        self.chosen_because = ""  # backend auto between the compiled programs and ONNX Runtime: the figures
         self.image_shapes = spec.image_shapes
         self.low_dim_sizes = spec.low_dim_sizes
         self.keys = spec.keys
@@ -241,8 +242,9 @@ def _auto_compiled(path: Path, spec: BundleSpec, device: str, num_inference_step
             times[b].append(e.predict(obs, seed=0).latency_s)
     ms = {b: float(np.median(t[1:])) * 1e3 for b, t in times.items()}
     best = min(ms, key=ms.get)
-    log.info("backend auto: %s (%s; measured here, median of %d chunks)", best,
-             ", ".join(f"{b} {v:.1f} ms" for b, v in ms.items()), AUTO_ROUNDS)
+    engines[best].chosen_because = (f"{', '.join(f'{b} {v:.1f} ms' for b, v in ms.items())}; measured here, median "
+                                    f"of {AUTO_ROUNDS} chunks")
+    log.info("backend auto: %s (%s)", best, engines[best].chosen_because)
     return engines[best]
 
 

@@ -125,7 +125,8 @@ class PolicyWiring:
         self.control = threading.Thread(target=self._control_loop, name="control", daemon=True)
         self.worker.start()
         self.control.start()
-        log.info(f"bundle {self.p.bundle}: backend {self.engine.backend.name}, provider {self.engine.provider}, "
+        why = f" (auto: {self.engine.chosen_because})" if self.engine.chosen_because else ""
+        log.info(f"bundle {self.p.bundle}: backend {self.engine.backend.name}{why}, provider {self.engine.provider}, "
                  f"precision {self.engine.precision} ({self.engine.recorded_error}); "
                  f"inputs {', '.join(f'{t.topic} [{t.type}]' for t in self.rt.topics)}; "
                  f"{self.p.control_rate_hz} Hz -> {self.p.command_interface} on {self.p.command_topic}; "
