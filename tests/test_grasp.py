@@ -10,8 +10,8 @@ from dp_runtime import rotations
 from dp_runtime.dataset import DatasetConfig, bag_to_dataset
 from dp_runtime.errors import ConfigError
 from dp_runtime.sim.demo import config_path
-from dp_runtime.sim.grasp import EeCommand, GraspExpert, GraspingArm, wrap
-from dp_runtime.sim.record import GripperSlips, record_demonstrations
+from dp_runtime.sim.grasp import EeCommand, GraspingArm, wrap
+from dp_runtime.sim.record import GripperSlips, PoseNoise, record_demonstrations
 from dp_runtime.sim.tasks import TASKS
 
 
@@ -92,16 +92,20 @@ def bags(tmp_path_factory):
             for name in ("grasp", "grasp_delta")}
 
 
-def episode(arm, expert, slips: GripperSlips) -> list[tuple[EeCommand, EeCommand]]:
+NO_NOISE = PoseNoise((0.0, 0.0), np.random.default_rng(0))
+
+
+def episode(arm, expert, slips: GripperSlips, noise: PoseNoise = NO_NOISE) -> list[tuple[EeCommand, EeCommand]]:
     """One episode on the recorder's schedule (a command every 0.1 s, physics at 100 Hz): (recorded, executed)."""
     arm.reset()
     expert.reset()
     slips.reset()
+    noise.reset()
     out, k = [], 0
     while not arm.done():
         if k % 10 == 0:
             command = expert.action(0.1)
-            out.append((command, slips(command, arm.state.t, 0.1, arm.distance())))
+            out.append((command, slips(noise(command, 0.1, arm.distance()), arm.state.t, 0.1, arm.distance())))
             arm.command(out[-1][1])
         arm.step(0.01)
         k += 1
@@ -109,13 +113,50 @@ def episode(arm, expert, slips: GripperSlips) -> list[tuple[EeCommand, EeCommand
 
 
 def expert_commands(name: str, episodes: int = 4, seed: int = 3) -> list[EeCommand]:
-    """The expert's commands, replayed in-process with the recorder's seed and schedule, less each episode's first
+    """The expert's commands, replayed in-process with the recorder's seeds and schedule, less each episode's first
     (recorded before the episode's first camera frame: no observation history, no sample)."""
     task = TASKS[name]
     arm = task.arm(seed)
     expert = task.expert(arm, seed)
     slips = GripperSlips(task.gripper_slips, np.random.default_rng(seed + 7_919))
-    return [recorded for _ in range(episodes) for recorded, _ in episode(arm, expert, slips)[1:]]
+    noise = PoseNoise(task.pose_noise, np.random.default_rng(seed + 15_485_863))
+    return [recorded for _ in range(episodes) for recorded, _ in episode(arm, expert, slips, noise)[1:]]
+
+
+def test_pose_noise_moves_the_executed_target_only_fades_at_the_grasp_and_the_expert_still_grasps():
+    """DART in Cartesian space: the executed target is off the expert's by a few cm / tenths of a rad, the recorded
+    one is the expert's; near the bar the offset fades, so the expert's own closing rule is met and it grasps."""
+    task = TASKS["grasp"]
+    arm = task.arm(1)
+    expert = task.expert(arm, 1)
+    noise = PoseNoise((0.025, 0.15), np.random.default_rng(0))
+    offsets = []
+    for _ in range(10):
+        pairs = episode(arm, expert, GripperSlips(0.0, np.random.default_rng(0)), noise)
+        offsets += [executed.pose - recorded.pose for recorded, executed in pairs]
+        assert arm.succeeded() and arm.state.misses == 0
+        assert np.abs(noise.offset[:2]).max() < 0.012  # faded: the hand was there when it closed
+    spread = np.abs(np.array(offsets)).mean(axis=0)
+    assert 0.005 < spread[0] < 0.03 and 0.005 < spread[1] < 0.03 and 0.03 < spread[2] < 0.2
+
+
+def test_the_wrist_camera_shows_the_bar_along_the_hand_when_aligned():
+    """The eye-in-hand view is in the hand's frame: at the grasp the bar runs up the image's middle column (the hand's
+    direction) whatever the bar's angle in the world; a quarter turn off, it runs across."""
+    arm = TASKS["grasp"].arm(3)
+    s = arm.state
+    yaw = arm.grasp_yaw(s.target, s.bar_yaw, 0.0)
+    red = np.array([230, 40, 40])
+    across = next(q for turn in (np.pi / 2, -np.pi / 2) if (q := arm.ik3(np.array([*s.target, wrap(yaw + turn)])))
+                  is not None)
+    for q, along_rows in ((arm.ik3(np.array([*s.target, yaw])), True), (across, False)):
+        s.q = q
+        img = arm.wrist_view()
+        assert img.shape == (64, 64, 3)
+        rows, cols = np.nonzero(np.all(img == red, axis=-1))
+        spread_rows, spread_cols = np.ptp(rows), np.ptp(cols)
+        assert (spread_rows > 2 * spread_cols) if along_rows else (spread_cols > 2 * spread_rows)
+    assert TASKS["reach"].arm(0).wrist_view() is None
 
 
 def test_gripper_slips_close_the_executed_gripper_only_and_the_expert_recovers():
@@ -141,6 +182,7 @@ def test_grasp_demonstrations_become_robomimic_abs_actions(bags):
     arrays, info = bag_to_dataset(bags["grasp"], cfg)
     assert info["episodes"] == 4 and info["low_dims"] == {"robot0_eef_pos": 3, "robot0_eef_quat": 4,
                                                           "robot0_gripper_qpos": 2}
+    assert arrays["robot0_eye_in_hand_image"].shape[-3:] == (64, 64, 3)
     # the executed step of each sample (index n_obs_steps - 1 of its chunk) is that tick's command
     actions = arrays["action"][:, cfg.n_obs_steps - 1]
     want = []

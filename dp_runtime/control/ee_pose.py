@@ -47,6 +47,10 @@ class PoseTracker:
     def __init__(self, spec: PolicySpec):
         self.keys = {o.key: o.segments for o in spec.observations
                      if o.kind == "low_dim" and {s.kind for s in o.segments} <= {"position", "rotation"}}
+        # the keys that carry a position: a measured position is compared with the previous one at these only, each
+        # sample at its own stamp (robosuite's pose is two keys of one message, delivered in either order: the newer
+        # message's rotation before its position would pair the old position with the new stamp)
+        self.position_keys = {k for k, segments in self.keys.items() if any(s.kind == "position" for s in segments)}
         posed = [s for s in spec.action.segments if s.kind in ("position", "rotation")]
         self.posed = bool(posed)  # the action holds a pose (the departure rule compares the measured one)
         self.needed = needs_reference(spec.action.segments)  # its actions are decoded against the measured pose

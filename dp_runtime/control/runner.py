@@ -337,7 +337,7 @@ class PolicyRunner:
                 pose = None
                 if self.ee is not None and key in self.ee.keys:
                     self.ee.add(key, stamp, value)
-                    pose = self.ee.measured()
+                    pose = self.ee.measured() if key in self.ee.position_keys else None
                 if self._first_input is None:
                     self._first_input = stamp
                 if joint_names:

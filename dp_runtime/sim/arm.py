@@ -146,15 +146,23 @@ class ReachingArm:
         img[self.disk(hand, 1.8 * px)] = (240, 220, 60)
         return img
 
-    def disk(self, centre: np.ndarray, radius: float) -> np.ndarray:
-        """(S, S) bool: the pixels within ``radius`` of ``centre`` (world coordinates)."""
-        return (self.gx - centre[0]) ** 2 + (self.gy - centre[1]) ** 2 < radius ** 2
+    def wrist_view(self) -> np.ndarray | None:
+        """The image of a camera on the hand, where the arm has one (robosuite's ``eye_in_hand``; None: none)."""
+        return None
 
-    def _segment(self, a: np.ndarray, b: np.ndarray, width: float) -> np.ndarray:
+    def disk(self, centre: np.ndarray, radius: float, grid: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """(S, S) bool: the pixels within ``radius`` of ``centre`` (world coordinates); ``grid``: the pixel centres
+        in world coordinates of another camera than the top-down one."""
+        gx, gy = grid or (self.gx, self.gy)
+        return (gx - centre[0]) ** 2 + (gy - centre[1]) ** 2 < radius ** 2
+
+    def _segment(self, a: np.ndarray, b: np.ndarray, width: float,
+                 grid: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        gx, gy = grid or (self.gx, self.gy)
         ab = b - a
-        t = np.clip(((self.gx - a[0]) * ab[0] + (self.gy - a[1]) * ab[1]) / max(ab @ ab, 1e-12), 0, 1)
-        dx = self.gx - (a[0] + t * ab[0])
-        dy = self.gy - (a[1] + t * ab[1])
+        t = np.clip(((gx - a[0]) * ab[0] + (gy - a[1]) * ab[1]) / max(ab @ ab, 1e-12), 0, 1)
+        dx = gx - (a[0] + t * ab[0])
+        dy = gy - (a[1] + t * ab[1])
         return dx * dx + dy * dy < width * width
 
 

@@ -63,6 +63,8 @@ class GraspConfig(ArmConfig):
     bar_radius: tuple[float, float] = (0.4, 0.75)
     bar_angle: tuple[float, float] = (-1.6, 2.6)
     twist_timeout: float = 0.15  # s a velocity command is followed without a new one
+    wrist_image_size: int = 64
+    wrist_extent: float = 0.25  # m: the wrist camera sees this far either side of the hand
 
 
 @dataclass
@@ -253,26 +255,44 @@ class GraspingArm(ReachingArm):
         return {"distance": round(self.distance(), 4), "yaw_error": round(min(off, np.pi - off), 4),
                 "misses": s.misses}
 
-    # -- camera ---------------------------------------------------------------------
+    # -- cameras --------------------------------------------------------------------
     def render(self) -> np.ndarray:
         """Top-down: grey floor, the bar (red, its two ends marked magenta and orange: a direction a small encoder's
         keypoints find, where a thin line's angle is hard to read), blue links, yellow fingers."""
+        return self._draw((self.gx, self.gy))
+
+    def wrist_view(self) -> np.ndarray:
+        """The camera on the hand (robosuite's ``robot0_eye_in_hand``), looking down with the hand's direction up:
+        ``wrist_extent`` m either side of the point between the fingertips, so the bar's offset and angle from the
+        grasp are what it shows (in the top-down image a 0.2 rad error turns the bar's ends by one pixel)."""
+        c = self.cfg
+        x, y, yaw = self.hand_pose(self.state.q)
+        u = (np.arange(c.wrist_image_size) + 0.5) / c.wrist_image_size * 2 * c.wrist_extent - c.wrist_extent
+        lat, fwd = np.meshgrid(-u, -u)  # row 0 ahead of the hand, column 0 on its left
+        cy, sy = np.cos(yaw), np.sin(yaw)
+        return self._draw((x + cy * fwd - sy * lat, y + sy * fwd + cy * lat), links=False)
+
+    def _draw(self, grid: tuple[np.ndarray, np.ndarray], links: bool = True) -> np.ndarray:
+        """The scene seen at ``grid`` (pixel centres in world coordinates); sizes are physical (the top-down
+        camera's pixel), so both cameras show the same objects. ``links``: the arm's links (the wrist camera, mounted
+        on the hand, sees its fingers and not the arm behind it)."""
         s, c = self.state, self.cfg
-        img = np.empty(self.gx.shape + (3,), np.uint8)
+        img = np.empty(grid[0].shape + (3,), np.uint8)
         img[:] = (40, 40, 40)
         px = 2 * c.extent / c.image_size
         along = 0.5 * c.bar_length * np.array([np.cos(s.bar_yaw), np.sin(s.bar_yaw)])
-        img[self._segment(s.target - along, s.target + along, max(c.bar_width / 2, 1.2 * px))] = (230, 40, 40)
-        img[self.disk(s.target + along, 2.5 * px)] = (230, 60, 230)
-        img[self.disk(s.target - along, 2.5 * px)] = (250, 150, 30)
+        img[self._segment(s.target - along, s.target + along, max(c.bar_width / 2, 1.2 * px), grid)] = (230, 40, 40)
+        img[self.disk(s.target + along, 2.5 * px, grid)] = (230, 60, 230)
+        img[self.disk(s.target - along, 2.5 * px, grid)] = (250, 150, 30)
         elbow, wrist, hand = self.points(s.q)
-        for a, b in ((np.zeros(2), elbow), (elbow, wrist)):
-            img[self._segment(a, b, 1.3 * px)] = (60, 120, 230)
-        img[self._segment(wrist, hand, 0.9 * px)] = (120, 200, 240)
+        if links:
+            for a, b in ((np.zeros(2), elbow), (elbow, wrist)):
+                img[self._segment(a, b, 1.3 * px, grid)] = (60, 120, 230)
+            img[self._segment(wrist, hand, 0.9 * px, grid)] = (120, 200, 240)
         yaw = self.hand_pose(s.q)[2]
         lateral = np.array([-np.sin(yaw), np.cos(yaw)])
         for side in (1, -1):
-            img[self.disk(hand + side * (s.width / 2 + px) * lateral, 1.3 * px)] = (240, 220, 60)
+            img[self.disk(hand + side * (s.width / 2 + px) * lateral, 1.3 * px, grid)] = (240, 220, 60)
         return img
 
 
@@ -285,6 +305,9 @@ def toward(carrot: np.ndarray, goal: np.ndarray, step: float, yaw_step: float) -
     out = carrot + np.array([*lin, np.clip(d[2], -yaw_step, yaw_step)])
     out[2] = wrap(out[2])
     return out
+
+
+OSC_STEP = np.array([0.05, 0.05, 0.5])  # robosuite OSC_POSE's largest step (action 1.0): m, m, rad
 
 
 class GraspExpert:
@@ -319,7 +342,8 @@ class GraspExpert:
         gripper = 1.0 if self.closing or s.grasped else -1.0
         if not self.twist:
             return EeCommand(gripper, pose=self.carrot.copy())
-        # toward the carrot from the measured pose, over one period (what robosuite's OSC does with a delta)
+        # toward the carrot from the measured pose, over one period (what robosuite's OSC does with a delta), within
+        # OSC's input range (a step of at most 0.05 m per axis and 0.5 rad)
         delta = self.carrot - hand
         delta[2] = wrap(delta[2])
-        return EeCommand(gripper, twist=delta / dt)
+        return EeCommand(gripper, twist=np.clip(delta, -OSC_STEP, OSC_STEP) / dt)

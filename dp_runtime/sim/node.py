@@ -3,8 +3,8 @@
     dp-sim [--task reach|around|track|grasp|grasp_delta] [--episodes N] [--seed S] [--command-topic /arm/commands]
            [--ros-args ...]
 
-Publishes sensor_msgs/Image (rgb8, 96x96) and sensor_msgs/JointState with
-header stamps, takes std_msgs/Float64MultiArray joint position commands (as a
+Publishes sensor_msgs/Image (rgb8, 96x96; the grasp tasks also a 64x64 wrist
+camera) and sensor_msgs/JointState with header stamps, takes std_msgs/Float64MultiArray joint position commands (as a
 ros2_control forward position controller does); the end-effector tasks (grasp)
 publish the hand's geometry_msgs/PoseStamped (base_link) and the URDF on
 /robot_description (transient local) and take PoseStamped targets, TwistStamped
@@ -54,6 +54,8 @@ class SimNode(Node):
         self.done = False
         camera_qos = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST, depth=5)
         self.cam_pub = self.create_publisher(Image, self.topics.camera, camera_qos)
+        self.wrist_pub = (self.create_publisher(Image, self.topics.wrist_camera, camera_qos)
+                          if self.arm.wrist_view() is not None else None)
         self.js_pub = self.create_publisher(JointState, self.topics.joints, 10)
         self.ep_pub = self.create_publisher(String, self.topics.episodes, 10)
         self.ee = self.arm.ee_pose() is not None
@@ -122,6 +124,12 @@ class SimNode(Node):
     def stamp(self, header) -> None:
         header.stamp.sec, header.stamp.nanosec = sec_to_stamp_fields(self.get_clock().now().nanoseconds * 1e-9)
 
+    def publish_image(self, pub, img: np.ndarray, frame_id: str) -> None:
+        msg = Image(height=img.shape[0], width=img.shape[1], encoding="rgb8", step=img.shape[1] * 3, data=img.tobytes())
+        msg.header.frame_id = frame_id
+        self.stamp(msg.header)
+        pub.publish(msg)
+
     def on_step(self) -> None:
         if self.done:
             return
@@ -129,12 +137,9 @@ class SimNode(Node):
         self.arm.step(min(now - self.last, 5 * self.dt))  # real elapsed time, capped after a stall
         self.last = now
         if self.k % self.every["camera"] == 0:
-            img = self.arm.render()
-            msg = Image(height=img.shape[0], width=img.shape[1], encoding="rgb8", step=img.shape[1] * 3,
-                        data=img.tobytes())
-            msg.header.frame_id = "camera"
-            self.stamp(msg.header)
-            self.cam_pub.publish(msg)
+            self.publish_image(self.cam_pub, self.arm.render(), "camera")
+            if self.wrist_pub is not None:
+                self.publish_image(self.wrist_pub, self.arm.wrist_view(), "wrist_camera")
         if self.k % self.every["joints"] == 0:
             js = JointState(name=list(self.arm.joint_names), position=[float(x) for x in self.arm.joint_positions()])
             self.stamp(js.header)

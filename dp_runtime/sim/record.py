@@ -38,14 +38,44 @@ class ExecutionNoise:
         return self.offset
 
 
+class PoseNoise:
+    """DART for a Cartesian command: the executed target is the expert's plus a slowly varying offset
+    (Ornstein-Uhlenbeck in x, y and yaw, ``std`` = (m, rad)), the recorded command stays the expert's. The offset
+    fades within ``fade_m`` of the target (the expert's own closing needs the hand there), so the demonstrations
+    show the hand off its path and beside the grasp, the way back, and the gripper kept open until the hand is
+    there: without them the policy closed wherever its pose was a little off, as the expert never showed it."""
+
+    def __init__(self, std: tuple[float, float], rng: np.random.Generator, tau_s: float = 0.5,
+                 fade_m: tuple[float, float] = (0.015, 0.1)):
+        self.std = np.array([std[0], std[0], std[1]], np.float64)
+        self.rng, self.tau_s, self.fade_m = rng, tau_s, fade_m
+        self.offset = np.zeros(3)
+
+    def reset(self) -> None:
+        self.offset = self.rng.normal(0.0, 1.0, 3) * self.std
+
+    def __call__(self, cmd: EeCommand, dt: float, distance: float) -> EeCommand:
+        if not self.std.any():
+            return cmd
+        lo, hi = self.fade_m
+        std = self.std * float(np.clip((distance - lo) / (hi - lo), 0.0, 1.0))
+        a = dt / self.tau_s
+        self.offset += -a * self.offset + std * np.sqrt(2 * a) * self.rng.normal(size=3)
+        if cmd.pose is not None:
+            return replace(cmd, pose=cmd.pose + self.offset)
+        # a velocity from the measured pose toward the target: the offset target over one period
+        return replace(cmd, twist=cmd.twist + self.offset / dt)
+
+
 class GripperSlips:
-    """DART for a gripper: now and then (``rate_hz``) while the hand approaches its target (``zone_m`` from it),
+    """DART for a gripper: now and then (``rate_hz``) while the hand approaches its target (``zone_m`` from it, down
+    to beside the grasp, where a policy's early closing happens),
     the executed command closes the gripper for ``hold_s`` while the recorded one stays the expert's (open): the
     learner's own mistake, closing too early. The demonstrations then show fingers closed beside the
     target and the expert's way back, opening again: without them a policy that closed too early never saw a
     recovery and stayed closed for the rest of the episode."""
 
-    def __init__(self, rate_hz: float, rng: np.random.Generator, zone_m: tuple[float, float] = (0.08, 0.35),
+    def __init__(self, rate_hz: float, rng: np.random.Generator, zone_m: tuple[float, float] = (0.02, 0.35),
                  hold_s: float = 0.6):
         self.rate_hz, self.rng, self.zone_m, self.hold_s = rate_hz, rng, zone_m, hold_s
         self.until = -1.0
@@ -64,6 +94,7 @@ class GripperSlips:
 @dataclass
 class SimTopics:
     camera: str = "/camera/image_raw"
+    wrist_camera: str = "/wrist_camera/image_raw"  # arms with a camera on the hand (the grasp tasks)
     joints: str = "/joint_states"
     commands: str = "/arm/commands"
     episodes: str = "/sim/episode"
@@ -145,11 +176,11 @@ class BagRecorder:
             layout=self.T["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0),
             data=np.array([cmd.gripper], np.float64)), t + 0.001, "std_msgs/msg/Float64MultiArray")
 
-    def image(self, img: np.ndarray, stamp: float) -> None:
+    def image(self, img: np.ndarray, stamp: float, topic: str | None = None) -> None:
         h, w, _ = img.shape
-        self._write(self.topics.camera, self.T["sensor_msgs/msg/Image"](
+        self._write(topic or self.topics.camera, self.T["sensor_msgs/msg/Image"](
             header=self._header(stamp), height=h, width=w, encoding="rgb8", is_bigendian=0, step=w * 3,
-            data=img.reshape(-1)), stamp + 0.004)
+            data=img.reshape(-1)), stamp + 0.004, "sensor_msgs/msg/Image")
 
     def joints(self, names: tuple[str, ...], q: np.ndarray, stamp: float) -> None:
         self._write(self.topics.joints, self.T["sensor_msgs/msg/JointState"](
@@ -187,6 +218,7 @@ def record_demonstrations(out: Path, episodes: int, seed: int = 0, task: SimTask
     t_start = T0
     noise = ExecutionNoise(task.demo_noise, np.random.default_rng(seed + 104_729))  # std 0: exactly the expert's
     slips = GripperSlips(task.gripper_slips, np.random.default_rng(seed + 7_919))
+    pose_noise = PoseNoise(task.pose_noise, np.random.default_rng(seed + 15_485_863))
     successes, durations = 0, []
     try:
         for ep in range(episodes):
@@ -194,11 +226,14 @@ def record_demonstrations(out: Path, episodes: int, seed: int = 0, task: SimTask
             expert.reset()
             noise.reset()
             slips.reset()
+            pose_noise.reset()
             k, ended = 0, None
             while True:
                 t = t_start + k * dt_phys
                 if k % every["camera"] == 0:
                     rec.image(arm.render(), t)
+                    if (wrist := arm.wrist_view()) is not None:
+                        rec.image(wrist, t, topics.wrist_camera)
                 if k % every["joints"] == 0:
                     rec.joints(arm.joint_names, arm.joint_positions(), t)
                     if (pose := arm.ee_pose()) is not None:
@@ -206,7 +241,9 @@ def record_demonstrations(out: Path, episodes: int, seed: int = 0, task: SimTask
                 if k % every["control"] == 0:
                     cmd = expert.action(1.0 / topics.control_hz)
                     if isinstance(cmd, EeCommand):
-                        arm.command(slips(cmd, arm.state.t, 1.0 / topics.control_hz, arm.distance()))
+                        period = 1.0 / topics.control_hz
+                        arm.command(slips(pose_noise(cmd, period, arm.distance()), arm.state.t, period,
+                                          arm.distance()))
                         rec.ee_command(cmd, t + 0.003)
                     else:
                         arm.command(cmd + noise(1.0 / topics.control_hz))

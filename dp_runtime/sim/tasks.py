@@ -279,6 +279,9 @@ class SimTask:
     # per second near the target: the demonstrations' executed gripper closed for a moment where the expert's
     # stays open (record.GripperSlips, DART for a gripper); the recorded commands stay the expert's
     gripper_slips: float = 0.0
+    # (m, rad): the end-effector demonstrations' executed targets perturbed around the expert's (record.PoseNoise,
+    # DART in x, y and yaw); the recorded commands stay the expert's
+    pose_noise: tuple[float, float] = (0.0, 0.0)
     dataset_config: str = "sim_dataset.yaml"  # config/: dp-dataset's topics, action and network for this task
     node_config: str = "sim_policy.yaml"  # config/: the policy node's parameters for this task's sim
 
@@ -298,8 +301,10 @@ class SimTask:
         return self.arm(0).cfg.episode_seconds
 
 
-# the grasp tasks read the bar's angle from the image: the track task's wider network
+# the grasp tasks read the bar's angle from the images: the track task's wider network
 GRASP_POLICY = {"encoder": {"base_width": 16, "feature_dim": 128}, "unet": {"down_dims": [64, 128, 256]}}
+# the grasp tasks' Cartesian DART (m, rad): about the policy's own errors without it (3 cm, 0.2 rad at the grasp)
+GRASP_NOISE = (0.025, 0.15)
 
 TASKS: dict[str, SimTask] = {t.name: t for t in (
     SimTask("reach", "reach a target (the embedded default)", lambda seed: ReachingArm(ArmConfig(), seed),
@@ -318,12 +323,12 @@ TASKS: dict[str, SimTask] = {t.name: t for t in (
     SimTask("grasp", "grasp a bar with a 3-joint arm's gripper: end-effector pose in, PoseStamped targets out "
             "(diffusion_policy's robomimic *_abs convention: 10-D position, rotation_6d, gripper)",
             lambda seed: GraspingArm(GraspConfig(), seed), lambda arm, seed: GraspExpert(arm, seed=seed),
-            "distance", DemoPlan(300, 3000, 20), policy=GRASP_POLICY, gripper_slips=1.0,
+            "distance", DemoPlan(300, 3000, 20), policy=GRASP_POLICY, gripper_slips=1.0, pose_noise=GRASP_NOISE,
             dataset_config="grasp_dataset.yaml", node_config="grasp_policy.yaml"),
     SimTask("grasp_delta", "the grasp task in robomimic's OSC delta convention: TwistStamped velocities out "
             "(7-D: position and axis-angle deltas, gripper)",
             lambda seed: GraspingArm(GraspConfig(), seed), lambda arm, seed: GraspExpert(arm, twist=True, seed=seed),
-            "distance", DemoPlan(300, 3000, 20), policy=GRASP_POLICY, gripper_slips=1.0,
+            "distance", DemoPlan(300, 3000, 20), policy=GRASP_POLICY, gripper_slips=1.0, pose_noise=GRASP_NOISE,
             dataset_config="grasp_delta_dataset.yaml", node_config="grasp_delta_policy.yaml"),
 )}
 
