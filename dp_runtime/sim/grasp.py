@@ -307,12 +307,10 @@ def toward(carrot: np.ndarray, goal: np.ndarray, step: float, yaw_step: float) -
     return out
 
 
-OSC_STEP = np.array([0.05, 0.05, 0.5])  # robosuite OSC_POSE's largest step (action 1.0): m, m, rad
-
-
 class GraspExpert:
     """Straight to the grasp pose in Cartesian space (position and yaw at a speed the arm follows), then closes
-    the gripper. ``twist``: commands the same motion as velocities (robosuite OSC's delta convention) instead of
+    the gripper. ``twist``: commands the motion as per-step velocities from the measured pose (robosuite OSC's delta
+    convention; within OSC's input range: 0.03 m and 0.12 rad per step against 0.05 m and 0.5 rad) instead of
     absolute targets."""
     speed = 0.3  # m/s
     yaw_speed = 1.2  # rad/s
@@ -342,8 +340,9 @@ class GraspExpert:
         gripper = 1.0 if self.closing or s.grasped else -1.0
         if not self.twist:
             return EeCommand(gripper, pose=self.carrot.copy())
-        # toward the carrot from the measured pose, over one period (what robosuite's OSC does with a delta), within
-        # OSC's input range (a step of at most 0.05 m per axis and 0.5 rad)
-        delta = self.carrot - hand
+        # a step from the measured pose toward the grasp pose, at the carrot's speed: a delta is applied to the pose
+        # measured when it executes (robosuite's OSC), so the step is a function of what the policy sees (the hand,
+        # the bar), not of the carrot's hidden lead (which left the delta policy guessing how far the hand lagged)
+        delta = toward(hand, self.goal, self.speed * dt, self.yaw_speed * dt) - hand
         delta[2] = wrap(delta[2])
-        return EeCommand(gripper, twist=np.clip(delta, -OSC_STEP, OSC_STEP) / dt)
+        return EeCommand(gripper, twist=delta / dt)

@@ -60,11 +60,14 @@ class PoseNoise:
         lo, hi = self.fade_m
         std = self.std * float(np.clip((distance - lo) / (hi - lo), 0.0, 1.0))
         a = dt / self.tau_s
+        was = self.offset.copy()
         self.offset += -a * self.offset + std * np.sqrt(2 * a) * self.rng.normal(size=3)
         if cmd.pose is not None:
             return replace(cmd, pose=cmd.pose + self.offset)
-        # a velocity from the measured pose toward the target: the offset target over one period
-        return replace(cmd, twist=cmd.twist + self.offset / dt)
+        # a velocity (a step from the measured pose): the offset's change over one period, so the executed path is the
+        # expert's plus the offset where the expert did not react (the whole offset in every step would be a random
+        # walk the expert's steps cannot outrun)
+        return replace(cmd, twist=cmd.twist + (self.offset - was) / dt)
 
 
 class GripperSlips:
