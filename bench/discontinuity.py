@@ -26,7 +26,7 @@ from dp_runtime.control.runner import DEFAULT_DISCONTINUITY_SPEED, DEFAULT_DISCO
 from dp_runtime.engine import load_bundle
 from dp_runtime.sim.evaluate import SETTLE_S, boundary_jump_ratio, run_episodes
 from dp_runtime.sim.record import SimTopics
-from dp_runtime.sim.tasks import TASKS, sim_task
+from dp_runtime.sim.tasks import sim_task
 
 HERE = Path(__file__).resolve().parent
 OFF = 1e9

@@ -329,16 +329,19 @@ class GraspExpert:
         self.closing = False
 
     def action(self, dt: float) -> EeCommand:
-        hand = self.arm.hand_pose(self.arm.state.q)
-        self.carrot = toward(self.carrot, self.goal, self.speed * dt, self.yaw_speed * dt)
+        s = self.arm.state
+        hand = self.arm.hand_pose(s.q)
+        if self.twist:  # the way along the bar: the nearer to the hand's yaw now (what the policy sees), not at the start
+            yaw = self.arm.grasp_yaw(s.target, s.bar_yaw, hand[2])
+            self.goal = self.goal if yaw is None else np.array([*s.target, yaw])
         off = self.goal - hand
         off[2] = wrap(off[2])
-        s = self.arm.state
         there = float(np.linalg.norm(off[:2])) < 0.012 and abs(off[2]) < 0.08
         # close once there with the fingers open (closed fingers, after a miss, open first)
         self.closing = there and (self.closing or s.width >= self.arm.cfg.gripper_open - 1e-6)
         gripper = 1.0 if self.closing or s.grasped else -1.0
         if not self.twist:
+            self.carrot = toward(self.carrot, self.goal, self.speed * dt, self.yaw_speed * dt)
             return EeCommand(gripper, pose=self.carrot.copy())
         # a step from the measured pose toward the grasp pose, at the carrot's speed: a delta is applied to the pose
         # measured when it executes (robosuite's OSC), so the step is a function of what the policy sees (the hand,
