@@ -262,3 +262,19 @@ def test_a_pose_in_two_keys_delivered_out_of_order_is_no_discontinuity():
     r.add("quat", 1.4, quat)
     r.add("pos", 1.4, np.array([x + 0.3, 0.1, 0.3]))  # teleported 30 cm in 20 ms
     assert r.stats.discontinuities == 1
+
+
+def test_auto_transitions_replace_with_fresh_noise_under_per_step_deltas():
+    """Holding a new chunk to the old plan's actions (inpainting, aligned noise) keeps a position continuous but a
+    delta's velocity going: auto replaces with fresh noise under deltas, says so; a setting given is kept."""
+    deltas = tuple(arm_action(False))
+    rows = np.tile([0.2, 0, 0, 0, 0, 0, -1.0], (8, 1))
+    r = PolicyRunner(engine_for(deltas, rows), RunnerConfig())
+    assert (r.transition.name, r.noise.__name__) == ("replace", "fresh")
+    assert r.settings_line == ("chunk_transition auto: replace (per-step delta actions); "
+                               "chunk_noise auto: fresh (per-step delta actions)")
+    kept = PolicyRunner(engine_for(deltas, rows), RunnerConfig(chunk_transition="blend", chunk_noise="aligned"))
+    assert (kept.transition.name, kept.noise.__name__) == ("blend", "aligned")
+    pose_rows = np.tile([0.45, 0.1, 0.3, 1, 0, 0, 0, 1, 0, -1.0], (8, 1))
+    absolute = PolicyRunner(engine_for(tuple(arm_action(True)), pose_rows), RunnerConfig())
+    assert absolute.settings_line.startswith("chunk_transition auto: blend")  # the engine stand-in cannot inpaint

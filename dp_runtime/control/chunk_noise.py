@@ -58,9 +58,13 @@ def noise_rule(name: str) -> NoiseRule | None:
         raise ConfigError(f"chunk_noise must be one of {AUTO}, {', '.join(CHUNK_NOISE)}, got {name!r}") from None
 
 
-def for_engine(chosen: NoiseRule | None, engine) -> tuple[NoiseRule, str]:
-    """The rule to run and a line for the log; aligned on an engine that does not take noise is refused."""
+def for_engine(chosen: NoiseRule | None, engine, deltas: bool = False) -> tuple[NoiseRule, str]:
+    """The rule to run and a line for the log; aligned on an engine that does not take noise is refused.
+    ``deltas`` (per-step delta actions): auto is fresh, as chunk_transition auto replaces (transitions.for_engine):
+    noise aligned with the old plan's draws the old plan's velocity again."""
     takes = engine.takes_noise
+    if chosen is None and deltas:
+        return fresh, "chunk_noise auto: fresh (per-step delta actions)"
     if chosen is None:
         return (aligned, "chunk_noise auto: aligned") if takes else (
             fresh, f"chunk_noise auto: fresh ({type(engine).__name__} draws each chunk's noise itself)")

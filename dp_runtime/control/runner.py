@@ -79,14 +79,15 @@ class RunnerConfig:
         choices=("auto",), ge=0)
     chunk_transition: str = setting(
         "auto", "how a new chunk meets the actions already queued: auto (the first the bundle and backend run of "
-                "soft_inpaint_early, soft_inpaint, blend; logged), replace, blend (cross-fade), inpaint "
+                "soft_inpaint_early, soft_inpaint, blend; replace for per-step delta actions; logged), replace, blend (cross-fade), inpaint "
                 "(denoised with the committed actions held fixed; needs a bundle exported with --inpaint), "
                 "soft_inpaint (inpaint, and the previous chunk's plan guides the rest with decaying weights), "
                 "soft_inpaint_early (as soft_inpaint, the weights holding through the noisiest DDIM steps only)",
         choices=(transitions.AUTO, *TRANSITIONS))
     blend_actions: int = setting(4, "blend: actions over which a new chunk cross-fades in", ge=0, live=True)
     chunk_noise: str = setting(
-        "auto", "each chunk's initial noise: auto (aligned where the backend takes it, fresh on remote), fresh "
+        "auto", "each chunk's initial noise: auto (aligned where the backend takes it, fresh on remote and for "
+                "per-step delta actions), fresh "
                 "(drawn per chunk), or aligned (the previous chunk's on the due times both cover, fresh beyond: a "
                 "multimodal policy keeps its choice from chunk to chunk)",
         choices=(chunk_noise.AUTO, *CHUNK_NOISE))
@@ -177,8 +178,10 @@ class PolicyRunner:
         if len(self.action_names) != self.spec.action.dim:
             raise ConfigError(f"action_joint_names has {len(self.action_names)} names, the bundle's action has "
                               f"{self.spec.action.dim} dims")
-        self.transition, how = transitions.for_engine(cfg.transition, engine)
-        self.noise, noise_how = chunk_noise.for_engine(cfg.noise, engine)
+        tracker = PoseTracker(self.spec)
+        self.deltas = tracker.mode == "delta"  # per-step deltas: a repeated one would move the arm on
+        self.transition, how = transitions.for_engine(cfg.transition, engine, self.deltas)
+        self.noise, noise_how = chunk_noise.for_engine(cfg.noise, engine, self.deltas)
         decay = f"; inpaint_decay auto: {self.transition.decay:g}" if self.transition.decay and \
             cfg.inpaint_decay == transitions.AUTO else ""
         self.settings_line = f"{how}; {noise_how}{decay}"  # how the auto settings resolved, for the start-up log
@@ -198,12 +201,10 @@ class PolicyRunner:
         scale = np.asarray(self.spec.action.scale or np.ones(self.spec.action.dim), np.float64)
         self.departures = DepartureCheck(cfg.discontinuity_threshold, cfg.discontinuity_speed, scale,
                                          self.dt * self.spec.n_action_steps, self.action_names)
-        tracker = PoseTracker(self.spec)
         # the measured end-effector pose, where the action is a pose and the bundle observes one
         self.ee = tracker if tracker.posed and tracker.keys else None
         self.command_reference: Pose | None = None  # the pose the last command is decoded against
         self.posed = tracker.posed  # the action holds an end-effector pose (checked decodable before commanding)
-        self.deltas = tracker.mode == "delta"  # per-step deltas: a repeated one would move the arm on
         # pose observations the policy sees relative to the newest (UMI): converted when a history is assembled
         self.relative_obs = {o.key: o.segments for o in self.spec.observations
                              if o.kind == "low_dim" and any(s.mode == "relative" for s in o.segments)}

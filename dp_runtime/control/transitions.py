@@ -176,14 +176,20 @@ def unsupported(t: Transition, engine) -> str | None:
     return None
 
 
-def for_engine(chosen: Transition | None, engine) -> tuple[Transition, str]:
+def for_engine(chosen: Transition | None, engine, deltas: bool = False) -> tuple[Transition, str]:
     """The transition to run and a line for the log: the one configured (refused with the reason when the
-    engine cannot run it), or auto's first choice the engine runs, saying what it passed over and why."""
+    engine cannot run it), or auto's first choice the engine runs, saying what it passed over and why.
+
+    ``deltas``: the actions are per-step deltas (robosuite OSC). Auto then replaces: holding a new chunk to the
+    old plan's actions keeps a position continuous, but keeps a delta's velocity going (the grasp_delta policy
+    turned on past the bar: in-process, 10 episodes, auto's soft_inpaint_early 10 %, replace with fresh noise 50 %)."""
     if chosen is not None:
         why = unsupported(chosen, engine)
         if why:
             raise ConfigError(why)
         return chosen, f"chunk_transition {chosen.name}"
+    if deltas:
+        return TRANSITIONS["replace"], "chunk_transition auto: replace (per-step delta actions)"
     passed = []
     for name in AUTO_ORDER:
         why = unsupported(TRANSITIONS[name], engine)

@@ -331,7 +331,7 @@ class GraspExpert:
     def action(self, dt: float) -> EeCommand:
         s = self.arm.state
         hand = self.arm.hand_pose(s.q)
-        if self.twist:  # the way along the bar: the nearer to the hand's yaw now (what the policy sees), not at the start
+        if self.twist:  # the way along the bar: the nearer to the hand's yaw now (what the policy sees), not at start
             yaw = self.arm.grasp_yaw(s.target, s.bar_yaw, hand[2])
             self.goal = self.goal if yaw is None else np.array([*s.target, yaw])
         off = self.goal - hand
