@@ -79,7 +79,8 @@ class RunnerConfig:
         choices=("auto",), ge=0)
     chunk_transition: str = setting(
         "auto", "how a new chunk meets the actions already queued: auto (the first the bundle and backend run of "
-                "soft_inpaint_early, soft_inpaint, blend; replace for per-step delta actions; logged), replace, blend (cross-fade), inpaint "
+                "soft_inpaint_early, soft_inpaint, blend; replace for per-step delta actions; logged), replace, "
+                "blend (cross-fade), inpaint "
                 "(denoised with the committed actions held fixed; needs a bundle exported with --inpaint), "
                 "soft_inpaint (inpaint, and the previous chunk's plan guides the rest with decaying weights), "
                 "soft_inpaint_early (as soft_inpaint, the weights holding through the noisiest DDIM steps only)",

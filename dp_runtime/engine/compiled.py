@@ -224,8 +224,8 @@ class Program:
     """A compiled package called as the module it was exported from: one output as a tensor, several as a tuple.
 
     Calls the package's loader directly with the tensors: the package's own ``__call__`` parses its input and
-    output tree specs from JSON at every call (measured: bench/compiled_loop.py, the loop's per-step cost), where
-    ours are fixed (positional tensors in, a tensor or a tuple out)."""
+    output tree specs from JSON at every call (33 us a call: 8.59 against 8.02 ms for a 16-step chunk of the demo
+    policy, 1 thread, interleaved), where ours are fixed (positional tensors in, a tensor or a tuple out)."""
 
     def __init__(self, model):
         from torch.utils import _pytree as pytree

@@ -233,8 +233,8 @@ def _auto_compiled(path: Path, spec: BundleSpec, device: str, num_inference_step
         log.info("backend auto: no compile of the %s graphs cached for this machine (start once with backend: %s "
                  "to compile them, minutes): onnxruntime", fmt.name, fmt.backend)
         return None
-    engines = {b: load_bundle(path, b, device, num_inference_steps, options, False, precision, max_action_error,
-                              need_inpaint) for b in ("onnxruntime", fmt.backend)}
+    engines = {b: _open(path, spec, by_backend(b), device, num_inference_steps, options, precision,
+                        max_action_error, need_inpaint) for b in ("onnxruntime", fmt.backend)}
     obs = engines["onnxruntime"].zero_observation()
     times: dict[str, list[float]] = {b: [] for b in engines}
     for _ in range(AUTO_ROUNDS + 1):  # the first round warms up
@@ -246,14 +246,6 @@ def _auto_compiled(path: Path, spec: BundleSpec, device: str, num_inference_step
                                     f"of {AUTO_ROUNDS} chunks")
     log.info("backend auto: %s (%s)", best, engines[best].chosen_because)
     return engines[best]
-
-
-def verify_graphs(path: Path, spec: BundleSpec, graphs: GraphSet) -> None:
-    """Every file of the variant: sha256 as the manifest says, and no BatchNorm by its format's scanner."""
-    verify_hashes(path, spec)
-    scan = graph_format(graphs.format).scan
-    for name in graphs.files:
-        scan(path / name)
 
 
 def load_bundle(path: str | Path, backend: str = "auto", device: str = "auto",
@@ -269,31 +261,40 @@ def load_bundle(path: str | Path, backend: str = "auto", device: str = "auto",
     path = Path(path)
     spec = read_manifest(path)
     verify_norm_inventory(spec)
+    verify_hashes(path, spec)  # every file of the bundle, once (backend auto opens two variants)
+    engine = None
     if backend == "auto":
-        faster = _auto_compiled(path, spec, device, num_inference_steps, options, precision, max_action_error,
+        engine = _auto_compiled(path, spec, device, num_inference_steps, options, precision, max_action_error,
                                 need_inpaint)
-        if faster is not None:
-            if warm_up:
-                faster.warm_up()
-            return faster
         fmt = next((f for f in FORMATS.values() if f.name in spec.formats), None) or graph_format(spec.formats[0])
     else:
         fmt = by_backend(backend)
+    if engine is None:
+        engine = _open(path, spec, fmt, device, num_inference_steps, options, precision, max_action_error,
+                       need_inpaint)
+    if warm_up:
+        engine.warm_up()
+    return engine
+
+
+def _open(path: Path, spec: BundleSpec, fmt, device: str, num_inference_steps: int | None, options: BackendOptions,
+          precision: str, max_action_error: float | None, need_inpaint: bool) -> PolicyEngine:
+    """One variant of a verified bundle (its hashes checked) on ``fmt``'s backend: chosen, its graphs scanned for
+    BatchNorm by the format's scanner, opened."""
     fmt.check_device(device)
     try:
         graphs = choose_graphs(spec, fmt.name, precision, resolve_device(fmt.backend, device), max_action_error,
                                need_inpaint)
     except BundleError as e:
         raise BundleError(f"{path}: {e}") from e
-    verify_graphs(path, spec, graphs)
+    for name in graphs.files:
+        fmt.scan(path / name)
     if PRECISIONS[graphs.precision].tf32:
         options = dataclasses.replace(options, tf32=True)
     impl = fmt.open(path / graphs.encoder if graphs.encoder else None, path / graphs.step, device, options,
                     inpaint_step=path / graphs.inpaint_step if graphs.inpaint_step else None)
     check_runs_on(graphs.precision, device_kind(impl.provider), fmt.name)  # device=auto may have fallen back to CPU
     engine = PolicyEngine(spec.policy, spec.ddim, impl, num_inference_steps, bundle=spec, graphs=graphs)
-    if warm_up:
-        engine.warm_up()
     log.info("loaded bundle %s: backend=%s provider=%s precision=%s (recorded max action error %.2e)",
              path, fmt.backend, engine.provider, graphs.precision, graphs.max_abs_error)
     return engine

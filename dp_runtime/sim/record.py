@@ -217,6 +217,7 @@ def record_demonstrations(out: Path, episodes: int, seed: int = 0, task: SimTask
     expert = task.expert(arm, seed)
     rec = BagRecorder(tmp, topics)
     dt_phys = 1.0 / arm.cfg.physics_hz
+    period = 1.0 / topics.control_hz  # between commands
     every = topics.every(arm.cfg.physics_hz)
     t_start = T0
     noise = ExecutionNoise(task.demo_noise, np.random.default_rng(seed + 104_729))  # std 0: exactly the expert's
@@ -242,14 +243,13 @@ def record_demonstrations(out: Path, episodes: int, seed: int = 0, task: SimTask
                     if (pose := arm.ee_pose()) is not None:
                         rec.pose(*pose, t)
                 if k % every["control"] == 0:
-                    cmd = expert.action(1.0 / topics.control_hz)
+                    cmd = expert.action(period)
                     if isinstance(cmd, EeCommand):
-                        period = 1.0 / topics.control_hz
                         arm.command(slips(pose_noise(cmd, period, arm.distance()), arm.state.t, period,
                                           arm.distance()))
                         rec.ee_command(cmd, t + 0.003)
                     else:
-                        arm.command(cmd + noise(1.0 / topics.control_hz))
+                        arm.command(cmd + noise(period))
                         rec.command(cmd, t + 0.003)
                 arm.step(dt_phys)
                 k += 1
