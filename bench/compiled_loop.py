@@ -8,13 +8,18 @@ Rows, idle and with one core taken by another process (a Python busy loop, as a 
 node takes one): ONNX Runtime (its default threads), the compiled programs looped with the default thread
 count (one fewer than the cores) and with as many threads as cores, batch 1 and 8; and the looped programs
 against the whole chunk unrolled into one program (the format before issue 34) at ``--unrolled-steps`` DDIM
-steps (compiling the unrolled 16-step chunk takes ~8 minutes here; the per-step comparison is the same).
+steps (compiling the unrolled 16-step chunk takes ~8 minutes here; the per-step comparison is the same),
+both from the same prepared inputs to numpy actions (the engine's validation and normalizing left out), as a
+pair alone: back to back, and with the core's caches flushed before each call.
+Compile times: each program's cold compile as the cache logs it.
 Cached start: a fresh process from ``import`` to a loaded engine with every program in the compile cache.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -29,7 +34,7 @@ import torch
 from dp_runtime.checkpoint import load_any
 from dp_runtime.engine import load_bundle
 from dp_runtime.engine.backends import BackendOptions, default_threads
-from dp_runtime.engine.compiled import compile_program, cpu_threads
+from dp_runtime.engine.compiled import Program, compile_program, cpu_threads
 from dp_runtime.engine.formats import export_program
 from dp_runtime.export import ExportOptions, export_bundle
 from dp_runtime.export.bundle import graphs_to_export, scheduler_spec
@@ -44,9 +49,41 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
-def busy_core() -> subprocess.Popen:
-    """Another process that keeps one core busy."""
-    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+@contextlib.contextmanager
+def loaded(load: str):
+    """``one core busy``: another process keeps one core busy meanwhile (a Python busy loop)."""
+    if load == "idle":
+        yield
+        return
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        hog.terminate()
+        hog.wait()
+
+
+_FLUSH = np.ones(64 << 17)  # 64 MiB, many times a core's L2
+
+
+def flush_caches() -> None:
+    _FLUSH.sum()
+
+
+class CompileTimes(logging.Handler):
+    """Collects the compile cache's "NAME: compiled in S s" lines as {"NAME, N threads": S}."""
+
+    def __init__(self, into: dict):
+        super().__init__(logging.INFO)
+        self.into, self.threads = into, 0
+
+    def emit(self, record):
+        if "compiling for" in record.msg:
+            self.threads = record.args[2]
+        elif "compiled in" in record.msg:
+            what, seconds = record.args
+            self.into[f"{what}{self.threads}"] = round(seconds, 1)
 
 
 def cached_start_s(bundle: Path, cache: Path, threads: int) -> float:
@@ -74,6 +111,10 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, {cores} cores ({', '.join(cpu_features())}); "
           f"compiled threads: default {fewer}, all cores {cores}", flush=True)
 
+    per_program_s = {}  # each cold compile, as the cache logs it (the export's and the all-cores load's)
+    compile_log = logging.getLogger("dp_runtime.engine.compiled")
+    compile_log.setLevel(logging.INFO)
+    compile_log.addHandler(CompileTimes(per_program_s))
     bundle, export_s = timed(lambda: export_bundle(args.checkpoint, work / "bundle", ExportOptions(
         formats=("onnx", "export"), inpaint=True, compile_cache=cache), progress=lambda m: print(f"  {m}", flush=True)))
     print(f"dp-export --formats onnx,export --inpaint: {export_s:.0f} s (compiles the looped programs with "
@@ -109,11 +150,12 @@ def main() -> None:
     _, s = timed(lambda: compile_program(work / "unrolled.pt2", torch.device("cpu"), work / "unrolled.package.pt2",
                                          fewer))
     compile_s[f"unrolled, {n} steps, {fewer} threads (1 program)"] = s
-    unrolled = torch._inductor.aoti_load_package(str(work / "unrolled.package.pt2"))
+    unrolled = Program(torch._inductor.aoti_load_package(str(work / "unrolled.package.pt2")))
     looped_n = load_bundle(bundle, backend="aoti", device="cpu", num_inference_steps=n,
                            options=BackendOptions(threads=fewer, compile_cache=cache))
     one = {k: v[0] for k, v in obs.items()}
     ref = unrolled(*(torch.from_numpy(obs[k]) for k in keys), torch.from_numpy(noise)).numpy()[0]
+    assert keys == looped_n.keys, (keys, looped_n.keys)
     diff = float(np.abs(looped_n.predict(one, noise=noise[0]).actions - ref).max())
     print(f"unrolled {n}-step chunk compiled in {s:.0f} s; looped vs unrolled max diff {diff:.2e}", flush=True)
 
@@ -126,37 +168,49 @@ def main() -> None:
             return engine.predict(one, seed=0) if batch == 1 else engine.predict_batch(many, seeds)
         return go
 
+    # looped against unrolled through the same path: the prepared inputs in, the actions out as numpy (the
+    # engine's validation, noise and normalizing around both are the same and are left out)
+    prepared = [np.ascontiguousarray(obs[k]) for k in looped_n.keys]
+
+    def looped_call():
+        torch.set_num_threads(fewer)
+        return looped_n.backend.denoise(prepared, noise, looped_n.schedule)
+
     def unrolled_call():
         torch.set_num_threads(fewer)
         with torch.inference_mode():
-            return unrolled(*(torch.from_numpy(obs[k]) for k in keys), torch.from_numpy(noise))
+            return unrolled(*(torch.from_numpy(o) for o in prepared), torch.from_numpy(noise)).numpy()
 
     rows = []
     for label, engine in engines.items():
         threads = default_threads() if label == "onnxruntime" else int(label.split(", ")[1].split()[0])
         for batch in (1, 8):
             rows.append((f"{label}, batch {batch}", call(engine, batch, threads)))
-    rows += [(f"aoti looped {n} steps, {fewer} threads, batch 1", call(looped_n, 1, fewer)),
-             (f"aoti unrolled {n} steps, {fewer} threads, batch 1", unrolled_call)]
-    table = {}
+    table, pair = {}, {}
     for load in ("idle", "one core busy"):
-        hog = busy_core() if load != "idle" else None
-        try:
-            time.sleep(0.5 if hog else 0)
+        with loaded(load):
             ms = interleaved_median_ms([fn for _, fn in rows], args.repeats)
-        finally:
-            if hog:
-                hog.terminate()
-                hog.wait()
-        table[load] = {label: round(v, 2) for (label, _), v in zip(rows, ms)}
-        print(f"\n{load} (median ms, interleaved, {args.repeats} rounds):")
-        for label, v in table[load].items():
-            print(f"  {label:45s} {v:8.2f}")
+            table[load] = {label: round(v, 2) for (label, _), v in zip(rows, ms)}
+            print(f"\n{load} (median ms, interleaved, {args.repeats} rounds):")
+            for label, v in table[load].items():
+                print(f"  {label:45s} {v:8.2f}")
+            # the pair alone, back to back (warm caches) and with the core's caches flushed before each call (a
+            # robot's other work between two chunks): beside the rows above, whichever ran after a batch-8 row
+            # paid for that row's cache misses
+            for flush in (False, True):
+                looped_ms, unrolled_ms = interleaved_median_ms([looped_call, unrolled_call], 2 * args.repeats,
+                                                               before=flush_caches if flush else None)
+                label = f"{load}, {'caches flushed' if flush else 'back to back'}"
+                pair[label] = {"looped": round(looped_ms, 2), "unrolled": round(unrolled_ms, 2),
+                               "ratio": round(looped_ms / unrolled_ms, 3)}
+                print(f"  looped / unrolled, {n} steps, {label}: {looped_ms:.2f} / {unrolled_ms:.2f} ms = "
+                      f"{looped_ms / unrolled_ms:.3f}")
     result = {"checkpoint": args.checkpoint, "cpu": platform.processor() or platform.machine(), "cores": cores,
               "cpu_features": cpu_features(), "torch": torch.__version__, "compiled_threads_default": fewer,
               "export_s": round(export_s, 1), "cached_start_s": [round(x, 2) for x in start_s],
               "compile_s": {k: round(v, 1) for k, v in compile_s.items()},
-              "looped_vs_unrolled_max_diff": diff, "latency_ms": table}
+              "per_program_compile_s": per_program_s, "looped_vs_unrolled_max_diff": diff,
+              "latency_ms": table, f"looped_vs_unrolled_{n}_steps_ms": pair}
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"\nwritten to {args.out}")
 
