@@ -45,7 +45,7 @@ class DatasetObs:
         if not self.layout:
             return ()
         where = f"dataset obs {self.key!r} layout"
-        return parse(self.layout, sum(segment(d, where).size for d in self.layout), where)
+        return parse(self.layout, sum(segment(d, where).size for d in self.layout), where, observation=True)
 
     @property
     def size(self) -> int:

@@ -4,8 +4,11 @@ A vector is a sequence of segments: joint values (with names), a position (with 
 rotation (in a representation of rotations.py), a gripper value, or plain values (keypoints from
 perception). An action segment also says how it is meant: ``absolute``; ``delta``, a per-step change
 applied to the pose when the step executes, times ``scale`` (robomimic's OSC_POSE: 0.05 m and 0.5 rad
-per unit); or ``relative`` to the pose measured at the chunk's observation time (UMI). Kinds and modes
-are tables; a segment is checked once, when it is read, so nothing downstream branches on strings.
+per unit); or ``relative`` to the pose measured at the chunk's observation time (UMI). An observation's pose
+is ``absolute``, ``relative`` to the newest of its history (UMI's ``obs_pose_repr: relative``) or relative
+to the ``start`` pose (UMI's ``*_wrt_start``: the first measured after a start, reset or discontinuity).
+Kinds and modes are tables; a segment is checked once, when it is read, so nothing downstream branches on
+strings.
 
 Written to the manifest as a list of objects per low-dim observation and for the action; a bundle
 without one means joint values with the recorded names (every bundle before end-effector support).
@@ -35,7 +38,9 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("gripper", lambda s: None, False, "gripper opening or command (one value, or robosuite's two fingers)"),
     Kind("values", lambda s: len(s.names) or None, False, "other values (keypoints, object state)"),
 )}
-MODES = ("absolute", "delta", "relative")
+MODES = ("absolute", "delta", "relative", "start")
+ACTION_MODES = ("absolute", "delta", "relative")
+OBSERVATION_MODES = ("absolute", "relative", "start")
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,7 @@ class Segment:
     representation: str = ""  # rotation: a rotations.REPRESENTATIONS name
     axes: str = ""  # position: which of x, y, z it holds, in order ("xy": a planar task, the rest held)
     frame: str = ""  # position / rotation: the reference frame ("": the node's configured base frame)
-    mode: str = "absolute"  # action segments: absolute | delta | relative
+    mode: str = "absolute"  # actions: absolute | delta | relative; observations: absolute | relative | start
     scale: float = 1.0  # delta: metres or radians per action unit
     names: tuple[str, ...] = ()  # joints / values: element names
     assumed: str = ""  # where an importer had to assume (the checkpoint did not say), for dp-inspect
@@ -66,7 +71,8 @@ class Segment:
         if self.frame:
             parts.append(f"in {self.frame}")
         if self.mode != "absolute":
-            parts.append(self.mode + (f" x {self.scale:g}" if self.mode == "delta" and self.scale != 1 else ""))
+            parts.append({"start": "relative to the start pose"}.get(self.mode, self.mode)
+                         + (f" x {self.scale:g}" if self.mode == "delta" and self.scale != 1 else ""))
         if self.assumed:
             parts.append(f"(assumed: {self.assumed})")
         return " ".join(parts)
@@ -114,11 +120,17 @@ def segment(d: dict[str, Any] | Segment, where: str) -> Segment:
     return s
 
 
-def parse(items: Any, dim: int, where: str) -> Layout:
-    """A layout from its JSON list, checked: every segment valid, their sizes adding up to ``dim``."""
+def parse(items: Any, dim: int, where: str, observation: bool = False) -> Layout:
+    """A layout from its JSON list, checked: every segment valid, their sizes adding up to ``dim``, each mode
+    one that applies to an ``observation`` or to an action."""
     if not isinstance(items, (list, tuple)) or not items:
         raise ConfigError(f"{where}: a layout is a non-empty list of segments, got {items!r}")
     layout = tuple(segment(d, f"{where}[{i}]") for i, d in enumerate(items))
+    modes = OBSERVATION_MODES if observation else ACTION_MODES
+    wrong = next((s for s in layout if s.mode not in modes), None)
+    if wrong is not None:
+        raise ConfigError(f"{where}: mode {wrong.mode!r} on {'an observation' if observation else 'an action'}; "
+                          f"expected one of {', '.join(modes)}")
     modes = {s.mode for s in layout if KINDS[s.kind].posed}
     if len(modes) > 1:
         raise ConfigError(f"{where}: the position and rotation segments mix modes {sorted(modes)}; one pose is "

@@ -121,10 +121,12 @@ def pose_of(values: np.ndarray, layout: Layout) -> Pose:
     return Pose(position, rotation)
 
 
-def relative_to_newest(history: np.ndarray, layout: Layout) -> np.ndarray:
-    """(To, D) pose observations -> each frame in the newest frame's coordinates (UMI's ``obs_pose_repr:
-    relative``: inv(newest) @ pose), written in the same segments: the newest becomes the identity."""
-    base = pose_of(history[-1], layout)
+def relative_to(history: np.ndarray, layout: Layout, base_row: np.ndarray | None = None) -> np.ndarray:
+    """(To, D) pose observations -> each frame in the coordinates of ``base_row`` (a sample of the same layout;
+    None: the newest), written in the same segments: inv(base) @ pose, as UMI's ``convert_pose_mat_rep(...,
+    pose_rep='relative')`` for ``obs_pose_repr: relative`` (the newest becomes the identity) and ``*_wrt_start``
+    (the start pose)."""
+    base = pose_of(history[-1] if base_row is None else base_row, layout)
     inv = base.rotation.T
     out = np.asarray(history, np.float64).copy()
     for i, row in enumerate(history):

@@ -73,15 +73,16 @@ class ObsSpec:
             raise BundleError(f"{MANIFEST}: observation {d.get('key')!r} kind {kind!r}; expected image or low_dim")
         key, shape = _need(d, "key", "an observation"), tuple(int(s) for s in _need(d, "shape", "an observation"))
         return cls(key, kind, shape, d.get("topic") or "", tuple(d.get("names") or ()),
-                   _layout(d.get("segments"), shape[0] if kind == "low_dim" else 0, f"observation {key!r} segments"))
+                   _layout(d.get("segments"), shape[0] if kind == "low_dim" else 0, f"observation {key!r} segments",
+                           observation=True))
 
 
-def _layout(items: Any, dim: int, where: str) -> Layout:
+def _layout(items: Any, dim: int, where: str, observation: bool = False) -> Layout:
     """A manifest layout (absent: ()), every fault a BundleError naming ``where``."""
     if items is None:
         return ()
     try:
-        return layouts.parse(items, dim, where)
+        return layouts.parse(items, dim, where, observation)
     except ConfigError as e:
         raise BundleError(f"{MANIFEST}: {e}") from None
 

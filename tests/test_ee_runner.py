@@ -278,3 +278,45 @@ def test_auto_transitions_replace_with_fresh_noise_under_per_step_deltas():
     pose_rows = np.tile([0.45, 0.1, 0.3, 1, 0, 0, 0, 1, 0, -1.0], (8, 1))
     absolute = PolicyRunner(engine_for(tuple(arm_action(True)), pose_rows), RunnerConfig())
     assert absolute.settings_line.startswith("chunk_transition auto: blend")  # the engine stand-in cannot inpaint
+
+
+def test_a_wrt_start_observation_is_seen_relative_to_the_pose_at_the_start_until_a_reset_or_a_discontinuity():
+    """UMI's robot0_eef_rot_axis_angle_wrt_start: the rotation since the episode's start pose (its newest sample
+    when the first history after a start was assembled); ~/reset and a discontinuity start a new episode."""
+    from dataclasses import replace
+    wrt = layout.parse([{"kind": "rotation", "representation": "quat_xyzw", "mode": "start"}], 4, "wrt",
+                       observation=True)
+    eng = engine_for(tuple(arm_action(True)), np.tile(np.concatenate([[0.45, 0.1, 0.3],
+                                                                      rotations.matrix_to_rot6d_rows(np.eye(3)), [0]]),
+                                                      (8, 1)))
+    eng.spec = replace(eng.spec, observations=(*eng.spec.observations, ObsSpec("wrt", "low_dim", (4,), layout=wrt)))
+    seen = []
+    predict = eng.predict
+    eng.predict = lambda history, seed=None, noise=None: seen.append(history["wrt"][-1]) or predict(history, seed,
+                                                                                                   noise)
+    r = PolicyRunner(eng, CONFIG, delivery=simulated(0.0))
+
+    def at(t, x, rotation):
+        feed(r, t, x, rotation)
+        r.add("wrt", t, rotations.matrix_to_quat(rotation))
+
+    def seen_rotation():
+        return rotations.REPRESENTATIONS["quat_xyzw"].to_matrix(np.asarray(seen[-1], np.float64))
+    at(0.9, 0.45, np.eye(3))
+    at(1.0, 0.45, TURN)
+    r.infer(1.0)
+    assert np.allclose(seen_rotation(), np.eye(3), atol=1e-6)  # the start pose: the newest at the first chunk
+    at(1.1, 0.45, TURN @ TURN)
+    r.infer(1.1)
+    assert np.allclose(seen_rotation(), TURN, atol=1e-6)  # turned once since the start
+    r.reset()
+    at(1.2, 0.45, TURN @ TURN)
+    at(1.3, 0.45, TURN @ TURN)
+    r.infer(1.3)
+    assert np.allclose(seen_rotation(), np.eye(3), atol=1e-6)  # a new start after ~/reset
+    at(1.35, 0.8, np.eye(3))  # teleported: 35 cm in 50 ms
+    assert r.stats.discontinuities == 1
+    at(1.45, 0.8, np.eye(3))
+    at(1.55, 0.8, TURN)
+    r.infer(1.55)
+    assert np.allclose(seen_rotation(), np.eye(3), atol=1e-6)  # and after a discontinuity

@@ -44,6 +44,16 @@ def test_bad_layouts_name_the_segment_and_the_fix(items, words):
         layout.parse(items, 10, "action")
 
 
+def test_modes_apply_where_they_mean_something():
+    """A start pose is an observation's reference (UMI's *_wrt_start); a per-step delta is an action's."""
+    start = [{"kind": "rotation", "representation": "rotation_6d_rows", "mode": "start"}]
+    assert layout.parse(start, 6, "obs", observation=True)[0].mode == "start"
+    with pytest.raises(ConfigError, match=r"action: mode 'start' on an action; expected one of absolute, delta"):
+        layout.parse(start, 6, "action")
+    with pytest.raises(ConfigError, match=r"mode 'delta' on an observation; expected one of absolute, relative, start"):
+        layout.parse([{"kind": "position", "mode": "delta"}], 3, "obs", observation=True)
+
+
 def test_importer_rules_follow_the_frameworks_names():
     assert obs_layout("robot0_eef_quat", 4) == [{"kind": "rotation", "size": 4, "representation": "quat_xyzw"}]
     assert obs_layout("robot0_gripper_qpos", 2) == [{"kind": "gripper", "size": 2}]
@@ -215,6 +225,10 @@ def test_umi_pose_repr_makes_the_eef_history_and_the_actions_relative():
     assert obs == [{"kind": "rotation", "size": 6, "representation": "rotation_6d_rows", "mode": "relative"}]
     assert obs_layout("robot0_eef_pos", 3, "relative")[0]["mode"] == "relative"
     assert obs_layout("robot0_gripper_width", 1, "relative") == [{"kind": "gripper", "size": 1}]
+    # the rotation since the episode's start (get_real_umi_obs_dict's *_wrt_start): relative to the start pose, not
+    # to the newest, whatever obs_pose_repr says
+    assert obs_layout("robot0_eef_rot_axis_angle_wrt_start", 6, "relative") == [
+        {"kind": "rotation", "size": 6, "representation": "rotation_6d_rows", "mode": "start"}]
     action = diffusion_policy_action(10, ["robot0_eef_pos", "robot0_eef_rot_axis_angle"], None, None, "relative")
     assert [(s["kind"], s.get("mode")) for s in action] == [("position", "relative"), ("rotation", "relative"),
                                                              ("gripper", None)]

@@ -151,12 +151,12 @@ def test_replay_errors_per_segment_are_in_metres_and_radians():
 def test_umi_relative_observation_history_is_in_the_newest_frame():
     """UMI's obs_pose_repr relative: each history pose as inv(newest) @ pose (umi/common/pose_util.py composes
     4x4 matrices; written here with them), in the observation's own segments."""
-    from dp_runtime.pose_action import relative_to_newest
+    from dp_runtime.pose_action import relative_to
     segs = layout.parse([{"kind": "position", "mode": "relative"},
                          {"kind": "rotation", "representation": "rotation_6d_rows", "mode": "relative"}], 9, "eef")
     poses = [random_pose() for _ in range(3)]
     history = np.stack([np.concatenate([p.position, rotations.matrix_to_rot6d_rows(p.rotation)]) for p in poses])
-    rel = relative_to_newest(history, segs)
+    rel = relative_to(history, segs)
     base = np.eye(4)
     base[:3, :3], base[:3, 3] = poses[-1].rotation, poses[-1].position
     for row, p in zip(rel, poses):
@@ -166,3 +166,22 @@ def test_umi_relative_observation_history_is_in_the_newest_frame():
         assert np.abs(row[:3] - want[:3, 3]).max() < 1e-5
         assert np.abs(umi_rot6d_to_mat(row[3:].astype(np.float64)) - want[:3, :3]).max() < 1e-5
     assert np.allclose(rel[-1], [0, 0, 0, 1, 0, 0, 0, 1, 0], atol=1e-6)  # the newest is the identity
+
+
+def test_umi_wrt_start_rotation_is_the_rotation_of_inv_start_at_pose():
+    """UMI's robot0_eef_rot_axis_angle_wrt_start (umi/real_world/real_inference_util.py, get_real_umi_obs_dict:
+    convert_pose_mat_rep(pose_mat, base_pose_mat=start_pose_mat, pose_rep='relative') = inv(start) @ pose, then
+    mat_to_pose10d(...)[:, 3:], the rotation_6d rows): written here with 4x4 matrices."""
+    from dp_runtime.pose_action import relative_to
+    segs = layout.parse([{"kind": "rotation", "representation": "rotation_6d_rows", "mode": "start"}], 6, "wrt_start",
+                        observation=True)
+    start, poses = random_pose(), [random_pose() for _ in range(2)]
+    history = np.stack([rotations.matrix_to_rot6d_rows(p.rotation) for p in poses])
+    rel = relative_to(history, segs, rotations.matrix_to_rot6d_rows(start.rotation))
+    s = np.eye(4)
+    s[:3, :3], s[:3, 3] = start.rotation, start.position
+    for row, p in zip(rel, poses):
+        m = np.eye(4)
+        m[:3, :3], m[:3, 3] = p.rotation, p.position
+        want = (np.linalg.inv(s) @ m)[:3, :3]
+        assert np.abs(umi_rot6d_to_mat(row.astype(np.float64)) - want).max() < 1e-5

@@ -21,6 +21,9 @@ OSC_ASSUMED = "robosuite OSC_POSE output_max defaults (0.05 m, 0.5 rad per unit)
 
 # observation key suffix -> its segments (the first match wins; sizes are checked against the shape)
 OBS_RULES: tuple[tuple[str, int, tuple[Segment, ...]], ...] = (
+    # UMI (real_inference_util.get_real_umi_obs_dict): the rotation of inv(episode start pose) @ pose, rotation_6d
+    ("eef_rot_axis_angle_wrt_start", 6, (Segment("rotation", 6, representation="rotation_6d_rows", mode="start"),)),
+    ("eef_pos_wrt_start", 3, (Segment("position", 3, axes="xyz", mode="start"),)),
     ("eef_pos", 3, (Segment("position", 3, axes="xyz"),)),
     ("eef_quat", 4, (Segment("rotation", 4, representation="quat_xyzw"),)),
     ("eef_rot_axis_angle", 3, (Segment("rotation", 3, representation="axis_angle"),)),
@@ -43,13 +46,14 @@ ACTION_KEY_RULES: dict[str, Segment] = {
 
 def obs_layout(key: str, size: int, pose_repr: str | None = None) -> list[dict[str, Any]]:
     """The segments of low-dim observation ``key`` by robosuite's / diffusion_policy's / UMI's names ([]: none);
-    ``pose_repr`` "relative" (UMI's ``obs_pose_repr``): the pose history is seen relative to the newest pose."""
+    ``pose_repr`` "relative" (UMI's ``obs_pose_repr``): the pose history is seen relative to the newest pose (a
+    ``*_wrt_start`` key stays relative to the start pose)."""
     if key.endswith("gripper_qpos") or key.endswith("gripper_width"):
         return [Segment("gripper", size).to_json()]
     mode = {"relative": {"mode": "relative"}}.get(pose_repr or "", {})
     for suffix, n, segments in OBS_RULES:
         if key.endswith(suffix) and size == n:
-            return [s.to_json() | mode for s in segments]
+            return [s.to_json() | (mode if s.mode == "absolute" else {}) for s in segments]
     return []
 
 

@@ -25,7 +25,8 @@ import numpy as np
 
 from ..errors import ConfigError, DpRuntimeError, StaleInputError
 from ..holds import every_step
-from ..pose_action import IDENTITY, Pose, decode, encode, relative_to_newest
+from ..layout import Layout
+from ..pose_action import IDENTITY, Pose, decode, encode, relative_to
 from ..settings import check, setting, settings_of
 from ..spec import PolicySpec
 from . import chunk_noise, transitions
@@ -206,9 +207,12 @@ class PolicyRunner:
         self.ee = tracker if tracker.posed and tracker.keys else None
         self.command_reference: Pose | None = None  # the pose the last command is decoded against
         self.posed = tracker.posed  # the action holds an end-effector pose (checked decodable before commanding)
-        # pose observations the policy sees relative to the newest (UMI): converted when a history is assembled
-        self.relative_obs = {o.key: o.segments for o in self.spec.observations
-                             if o.kind == "low_dim" and any(s.mode == "relative" for s in o.segments)}
+        # pose observations the policy sees relative to the newest or to the start pose (UMI's obs_pose_repr
+        # relative, *_wrt_start): converted when a history is assembled
+        self.relative_obs = self._posed_obs("relative")
+        self.start_obs = self._posed_obs("start")
+        self._start_rows: dict[str, np.ndarray] = {}  # the start pose of each start_obs key (its newest sample when
+        # the first history after a start, reset or discontinuity was assembled: UMI's episode_start_pose)
         # the departure and jump rules on the measured end-effector position against the commanded one
         self.pose_departures = DepartureCheck(cfg.discontinuity_threshold, cfg.discontinuity_speed,
                                               position_scale(self.spec, self.dt), self.dt * self.spec.n_action_steps,
@@ -258,6 +262,10 @@ class PolicyRunner:
             self._warned.add(cause)
             self._warn(cause, msg)
 
+    def _posed_obs(self, mode: str) -> dict[str, Layout]:
+        return {o.key: o.segments for o in self.spec.observations
+                if o.kind == "low_dim" and any(s.mode == mode for s in o.segments)}
+
     # -- start / stop / reset ----------------------------------------------------------
     def start(self) -> None:
         self.running = True
@@ -266,6 +274,7 @@ class PolicyRunner:
         with self.lock:
             self.running = False
             self._drop_queue()
+            self._start_rows.clear()
 
     def reset(self, broke: Discontinuity | None = None) -> None:
         """Clear history, queue and plan (~/reset); ``broke``: a discontinuity found outside the runner (a
@@ -282,6 +291,7 @@ class PolicyRunner:
             self._first_input = None
             self.departures.clear()
             self.pose_departures.clear()
+            self._start_rows.clear()
             self.generation += 1
 
     def discontinuity(self, d: Discontinuity) -> None:
@@ -302,6 +312,7 @@ class PolicyRunner:
         self.last_t_obs = None
         self._pending_t_obs = None
         self.last_command = self._measured_hold()
+        self._start_rows.clear()
         self._restarting = True
         self.generation += 1  # a chunk being inferred from the old history is discarded
         self.metrics.discontinuity(d)
@@ -417,14 +428,16 @@ class PolicyRunner:
                 return None
             self.last_t_obs = obs.stamp
             generation = self.generation
+            starts = {k: self._start_rows.setdefault(k, obs.history[k][-1].copy()) for k in self.start_obs}
             arrive = now + self.scheduler.expected_latency() + self.cfg.execution_latency
             committed = self.transition.commits(self.queue, self.spec, obs.stamp, arrive, self._plan, self.decay)
             seed = None if self.cfg.seed < 0 else self.cfg.seed + self.stats.chunks
             self._noise = noise = self.noise(self._noise, obs.stamp, self.dt, seed,
                                                  (self.spec.horizon, self.spec.action.dim))
         started = time.perf_counter()
-        history = {k: relative_to_newest(v, self.relative_obs[k]) if k in self.relative_obs else v
-                   for k, v in obs.history.items()}
+        history = dict(obs.history)
+        history.update({k: relative_to(history[k], segments) for k, segments in self.relative_obs.items()})
+        history.update({k: relative_to(history[k], segments, starts[k]) for k, segments in self.start_obs.items()})
         pred = self._predict(history, seed, committed, noise)
         if pred is None:
             return None

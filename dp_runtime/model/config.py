@@ -163,7 +163,7 @@ class PolicyConfig:
 
     def _layouts(self) -> tuple[dict[str, Layout], Layout]:
         """The low-dims' and the action's layouts, checked (() where none is given: joint values)."""
-        low = {s.key: layouts.parse(s.layout, s.size, f"low-dim {s.key!r} layout") if s.layout else ()
+        low = {s.key: layouts.parse(s.layout, s.size, f"low-dim {s.key!r} layout", observation=True) if s.layout else ()
                for s in self.low_dims}
         action = layouts.parse(self.action_layout, self.action_dim, "action layout") if self.action_layout else ()
         return low, action

@@ -311,9 +311,11 @@ class GraspExpert:
     """Straight to the grasp pose in Cartesian space (position and yaw at a speed the arm follows), then closes
     the gripper. ``twist``: commands the motion as per-step velocities from the measured pose (robosuite OSC's delta
     convention; within OSC's input range: 0.03 m and 0.12 rad per step against 0.05 m and 0.5 rad) instead of
-    absolute targets."""
+    absolute targets, each a share ``gain`` of the way left, capped at those speeds (as a teleoperator slows
+    near the target)."""
     speed = 0.3  # m/s
     yaw_speed = 1.2  # rad/s
+    gain = 0.3  # twist: the share of the way left in one step (0.3 s time constant at 10 Hz)
 
     def __init__(self, arm: GraspingArm, twist: bool = False, seed: int = 0):
         self.arm, self.twist = arm, twist
@@ -343,9 +345,11 @@ class GraspExpert:
         if not self.twist:
             self.carrot = toward(self.carrot, self.goal, self.speed * dt, self.yaw_speed * dt)
             return EeCommand(gripper, pose=self.carrot.copy())
-        # a step from the measured pose toward the grasp pose, at the carrot's speed: a delta is applied to the pose
-        # measured when it executes (robosuite's OSC), so the step is a function of what the policy sees (the hand,
-        # the bar), not of the carrot's hidden lead (which left the delta policy guessing how far the hand lagged)
-        delta = toward(hand, self.goal, self.speed * dt, self.yaw_speed * dt) - hand
+        # a step from the measured pose toward the grasp pose: a delta is applied to the pose measured when it
+        # executes (robosuite's OSC), so the step is a function of what the policy sees (the hand, the bar), not of
+        # the carrot's hidden lead (which left the delta policy guessing how far the hand lagged). Proportional to
+        # the way left near the grasp: a step at full speed until the last one (bang-bang) made every step's sign
+        # and size turn on the bar's angle read to within a step (the delta policy turned past the bar: 45 %)
+        delta = toward(hand, hand + self.gain * off, self.speed * dt, self.yaw_speed * dt) - hand
         delta[2] = wrap(delta[2])
         return EeCommand(gripper, twist=delta / dt)
