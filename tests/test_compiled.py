@@ -55,8 +55,14 @@ def test_compiled_programs_match_onnx_and_record_their_parity(compiled_bundle):
             np.testing.assert_allclose(a, onnx.predict(obs, seed=5, known=known, mask=soft, hold=hold).actions,
                                        atol=1e-5)
     PolicyRunner(compiled, RunnerConfig(chunk_transition="soft_inpaint_early"))  # accepted now
-    four = [load_bundle(compiled_bundle, backend=b, device="cpu", num_inference_steps=4) for b in ("aoti", "onnxruntime")]
-    np.testing.assert_allclose(four[0].predict(obs, seed=6).actions, four[1].predict(obs, seed=6).actions, atol=1e-5)
+    # the steps run in pairs: an odd count's last pair takes one step, a per-step mask each its own
+    for steps in (3, 4):
+        aoti, ort = [load_bundle(compiled_bundle, backend=b, device="cpu", num_inference_steps=steps)
+                     for b in ("aoti", "onnxruntime")]
+        np.testing.assert_allclose(aoti.predict(obs, seed=6).actions, ort.predict(obs, seed=6).actions, atol=1e-5)
+        a = aoti.predict(obs, seed=7, known=known, mask=soft, hold=early_steps).actions
+        np.testing.assert_allclose(a, ort.predict(obs, seed=7, known=known, mask=soft, hold=early_steps).actions,
+                                   atol=1e-5)
 
 
 def test_the_looped_programs_equal_the_unrolled_chunk_program(compiled_bundle, tiny_ckpt, tmp_path):
@@ -224,6 +230,21 @@ def test_compiled_threads_leave_a_core_and_never_exceed_the_cores(caplog, monkey
     monkeypatch.setattr("os.cpu_count", lambda: 1)
     assert cpu_threads(None) == 1
     assert CompileKey("a", "t", "c", "d", 1).digest() != CompileKey("a", "t", "c", "d", 2).digest()
+
+
+def test_a_step_program_cached_one_step_per_call_is_recompiled_as_a_pair(tmp_path, caplog):
+    """A cache entry from before the steps ran in pairs (its key without the steps) is never loaded as a pair."""
+    cache, calls = CompileCache(tmp_path / "cache"), []
+    single = CompileKey(KEY.program_sha256, KEY.torch, KEY.cuda, KEY.device, 1, steps=1)
+    entry = cache.package(single, fake_compile(calls), "denoise_step.pt2").parent
+    recorded = json.loads((entry / KEY_FILE).read_text())
+    del recorded["key"]["steps"]  # as written before the pair
+    (entry / KEY_FILE).write_text(json.dumps(recorded))
+    with caplog.at_level(logging.INFO):
+        cache.package(single, fake_compile(calls), "denoise_step.pt2")
+    assert len(calls) == 2 and "was compiled for another steps: recompiling" in caplog.text
+    pair = CompileKey(KEY.program_sha256, KEY.torch, KEY.cuda, KEY.device, 1, steps=2)
+    assert not cache.has(pair) and pair.digest() != single.digest()
 
 
 def test_backend_auto_times_the_compiled_programs_only_where_a_compile_is_cached(compiled_bundle, tmp_path, caplog):

@@ -235,8 +235,8 @@ class TorchScriptBackend:
         self.torch = torch
         self.device = torch_device(device, options.threads)
         self.options = options
-        self.enc, self.stp = self._load(encoder), self._load(step)
-        self.inp = self._load(inpaint_step) if inpaint_step else None
+        self.enc, self.stp = self._load(encoder), self._load_step(step)
+        self.inp = self._load_step(inpaint_step) if inpaint_step else None
         self.can_inpaint = self.inp is not None
         self.masks_per_step = True
         self.provider = f"torch:{self.device.type}"
@@ -250,6 +250,10 @@ class TorchScriptBackend:
             return self.torch.jit.load(str(path), map_location=self.device).eval()
         except Exception as e:  # torch.jit raises RuntimeError with its own text
             raise BundleError(f"TorchScript cannot load {path.name}: {e}") from e
+
+    def _load_step(self, path: Path):
+        """A step graph as a callable (the compiled backend compiles two steps per call)."""
+        return self._load(path)
 
     def _math_mode(self):
         """TF32 on or off for this backend's CUDA work only (torch's switches are process-wide: restored after)."""

@@ -7,10 +7,13 @@ runs, at first load (``torch._inductor.aoti_compile_and_package``), and cached, 
 TensorRT engines: one entry per (program sha256, torch version, CUDA version, device identity). An entry
 whose recorded key or package hash does not match is recompiled with a log line, never loaded; a cache
 directory that cannot be written compiles into a temporary one (said in the log; every start then
-compiles). One step is compiled and looped over, not the whole chunk unrolled: a compile of one UNet
-evaluation instead of sixteen, the step count a runtime choice, the inpainting mask free to change between
-steps (soft_inpaint_early), and on CUDA the loop is captured as one CUDA graph per batch bucket (the
-TorchScript backend's capture), so a GPU still runs the chunk without a host round trip per step.
+compiles). A pair of steps is compiled and looped over, not the whole chunk unrolled: a compile of two UNet
+evaluations instead of sixteen, the step count a runtime choice (an odd one's last pair passes its first
+step's result through), the inpainting mask free to change between steps (soft_inpaint_early), and on CUDA
+the loop is captured as one CUDA graph per batch bucket (the TorchScript backend's capture), so a GPU still
+runs the chunk without a host round trip per step. Two steps per call, not one: each program call cost
+about 70 us beyond its arithmetic on this CPU (a looped 4-step chunk 6-8 % slower than the unrolled one; in
+pairs 1-2 %, bench/compiled_loop.py).
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 256  # the exported programs' batch axis is dynamic up to this
 PACKAGE = "program.pt2"
 KEY_FILE = "key.json"
+STEPS_PER_CALL = 2  # DDIM steps per call of a compiled step program
 
 
 def default_cache_dir() -> Path:
@@ -61,12 +65,14 @@ class CompileKey:
     cuda: str
     device: str
     threads: int = 0  # CPU: the OpenMP thread count Inductor writes into the code (0: a CUDA program)
+    steps: int = 1  # DDIM steps per call (a step program compiled as a pair: STEPS_PER_CALL)
 
     @classmethod
-    def here(cls, program_sha256: str, device, threads: int) -> "CompileKey":
+    def here(cls, program_sha256: str, device, threads: int, steps: int = 1) -> "CompileKey":
         """The key of a program compiled on this machine's ``device`` (a torch.device) with this torch build."""
         import torch
-        return cls(program_sha256, torch.__version__, str(torch.version.cuda), device_identity(device), threads)
+        return cls(program_sha256, torch.__version__, str(torch.version.cuda), device_identity(device), threads,
+                   steps)
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:24]
@@ -133,7 +139,8 @@ class CompileCache:
         return None
 
 
-STATIC_INPUTS = ("timestep", "prev_timestep")  # (1,) schedule entries: the same for every robot in a batch
+# (1,) schedule entries and the pair's second-step switch: the same for every robot in a batch
+STATIC_INPUTS = ("timestep", "prev_timestep", "timestep2", "prev_timestep2", "second")
 
 
 def batch_dims(module, args: tuple):
@@ -164,26 +171,65 @@ def cpu_threads(asked: int | None) -> int:
     return asked or max(1, cores - 1)
 
 
-def compile_program(program: Path, device, out: Path, threads: int = 0) -> None:
+def step_pair(step, inpaint: bool):
+    """Two DDIM steps of an exported step program as one module: ``second`` (a (1,) bool) False passes the first
+    step's result through (an odd step count's last call). The inpainting pair takes a mask per step."""
+    import torch
+    from torch import nn
+
+    class StepPair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.step = step
+
+        def forward(self, sample, timestep, prev_timestep, timestep2, prev_timestep2, second, cond):
+            x, actions = self.step(sample, timestep, prev_timestep, cond)
+            x2, actions2 = self.step(x, timestep2, prev_timestep2, cond)
+            return torch.where(second, x2, x), torch.where(second, actions2, actions)
+
+    class InpaintStepPair(StepPair):
+        def forward(self, sample, timestep, prev_timestep, timestep2, prev_timestep2, second, cond, known, mask,
+                    mask2, noise):
+            x, actions = self.step(sample, timestep, prev_timestep, cond, known, mask, noise)
+            x2, actions2 = self.step(x, timestep2, prev_timestep2, cond, known, mask2, noise)
+            return torch.where(second, x2, x), torch.where(second, actions2, actions)
+
+    return (InpaintStepPair if inpaint else StepPair)()
+
+
+def pair_inputs(args: tuple, inpaint: bool) -> tuple:
+    """A step program's example inputs (x, t, prev, cond[, known, mask, noise]) as its pair's (the second step's
+    copies, not the same tensors: torch.export would take two inputs that alias for one)."""
+    import torch
+    x, t, prev, cond, *held = args
+    pair = (x, t, prev, t.clone(), prev.clone(), torch.ones(1, dtype=torch.bool, device=x.device), cond)
+    return pair + ((held[0], held[1], held[1].clone(), held[2]) if inpaint else ())
+
+
+def compile_program(program: Path, device, out: Path, threads: int = 0, steps: int = 1) -> None:
     """AOTInductor-compile the exported program for ``device`` (on the CPU: ``threads`` OpenMP threads) into the
-    package ``out``."""
+    package ``out``; ``steps`` 2: a step program as a pair of steps (``step_pair``)."""
     import torch
     try:
         ep = torch.export.load(str(program))
     except Exception as e:  # torch raises its own errors for a damaged archive
         raise BundleError(f"cannot load the exported program {program.name}: {e}") from e
-    if device.type != "cpu":  # exported on the CPU: re-export with weights and examples on the device
+    if device.type != "cpu" or steps > 1:  # re-export: with weights and examples on the device, or as a pair
         args, kwargs = ep.example_inputs
         module = ep.module().to(device)
         args = tuple(a.to(device) for a in args)
+        if steps > 1:
+            inpaint = len(args) > 4
+            module, args = step_pair(module, inpaint), pair_inputs(args, inpaint)
         ep = torch.export.export(module, args, kwargs, dynamic_shapes=batch_dims(module, args), strict=False)
     with torch._inductor.config.patch({"cpp.threads": threads or -1}):
         torch._inductor.aoti_compile_and_package(ep, package_path=str(out))
 
 
 class CompiledBackend(TorchScriptBackend):
-    """The TorchScript backend's loop (encoder once, a step per timestep, CUDA graphs on the GPU) over
-    AOTInductor-compiled programs; the compile (or the cache hit) of each is timed in the log."""
+    """The TorchScript backend's loop (encoder once, then the steps, CUDA graphs on the GPU) over
+    AOTInductor-compiled programs, the steps two per call; the compile (or the cache hit) of each is timed in the
+    log."""
     name = "aoti"
 
     def __init__(self, encoder: Path, step: Path, device: str = "auto", options: BackendOptions = BackendOptions(),
@@ -194,30 +240,53 @@ class CompiledBackend(TorchScriptBackend):
         t0 = time.perf_counter()
         super().__init__(encoder, step, device, dataclasses.replace(options, threads=self.threads or None),
                          inpaint_step)
+        self._second = {flag: self.torch.tensor([flag], device=self.device) for flag in (False, True)}
         self.provider = f"aoti:{self.device.type}"
         log.info("compiled programs ready in %.1f s (%s%s)", time.perf_counter() - t0,
                  ", ".join(p.name for p in (encoder, step, inpaint_step) if p),
                  f"; {self.threads} CPU threads" if self.threads else "")
 
-    def _load(self, program: Path):
+    def _load(self, program: Path, steps: int = 1):
         """The compiled program (the bundle's verification has already loaded and scanned the exported one;
         it is loaded again only to compile)."""
-        key = CompileKey.here(sha256_file(program), self.device, self.threads)
-        package = self.cache.package(key, lambda out: compile_program(program, self.device, out, self.threads),
-                                     program.name)
+        key = CompileKey.here(sha256_file(program), self.device, self.threads, steps)
+        package = self.cache.package(
+            key, lambda out: compile_program(program, self.device, out, self.threads, steps),
+            program.name + (f" ({steps} steps per call)" if steps > 1 else ""))
         try:
             return Program(self.torch._inductor.aoti_load_package(str(package)))
         except Exception as e:
             raise BundleError(f"cannot load the compiled package {package} for {program.name}: {e}") from e
 
+    def _load_step(self, program: Path):
+        return self._load(program, STEPS_PER_CALL)
 
-def cached(programs: list[tuple[str, str]], device: str, options: BackendOptions) -> bool:
-    """Whether every program, (file name, sha256), has an intact compile for this machine in the cache (what
-    ``backend: auto`` asks before it considers the compiled format: a first start compiles for minutes)."""
+    def _loop(self, obs, x, schedule, held=None):
+        """The steps in pairs (an odd count's last pair takes its first step only)."""
+        cond = self.enc(*obs)
+        known, masks, noise = held or (None, None, None)
+        pairs = self.device_schedule(schedule)
+        actions = None
+        for i in range(0, len(pairs), 2):
+            (t, prev), second = pairs[i], i + 1 < len(pairs)
+            t2, prev2 = pairs[i + 1] if second else pairs[i]
+            flag = self._second[second]
+            if held is None:
+                x, actions = self.stp(x, t, prev, t2, prev2, flag, cond)
+            else:
+                x, actions = self.inp(x, t, prev, t2, prev2, flag, cond, known, masks[i],
+                                      masks[i + 1] if second else masks[i], noise)
+        return actions
+
+
+def cached(encoder_sha256: str, step_sha256s: list[str], device: str, options: BackendOptions) -> bool:
+    """Whether the encoder and every step program (by sha256) have an intact compile for this machine in the cache
+    (what ``backend: auto`` asks before it considers the compiled format: a first start compiles for minutes)."""
     dev = torch_device(device, None)
     threads = cpu_threads(options.threads) if dev.type == "cpu" else 0
     cache = CompileCache(options.compile_cache)
-    return all(cache.has(CompileKey.here(sha, dev, threads)) for _, sha in programs)
+    return cache.has(CompileKey.here(encoder_sha256, dev, threads)) and all(
+        cache.has(CompileKey.here(sha, dev, threads, STEPS_PER_CALL)) for sha in step_sha256s)
 
 
 class Program:
