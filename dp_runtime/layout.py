@@ -38,9 +38,9 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("gripper", lambda s: None, False, "gripper opening or command (one value, or robosuite's two fingers)"),
     Kind("values", lambda s: len(s.names) or None, False, "other values (keypoints, object state)"),
 )}
-MODES = ("absolute", "delta", "relative", "start")
 ACTION_MODES = ("absolute", "delta", "relative")
 OBSERVATION_MODES = ("absolute", "relative", "start")
+MODES = tuple(dict.fromkeys(ACTION_MODES + OBSERVATION_MODES))
 
 
 @dataclass(frozen=True)

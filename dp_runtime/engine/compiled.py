@@ -33,6 +33,7 @@ from typing import Callable
 from ..digest import sha256_file
 from ..errors import BundleError
 from ..precision import cpu_flags
+from ..spec import FileEntry
 from .backends import BackendOptions, TorchScriptBackend, torch_device
 
 log = logging.getLogger(__name__)
@@ -268,25 +269,24 @@ class CompiledBackend(TorchScriptBackend):
         pairs = self.device_schedule(schedule)
         actions = None
         for i in range(0, len(pairs), 2):
-            (t, prev), second = pairs[i], i + 1 < len(pairs)
-            t2, prev2 = pairs[i + 1] if second else pairs[i]
-            flag = self._second[second]
+            j = min(i + 1, len(pairs) - 1)  # the second step (an odd count's last call: the first again, unused)
+            (t, prev), (t2, prev2), second = pairs[i], pairs[j], self._second[j > i]
             if held is None:
-                x, actions = self.stp(x, t, prev, t2, prev2, flag, cond)
+                x, actions = self.stp(x, t, prev, t2, prev2, second, cond)
             else:
-                x, actions = self.inp(x, t, prev, t2, prev2, flag, cond, known, masks[i],
-                                      masks[i + 1] if second else masks[i], noise)
+                x, actions = self.inp(x, t, prev, t2, prev2, second, cond, known, masks[i], masks[j], noise)
         return actions
 
 
-def cached(encoder_sha256: str, step_sha256s: list[str], device: str, options: BackendOptions) -> bool:
-    """Whether the encoder and every step program (by sha256) have an intact compile for this machine in the cache
-    (what ``backend: auto`` asks before it considers the compiled format: a first start compiles for minutes)."""
+def cached(programs: list[FileEntry], device: str, options: BackendOptions) -> bool:
+    """Whether every program (its manifest entry) has an intact compile for this machine in the cache, the step
+    programs as pairs (what ``backend: auto`` asks before it considers the compiled format: a first start
+    compiles for minutes)."""
     dev = torch_device(device, None)
     threads = cpu_threads(options.threads) if dev.type == "cpu" else 0
     cache = CompileCache(options.compile_cache)
-    return cache.has(CompileKey.here(encoder_sha256, dev, threads)) and all(
-        cache.has(CompileKey.here(sha, dev, threads, STEPS_PER_CALL)) for sha in step_sha256s)
+    return all(cache.has(CompileKey.here(p.sha256, dev, threads, 1 if p.role == "encoder" else STEPS_PER_CALL))
+               for p in programs)
 
 
 class Program:

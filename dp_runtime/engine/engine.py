@@ -229,8 +229,7 @@ def _auto_compiled(path: Path, spec: BundleSpec, device: str, num_inference_step
                                need_inpaint)
     except BundleError:
         return None
-    if not cached(spec.files[graphs.encoder].sha256,
-                  [spec.files[name].sha256 for name in (graphs.step, graphs.inpaint_step) if name], device, options):
+    if not cached([spec.files[name] for name in graphs.files], device, options):
         log.info("backend auto: no compile of the %s graphs cached for this machine (start once with backend: %s "
                  "to compile them, minutes): onnxruntime", fmt.name, fmt.backend)
         return None
