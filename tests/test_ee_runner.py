@@ -63,7 +63,8 @@ def test_osc_deltas_apply_to_the_pose_measured_when_each_step_executes():
     feed(r, 1.05, 0.42, TURN)  # the arm got 2 cm and the turn: the next delta starts there
     position, rotation = target(r, r.tick(1.1))
     assert np.allclose(position, [0.47, 0.1, 0.3]) and np.allclose(rotation, TURN @ TURN)
-    assert r.tick(1.13) is None  # no new step due: a repeated delta would move the arm on, so nothing
+    # no new step due: the hold is the last command without its motion (a repeated delta would move the arm on)
+    assert np.allclose(r.tick(1.13), [0, 0, 0, 0, 0, 0, -1.0])
 
 
 def test_relative_actions_decode_against_the_pose_at_the_chunks_observation_time():
@@ -181,7 +182,7 @@ def test_deltas_without_a_pose_observation_are_commanded_and_never_repeated():
         r.add("state", t, np.zeros(2, np.float32))
     r.infer(1.0)
     assert np.allclose(r.tick(1.0), [1.0, 0, 0, 0, 0, 1.0, -1.0]) and r.stats.inference_errors == 0
-    assert r.tick(1.03) is None  # the next step is not due: a repeated delta would move the arm on
+    assert np.allclose(r.tick(1.03), [0, 0, 0, 0, 0, 0, -1.0])  # the next step is not due: no motion
 
 
 def test_after_a_discontinuity_an_absolute_pose_holds_the_measured_pose_and_the_gripper():
@@ -204,14 +205,28 @@ def test_after_a_discontinuity_an_absolute_pose_holds_the_measured_pose_and_the_
     assert np.allclose(r.tick(1.2), held)  # still held: no chunk from after the break yet
 
 
-def test_after_a_discontinuity_deltas_hold_nothing():
-    r = runner(tuple(arm_action(False)), np.tile([0.2, 0, 0, 0, 0, 0, -1.0], (8, 1)))
-    feed(r, 0.9, 0.45)
-    feed(r, 1.0, 0.45)
-    r.infer(1.0)
-    assert r.tick(1.0) is not None
-    feed(r, 1.05, 0.8)
-    assert r.stats.discontinuities == 1 and r.tick(1.1) is None
+def test_after_a_discontinuity_deltas_hold_still_with_the_gripper_as_commanded():
+    """A zero step every tick until a chunk from fresh observations arrives: the arm stays where it is measured (a
+    twist of zero, a pose target at the measured pose), and the command period stays the control period (nothing
+    published left the sim's velocity controller following the last twist and the period at 200 ms)."""
+    rot6d = layout.parse([{"kind": "position", "mode": "delta", "scale": 0.05},
+                          {"kind": "rotation", "representation": "rotation_6d_rows", "mode": "delta"},
+                          {"kind": "gripper", "size": 1}], 10, "delta6d")
+    for segments, row, still in (
+            (tuple(arm_action(False)), [0.2, 0, 0, 0, 0, 0.3, 1.0], [0, 0, 0, 0, 0, 0, 1.0]),
+            (rot6d, [0.2, 0, 0, *rotations.matrix_to_rot6d_rows(TURN), 1.0], [0, 0, 0, 1, 0, 0, 0, 1, 0, 1.0])):
+        r = runner(segments, np.tile(row, (8, 1)))
+        feed(r, 0.9, 0.45)
+        feed(r, 1.0, 0.45)
+        r.infer(1.0)
+        assert np.allclose(r.tick(1.0), row)
+        feed(r, 1.05, 0.8)
+        assert r.stats.discontinuities == 1
+        for t in (1.1, 1.2):
+            held = r.tick(t)
+            assert np.allclose(held, still)
+            position, rotation = target(r, held)
+            assert np.allclose(position, [0.8, 0.1, 0.3]) and np.allclose(rotation, np.eye(3))
 
 
 def test_ordinary_motion_under_deltas_is_no_discontinuity_and_a_teleport_is():

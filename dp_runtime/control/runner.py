@@ -562,7 +562,7 @@ class PolicyRunner:
             self._deliver(now)
             action = None if self._restarting and not self.queue else self.queue.pop(now)
             chunk = self.queue.popped_chunk
-        if action is not None and self.ee is not None and self.ee.needed:
+        if (action is not None or self.deltas) and self.ee is not None and self.ee.needed:  # a delta's hold too
             with self.lock:
                 self.command_reference = self.ee.reference(chunk)
             if self.command_reference is None:  # never a guess: nothing is commanded until a pose is measured
@@ -572,10 +572,12 @@ class PolicyRunner:
                 return None
         pose = None
         if action is None:
-            starved = len(self.queue) == 0
-            if (starved and not self.hold_on_starvation) or self.deltas:
-                return None  # a repeated delta would move the arm on: nothing is the hold
-            cmd = self.last_command  # next action not due yet, or starved with "hold"
+            if not self.queue and not self.hold_on_starvation:
+                return None
+            # next action not due yet, starved with "hold", or holding after a discontinuity: the last command, a
+            # delta's without its motion (a repeated delta would move the arm on; nothing published left a
+            # velocity controller following the last one until its timeout, and the command period at 200 ms)
+            cmd = self._still(self.last_command) if self.deltas else self.last_command
         else:
             cmd = self.limits.apply(action, self.last_command)
             if self.posed:
@@ -606,15 +608,22 @@ class PolicyRunner:
 
     def _measured_hold(self) -> np.ndarray | None:
         """What is held after a discontinuity until a chunk from fresh observations arrives (under the lock): the
-        measured joints, or the measured end-effector pose written into the last command (its gripper as it was
-        commanded); None, nothing commanded: deltas (a repeated one moves the arm on), relative poses, nothing
-        measured or commanded yet."""
+        measured joints, the measured end-effector pose written into the last command, or for deltas the last
+        command without its motion (each with its gripper as it was commanded); None, nothing commanded:
+        relative poses, nothing measured or commanded yet."""
         if not self.posed:
             return self.measured_joints()
+        if self.deltas:
+            return self._still(self.last_command)
         pose = self.ee.measured() if self.ee is not None and self.ee.mode == "absolute" else None
         if pose is None or self.last_command is None:
             return None
         return encode(pose, self.spec.action.segments, self.last_command)
+
+    def _still(self, cmd: np.ndarray | None) -> np.ndarray | None:
+        """A per-step delta command with its motion zeroed (no translation, the identity rotation, in each
+        segment's representation), its gripper and joints as they were: a delta policy's hold."""
+        return None if cmd is None else encode(IDENTITY, self.spec.action.segments, cmd)
 
     def measured_joints(self) -> np.ndarray | None:
         """The latest measured positions of the commanded joints (None until all were measured)."""
