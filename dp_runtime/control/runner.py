@@ -114,7 +114,8 @@ class RunnerConfig:
                                           "granularity); a message stamped further ahead is refused and logged", ge=0)
     execution_latency: float = setting(0.0, "s; actions due sooner than this after a chunk arrives are dropped",
                                        ge=0)
-    on_starvation: str = setting("hold", "when the queue runs dry: hold the last command, or stop publishing",
+    on_starvation: str = setting("hold", "when the queue runs dry: hold the last command (per-step deltas: a zero "
+                                         "step), or stop publishing",
                                  choices=("hold", "stop"), live=True)
     on_stale: str = setting("stop", "on stale inputs: stop publishing, or hold_position (publish the measured "
                                     "joint positions)", choices=("stop", "hold_position"), live=True)
@@ -572,7 +573,7 @@ class PolicyRunner:
                 return None
         pose = None
         if action is None:
-            if not self.queue and not self.hold_on_starvation:
+            if not self.queue and not self.hold_on_starvation and not self._restarting:
                 return None
             # next action not due yet, starved with "hold", or holding after a discontinuity: the last command, a
             # delta's without its motion (a repeated delta would move the arm on; nothing published left a
