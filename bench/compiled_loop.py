@@ -10,7 +10,8 @@ count (one fewer than the cores) and with as many threads as cores, batch 1 and 
 against the whole chunk unrolled into one program (the format before issue 34) at ``--unrolled-steps`` DDIM
 steps (compiling the unrolled 16-step chunk takes ~8 minutes here; the per-step comparison is the same),
 both from the same prepared inputs to numpy actions (the engine's validation and normalizing left out), as a
-pair alone: back to back, and with the core's caches flushed before each call.
+pair alone: back to back, and with the core's caches flushed before each call, in the bench's process and in a fresh
+one that holds only the two.
 Compile times: each program's cold compile as the cache logs it.
 Cached start: a fresh process from ``import`` to a loaded engine with every program in the compile cache.
 """
@@ -97,7 +98,49 @@ def cached_start_s(bundle: Path, cache: Path, threads: int) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def pair_calls(looped, unrolled, inputs: Path, threads: int):
+    """The looped engine's backend and the unrolled program, each from the same prepared inputs (``inputs``: the
+    observations in the engine's order and the noise) to numpy actions."""
+    saved = np.load(inputs)
+    prepared = [saved[f"obs{i}"] for i in range(len(looped.keys))]
+    noise = saved["noise"]
+
+    def looped_call():
+        torch.set_num_threads(threads)
+        return looped.backend.denoise(prepared, noise, looped.schedule)
+
+    def unrolled_call():
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            return unrolled(*(torch.from_numpy(o) for o in prepared), torch.from_numpy(noise)).numpy()
+    return looped_call, unrolled_call
+
+
+def pair_ratios(looped_call, unrolled_call, rounds: int) -> dict:
+    """Median ms of each, interleaved, back to back and with the core's caches flushed before each call."""
+    out = {}
+    for flush in (False, True):
+        looped_ms, unrolled_ms = interleaved_median_ms([looped_call, unrolled_call], rounds,
+                                                       before=flush_caches if flush else None)
+        out["caches flushed" if flush else "back to back"] = {"looped": round(looped_ms, 3),
+                                                              "unrolled": round(unrolled_ms, 3),
+                                                              "ratio": round(looped_ms / unrolled_ms, 3)}
+    return out
+
+
+def pair_in_fresh_process(bundle: str, cache: str, unrolled: str, inputs: str, steps: str, threads: str,
+                          rounds: str) -> None:
+    """``--pair``: the looped-vs-unrolled pair in a process that holds only those two (every compile cached)."""
+    logging.disable(logging.WARNING)
+    looped = load_bundle(bundle, backend="aoti", device="cpu", num_inference_steps=int(steps),
+                         options=BackendOptions(threads=int(threads), compile_cache=cache))
+    program = Program(torch._inductor.aoti_load_package(unrolled))
+    print(json.dumps(pair_ratios(*pair_calls(looped, program, Path(inputs), int(threads)), int(rounds))))
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--pair"]:
+        return pair_in_fresh_process(*sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default="out/demo/checkpoint/policy.safetensors")
     ap.add_argument("--unrolled-steps", type=int, default=4)
@@ -170,16 +213,11 @@ def main() -> None:
 
     # looped against unrolled through the same path: the prepared inputs in, the actions out as numpy (the
     # engine's validation, noise and normalizing around both are the same and are left out)
-    prepared = [np.ascontiguousarray(obs[k]) for k in looped_n.keys]
-
-    def looped_call():
-        torch.set_num_threads(fewer)
-        return looped_n.backend.denoise(prepared, noise, looped_n.schedule)
-
-    def unrolled_call():
-        torch.set_num_threads(fewer)
-        with torch.inference_mode():
-            return unrolled(*(torch.from_numpy(o) for o in prepared), torch.from_numpy(noise)).numpy()
+    inputs = work / "pair_inputs.npz"
+    np.savez(inputs, noise=noise, **{f"obs{i}": np.ascontiguousarray(obs[k]) for i, k in enumerate(looped_n.keys)})
+    pair_args = [str(bundle), str(cache), str(work / "unrolled.package.pt2"), str(inputs), str(n), str(fewer),
+                 str(4 * args.repeats)]
+    looped_call, unrolled_call = pair_calls(looped_n, unrolled, inputs, fewer)
 
     rows = []
     for label, engine in engines.items():
@@ -195,16 +233,16 @@ def main() -> None:
             for label, v in table[load].items():
                 print(f"  {label:45s} {v:8.2f}")
             # the pair alone, back to back (warm caches) and with the core's caches flushed before each call (a
-            # robot's other work between two chunks): beside the rows above, whichever ran after a batch-8 row
-            # paid for that row's cache misses
-            for flush in (False, True):
-                looped_ms, unrolled_ms = interleaved_median_ms([looped_call, unrolled_call], 2 * args.repeats,
-                                                               before=flush_caches if flush else None)
-                label = f"{load}, {'caches flushed' if flush else 'back to back'}"
-                pair[label] = {"looped": round(looped_ms, 2), "unrolled": round(unrolled_ms, 2),
-                               "ratio": round(looped_ms / unrolled_ms, 3)}
-                print(f"  looped / unrolled, {n} steps, {label}: {looped_ms:.2f} / {unrolled_ms:.2f} ms = "
-                      f"{looped_ms / unrolled_ms:.3f}")
+            # robot's other work between two chunks), in this process (beside the engines above: whichever ran
+            # after a batch-8 row paid for that row's cache misses) and in a fresh one holding only the two
+            pair[f"{load}, this process"] = pair_ratios(looped_call, unrolled_call, 4 * args.repeats)
+            fresh = subprocess.run([sys.executable, __file__, "--pair", *pair_args], capture_output=True, text=True,
+                                   check=True)
+            pair[f"{load}, fresh process"] = json.loads(fresh.stdout.strip().splitlines()[-1])
+            for where in ("this process", "fresh process"):
+                for label, r in pair[f"{load}, {where}"].items():
+                    print(f"  looped / unrolled, {n} steps, {where}, {label}: {r['looped']:.2f} / "
+                          f"{r['unrolled']:.2f} ms = {r['ratio']:.3f}")
     result = {"checkpoint": args.checkpoint, "cpu": platform.processor() or platform.machine(), "cores": cores,
               "cpu_features": cpu_features(), "torch": torch.__version__, "compiled_threads_default": fewer,
               "export_s": round(export_s, 1), "cached_start_s": [round(x, 2) for x in start_s],
