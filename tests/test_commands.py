@@ -84,8 +84,7 @@ def test_twist_is_robosuite_osc_deltas_over_one_period():
 
 
 @pytest.mark.parametrize("params, words", [
-    ({"command_interface": "twist"}, "twist with on_starvation hold would repeat the last velocity"),
-    ({"command_interface": "twist", "on_starvation": "stop", "on_stale": "hold_position"},
+    ({"command_interface": "twist", "on_stale": "hold_position"},
      "on_stale hold_position holds the measured joints"),
     ({"command_interface": "pose"}, "the bundle observes none"),
 ])
@@ -102,6 +101,19 @@ def test_end_effector_interfaces_refuse_settings_that_would_command_wrongly(para
         spec = replace(SPEC, action=ActionSpec(7, tuple(f"a{i}" for i in range(7)), 1, 5, layout=segments))
     with pytest.raises(ConfigError, match=words):
         open_runtime(NodeParams(bundle="b", **params), lambda name, default: default, engine=DeltaEngine())
+
+
+def test_deltas_may_hold_on_starvation_through_twist_and_pose():
+    """A delta policy's hold is a zero step (the runner's), never the last delta again: twist and pose accept
+    on_starvation hold (refused before the zero step: the last velocity or delta would have been repeated)."""
+    from dp_runtime.ros.params import NodeParams
+    from dp_runtime.ros.runtime import open_runtime
+    from test_ee_runner import engine_for
+    engine = engine_for(tuple(arm_action(False)), np.zeros((8, 7)))
+    for interface in ("twist", "pose"):
+        runtime = open_runtime(NodeParams(bundle="b", command_interface=interface, on_starvation="hold"),
+                               lambda name, default: default, engine=engine)
+        assert runtime.runner.deltas and runtime.runner.hold_on_starvation
 
 
 def test_command_outputs_publish_a_slice_through_a_joint_interface():

@@ -72,14 +72,6 @@ def open_runtime(p: NodeParams, get: Callable[[str, Any], Any], engine: PolicyEn
         raise ConfigError(f"command_outputs are published per tick; command_interface {interface.name} publishes "
                           "one trajectory per chunk (use a per-tick interface with them)")
     interface.check(segments, measures_pose=runner.ee is not None)
-    if interface.name == "pose" and runner.ee is not None and runner.ee.mode == "delta" \
-            and p.on_starvation == "hold":
-        raise ConfigError("command_interface pose with delta actions and on_starvation hold would apply the last "
-                          "delta again and again; set on_starvation: stop (the arm then stays at its last target)")
-    if interface.name == "twist" and p.on_starvation == "hold":
-        raise ConfigError("command_interface twist with on_starvation hold would repeat the last velocity when the "
-                          "queue runs dry; set on_starvation: stop (the controller's command timeout then stops "
-                          "the arm)")
     if interface.pose:
         if p.on_stale == "hold_position":
             raise ConfigError(f"on_stale hold_position holds the measured joints; with command_interface "
