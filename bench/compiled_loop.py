@@ -11,7 +11,7 @@ against the whole chunk unrolled into one program (the format before issue 34) a
 steps (compiling the unrolled 16-step chunk takes ~8 minutes here; the per-step comparison is the same),
 both from the same prepared inputs to numpy actions (the engine's validation and normalizing left out), as a
 pair alone: back to back, and with the core's caches flushed before each call, in the bench's process and in a fresh
-one that holds only the two.
+one that holds only the two, each loaded twice (the sums over both loads).
 Compile times: each program's cold compile as the cache logs it.
 Cached start: a fresh process from ``import`` to a loaded engine with every program in the compile cache.
 """
@@ -116,12 +116,15 @@ def pair_calls(looped, unrolled, inputs: Path, threads: int):
     return looped_call, unrolled_call
 
 
-def pair_ratios(looped_call, unrolled_call, rounds: int) -> dict:
-    """Median ms of each, interleaved, back to back and with the core's caches flushed before each call."""
+def pair_ratios(calls: list, rounds: int) -> dict:
+    """Median ms of each, interleaved, back to back and with the core's caches flushed before each call. ``calls``:
+    (looped, unrolled) pairs, each pair its own load of the programs: the figures are the sums over the pairs, so
+    a load's placement in memory averages out."""
     out = {}
     for flush in (False, True):
-        looped_ms, unrolled_ms = interleaved_median_ms([looped_call, unrolled_call], rounds,
-                                                       before=flush_caches if flush else None)
+        ms = interleaved_median_ms([c for pair in calls for c in pair], rounds,
+                                   before=flush_caches if flush else None)
+        looped_ms, unrolled_ms = sum(ms[0::2]) / len(calls), sum(ms[1::2]) / len(calls)
         out["caches flushed" if flush else "back to back"] = {"looped": round(looped_ms, 3),
                                                               "unrolled": round(unrolled_ms, 3),
                                                               "ratio": round(looped_ms / unrolled_ms, 3)}
@@ -130,12 +133,16 @@ def pair_ratios(looped_call, unrolled_call, rounds: int) -> dict:
 
 def pair_in_fresh_process(bundle: str, cache: str, unrolled: str, inputs: str, steps: str, threads: str,
                           rounds: str) -> None:
-    """``--pair``: the looped-vs-unrolled pair in a process that holds only those two (every compile cached)."""
+    """``--pair``: the looped-vs-unrolled pair in a process that holds only those (every compile cached), each
+    loaded twice."""
     logging.disable(logging.WARNING)
-    looped = load_bundle(bundle, backend="aoti", device="cpu", num_inference_steps=int(steps),
-                         options=BackendOptions(threads=int(threads), compile_cache=cache))
-    program = Program(torch._inductor.aoti_load_package(unrolled))
-    print(json.dumps(pair_ratios(*pair_calls(looped, program, Path(inputs), int(threads)), int(rounds))))
+    calls = []
+    for _ in range(2):
+        looped = load_bundle(bundle, backend="aoti", device="cpu", num_inference_steps=int(steps),
+                             options=BackendOptions(threads=int(threads), compile_cache=cache))
+        program = Program(torch._inductor.aoti_load_package(unrolled))
+        calls.append(pair_calls(looped, program, Path(inputs), int(threads)))
+    print(json.dumps(pair_ratios(calls, int(rounds))))
 
 
 def main() -> None:
@@ -216,7 +223,7 @@ def main() -> None:
     inputs = work / "pair_inputs.npz"
     np.savez(inputs, noise=noise, **{f"obs{i}": np.ascontiguousarray(obs[k]) for i, k in enumerate(looped_n.keys)})
     pair_args = [str(bundle), str(cache), str(work / "unrolled.package.pt2"), str(inputs), str(n), str(fewer),
-                 str(4 * args.repeats)]
+                 str(10 * args.repeats)]
     looped_call, unrolled_call = pair_calls(looped_n, unrolled, inputs, fewer)
 
     rows = []
@@ -235,7 +242,7 @@ def main() -> None:
             # the pair alone, back to back (warm caches) and with the core's caches flushed before each call (a
             # robot's other work between two chunks), in this process (beside the engines above: whichever ran
             # after a batch-8 row paid for that row's cache misses) and in a fresh one holding only the two
-            pair[f"{load}, this process"] = pair_ratios(looped_call, unrolled_call, 4 * args.repeats)
+            pair[f"{load}, this process"] = pair_ratios([(looped_call, unrolled_call)], 10 * args.repeats)
             fresh = subprocess.run([sys.executable, __file__, "--pair", *pair_args], capture_output=True, text=True,
                                    check=True)
             pair[f"{load}, fresh process"] = json.loads(fresh.stdout.strip().splitlines()[-1])

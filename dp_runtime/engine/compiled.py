@@ -11,9 +11,10 @@ compiles). A pair of steps is compiled and looped over, not the whole chunk unro
 evaluations instead of sixteen, the step count a runtime choice (an odd one's last pair passes its first
 step's result through), the inpainting mask free to change between steps (soft_inpaint_early), and on CUDA
 the loop is captured as one CUDA graph per batch bucket (the TorchScript backend's capture), so a GPU still
-runs the chunk without a host round trip per step. Two steps per call, not one: each program call costs
-about 70 us beyond its arithmetic on a CPU (a looped 4-step chunk 7-8 % slower than the unrolled one with
-one step per call, 5-7 % in pairs; the 16-step chunk 5-8 % faster in pairs; bench/compiled_loop.py).
+runs the chunk without a host round trip per step. Two steps per call, not one: on a CPU a looped 4-step chunk
+was 7-8 % slower than the unrolled one with one step per call, 3-6 % in pairs (the same kernels for the same
+time: what a call adds is cache and memory effects at its boundary), and the 16-step chunk 5-8 % faster in
+pairs (bench/compiled_loop.py).
 """
 from __future__ import annotations
 
