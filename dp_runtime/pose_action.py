@@ -108,6 +108,26 @@ def encode(pose: Pose, layout: Layout, action: np.ndarray) -> np.ndarray:
     return out
 
 
+def quaternion_slices(layout: Layout) -> list[slice]:
+    """Where a vector of this layout holds quaternions (whose sign is a choice: q and -q are one rotation)."""
+    return [sl for s, sl in slices(layout) if s.kind == "rotation" and s.representation.startswith("quat_")]
+
+
+def continuous_quaternions(value: np.ndarray, layout: Layout, previous: np.ndarray | None) -> np.ndarray:
+    """``value`` with each quaternion on the hemisphere of ``previous`` (the stream's previous sample), or with
+    none (a stream's start, a reset, a discontinuity) on the canonical one (w >= 0): the sign a policy sees then
+    depends on the pose and the path since the last start, never on what the stream went through before (the
+    episodes before in a bag, the arm before a teleport: 17 of 300 grasp demonstrations began on the other
+    hemisphere)."""
+    out = np.array(value, copy=True)
+    for s, sl in slices(layout):
+        if s.kind == "rotation" and s.representation.startswith("quat_"):
+            rep = REPRESENTATIONS[s.representation]
+            ref = rep.from_matrix(rep.to_matrix(out[sl])) if previous is None else np.asarray(previous)[sl]
+            out[sl] = hemisphere(out[sl], ref)
+    return out
+
+
 def pose_of(values: np.ndarray, layout: Layout) -> Pose:
     """The pose a vector's position and rotation segments hold, whatever their mode (axes left out: 0, no
     rotation: identity)."""

@@ -335,3 +335,34 @@ def test_a_wrt_start_observation_is_seen_relative_to_the_pose_at_the_start_until
     at(1.55, 0.8, TURN)
     r.infer(1.55)
     assert np.allclose(seen_rotation(), np.eye(3), atol=1e-6)  # and after a discontinuity
+
+
+def test_quaternion_signs_continue_within_a_course_and_start_canonical_after_a_discontinuity_or_reset():
+    """q and -q are one rotation; a policy sees the sign. It continues from sample to sample (a turn through yaw pi
+    keeps its hemisphere), and starts canonical (w >= 0) where the history starts: at the first sample, after
+    ~/reset, and after a discontinuity, whose revealing sample was signed to continue the old course. Before,
+    the sign carried what the stream went through across episodes (17 of 300 grasp demonstrations, and the node
+    after a spin, saw every pose of an episode negated)."""
+    r = runner(tuple(arm_action(True)), np.tile(np.r_[0.45, 0.1, 0.3, rotations.matrix_to_rot6d_rows(np.eye(3)),
+                                                      1.0], (8, 1)))
+
+    def quat(yaw):
+        return np.array([0.0, 0.0, np.sin(yaw / 2), np.cos(yaw / 2)])  # continuous in yaw: w < 0 beyond pi
+
+    def add(t, x, q):
+        r.add("cam", t, img(0))
+        r.add("eef", t, np.r_[x, 0.1, 0.3, q])
+        return r.buffer.samples["eef"][-1][1][3:]
+
+    assert np.allclose(add(0.9, 0.45, -quat(2.0)), quat(2.0), atol=1e-6)  # the first sample: canonical
+    for k, yaw in enumerate((2.6, 3.1, 3.6)):  # through pi: the hemisphere kept, w turns negative
+        assert np.allclose(add(1.0 + 0.02 * k, 0.45, rotations.matrix_to_quat(
+            rotations.REPRESENTATIONS["axis_angle"].to_matrix(np.array([0, 0, yaw])))), quat(yaw), atol=1e-6)
+    r.infer(1.05)
+    assert r.tick(1.1) is not None
+    # teleported 35 cm and turned to yaw -0.5, which the old course's hemisphere (yaw 3.6) would sign w < 0
+    held = add(1.12, 0.8, quat(-0.5))
+    assert r.stats.discontinuities == 1 and np.allclose(held, quat(-0.5), atol=1e-6)
+    assert np.allclose(add(1.14, 0.8, quat(-0.5)), quat(-0.5), atol=1e-6)  # and the course goes on from there
+    r.reset()
+    assert add(1.5, 0.8, -quat(1.0))[3] >= 0
