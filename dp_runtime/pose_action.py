@@ -108,9 +108,14 @@ def encode(pose: Pose, layout: Layout, action: np.ndarray) -> np.ndarray:
     return out
 
 
+def _quaternion_segments(layout: Layout) -> list[tuple]:
+    """(segment, slice) of each quaternion in a vector of this layout."""
+    return [(s, sl) for s, sl in slices(layout) if s.kind == "rotation" and s.representation.startswith("quat_")]
+
+
 def quaternion_slices(layout: Layout) -> list[slice]:
     """Where a vector of this layout holds quaternions (whose sign is a choice: q and -q are one rotation)."""
-    return [sl for s, sl in slices(layout) if s.kind == "rotation" and s.representation.startswith("quat_")]
+    return [sl for _, sl in _quaternion_segments(layout)]
 
 
 def continuous_quaternions(value: np.ndarray, layout: Layout, previous: np.ndarray | None) -> np.ndarray:
@@ -120,11 +125,10 @@ def continuous_quaternions(value: np.ndarray, layout: Layout, previous: np.ndarr
     episodes before in a bag, the arm before a teleport: 17 of 300 grasp demonstrations began on the other
     hemisphere)."""
     out = np.array(value, copy=True)
-    for s, sl in slices(layout):
-        if s.kind == "rotation" and s.representation.startswith("quat_"):
-            rep = REPRESENTATIONS[s.representation]
-            ref = rep.from_matrix(rep.to_matrix(out[sl])) if previous is None else np.asarray(previous)[sl]
-            out[sl] = hemisphere(out[sl], ref)
+    for s, sl in _quaternion_segments(layout):
+        rep = REPRESENTATIONS[s.representation]
+        ref = rep.from_matrix(rep.to_matrix(out[sl])) if previous is None else np.asarray(previous)[sl]
+        out[sl] = hemisphere(out[sl], ref)
     return out
 
 
