@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from dataclasses import asdict
@@ -56,9 +57,10 @@ def export_main(argv: list[str] | None = None) -> int:
                         "variants are also measured on real observations from it")
     p.add_argument("--calibration-samples", type=int, default=16)
     p.add_argument("--layout", default=None, metavar="FILE",
-                   help="YAML {action: [segments], observations: {key: [segments]}}: what the action and low-dim "
-                        "vectors are (position, rotation with its representation, gripper, joints, values; "
-                        "absolute, delta or relative) where the checkpoint does not say (README, End-effector)")
+                   help="YAML {action: [segments], observations: {key: [segments]}}, or a LeRobot dataset's "
+                        "meta/info.json (its ee.* feature names): what the action and low-dim vectors are "
+                        "(position, rotation with its representation, gripper, joints, values; absolute, delta or "
+                        "relative) where the checkpoint does not say (README, End-effector)")
     p.add_argument("--inpaint", action=argparse.BooleanOptionalAction, default=True,
                    help="export the inpainting step graph too (default; the node's chunk_transition auto runs "
                         "soft_inpaint_early with it, blend without); it holds a second copy of the UNet weights")
@@ -87,10 +89,31 @@ def export_main(argv: list[str] | None = None) -> int:
     return _run(go)
 
 
+def _read_layout(path: str) -> tuple[list | None, dict[str, list], list[str]]:
+    """dp-export --layout's file: our YAML, or a LeRobot dataset's meta/info.json (the layout from its feature
+    names; its action names too)."""
+    from .checkpoint.lerobot import info_layout
+    from .layout import read_file
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        data = None
+    if isinstance(data, dict) and "features" in data:
+        action, observations, names = info_layout(data)
+        if action is None and not observations:
+            raise ConfigError(f"--layout {path}: a LeRobot dataset info whose feature names hold no end-effector "
+                              "pose (ee.x ee.y ee.z, ee.wx ee.wy ee.wz): joint values need no layout")
+        return action, observations, names
+    return (*read_file(path), [])
+
+
 def _apply_layout(config, path: str) -> None:
     """dp-export --layout onto the imported config (checked with the policy's sizes)."""
-    from .layout import read_file
-    action, observations = read_file(path)
+    action, observations, names = _read_layout(path)
+    if names and len(names) != config.action_dim:
+        raise ConfigError(f"--layout {path}: {len(names)} action names, the policy's action has {config.action_dim}")
+    if names:
+        config.action_names = names
     low = {s.key: s for s in config.low_dims}
     unknown = set(observations) - set(low)
     if unknown:

@@ -259,6 +259,54 @@ def test_lerobot_resize_then_crop(tmp_path):
     export_and_check(ck, directory, tmp_path / "bundle", "lerobot")
 
 
+EE_NAMES = ["ee.x", "ee.y", "ee.z", "ee.wx", "ee.wy", "ee.wz", "ee.gripper_pos"]
+
+
+def lerobot_info(state_names, action_names) -> dict:
+    """A LeRobot dataset's meta/info.json (v3 layout): images, then the low-dim features with their names."""
+    return {"codebase_version": "v3.0", "fps": 30, "features": {
+        "observation.image": {"dtype": "video", "shape": [fc.IMG, fc.IMG, 3], "names": ["height", "width", "channels"]},
+        "observation.state": {"dtype": "float32", "shape": [len(state_names)], "names": state_names},
+        "action": {"dtype": "float32", "shape": [len(action_names)], "names": action_names},
+        "timestamp": {"dtype": "float32", "shape": [1], "names": None}}}
+
+
+def test_lerobot_ee_names_give_the_layout(tmp_path, capsys):
+    """LeRobot's end-effector features (its kinematics processors: ee.x ee.y ee.z, the rotation vector ee.wx
+    ee.wy ee.wz, ee.gripper_pos) named in the dataset's meta/info.json: dp-export --layout reads the pose, the
+    rotation representation and the gripper from the names, and the action names with them."""
+    source = fc.lr_source(dim=7)
+    directory = fc.write_lerobot(tmp_path / "pretrained_model_ema", source)
+    info = tmp_path / "info.json"
+    info.write_text(json.dumps(lerobot_info(EE_NAMES, EE_NAMES)))
+    assert export_main([str(directory), "-o", str(tmp_path / "b"), "--formats", "onnx", "--no-inpaint",
+                        "--parity-samples", "1", "--layout", str(info)]) == 0
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    want = [{"kind": "position", "size": 3, "axes": "xyz"},
+            {"kind": "rotation", "size": 3, "representation": "axis_angle"}, {"kind": "gripper", "size": 1}]
+    assert manifest["action"]["segments"] == want and manifest["action"]["names"] == EE_NAMES
+    assert {o["key"]: o.get("segments") for o in manifest["observations"]}["state"] == want
+    # older datasets wrap the names ({"motors": [...]}); joints beside the pose keep their names
+    mixed = ["shoulder_pan.pos", "ee.x", "ee.y", "ee.z", "ee.wx", "ee.wy", "ee.wz"]
+    old = lerobot_info(mixed, EE_NAMES)
+    old["features"]["observation.state"]["names"] = {"motors": mixed}
+    info.write_text(json.dumps(old))
+    assert export_main([str(directory), "-o", str(tmp_path / "c"), "--formats", "onnx", "--no-inpaint",
+                        "--parity-samples", "1", "--layout", str(info)]) == 0
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert {o["key"]: o.get("segments") for o in manifest["observations"]}["state"] == [
+        {"kind": "joints", "size": 1, "names": ["shoulder_pan.pos"]}, *want[:2]]
+    # joint names only: nothing to read (joint values need no layout), said so; a wrong count is refused
+    capsys.readouterr()
+    info.write_text(json.dumps(lerobot_info([f"j{i}.pos" for i in range(7)], [f"j{i}.pos" for i in range(7)])))
+    assert export_main([str(directory), "-o", str(tmp_path / "d"), "--layout", str(info)]) != 0
+    assert "hold no end-effector pose" in capsys.readouterr().err
+    info.write_text(json.dumps(lerobot_info(EE_NAMES, EE_NAMES[:6])))
+    assert export_main([str(directory), "-o", str(tmp_path / "d"), "--layout", str(info)]) != 0
+    assert "6 action names, the policy's action has 7" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
 def test_lerobot_two_cameras_separate_encoders(tmp_path):
     cams = fc.TWO_CAMERAS
     source = fc.lr_source(cams, separate=True)

@@ -8,6 +8,11 @@ the first two rows); otherwise robosuite's OSC_POSE deltas [dpos, d-axis-angle, 
 scaled by the controller's output_max (0.05 m, 0.5 rad by default: not in the checkpoint, so recorded
 as assumed); robomimic names its action parts in ``train.action_keys``. A vector no rule recognizes
 keeps no layout (joint values with their names, as before); dp-export --layout says it explicitly.
+
+LeRobot's checkpoints record shapes only; its datasets name each element (``meta/info.json``, features
+``names``), and its end-effector pipelines (the kinematics processor steps) name the pose ``ee.x ee.y ee.z``
+and ``ee.wx ee.wy ee.wz`` (a rotation vector) beside ``ee.gripper_pos``: ``dp-export --layout
+meta/info.json`` reads the layout from those names.
 """
 from __future__ import annotations
 
@@ -42,6 +47,37 @@ ACTION_KEY_RULES: dict[str, Segment] = {
                                   assumed="robomimic rel_rot_axis_angle: a per-step delta"),
     "gripper": Segment("gripper", 1),
 }
+
+
+# element names -> segments (LeRobot's end-effector features); the names must come in this order
+NAME_RULES: tuple[tuple[tuple[str, ...], Segment], ...] = (
+    (("ee.x", "ee.y", "ee.z"), Segment("position", 3, axes="xyz")),
+    (("ee.wx", "ee.wy", "ee.wz"), Segment("rotation", 3, representation="axis_angle")),
+)
+GRIPPER_NAMES = ("ee.gripper_pos", "gripper.pos", "gripper_pos", "gripper")
+
+
+def named_layout(names: list[str]) -> list[dict[str, Any]]:
+    """The segments of a vector whose elements are ``names`` (a LeRobot dataset's feature names): the
+    end-effector pose by NAME_RULES, a gripper by GRIPPER_NAMES, runs of other names as joints; [] when no
+    end-effector name is there (joint values with their names, as before)."""
+    out: list[Segment] = []
+    run: list[str] = []
+    i = 0
+    while i < len(names):
+        rule = next((seg for group, seg in NAME_RULES if tuple(names[i:i + len(group)]) == group), None)
+        if rule is None and names[i] not in GRIPPER_NAMES:
+            run.append(names[i])
+            i += 1
+            continue
+        if run:
+            out.append(Segment("joints", len(run), names=tuple(run)))
+            run = []
+        out.append(rule or Segment("gripper", 1))
+        i += rule.size if rule else 1
+    if run:
+        out.append(Segment("joints", len(run), names=tuple(run)))
+    return [s.to_json() for s in out] if any(s.kind in ("position", "rotation") for s in out) else []
 
 
 def obs_layout(key: str, size: int, pose_repr: str | None = None) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ from safetensors.torch import load_file
 from ..errors import CheckpointError, ConfigError
 from ..model import EncoderConfig, ImageSpec, LowDimSpec, PolicyConfig, UnetConfig
 from ..model.policy import SHARED_ENCODER_KEY
+from .layouts import named_layout
 from .mapping import (Imported, affine_mean_std, affine_min_max, assemble, centre_crop, check_pos_grid,
                       copy_prefixed, ddim_scheduler, ema_or_live, export_steps, get, guard_raw,
                       map_resnet_sequential, put_image_mean_std, put_normalizer)
@@ -49,6 +50,21 @@ def our_key(feature: str) -> str:
     """LeRobot feature names contain dots; ours cannot: 'observation.images.top' -> 'images_top'."""
     name = feature[len("observation."):] if feature.startswith("observation.") else feature
     return name.replace(".", "_")
+
+
+def info_layout(info: dict) -> tuple[list | None, dict[str, list], list[str]]:
+    """(action layout or None, observation layouts by our key, action names) from a LeRobot dataset's
+    ``meta/info.json``: each low-dim feature's ``names`` (a list, or older datasets' {"motors": [...]})."""
+    def names(feature: dict) -> list[str]:
+        n = feature.get("names")
+        n = next(iter(n.values()), None) if isinstance(n, dict) and len(n) == 1 else n
+        return [str(x) for x in n] if isinstance(n, list) else []
+    features = {k: v for k, v in info.get("features", {}).items() if isinstance(v, dict)}
+    action_names = names(features.get("action", {}))
+    action = named_layout(action_names) or None
+    observations = {our_key(k): layout for k, f in features.items() if k.startswith("observation.")
+                    and f.get("dtype") not in ("image", "video") and (layout := named_layout(names(f)))}
+    return action, observations, action_names
 
 
 def is_lerobot_dir(path: Path) -> bool:

@@ -330,22 +330,30 @@ def lr_key(feature: str) -> str:
     return feature[len("observation."):].replace(".", "_")
 
 
-def lr_source(cameras=ONE_CAMERA, separate: bool = False, seed: int = 0, resize: int | None = None) -> DiffusionPolicy:
+def lr_bounds(dim: int) -> tuple[np.ndarray, ...]:
+    """(state min, state max, action min, action max) of ``dim`` values each (the 2-D ones repeated)."""
+    return tuple(np.resize(v, dim) for v in (LR_MIN, LR_MAX, LR_ACT_MIN, LR_ACT_MAX))
+
+
+def lr_source(cameras=ONE_CAMERA, separate: bool = False, seed: int = 0, resize: int | None = None,
+              dim: int = 2) -> DiffusionPolicy:
     """State first, then cameras; MIN_MAX state/action, MEAN_STD images; torchvision centre crop (4).
 
-    ``resize``: LeRobot's resize_shape (square), applied before the centre crop.
+    ``resize``: LeRobot's resize_shape (square), applied before the centre crop; ``dim``: the state's and the
+    action's size.
     """
     keys = [lr_key(c) for c in cameras]
     top = int(round(((resize or IMG) - CROP) / 2.0))
     cfg = PolicyConfig(images=[ImageSpec(k, (IMG, IMG, 3), resize=(resize, resize) if resize else None,
                                          crop=(top, top, CROP, CROP)) for k in keys],
-                       low_dims=[LowDimSpec("state", 2)], action_dim=2, horizon=8, n_obs_steps=2, n_action_steps=4,
-                       num_inference_steps=8, image_range="mean_std", obs_order=["state", *keys],
+                       low_dims=[LowDimSpec("state", dim)], action_dim=dim, horizon=8, n_obs_steps=2,
+                       n_action_steps=4, num_inference_steps=8, image_range="mean_std", obs_order=["state", *keys],
                        encoder=EncoderConfig(base_width=8, pool="spatial_softmax", num_kp=8, feature_dim=16,
                                              fc_relu=True, share=not separate),
                        unet=UNET)
     policy = randomize(DiffusionPolicy(cfg), seed)
-    for key, lo, hi in (("state", LR_MIN, LR_MAX), ("action", LR_ACT_MIN, LR_ACT_MAX)):
+    s_min, s_max, a_min, a_max = lr_bounds(dim)
+    for key, lo, hi in (("state", s_min, s_max), ("action", a_min, a_max)):
         set_affine(policy, key, 2.0 / (hi - lo), -1.0 - 2.0 * lo / (hi - lo))
     for i, k in enumerate(keys):
         set_image_mean_std(policy, k, LR_MEAN + 0.05 * i, LR_STD + 1e-8)
@@ -379,13 +387,13 @@ def lr_state_dict(policy: DiffusionPolicy) -> dict:
     return out
 
 
-def lr_config(cameras=ONE_CAMERA, separate: bool = False, **overrides) -> dict:
+def lr_config(cameras=ONE_CAMERA, separate: bool = False, dim: int = 2, **overrides) -> dict:
     cfg = {
         "type": "diffusion", "n_obs_steps": 2, "horizon": 8, "n_action_steps": 4,
         "normalization_mapping": {"VISUAL": "MEAN_STD", "STATE": "MIN_MAX", "ACTION": "MIN_MAX"},
         "input_features": {**{c: {"type": "VISUAL", "shape": [3, IMG, IMG]} for c in cameras},
-                           "observation.state": {"type": "STATE", "shape": [2]}},
-        "output_features": {"action": {"type": "ACTION", "shape": [2]}},
+                           "observation.state": {"type": "STATE", "shape": [dim]}},
+        "output_features": {"action": {"type": "ACTION", "shape": [dim]}},
         "device": "cuda", "use_amp": False, "push_to_hub": False, "drop_n_last_frames": 3,
         "vision_backbone": "resnet18", "resize_shape": None, "crop_ratio": 1.0, "crop_shape": [CROP, CROP],
         "crop_is_random": True, "pretrained_backbone_weights": None, "use_group_norm": True,
@@ -403,14 +411,15 @@ def lr_config(cameras=ONE_CAMERA, separate: bool = False, **overrides) -> dict:
 def write_lerobot(directory: Path, policy: DiffusionPolicy, config: dict | None = None,
                   state: dict | None = None, cameras=ONE_CAMERA) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(config or lr_config(), indent=2))
+    dim = policy.cfg.action_dim
+    (directory / "config.json").write_text(json.dumps(config or lr_config(dim=dim), indent=2))
     save_file({k: v.contiguous() for k, v in (state if state is not None else lr_state_dict(policy)).items()},
               str(directory / "model.safetensors"))
     feats = {**{c: {"type": "VISUAL", "shape": [3, IMG, IMG]} for c in cameras},
-             "observation.state": {"type": "STATE", "shape": [2]}, "action": {"type": "ACTION", "shape": [2]}}
+             "observation.state": {"type": "STATE", "shape": [dim]}, "action": {"type": "ACTION", "shape": [dim]}}
     norm_map = {"VISUAL": "MEAN_STD", "STATE": "MIN_MAX", "ACTION": "MIN_MAX"}
-    stats = {"observation.state.min": LR_MIN, "observation.state.max": LR_MAX,
-             "action.min": LR_ACT_MIN, "action.max": LR_ACT_MAX}
+    s_min, s_max, a_min, a_max = lr_bounds(dim)
+    stats = {"observation.state.min": s_min, "observation.state.max": s_max, "action.min": a_min, "action.max": a_max}
     for i, c in enumerate(cameras):
         stats[f"{c}.mean"] = (LR_MEAN + 0.05 * i).reshape(3, 1, 1)
         stats[f"{c}.std"] = LR_STD.reshape(3, 1, 1)
