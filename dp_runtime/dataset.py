@@ -22,7 +22,6 @@ from .control import ObservationBuffer
 from .errors import ConfigError, DpRuntimeError, StaleInputError
 from .ros import convert
 from .layout import Layout, parse, segment, slices
-from .pose_action import continuous_quaternions, quaternion_slices
 from .ros.commands import RECORDED_COMMAND_TYPES, DecodeContext, command_to_vector, decode_float64_multi_array
 
 
@@ -112,23 +111,6 @@ class DatasetConfig:
         return out
 
 
-def restart_quaternions_per_episode(values: np.ndarray, episodes: np.ndarray, layout: Layout) -> None:
-    """(N, To, D) observations in place: each episode's quaternions on the hemisphere its first sample has when
-    its stream starts there (canonical, w >= 0), as the node sees a stream start after a reset or a
-    discontinuity; read across a whole bag, the sign of a later episode carried what the episodes before it went
-    through. Within an episode the signs stay continuous (the whole episode is flipped or kept)."""
-    quats = quaternion_slices(layout)
-    if not quats:
-        return
-    for ep in np.unique(episodes):
-        rows = np.flatnonzero(episodes == ep)
-        first = values[rows[0], -1]
-        start = continuous_quaternions(first, layout, None)
-        for sl in quats:
-            if np.dot(first[sl], start[sl]) < 0:
-                values[rows, :, sl] *= -1
-
-
 def bag_to_dataset(bag_path: str | Path, cfg: DatasetConfig, distro: str = "kilted") -> tuple[dict, dict]:
     """Returns (arrays, info): arrays per obs key ``(N, To, ...)``, ``action (N, horizon, A)``, ``episode (N,)``."""
     from .replay.bag import Bag
@@ -177,7 +159,7 @@ def bag_to_dataset(bag_path: str | Path, cfg: DatasetConfig, distro: str = "kilt
     if missing:
         raise DpRuntimeError(f"bag {bag_path}: no usable messages for {missing}")
     buffer = ObservationBuffer(images, low_dims, cfg.n_obs_steps, cfg.obs_interval_s, max_obs_age=1.0,
-                               capacity=256)
+                               capacity=256, layouts={o.key: o.segments for o in cfg.obs if not o.image})
     _join_parts(samples, part_messages, cfg.episode_gap_s)
     histories, commands, times = [], [], []
     for t, key, value in samples:
@@ -192,6 +174,9 @@ def bag_to_dataset(bag_path: str | Path, cfg: DatasetConfig, distro: str = "kilt
             commands.append(value)
             times.append(t)
         else:
+            newest = buffer.newest(key)
+            if newest is not None and value[0] - newest > cfg.episode_gap_s:  # a new episode: its history starts
+                buffer.drop_before(value[0], key)  # afresh (quaternions canonical), as the node's after a reset
             try:
                 buffer.add(key, *value)
             except DpRuntimeError:
@@ -212,9 +197,6 @@ def bag_to_dataset(bag_path: str | Path, cfg: DatasetConfig, distro: str = "kilt
             arrays["action"].append(actions[idx])
             arrays["episode"].append(ep)
     out = {k: np.stack(v) for k, v in arrays.items()}
-    for o in cfg.obs:
-        if not o.image:
-            restart_quaternions_per_episode(out[o.key], out["episode"], o.segments)
     info = {"bag": str(bag_path), "episodes": len(episodes), "samples": int(len(out["action"])),
             "skipped_messages": skipped, "bag_problems": problems, "images": images, "low_dims": low_dims}
     return out, info

@@ -9,6 +9,7 @@ from geometry_msgs.msg import PoseStamped
 from std_msgs.msg import Float32MultiArray, Float64MultiArray
 
 from dp_runtime import layout, rotations
+from dp_runtime.control.observation_buffer import ObservationBuffer
 from dp_runtime.errors import ConfigError, InputError, ShapeError
 from dp_runtime.ros.convert import ObsReader
 from dp_runtime.ros.params import resolve_obs_topics
@@ -26,17 +27,43 @@ def pose_msg(position, quat_xyzw, frame="base_link", stamp=(12, 500_000_000)) ->
     return m
 
 
-def test_pose_into_position_and_quaternion_without_sign_flips():
+def quat(yaw: float) -> np.ndarray:
+    return np.array([0.0, 0.0, np.sin(yaw / 2), np.cos(yaw / 2)])  # continuous in yaw: w < 0 beyond pi
+
+
+def test_pose_into_position_and_a_canonical_quaternion():
+    """The reader writes what the message says, the quaternion canonical (w >= 0) whichever sign the driver sent;
+    its continuity is the history's (ObservationBuffer)."""
     read = ObsReader("pose", "/tcp_pose", segments=EEF, size=7, frame_id="base_link")
-    q = rotations.axis_angle_to_quat(np.array([0.0, 0.0, 3.1]))  # near pi: w is small, its sign fragile
-    stamp, v = read(pose_msg([0.4, -0.1, 0.3], q))
+    stamp, v = read(pose_msg([0.4, -0.1, 0.3], quat(3.1)))  # near pi: w is small, its sign fragile
     assert stamp == 12.5 and v.dtype == np.float32
-    assert np.allclose(v[:3], [0.4, -0.1, 0.3]) and np.allclose(v[3:], q, atol=1e-7)
-    _, v2 = read(pose_msg([0.4, -0.1, 0.3], -q))  # the same rotation with the other sign, as a driver may send
-    assert np.allclose(v2[3:], q, atol=1e-7)
-    q_past = rotations.axis_angle_to_quat(np.array([0.0, 0.0, -3.1]))  # turned on through pi: w flips sign
-    _, v3 = read(pose_msg([0.4, -0.1, 0.3], q_past))
-    assert np.dot(v3[3:], v2[3:]) > 0.9 and np.allclose(np.abs(v3[3:]), np.abs(q_past), atol=1e-7)
+    assert np.allclose(v[:3], [0.4, -0.1, 0.3]) and np.allclose(v[3:], quat(3.1), atol=1e-7)
+    _, v2 = read(pose_msg([0.4, -0.1, 0.3], -quat(3.1)))  # the same rotation with the other sign
+    assert np.allclose(v2[3:], quat(3.1), atol=1e-7)
+
+
+def test_quaternions_continue_in_the_history_and_start_canonical():
+    """q and -q are one rotation; a policy sees the sign. In the history it continues from sample to sample (a
+    turn through yaw pi keeps its hemisphere) and starts canonical where the history starts: the first sample, and
+    after a discontinuity drops the older ones (the samples kept re-signed as if the stream began with them; one
+    key's own gap: dp-dataset's episode starts), so the sign never carries what the stream went through before."""
+    buf = ObservationBuffer({}, {"eef": 7}, 1, 0.1, 1.0, layouts={"eef": EEF})
+
+    def add(t, yaw, sign=1.0):
+        buf.add("eef", t, np.r_[0.4, 0.0, 0.3, sign * quat(yaw)])
+        return buf.samples["eef"][-1][1][3:]
+
+    assert np.allclose(add(1.0, 2.0, -1.0), quat(2.0), atol=1e-6)  # the first sample: canonical
+    for k, yaw in enumerate((2.6, 3.1, 3.6, 4.4)):  # through pi, as a driver sends it: canonical on both sides
+        assert np.allclose(add(1.1 + 0.1 * k, yaw, 1.0 if yaw < np.pi else -1.0), quat(yaw), atol=1e-6)
+    assert buf.assemble(1.5).history["eef"][-1][6] < 0  # the policy sees w < 0 beyond pi, as the course went on
+    buf.drop_before(1.4)  # a discontinuity: the sample kept (yaw 4.4, w < 0) starts the stream anew
+    assert np.allclose(buf.samples["eef"][0][1][3:], -quat(4.4), atol=1e-6)
+    assert np.allclose(add(1.6, 4.6), -quat(4.6), atol=1e-6)  # and the course goes on from there
+    buf.drop_before(3.0, "eef")  # this key's own gap (a new episode in a bag)
+    assert np.allclose(add(3.0, 2.0 + 2 * np.pi), quat(2.0), atol=1e-6)
+    buf.reset()
+    assert add(4.0, 3.6)[3] >= 0
 
 
 def test_pose_into_rotation_6d_rows_axis_angle_and_a_planar_position():

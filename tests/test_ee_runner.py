@@ -107,8 +107,9 @@ def test_nothing_is_commanded_before_a_pose_was_measured():
     r = runner(delta, np.zeros((8, 7)), warn=lambda cause, msg: said.append(msg))
     r.add("cam", 0.9, img(0))
     r.add("cam", 1.0, img(0))
-    r.buffer.add("eef", 0.9, np.zeros(7))  # in the history (as a malformed start would be) but never measured
-    r.buffer.add("eef", 1.0, np.zeros(7))
+    unit = np.r_[np.zeros(3), 0.0, 0.0, 0.0, 1.0]
+    r.buffer.add("eef", 0.9, unit)  # in the history (as a malformed start would be) but never measured
+    r.buffer.add("eef", 1.0, unit)
     r.infer(1.0)
     assert r.tick(1.0) is None
     assert any("no pose was measured yet (observations eef): not commanded" in m for m in said)

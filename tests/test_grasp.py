@@ -194,6 +194,12 @@ def test_grasp_demonstrations_become_robomimic_abs_actions(bags):
     assert set(np.unique(actions[:, 9])) == {-1.0, 1.0}
     quat = arrays["robot0_eef_quat"].reshape(-1, 4)
     assert np.allclose(np.linalg.norm(quat, axis=1), 1, atol=1e-6) and np.all(quat[:, :2] == 0)
+    # each episode's history starts canonical (w >= 0) and its quaternions continue from sample to sample
+    newest, episodes = arrays["robot0_eef_quat"][:, -1], arrays["episode"]
+    starts = np.flatnonzero(np.r_[True, episodes[1:] != episodes[:-1]])
+    assert len(starts) == 4 and np.all(newest[starts, 3] >= 0)
+    same = episodes[1:] == episodes[:-1]
+    assert np.all(np.sum(newest[1:] * newest[:-1], axis=1)[same] > 0.9)
 
 
 def test_grasp_delta_demonstrations_become_robomimic_osc_actions(bags):

@@ -145,19 +145,3 @@ def test_demonstrations_of_a_harder_task_carry_its_measures(tmp_path):
     with Bag(tmp_path / "track") as bag:
         results = [json.loads(bag.deserialize(m).data) for m in bag.messages({"/sim/episode"})]
     assert [r["episode"] for r in results] == [0, 1] and all(0 < r["tracking_error"] < 0.1 for r in results)
-
-
-def test_each_episode_starts_its_quaternions_canonical_and_keeps_them_continuous():
-    """A bag's pose stream is signed continuously across its episodes, so an episode could begin on the other
-    hemisphere (17 of 300 grasp demonstrations did) where the node, starting after a reset or a discontinuity,
-    sees the canonical one: each episode is flipped as a whole to start canonical."""
-    from dp_runtime import layout
-    from dp_runtime.dataset import restart_quaternions_per_episode
-    quat = layout.parse([{"kind": "rotation", "representation": "quat_xyzw"}], 4, "q")
-    yaw = np.array([2.0, 2.8, 3.6, 2.0 + 2 * np.pi, 2.8 + 2 * np.pi])  # one stream: episode 1 begins at -q(2.0)
-    stream = np.stack([np.zeros_like(yaw), np.zeros_like(yaw), np.sin(yaw / 2), np.cos(yaw / 2)], -1)
-    values = np.stack([stream, stream], 1).astype(np.float32)  # (N, To=2, 4)
-    episodes = np.array([0, 0, 0, 1, 1])
-    restart_quaternions_per_episode(values, episodes, quat)
-    assert values[0, -1, 3] > 0 and values[2, -1, 3] < 0  # episode 0 as it was: continuous through yaw pi
-    assert np.allclose(values[3:, -1], -stream[3:], atol=1e-6) and values[3, -1, 3] > 0  # episode 1 flipped

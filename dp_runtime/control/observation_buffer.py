@@ -2,6 +2,12 @@
 
 Times are header stamps in seconds (never arrival times), so the node can run
 on another machine than the robot and replay can use the bag's clock.
+
+Quaternions (q and -q are one rotation) are kept continuous here, where histories are assembled, for the
+node, replay and dp-dataset alike: each sample on the hemisphere of its key's previous one, the first after
+a start, a reset or a discontinuity on the canonical one (w >= 0). The sign a policy sees then depends on the
+pose and the path since the last start, never on what the stream went through before (an episode that spun,
+the arm before a teleport: read across a bag, 17 of 300 grasp demonstrations began on the other hemisphere).
 """
 from __future__ import annotations
 
@@ -12,6 +18,8 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import InputError, ShapeError, StaleInputError
+from ..layout import Layout
+from ..pose_action import continuous_quaternions, quaternion_slices
 
 
 @dataclass
@@ -24,7 +32,9 @@ class Observation:
 class ObservationBuffer:
     def __init__(self, image_shapes: Mapping[str, tuple[int, ...]], low_dim_sizes: Mapping[str, int],
                  n_obs_steps: int, obs_interval_s: float, max_obs_age: float, capacity: int = 64,
-                 max_ahead: float = 0.1):
+                 max_ahead: float = 0.1, layouts: Mapping[str, Layout] | None = None):
+        """``layouts``: the low-dim keys' segments (those holding quaternions are kept continuous)."""
+        self.quaternions = {k: v for k, v in (layouts or {}).items() if quaternion_slices(v)}
         self.image_shapes = {k: tuple(v) for k, v in image_shapes.items()}
         self.low_dim_sizes = dict(low_dim_sizes)
         self.n_obs_steps = n_obs_steps
@@ -54,6 +64,16 @@ class ObservationBuffer:
                 q.popleft()
         if key is None:
             self.cut = stamp
+        for k in self.quaternions if key is None else [key] if key in self.quaternions else []:
+            self._restart_quaternions(k)
+
+    def _restart_quaternions(self, key: str) -> None:
+        """The samples kept after a discontinuity, signed as if the stream began with them (the one that revealed
+        it continued the course before)."""
+        kept, previous = self.samples[key], None
+        for i, (stamp, value) in enumerate(kept):
+            previous = continuous_quaternions(value, self.quaternions[key], previous)
+            kept[i] = (stamp, previous)
 
     def newest(self, key: str) -> float | None:
         """The stamp of ``key``'s newest sample (None: none yet)."""
@@ -92,6 +112,8 @@ class ObservationBuffer:
         q = self.samples[key]
         if q and stamp <= q[-1][0]:
             raise InputError(f"{key!r}: out-of-order stamp {stamp:.6f} <= previous {q[-1][0]:.6f}")
+        if key in self.quaternions:
+            value = continuous_quaternions(value, self.quaternions[key], q[-1][1] if q else None).astype(np.float32)
         q.append((float(stamp), value))
 
     def ages(self, now: float) -> dict[str, float]:

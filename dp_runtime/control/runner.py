@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import ConfigError, DpRuntimeError, StaleInputError
 from ..holds import every_step
 from ..layout import Layout
-from ..pose_action import IDENTITY, Pose, continuous_quaternions, decode, encode, quaternion_slices, relative_to
+from ..pose_action import IDENTITY, Pose, decode, encode, relative_to
 from ..settings import check, setting, settings_of
 from ..spec import PolicySpec
 from . import chunk_noise, transitions
@@ -182,10 +182,6 @@ class PolicyRunner:
             raise ConfigError(f"action_joint_names has {len(self.action_names)} names, the bundle's action has "
                               f"{self.spec.action.dim} dims")
         tracker = PoseTracker(self.spec)
-        # observations holding quaternions: their sign continues from the key's previous sample in the buffer, and
-        # starts canonical when there is none (start, reset) or a discontinuity dropped the history before it
-        self.quaternion_keys = {o.key: o.segments for o in self.spec.observations
-                                if o.kind == "low_dim" and quaternion_slices(o.segments)}
         self.deltas = tracker.mode == "delta"  # per-step deltas: a repeated one would move the arm on
         self.transition, how = transitions.for_engine(cfg.transition, engine, self.deltas)
         self.noise, noise_how = chunk_noise.for_engine(cfg.noise, engine, self.deltas)
@@ -196,8 +192,8 @@ class PolicyRunner:
             raise ConfigError("a delivery delay (evaluation) is for per-tick command interfaces")
         self._resolve(cfg)
         self.buffer = ObservationBuffer(self.spec.image_shapes, self.spec.low_dim_sizes, self.spec.n_obs_steps,
-                                        self.spec.obs_interval_s, cfg.max_obs_age,
-                                        max_ahead=cfg.max_stamp_ahead)
+                                        self.spec.obs_interval_s, cfg.max_obs_age, max_ahead=cfg.max_stamp_ahead,
+                                        layouts={o.key: o.segments for o in self.spec.observations})
         self.queue = ActionQueue(self.dt, cfg.execution_latency)
         self.scheduler = InferenceScheduler(cfg.inference_lead, self.dt, self.spec.n_action_steps,
                                             cfg.execution_latency, delivery, lambda: engine.warmup_latency_s)
@@ -311,7 +307,6 @@ class PolicyRunner:
     def _break(self, d: Discontinuity) -> None:
         """(under the lock)"""
         self.buffer.drop_before(d.stamp)
-        self._restart_quaternions(self.quaternion_keys)
         self._drop_queue()
         self.departures.clear()
         self.pose_departures.clear()
@@ -322,17 +317,6 @@ class PolicyRunner:
         self._restarting = True
         self.generation += 1  # a chunk being inferred from the old history is discarded
         self.metrics.discontinuity(d)
-
-    def _restart_quaternions(self, keys) -> None:
-        """The quaternion samples kept after a discontinuity, signed as if their stream began with them (the
-        sample that revealed it was signed to continue the course before; under the lock)."""
-        for key in keys:
-            if key not in self.quaternion_keys:
-                continue
-            kept, previous = self.buffer.samples[key], None
-            for i, (stamp, value) in enumerate(kept):
-                previous = continuous_quaternions(value, self.quaternion_keys[key], previous)
-                kept[i] = (stamp, previous)
 
     def _drop_queue(self) -> None:
         """Execution stops (under the lock): nothing queued or in flight, and the next action is no switch."""
@@ -363,9 +347,6 @@ class PolicyRunner:
         try:
             with self.lock:
                 previous = self.buffer.newest(key)
-                if key in self.quaternion_keys:
-                    kept = self.buffer.samples[key]
-                    value = continuous_quaternions(value, self.quaternion_keys[key], kept[-1][1] if kept else None)
                 self.buffer.add(key, stamp, value, now)
                 pose = None
                 if self.ee is not None and key in self.ee.keys:
@@ -378,7 +359,6 @@ class PolicyRunner:
                 broke = input_gap(key, previous, stamp, self.cfg.max_obs_age)
                 if broke is not None and self.last_t_obs is None:  # no chunk since start or reset: no plan to end
                     self.buffer.drop_before(stamp, key)
-                    self._restart_quaternions((key,))
                     broke = None
                 elif broke is None and joint_names and self.running:
                     measured = self.measured_joints()

@@ -122,13 +122,12 @@ def message_class(msgtype: str):
 
 
 def pose_vector(r: "ObsReader", position: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """A measured pose -> the policy's pose vector, each segment in its representation (pose_action.encode);
-    a quaternion kept on the hemisphere of the stream's previous sample, so it never flips sign."""
+    """A measured pose -> the policy's pose vector, each segment in its representation (pose_action.encode; a
+    quaternion's sign is kept continuous where the history is assembled: ObservationBuffer)."""
     if not np.all(np.isfinite(position)):
         raise InputError(f"{r.what}: non-finite position {list(position)}")
-    previous = r.previous if r.previous is not None else np.zeros(sum(s.size for s in r.segments))
-    r.previous = encode(Pose(np.asarray(position, np.float64), matrix), r.segments, previous).astype(np.float32)
-    return r.previous
+    blank = np.zeros(sum(s.size for s in r.segments))
+    return encode(Pose(np.asarray(position, np.float64), matrix), r.segments, blank).astype(np.float32)
 
 
 def pose_to_vector(r: "ObsReader", msg: Any) -> np.ndarray:
@@ -191,8 +190,8 @@ OBS_MESSAGE_TYPES = {name: t.msgtype for name, t in OBS_TYPES.items()}
 
 @dataclass
 class ObsReader:
-    """One observation topic's messages -> (stamp, value), for the node, replay and dp-dataset alike; holds the
-    stream's state (a quaternion's hemisphere). ``kind`` is the obs topic type (OBS_TYPES)."""
+    """One observation topic's messages -> (stamp, value), for the node, replay and dp-dataset alike. ``kind`` is
+    the obs topic type (OBS_TYPES)."""
     kind: str
     what: str  # the topic, for messages
     image_shape: Sequence[int] | None = None
@@ -203,7 +202,6 @@ class ObsReader:
     size: int = 0  # arrays: the observation's length
     frame_id: str = ""  # pose: the frame it must be in ("": any)
     kinematics: Any = None  # fk: kinematics.Kinematics of the chain
-    previous: np.ndarray | None = None  # pose, fk: the stream's previous value (a quaternion's hemisphere)
 
     def __post_init__(self) -> None:
         self.type = OBS_TYPES[self.kind]
