@@ -225,3 +225,69 @@ def test_dataset_configs_refuse_what_cannot_be_read(tmp_path):
     bad.write_text(text.replace("representation: rotation_6d_rows", "representation: rot6d"))
     with pytest.raises(ConfigError, match="representation 'rot6d'"):
         DatasetConfig.load(bad)
+
+
+def test_the_sim_messages_read_back_as_the_arm_state_and_commands_as_the_arm_is_told():
+    """dp-sim's messages (sim/messages.py, shared with the in-process loop): the pose the node reads is the hand's,
+    a twist or target in another frame than base_link is refused as cartesian_controllers drop it."""
+    from geometry_msgs.msg import TwistStamped
+    from dp_runtime.ros.convert import ObsReader
+    from dp_runtime.sim import messages
+    from dp_runtime.sim.record import SimTopics
+    arm, topics = GraspingArm(seed=4), SimTopics()
+    sent = dict(messages.observations(arm, topics, topics.every(100.0), 0, 1234.5))
+    assert set(sent) == {topics.camera, topics.wrist_camera, topics.joints, topics.eef_pose}
+    segments = ({"kind": "position"}, {"kind": "rotation", "representation": "quat_xyzw"})
+    from dp_runtime import layout
+    read = ObsReader("pose", topics.eef_pose, segments=layout.parse(list(segments), 7, "eef"), size=7,
+                     frame_id="base_link")
+    stamp, v = read(sent[topics.eef_pose])
+    position, quat = arm.ee_pose()
+    assert stamp == 1234.5 and np.allclose(v[:3], position, atol=1e-6) and np.allclose(v[3:], quat, atol=1e-6)
+    twist = TwistStamped()
+    twist.header.frame_id = "base_link"
+    twist.twist.linear.x, twist.twist.angular.z = 0.2, -0.5
+    told = messages.command(topics, topics.twist, twist)
+    assert np.allclose(told.twist, [0.2, 0.0, -0.5]) and told.gripper is None
+    twist.header.frame_id = "tool0"
+    with pytest.raises(ValueError, match="frame 'tool0', expected 'base_link'"):
+        messages.command(topics, topics.twist, twist)
+
+
+def test_the_in_process_loop_drives_the_arm_through_the_nodes_interfaces(tmp_path):
+    """run_node_episodes: the task's node parameters, the node's readers and command builders, the sim's message
+    handling; an untrained grasp_delta-shaped bundle (the wiring is the test): twists and gripper commands reach the
+    arm at the control rate, each the runner's action as TwistStamped says it (delta * scale / period)."""
+    import dataclasses
+    from dp_runtime.checkpoint.layouts import arm_action
+    from dp_runtime.checkpoint.native import save_checkpoint
+    from dp_runtime.export import ExportOptions, export_bundle
+    from dp_runtime.model import DiffusionPolicy, ImageSpec, LowDimSpec
+    from dp_runtime.sim.evaluate import run_node_episodes
+    from helpers.synthetic import tiny_config
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    cfg = tiny_config(images=[ImageSpec("camera", (96, 96, 3)), ImageSpec("robot0_eye_in_hand_image", (64, 64, 3))],
+                      low_dims=[LowDimSpec("robot0_eef_pos", 3, layout=[{"kind": "position"}]),
+                                LowDimSpec("robot0_eef_quat", 4, layout=[{"kind": "rotation",
+                                                                          "representation": "quat_xyzw"}]),
+                                LowDimSpec("robot0_gripper_qpos", 2, layout=[{"kind": "gripper", "size": 2}])],
+                      action_dim=7, action_names=["dx", "dy", "dz", "drx", "dry", "drz", "gripper"],
+                      action_layout=[s.to_json() for s in arm_action(False)], n_obs_steps=1)
+    policy = DiffusionPolicy(cfg)
+    ckpt = save_checkpoint(tmp_path / "p.safetensors", policy, policy, {"power": 0.75})
+    bundle = export_bundle(ckpt, tmp_path / "bundle", ExportOptions(formats=("onnx",), parity_samples=1, inpaint=False))
+    told = []
+
+    class Told(GraspingArm):
+        def command(self, cmd):
+            told.append((self.state.t, cmd))
+            super().command(cmd)
+    task = dataclasses.replace(TASKS["grasp_delta"], arm=lambda seed: Told(seed=seed))
+    (result,) = run_node_episodes(str(bundle), task, 1, seed=2)
+    assert result["episode"] == 0 and not result["success"] and result["time"] == pytest.approx(8.0, abs=0.02)
+    twists = [c.twist for _, c in told if c.twist is not None]
+    grippers = [c.gripper for _, c in told if c.gripper is not None]
+    assert 70 <= len(twists) == len(grippers) <= 81  # 10 Hz over 8 s, from the first chunk on
+    assert all(np.all(np.isfinite(t)) for t in twists) and all(-1 <= g <= 1 for g in grippers)
+    assert max(np.abs(t[:2]).max() for t in twists) <= 0.05 / 0.1 + 1e-6  # a unit delta: 0.05 m per 0.1 s

@@ -135,6 +135,13 @@ def test_sim_records_every_episode_it_runs(tmp_path):
     assert r.returncode == 0, r.stderr
     around = read_episodes(results)[3:]
     assert len(around) == 2 and all(e["collision"] == 0 and not e["success"] for e in around)  # its own measure
+    r = subprocess.run([sys.executable, "-m", "dp_runtime.sim.node", "--task", "grasp", "--episodes", "1",
+                        "--episode-seconds", "0.3", "--results", str(results)], env=ros_env(domain_id() + 7),
+                       timeout=120, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "commands on /arm/target_pose, /arm/twist, /gripper/command" in r.stderr + r.stdout
+    (grasp,) = read_episodes(results)[5:]
+    assert not grasp["success"] and grasp["misses"] == 0 and "yaw_error" in grasp
 
 
 def test_demonstrations_of_a_harder_task_carry_its_measures(tmp_path):

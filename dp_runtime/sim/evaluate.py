@@ -133,3 +133,88 @@ def run_episodes(engine: Any, episodes: int, seed: int = 0, task: SimTask = TASK
         results.append(EpisodeResult(arm.succeeded(), arm.state.t, arm.distance(),
                                      runner.jumps if not continuous or ep == 0 else None, arm.outcome(), breaks))
     return results
+
+
+def run_node_episodes(bundle: str, task: SimTask, episodes: int, seed: int = 0, reset_episodes: bool = False,
+                      **params: Any) -> list[dict]:
+    """The DDS closed loop of dp-demo in one process, on the sim clock: the task's node parameters
+    (config/<task.node_config>, ``params`` over them), the sim's messages through the node's readers, the runner's
+    commands built by the node's interfaces and read back by the sim (messages.py), one runner across the
+    episodes (no ~/reset: the runner finds each teleport itself; commands ignored for SETTLE_S after it, as dp-sim
+    does; ``reset_episodes``: ~/reset at each episode's start instead). Inference takes its measured time on the
+    sim clock. For ranking policies over many episodes: the
+    headline figures are the real two-process run's. Returns each episode's result as dp-sim reports it."""
+    from ..control import Delivery
+    from ..ros.params import load_params_file
+    from ..ros.runtime import open_runtime
+    from . import messages
+    from .demo import config_path
+    p, flat = load_params_file(config_path(task.node_config), bundle=str(bundle), seed=seed, **params)
+    rt = open_runtime(p, lambda name, default: flat.get(name, default), delivery=Delivery(True, None, 0.0),
+                      info=lambda msg: None, warn=lambda cause, msg: None)
+    if rt.interface.per_chunk:
+        raise ValueError(f"command_interface {rt.interface.name}: the in-process loop publishes per tick")
+    runner, topics = rt.runner, SimTopics()
+    readers: dict[str, list] = {}
+    for t in rt.topics:
+        joints = t.joint_names if t.type == "joint_state" and t.joint_field == "position" else None
+        readers.setdefault(t.topic, []).append((t.key, t.reader(rt.engine.image_shapes.get(t.key), p.resize_images),
+                                                joints))
+    arm = task.arm(seed)
+    dt_phys = 1.0 / arm.cfg.physics_hz
+    every = topics.every(arm.cfg.physics_hz)
+    t0, k, out = 1000.0, 0, []  # stamps never zero (a zero header stamp is refused)
+    for ep in range(episodes):
+        if ep:
+            arm.reset()
+            if reset_episodes:
+                runner.reset()
+        start = k
+        while not arm.done():
+            now = t0 + k * dt_phys
+            for topic, msg in messages.observations(arm, topics, every, k, now):
+                for key, read, joints in readers.get(topic, ()):
+                    stamp, value = read(msg, received=now)
+                    runner.add(key, stamp, value, now=now, joint_names=joints)
+            if k % every["control"] == 0:
+                if runner.needs_inference(now):
+                    runner.infer(now)
+                action = runner.tick(now)
+                if action is not None and (k - start) * dt_phys >= (SETTLE_S if ep else 0.0):
+                    ctx = rt.command_context(now)
+                    sent = [(p.command_topic, rt.interface.build(action, ctx))]
+                    sent += [(o.topic, o.build(action, ctx)) for o in rt.outputs]
+                    for topic, msg in sent:
+                        arm.command(messages.command(topics, topic, msg))
+            arm.step(dt_phys)
+            k += 1
+        out.append({"episode": ep, "success": bool(arm.succeeded()), "time": round(arm.state.t, 3), **arm.outcome()})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m dp_runtime.sim.evaluate BUNDLE --task grasp_delta --episodes 100 [--param NAME:=VALUE]: the
+    in-process twin of dp-demo's closed loop (run_node_episodes), for ranking policies over many episodes."""
+    import argparse
+    import json
+    p = argparse.ArgumentParser(prog="python -m dp_runtime.sim.evaluate", description=main.__doc__.split(":")[0])
+    p.add_argument("bundle")
+    p.add_argument("--task", default="reach", choices=tuple(TASKS))
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reset-episodes", action="store_true")
+    p.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE", help="a node parameter (YAML value)")
+    args = p.parse_args(argv)
+    import yaml
+    params = {k: yaml.safe_load(v) for k, _, v in (s.partition(":=") for s in args.param)}
+    t0 = time.perf_counter()
+    results = run_node_episodes(args.bundle, TASKS[args.task], args.episodes, args.seed, args.reset_episodes, **params)
+    for r in results:
+        print(json.dumps(r))
+    wins = sum(r["success"] for r in results)
+    print(f"success {wins}/{len(results)} ({wins / len(results):.0%}) in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

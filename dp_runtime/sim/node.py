@@ -30,9 +30,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 
 from ..errors import InputError
-from ..rotations import quat_to_matrix
-from ..ros.convert import sec_to_stamp_fields
-from .grasp import BASE_FRAME, EeCommand, matrix_yaw
+from . import messages
 from .record import SimTopics
 from .tasks import TASKS, sim_task
 
@@ -53,82 +51,40 @@ class SimNode(Node):
         self.bad_commands = 0
         self.done = False
         camera_qos = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST, depth=5)
-        self.cam_pub = self.create_publisher(Image, self.topics.camera, camera_qos)
-        self.wrist_pub = (self.create_publisher(Image, self.topics.wrist_camera, camera_qos)
-                          if self.arm.wrist_view() is not None else None)
-        self.js_pub = self.create_publisher(JointState, self.topics.joints, 10)
-        self.ep_pub = self.create_publisher(String, self.topics.episodes, 10)
+        t = self.topics
+        self.pubs = {t.camera: self.create_publisher(Image, t.camera, camera_qos),
+                     t.joints: self.create_publisher(JointState, t.joints, 10)}
+        if self.arm.wrist_view() is not None:
+            self.pubs[t.wrist_camera] = self.create_publisher(Image, t.wrist_camera, camera_qos)
+        self.ep_pub = self.create_publisher(String, t.episodes, 10)
         self.ee = self.arm.ee_pose() is not None
         if not self.ee:  # a joint-space arm: position commands (the end-effector arm's controller is Cartesian)
-            self.create_subscription(Float64MultiArray, self.topics.commands, self.on_command, 10)
+            inputs = {t.commands: Float64MultiArray}
         else:
-            self.pose_pub = self.create_publisher(PoseStamped, self.topics.eef_pose, 10)
-            self.create_subscription(PoseStamped, self.topics.target_pose, self.on_target_pose, 10)
-            self.create_subscription(TwistStamped, self.topics.twist, self.on_twist, 10)
-            self.create_subscription(Float64MultiArray, self.topics.gripper, self.on_gripper, 10)
+            self.pubs[t.eef_pose] = self.create_publisher(PoseStamped, t.eef_pose, 10)
+            inputs = {t.target_pose: PoseStamped, t.twist: TwistStamped, t.gripper: Float64MultiArray}
             latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                                  reliability=ReliabilityPolicy.RELIABLE)
-            self.create_publisher(String, self.topics.robot_description, latched).publish(
-                String(data=self.arm.urdf()))
+            self.create_publisher(String, t.robot_description, latched).publish(String(data=self.arm.urdf()))
+        for topic, msgtype in inputs.items():
+            self.create_subscription(msgtype, topic, lambda msg, topic=topic: self.on_command(topic, msg), 10)
         self.dt = 1.0 / self.cfg.physics_hz
         self.k = 0
         self.every = self.topics.every(self.cfg.physics_hz)
         self.last = time.monotonic()
         self.create_timer(self.dt, self.on_step)
-        inputs = (f"{self.topics.target_pose} (PoseStamped), {self.topics.twist} (TwistStamped), {self.topics.gripper}"
-                  if self.ee else self.topics.commands)
-        self.get_logger().info(f"sim arm ready ({args.task}): commands on {inputs}, "
+        self.get_logger().info(f"sim arm ready ({args.task}): commands on {', '.join(inputs)}, "
                                f"{self.episodes_wanted or 'unlimited'} episodes")
 
-    def on_command(self, msg: Float64MultiArray) -> None:
-        self.apply(np.asarray(msg.data), self.topics.commands)
-
-    def apply(self, command, topic: str) -> None:
+    def on_command(self, topic: str, msg) -> None:
+        """A command (messages.command); a bad one is counted, logged (the first, then every 2 s), never applied."""
         if time.monotonic() - self.episode_start < self.settle_s:
             return  # the previous episode's chunk is still in flight after a reset
         try:
-            self.arm.command(command)
-        except ValueError as e:
-            self.refuse(topic, str(e))
-
-    def refuse(self, topic: str, why: str) -> None:
-        """A bad command: counted, logged (the first, then every 2 s), never applied."""
-        self.bad_commands += 1
-        self.get_logger().warning(f"ignoring bad command on {topic}: {why}", throttle_duration_sec=2.0)
-
-    def in_base(self, msg, topic: str) -> bool:
-        """A Cartesian command in another frame than base_link is refused, as cartesian_controllers do."""
-        if msg.header.frame_id != BASE_FRAME:
-            self.refuse(topic, f"frame {msg.header.frame_id!r}, expected {BASE_FRAME!r}")
-        return msg.header.frame_id == BASE_FRAME
-
-    def on_target_pose(self, msg: PoseStamped) -> None:
-        if self.in_base(msg, self.topics.target_pose):
-            p, o = msg.pose.position, msg.pose.orientation
-            try:
-                yaw = matrix_yaw(quat_to_matrix(np.array([o.x, o.y, o.z, o.w])))
-            except InputError as e:
-                return self.refuse(self.topics.target_pose, str(e))
-            self.apply(EeCommand(None, pose=np.array([p.x, p.y, yaw])), self.topics.target_pose)
-
-    def on_twist(self, msg: TwistStamped) -> None:
-        if self.in_base(msg, self.topics.twist):
-            t = msg.twist
-            self.apply(EeCommand(None, twist=np.array([t.linear.x, t.linear.y, t.angular.z])), self.topics.twist)
-
-    def on_gripper(self, msg: Float64MultiArray) -> None:
-        if len(msg.data) != 1:
-            return self.refuse(self.topics.gripper, f"{len(msg.data)} values, expected 1 (-1 open .. +1 closed)")
-        self.apply(EeCommand(float(msg.data[0])), self.topics.gripper)
-
-    def stamp(self, header) -> None:
-        header.stamp.sec, header.stamp.nanosec = sec_to_stamp_fields(self.get_clock().now().nanoseconds * 1e-9)
-
-    def publish_image(self, pub, img: np.ndarray, frame_id: str) -> None:
-        msg = Image(height=img.shape[0], width=img.shape[1], encoding="rgb8", step=img.shape[1] * 3, data=img.tobytes())
-        msg.header.frame_id = frame_id
-        self.stamp(msg.header)
-        pub.publish(msg)
+            self.arm.command(messages.command(self.topics, topic, msg))
+        except (ValueError, InputError) as e:
+            self.bad_commands += 1
+            self.get_logger().warning(f"ignoring bad command on {topic}: {e}", throttle_duration_sec=2.0)
 
     def on_step(self) -> None:
         if self.done:
@@ -136,23 +92,9 @@ class SimNode(Node):
         now = time.monotonic()
         self.arm.step(min(now - self.last, 5 * self.dt))  # real elapsed time, capped after a stall
         self.last = now
-        if self.k % self.every["camera"] == 0:
-            self.publish_image(self.cam_pub, self.arm.render(), "camera")
-            if self.wrist_pub is not None:
-                self.publish_image(self.wrist_pub, self.arm.wrist_view(), "wrist_camera")
-        if self.k % self.every["joints"] == 0:
-            js = JointState(name=list(self.arm.joint_names), position=[float(x) for x in self.arm.joint_positions()])
-            self.stamp(js.header)
-            self.js_pub.publish(js)
-            if self.ee:
-                position, quat = self.arm.ee_pose()
-                pose = PoseStamped()
-                pose.header.frame_id = BASE_FRAME
-                pose.header.stamp = js.header.stamp
-                p, o = pose.pose.position, pose.pose.orientation
-                p.x, p.y, p.z = (float(v) for v in position)
-                o.x, o.y, o.z, o.w = (float(v) for v in quat)
-                self.pose_pub.publish(pose)
+        stamp = self.get_clock().now().nanoseconds * 1e-9
+        for topic, msg in messages.observations(self.arm, self.topics, self.every, self.k, stamp):
+            self.pubs[topic].publish(msg)
         self.k += 1
         if self.arm.done():
             success = self.arm.succeeded()
