@@ -155,6 +155,25 @@ def test_pose_trajectory_times_the_remaining_chunks_poses():
         ci.check(tuple(arm_action(False)), measures_pose=True)  # a chunk at once has no pose to decode each against
 
 
+def test_pose_path_stamps_each_remaining_pose_when_it_is_due():
+    ci = command_interface("pose_path")
+    abs_layout = tuple(arm_action(True))
+    rng = np.random.default_rng(4)
+    m = rotations.quat_to_matrix(rng.normal(size=(3, 4)))
+    actions = np.concatenate([rng.normal(size=(3, 3)), rotations.matrix_to_rot6d_rows(m), np.zeros((3, 1))], axis=1)
+    msg = ci.build(actions, CommandContext(NAMES, 100.25, 0.1, layout=abs_layout, frame_id="base"))
+    assert ci.per_chunk and ci.msgtype == "nav_msgs/msg/Path" and msg.header.frame_id == "base"
+    assert msg.header.stamp.sec == 100 and msg.header.stamp.nanosec == 250_000_000
+    for k, (pose, a, rot) in enumerate(zip(msg.poses, actions, m)):
+        stamp = pose.header.stamp.sec + pose.header.stamp.nanosec * 1e-9
+        assert pose.header.frame_id == "base" and abs(stamp - (100.25 + 0.1 * (k + 1))) < 1e-6
+        p, q = pose.pose.position, pose.pose.orientation
+        assert np.allclose([p.x, p.y, p.z], a[:3])
+        assert np.abs(rotations.quat_to_matrix(np.array([q.x, q.y, q.z, q.w])) - rot).max() < 1e-9
+    with pytest.raises(ConfigError, match="pose_path: the action is a delta, relative or partial pose"):
+        ci.check(tuple(arm_action(False)), measures_pose=True)
+
+
 def test_recorded_pose_and_twist_commands_decode_into_the_actions_that_built_them():
     """A demonstration bag's PoseStamped targets and TwistStamped velocities back into the action (dp-dataset, replay
     reports): the pose segments in their representation, what the message does not carry (the gripper) NaN."""

@@ -46,19 +46,21 @@ def joint_state_command(action: np.ndarray, ctx: CommandContext):
     return msg
 
 
+def _pose_stamped(pose: Pose, frame_id: str, stamp: float):
+    from geometry_msgs.msg import PoseStamped
+    msg = PoseStamped()
+    msg.header.frame_id = frame_id
+    msg.header.stamp.sec, msg.header.stamp.nanosec = sec_to_stamp_fields(stamp)
+    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in pose.position)
+    o = msg.pose.orientation
+    o.x, o.y, o.z, o.w = (float(v) for v in matrix_to_quat(pose.rotation))
+    return msg
+
+
 def pose_stamped(action: np.ndarray, ctx: CommandContext):
     """One action's pose as a geometry_msgs/PoseStamped target in ``ctx.frame_id`` (cartesian_controllers'
     target_frame, MoveIt Servo's pose target); decoded as the layout says (pose_action.py)."""
-    from geometry_msgs.msg import PoseStamped
-    pose = decode_action(action, ctx.layout, ctx.reference).pose
-    msg = PoseStamped()
-    msg.header.frame_id = ctx.frame_id
-    msg.header.stamp.sec, msg.header.stamp.nanosec = sec_to_stamp_fields(ctx.stamp)
-    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in pose.position)
-    q = matrix_to_quat(pose.rotation)
-    o = msg.pose.orientation
-    o.x, o.y, o.z, o.w = (float(v) for v in q)
-    return msg
+    return _pose_stamped(decode_action(action, ctx.layout, ctx.reference).pose, ctx.frame_id, ctx.stamp)
 
 
 def twist_stamped(action: np.ndarray, ctx: CommandContext):
@@ -100,6 +102,18 @@ def pose_trajectory(actions: np.ndarray, ctx: CommandContext):
         sec, nanosec = sec_to_stamp_fields((k + 1) * ctx.dt)
         points.append(MultiDOFJointTrajectoryPoint(transforms=[tf], time_from_start=Duration(sec=sec, nanosec=nanosec)))
     msg.points = points
+    return msg
+
+
+def pose_path(actions: np.ndarray, ctx: CommandContext):
+    """The remaining actions' poses (K, A) as a nav_msgs/Path in ``ctx.frame_id``, pose k stamped when it is due
+    (``ctx.stamp`` + (k + 1) * dt): for controllers and planners that follow a timed Cartesian path, and RViz."""
+    from nav_msgs.msg import Path
+    msg = Path()
+    msg.header.frame_id = ctx.frame_id
+    msg.header.stamp.sec, msg.header.stamp.nanosec = sec_to_stamp_fields(ctx.stamp)
+    msg.poses = [_pose_stamped(decode_action(a, ctx.layout, None).pose, ctx.frame_id, ctx.stamp + (k + 1) * ctx.dt)
+                 for k, a in enumerate(actions)]
     return msg
 
 
@@ -255,6 +269,7 @@ COMMAND_INTERFACES: dict[str, CommandInterface] = {i.name: i for i in (
                      delta_pose),
     CommandInterface("pose_trajectory", "trajectory_msgs/msg/MultiDOFJointTrajectory", True, pose_trajectory, None,
                      absolute_pose),
+    CommandInterface("pose_path", "nav_msgs/msg/Path", True, pose_path, None, absolute_pose),
 )}
 RECORDED_COMMAND_TYPES = tuple(i.msgtype for i in COMMAND_INTERFACES.values() if i.decode is not None)
 

@@ -208,7 +208,7 @@ class PolicyWiring:
                 continue
             rec = self.runner.infer(self.now())
             if rec is not None and rec.trajectory is not None:
-                self._publish(rec.trajectory, 0.0, rec.previous)
+                self._publish(rec.trajectory, self.now(), rec.previous)  # (JointTrajectory's header stays 0: now)
             if rec is not None and rec.queued_at is not None:
                 self._publish_plan(rec)
 

@@ -77,15 +77,16 @@ class NodeParams(RunnerConfig):
     command_interface: str = setting("float64_multi_array", "command message: float64_multi_array, "
                                      "joint_trajectory (the remaining chunk), joint_state, pose (PoseStamped "
                                      "target of an end-effector policy's pose), twist (TwistStamped: its per-step "
-                                     "deltas over one period) or pose_trajectory (MultiDOFJointTrajectory: the "
-                                     "remaining chunk's absolute poses, timed)",
+                                     "deltas over one period), pose_trajectory (MultiDOFJointTrajectory: the "
+                                     "remaining chunk's absolute poses, timed) or pose_path (nav_msgs/Path: the "
+                                     "same, each pose stamped when it is due)",
                                      choices=tuple(COMMAND_INTERFACES))
     command_topic: str = setting("/forward_position_controller/commands", "topic the commands go to")
     command_outputs: list[str] = setting(
         [], "more outputs beside command_topic, each SELECTOR:INTERFACE:TOPIC: the action's segments of one kind "
             "(gripper, joints, values) or an index range i-j, through float64_multi_array or joint_state (the "
             "gripper of an end-effector policy to its own controller)", shown="unset")
-    command_frame_id: str = setting("base_link", "command_interface pose, twist, pose_trajectory: the frame the "
+    command_frame_id: str = setting("base_link", "command_interface pose, twist, pose_trajectory, pose_path: the frame the "
                                                  "target is in (the controller's base frame; the bundle's poses are "
                                                  "in it too)")
     command_qos: str = setting("reliable", "command publisher reliability", choices=QOS)
