@@ -249,6 +249,8 @@ def test_the_sim_messages_read_back_as_the_arm_state_and_commands_as_the_arm_is_
     twist.twist.linear.x, twist.twist.angular.z = 0.2, -0.5
     told = messages.command(topics, topics.twist, twist)
     assert np.allclose(told.twist, [0.2, 0.0, -0.5]) and told.gripper is None
+    as_demo = SimTopics(commands=topics.twist)  # dp-demo runs dp-sim --command-topic <the node's command topic>
+    assert np.allclose(messages.command(as_demo, topics.twist, twist).twist, [0.2, 0.0, -0.5])
     twist.header.frame_id = "tool0"
     with pytest.raises(ValueError, match="frame 'tool0', expected 'base_link'"):
         messages.command(topics, topics.twist, twist)

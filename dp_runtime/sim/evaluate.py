@@ -154,7 +154,7 @@ def run_node_episodes(bundle: str, task: SimTask, episodes: int, seed: int = 0, 
                       info=lambda msg: None, warn=lambda cause, msg: None)
     if rt.interface.per_chunk:
         raise ValueError(f"command_interface {rt.interface.name}: the in-process loop publishes per tick")
-    runner, topics = rt.runner, SimTopics()
+    runner, topics = rt.runner, SimTopics(commands=p.command_topic)  # as dp-demo starts dp-sim
     readers: dict[str, list] = {}
     for t in rt.topics:
         joints = t.joint_names if t.type == "joint_state" and t.joint_field == "position" else None

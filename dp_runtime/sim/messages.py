@@ -57,8 +57,6 @@ def command(topics: SimTopics, topic: str, msg: Any) -> np.ndarray | EeCommand:
     """A command message -> the arm's command: joint positions (Float64MultiArray on the joint arm's topic), an
     absolute target (PoseStamped in base_link, as cartesian_controllers take it), a velocity (TwistStamped) or the
     gripper's (Float64MultiArray, one value, -1 open .. +1 closed)."""
-    if topic == topics.commands:
-        return np.asarray(msg.data)
     if isinstance(msg, (PoseStamped, TwistStamped)) and msg.header.frame_id != BASE_FRAME:
         raise ValueError(f"frame {msg.header.frame_id!r}, expected {BASE_FRAME!r}")  # cartesian_controllers drop it
     if topic == topics.target_pose:
@@ -72,4 +70,6 @@ def command(topics: SimTopics, topic: str, msg: Any) -> np.ndarray | EeCommand:
         if len(msg.data) != 1:
             raise ValueError(f"{len(msg.data)} values, expected 1 (-1 open .. +1 closed)")
         return EeCommand(float(msg.data[0]))
+    if topic == topics.commands:  # last: dp-demo names the end-effector arm's command topic after the node's
+        return np.asarray(msg.data)
     raise ValueError(f"no command topic {topic!r}")
