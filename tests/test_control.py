@@ -161,6 +161,7 @@ def test_runner_starvation_hold_or_stop():
     for mode, expect_hold in (("hold", True), ("stop", False)):
         r = PolicyRunner(FakeEngine(), RunnerConfig(control_rate_hz=10, on_starvation=mode))
         feed(r, 1.0, v=1.0)
+        assert r.tick(0.95) is None and r.queue.stats.starved == 0  # before the first chunk: waiting, not starving
         r.infer(1.0)
         last = [r.tick(1.0 + 0.1 * k) for k in range(4)][-1]
         out = r.tick(1.4)

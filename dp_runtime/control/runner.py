@@ -231,7 +231,9 @@ class PolicyRunner:
         self._first_input: float | None = None  # stamp of the first usable sample since start or reset
         self._pending_t_obs: float | None = None  # a new chunk's observation stamp until its first command
         self._in_flight: InFlight | None = None
-        self._restarting = False  # after a discontinuity, until its first chunk: holding, not starving
+        # until the first chunk since start, reset or a discontinuity arrives: waiting (after a discontinuity
+        # holding), not starving (a tick before the first chunk is no starvation)
+        self._restarting = True
         self._plan: Plan | None = None  # the chunk the queue was last filled from (soft_inpaint's guide)
         self._noise: ChunkNoise | None = None  # the last chunk's initial noise (chunk_noise aligned)
         self._warned: set[str] = set()
@@ -293,6 +295,7 @@ class PolicyRunner:
             self.departures.clear()
             self.pose_departures.clear()
             self._start_rows.clear()
+            self._restarting = True
             self.generation += 1
 
     def discontinuity(self, d: Discontinuity) -> None:
