@@ -142,9 +142,11 @@ def run_node_episodes(bundle: str, task: SimTask, episodes: int, seed: int = 0, 
     commands built by the node's interfaces and read back by the sim (messages.py), one runner across the
     episodes (no ~/reset: the runner finds each teleport itself; commands ignored for SETTLE_S after it, as dp-sim
     does; ``reset_episodes``: ~/reset at each episode's start instead). Inference takes its measured time on the
-    sim clock. For ranking policies over many episodes: the
-    headline figures are the real two-process run's. Returns each episode's result as dp-sim reports it."""
+    sim clock. An unusable input is rejected and a bad command ignored, as the node and dp-sim do. For ranking
+    policies over many episodes: the headline figures are the real two-process run's. Returns each episode's
+    result as dp-sim reports it (and the commands it ignored, if any)."""
     from ..control import Delivery
+    from ..errors import DpRuntimeError
     from ..ros.params import load_params_file
     from ..ros.runtime import open_runtime
     from . import messages
@@ -169,12 +171,16 @@ def run_node_episodes(bundle: str, task: SimTask, episodes: int, seed: int = 0, 
             arm.reset()
             if reset_episodes:
                 runner.reset()
-        start = k
+        start, ignored = k, 0
         while not arm.done():
             now = t0 + k * dt_phys
             for topic, msg in messages.observations(arm, topics, every, k, now):
                 for key, read, joints in readers.get(topic, ()):
-                    stamp, value = read(msg, received=now)
+                    try:
+                        stamp, value = read(msg, received=now)
+                    except DpRuntimeError as e:
+                        runner.reject(key, e, topic)
+                        continue
                     runner.add(key, stamp, value, now=now, joint_names=joints)
             if k % every["control"] == 0:
                 if runner.needs_inference(now):
@@ -185,10 +191,14 @@ def run_node_episodes(bundle: str, task: SimTask, episodes: int, seed: int = 0, 
                     sent = [(p.command_topic, rt.interface.build(action, ctx))]
                     sent += [(o.topic, o.build(action, ctx)) for o in rt.outputs]
                     for topic, msg in sent:
-                        arm.command(messages.command(topics, topic, msg))
+                        try:
+                            arm.command(messages.command(topics, topic, msg))
+                        except (ValueError, DpRuntimeError):
+                            ignored += 1  # as dp-sim counts and ignores it
             arm.step(dt_phys)
             k += 1
-        out.append({"episode": ep, "success": bool(arm.succeeded()), "time": round(arm.state.t, 3), **arm.outcome()})
+        out.append({"episode": ep, "success": bool(arm.succeeded()), "time": round(arm.state.t, 3), **arm.outcome(),
+                    **({"ignored_commands": ignored} if ignored else {})})
     return out
 
 
