@@ -64,8 +64,9 @@ class ObservationBuffer:
                 q.popleft()
         if key is None:
             self.cut = stamp
-        for k in self.quaternions if key is None else [key] if key in self.quaternions else []:
-            self._restart_quaternions(k)
+        for k in self.quaternions if key is None else [key]:
+            if k in self.quaternions:
+                self._restart_quaternions(k)
 
     def _restart_quaternions(self, key: str) -> None:
         """The samples kept after a discontinuity, signed as if the stream began with them (the one that revealed

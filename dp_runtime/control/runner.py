@@ -233,7 +233,7 @@ class PolicyRunner:
         self._in_flight: InFlight | None = None
         # until the first chunk since start, reset or a discontinuity arrives: waiting (after a discontinuity
         # holding), not starving (a tick before the first chunk is no starvation)
-        self._restarting = True
+        self._awaiting_chunk = True
         self._plan: Plan | None = None  # the chunk the queue was last filled from (soft_inpaint's guide)
         self._noise: ChunkNoise | None = None  # the last chunk's initial noise (chunk_noise aligned)
         self._warned: set[str] = set()
@@ -295,7 +295,7 @@ class PolicyRunner:
             self.departures.clear()
             self.pose_departures.clear()
             self._start_rows.clear()
-            self._restarting = True
+            self._awaiting_chunk = True
             self.generation += 1
 
     def discontinuity(self, d: Discontinuity) -> None:
@@ -317,7 +317,7 @@ class PolicyRunner:
         self._pending_t_obs = None
         self.last_command = self._measured_hold()
         self._start_rows.clear()
-        self._restarting = True
+        self._awaiting_chunk = True
         self.generation += 1  # a chunk being inferred from the old history is discarded
         self.metrics.discontinuity(d)
 
@@ -516,7 +516,7 @@ class PolicyRunner:
     def _merge(self, plan: Plan, arrival: float) -> int:
         """Queue a chunk's executed slice as it arrives (under the lock), as the transition merges it."""
         self._plan = plan
-        self._restarting = False
+        self._awaiting_chunk = False
         dropped = self.transition.merge(self.queue, self.spec.executed(plan.actions), plan.t_obs, arrival,
                                         self.cfg.blend_actions, plan.held_until)
         if self.ee is not None:
@@ -564,7 +564,7 @@ class PolicyRunner:
         self._stale = False
         with self.lock:
             self._deliver(now)
-            action = None if self._restarting and not self.queue else self.queue.pop(now)
+            action = None if self._awaiting_chunk and not self.queue else self.queue.pop(now)
             chunk = self.queue.popped_chunk
         if (action is not None or self.deltas) and self.ee is not None and self.ee.needed:  # a delta's hold too
             with self.lock:
@@ -576,7 +576,7 @@ class PolicyRunner:
                 return None
         pose = None
         if action is None:
-            if not self.queue and not self.hold_on_starvation and not self._restarting:
+            if not self.queue and not self.hold_on_starvation and not self._awaiting_chunk:
                 return None
             # next action not due yet, starved with "hold", or holding after a discontinuity: the last command, a
             # delta's without its motion (a repeated delta would move the arm on; nothing published left a

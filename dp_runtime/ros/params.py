@@ -86,9 +86,9 @@ class NodeParams(RunnerConfig):
         [], "more outputs beside command_topic, each SELECTOR:INTERFACE:TOPIC: the action's segments of one kind "
             "(gripper, joints, values) or an index range i-j, through float64_multi_array or joint_state (the "
             "gripper of an end-effector policy to its own controller)", shown="unset")
-    command_frame_id: str = setting("base_link", "command_interface pose, twist, pose_trajectory, pose_path: the frame the "
-                                                 "target is in (the controller's base frame; the bundle's poses are "
-                                                 "in it too)")
+    command_frame_id: str = setting("base_link", "command_interface pose, twist, pose_trajectory, pose_path: the "
+                                                 "frame the target is in (the controller's base frame; the bundle's "
+                                                 "poses are in it too)")
     command_qos: str = setting("reliable", "command publisher reliability", choices=QOS)
     action_lower: list[float] = setting([], "clip: one value or one per action joint", shown="unset", live=True)
     action_upper: list[float] = setting([], "clip: one value or one per action joint", shown="unset", live=True)
