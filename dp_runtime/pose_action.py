@@ -13,6 +13,7 @@ Rotations are made exact on decode (Gram-Schmidt for 6-D, normalization for quat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 
@@ -132,28 +133,31 @@ def continuous_quaternions(value: np.ndarray, layout: Layout, previous: np.ndarr
     return out
 
 
-def pose_of(values: np.ndarray, layout: Layout) -> Pose:
-    """The pose a vector's position and rotation segments hold, whatever their mode (axes left out: 0, no
-    rotation: identity)."""
-    values = np.asarray(values, np.float64)
-    position, rotation = np.zeros(3), np.eye(3)
-    for s, sl in slices(layout):
-        if s.kind == "position":
-            position[[AXES[a] for a in s.axes]] = values[sl]
-        elif s.kind == "rotation":
-            rotation = REPRESENTATIONS[s.representation].to_matrix(values[sl])
-    return Pose(position, rotation)
+def ee_poses(history: Mapping[str, np.ndarray], layouts: Mapping[str, Layout]) -> list[Pose]:
+    """The end effector's pose in each frame of a history (each key (To, D)), merged over the keys that hold its
+    parts: robosuite and UMI keep the position and the rotation in separate keys (``robot0_eef_pos``,
+    ``robot0_eef_rot_axis_angle``), and a relative pose needs both (axes no key holds: 0; no rotation: identity).
+    Every pose key holds the same measured pose, whatever mode the policy sees it in."""
+    frames = len(next(iter(history.values())))
+    position, rotation = np.zeros((frames, 3)), np.tile(np.eye(3), (frames, 1, 1))
+    for key, layout in layouts.items():
+        rows = np.asarray(history[key], np.float64)
+        for s, sl in slices(layout):
+            if s.kind == "position":
+                position[:, [AXES[a] for a in s.axes]] = rows[:, sl]
+            elif s.kind == "rotation":
+                rotation = np.stack([REPRESENTATIONS[s.representation].to_matrix(v) for v in rows[:, sl]])
+    return [Pose(p, r) for p, r in zip(position, rotation)]
 
 
-def relative_to(history: np.ndarray, layout: Layout, base_row: np.ndarray | None = None) -> np.ndarray:
-    """(To, D) pose observations -> each frame in the coordinates of ``base_row`` (a sample of the same layout;
-    None: the newest), written in the same segments: inv(base) @ pose, as UMI's ``convert_pose_mat_rep(...,
-    pose_rep='relative')`` for ``obs_pose_repr: relative`` (the newest becomes the identity) and ``*_wrt_start``
-    (the start pose)."""
-    base = pose_of(history[-1] if base_row is None else base_row, layout)
+def relative_rows(rows: np.ndarray, layout: Layout, poses: list[Pose], base: Pose) -> np.ndarray:
+    """(To, D) pose observations -> each frame's pose (``poses``: the whole end-effector pose per frame, ee_poses)
+    in the coordinates of ``base``, written in the rows' own segments: inv(base) @ pose, as UMI's
+    ``convert_pose_mat_rep(..., pose_rep='relative')`` on the 4x4 of position and rotation together, for
+    ``obs_pose_repr: relative`` (base: the newest pose, which becomes the identity) and ``*_wrt_start`` (base: the
+    start pose). A position key alone is turned by the base's rotation too: inv(base) @ pose, not pose - base."""
     inv = base.rotation.T
-    out = np.asarray(history, np.float64).copy()
-    for i, row in enumerate(history):
-        p = pose_of(row, layout)
+    out = np.asarray(rows, np.float64).copy()
+    for i, (row, p) in enumerate(zip(rows, poses)):
         out[i] = encode(Pose(inv @ (p.position - base.position), inv @ p.rotation), layout, row)
     return out.astype(np.float32)

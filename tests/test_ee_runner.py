@@ -169,6 +169,58 @@ def test_the_policy_sees_a_relative_pose_history_and_the_record_keeps_the_measur
     assert np.allclose(rec.observation.history["eef"][-1, :3], [0.45, 0.1, 0.3])  # the record: as measured
 
 
+def test_umi_relative_history_in_two_keys_is_the_whole_pose_relative_to_the_newest():
+    """UMI keeps the position and the rotation apart (robot0_eef_pos, robot0_eef_rot_axis_angle as rotation_6d) and
+    makes the history relative as one pose: umi/real_world/real_inference_util.py, get_real_umi_obs_dict:
+    pose_to_mat(concatenate([eef_pos, eef_rot_axis_angle])), convert_pose_mat_rep(pose_mat, base_pose_mat=pose_mat[-1],
+    pose_rep='relative'), mat_to_pose10d, split [:3] / [3:]. The position key alone is turned by the newest rotation
+    too: each key made relative on its own (pos - newest pos) is what the policy never saw."""
+    from dataclasses import replace
+    from dp_runtime.checkpoint.layouts import obs_layout
+    from tests.helpers.framework_rotations import dp_convert_pose_mat_rep, umi_mat_to_pose10d, umi_pose_to_mat
+    keys = {k: layout.parse(obs_layout(k, n, "relative"), n, k, observation=True)
+            for k, n in (("robot0_eef_pos", 3), ("robot0_eef_rot_axis_angle", 6))}
+    eng = engine_for(tuple(arm_action(True)), np.zeros((8, 10)))
+    eng.spec = replace(eng.spec, observations=(eng.spec.observations[0],
+                                               *(ObsSpec(k, "low_dim", (s[-1].size,), layout=s) for k, s in keys.items())))
+    seen = []
+    predict = eng.predict
+    eng.predict = lambda history, seed=None, noise=None: seen.append(history) or predict(history, seed, noise)
+    r = PolicyRunner(eng, CONFIG, delivery=simulated(0.0))
+    rng = np.random.default_rng(3)
+    measured = np.concatenate([rng.uniform(-0.5, 0.5, (2, 3)), rng.normal(size=(2, 3))], axis=1)  # pos, rotvec
+    for t, pose in zip((0.9, 1.0), measured):
+        r.add("cam", t, img(0))
+        r.add("robot0_eef_pos", t, pose[:3])  # as the pose reader delivers each key: the measured pose's part
+        r.add("robot0_eef_rot_axis_angle", t, rotations.matrix_to_rot6d_rows(
+            rotations.REPRESENTATIONS["axis_angle"].to_matrix(pose[3:])))
+    r.infer(1.0)
+    pose_mat = umi_pose_to_mat(measured)
+    want = umi_mat_to_pose10d(dp_convert_pose_mat_rep(pose_mat, base_pose_mat=pose_mat[-1], pose_rep="relative"))
+    assert np.abs(seen[0]["robot0_eef_pos"] - want[..., :3]).max() < 1e-6
+    assert np.abs(seen[0]["robot0_eef_rot_axis_angle"] - want[..., 3:]).max() < 1e-6
+    assert np.abs(want[0, :3] - (measured[0, :3] - measured[1, :3])).max() > 0.05  # the rotation matters here
+
+
+def test_a_dual_arm_policy_is_refused_not_merged_into_one_pose():
+    """diffusion_policy's 20-D actions and UMI's robot0_* / robot1_* keys hold two end effectors; the runner reads
+    one measured pose and decodes one pose per action, so it refuses them, naming what it found."""
+    import pytest
+    from dataclasses import replace
+    from dp_runtime.checkpoint.layouts import obs_layout
+    from dp_runtime.errors import CheckpointError, ConfigError
+    with pytest.raises(ConfigError, match="action holds 2 end-effector positions"):
+        runner(tuple(arm_action(True)) * 2, np.zeros((8, 20)))
+    eng = engine_for(tuple(arm_action(True)), np.zeros((8, 10)))
+    second = layout.parse(obs_layout("robot1_eef_pos", 3), 3, "robot1_eef_pos", observation=True)
+    eng.spec = replace(eng.spec, observations=(*eng.spec.observations, ObsSpec("robot1_eef_pos", "low_dim", (3,),
+                                                                                layout=second)))
+    with pytest.raises(ConfigError, match="observations eef, robot1_eef_pos each hold an end-effector position"):
+        PolicyRunner(eng, CONFIG, delivery=simulated(0.0))
+    with pytest.raises(CheckpointError, match="robot0_eef_pos_wrt1: UMI's pose of one arm relative to another"):
+        obs_layout("robot0_eef_pos_wrt1", 3)
+
+
 def test_deltas_without_a_pose_observation_are_commanded_and_never_repeated():
     """command_interface twist publishes OSC deltas as velocities and needs no measured pose: a bundle that
     observes none still commands every step (its rotation checked), and a tick without a new step repeats none."""

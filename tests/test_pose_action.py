@@ -151,12 +151,13 @@ def test_replay_errors_per_segment_are_in_metres_and_radians():
 def test_umi_relative_observation_history_is_in_the_newest_frame():
     """UMI's obs_pose_repr relative: each history pose as inv(newest) @ pose (umi/common/pose_util.py composes
     4x4 matrices; written here with them), in the observation's own segments."""
-    from dp_runtime.pose_action import relative_to
+    from dp_runtime.pose_action import ee_poses, relative_rows
     segs = layout.parse([{"kind": "position", "mode": "relative"},
                          {"kind": "rotation", "representation": "rotation_6d_rows", "mode": "relative"}], 9, "eef")
     poses = [random_pose() for _ in range(3)]
     history = np.stack([np.concatenate([p.position, rotations.matrix_to_rot6d_rows(p.rotation)]) for p in poses])
-    rel = relative_to(history, segs)
+    merged = ee_poses({"eef": history}, {"eef": segs})
+    rel = relative_rows(history, segs, merged, merged[-1])
     base = np.eye(4)
     base[:3, :3], base[:3, 3] = poses[-1].rotation, poses[-1].position
     for row, p in zip(rel, poses):
@@ -172,12 +173,12 @@ def test_umi_wrt_start_rotation_is_the_rotation_of_inv_start_at_pose():
     """UMI's robot0_eef_rot_axis_angle_wrt_start (umi/real_world/real_inference_util.py, get_real_umi_obs_dict:
     convert_pose_mat_rep(pose_mat, base_pose_mat=start_pose_mat, pose_rep='relative') = inv(start) @ pose, then
     mat_to_pose10d(...)[:, 3:], the rotation_6d rows): written here with 4x4 matrices."""
-    from dp_runtime.pose_action import relative_to
+    from dp_runtime.pose_action import ee_poses, relative_rows
     segs = layout.parse([{"kind": "rotation", "representation": "rotation_6d_rows", "mode": "start"}], 6, "wrt_start",
                         observation=True)
     start, poses = random_pose(), [random_pose() for _ in range(2)]
     history = np.stack([rotations.matrix_to_rot6d_rows(p.rotation) for p in poses])
-    rel = relative_to(history, segs, rotations.matrix_to_rot6d_rows(start.rotation))
+    rel = relative_rows(history, segs, ee_poses({"wrt": history}, {"wrt": segs}), start)
     s = np.eye(4)
     s[:3, :3], s[:3, 3] = start.rotation, start.position
     for row, p in zip(rel, poses):

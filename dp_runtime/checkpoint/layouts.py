@@ -16,8 +16,10 @@ meta/info.json`` reads the layout from those names.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from ..errors import CheckpointError
 from ..layout import Segment
 
 # robosuite's OSC_POSE defaults (controller config output_max): metres / radians per unit of a delta action
@@ -86,6 +88,9 @@ def obs_layout(key: str, size: int, pose_repr: str | None = None) -> list[dict[s
     ``*_wrt_start`` key stays relative to the start pose)."""
     if key.endswith("gripper_qpos") or key.endswith("gripper_width"):
         return [Segment("gripper", size).to_json()]
+    if re.search(r"_wrt\d+$", key):  # no joint values to read it as: refused, not wired to a JointState
+        raise CheckpointError(f"observation {key}: UMI's pose of one arm relative to another (a bimanual policy); "
+                              "dp_runtime runs one end effector per policy")
     mode = {"relative": {"mode": "relative"}}.get(pose_repr or "", {})
     for suffix, n, segments in OBS_RULES:
         if key.endswith(suffix) and size == n:

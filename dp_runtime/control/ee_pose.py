@@ -15,6 +15,7 @@ from collections import deque
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..layout import slices
 from ..pose_action import AXES, Pose, needs_reference
 from ..rotations import REPRESENTATIONS
@@ -43,8 +44,25 @@ def position_scale(spec: PolicySpec, dt: float) -> np.ndarray:
     return out
 
 
+def one_end_effector(spec: PolicySpec) -> None:
+    """A ConfigError where the policy's action or observations hold the poses of several end effectors (a dual-arm
+    policy: diffusion_policy's 20-D / 14-D actions, UMI's robot0_* and robot1_* keys): the runner merges the pose
+    observations into one measured pose and decodes one pose per action, so two arms would be mixed, not run."""
+    for part in ("position", "rotation"):
+        held = [s for s in spec.action.segments if s.kind == part]
+        if len(held) > 1:
+            raise ConfigError(f"the bundle's action holds {len(held)} end-effector {part}s (a dual-arm policy); the "
+                              "runner commands one end effector per policy")
+        keys = [o.key for o in spec.observations if o.kind == "low_dim" and any(
+            s.kind == part and s.mode in ("absolute", "relative") for s in o.segments)]
+        if len(keys) > 1:
+            raise ConfigError(f"observations {', '.join(keys)} each hold an end-effector {part} (a dual-arm policy's "
+                              "robot0_* and robot1_* keys); the runner reads one end effector's pose per policy")
+
+
 class PoseTracker:
     def __init__(self, spec: PolicySpec):
+        one_end_effector(spec)
         self.keys = {o.key: o.segments for o in spec.observations
                      if o.kind == "low_dim" and {s.kind for s in o.segments} <= {"position", "rotation"}}
         # the keys that carry a position: a measured position is compared with the previous one at these only, each

@@ -25,8 +25,8 @@ import numpy as np
 
 from ..errors import ConfigError, DpRuntimeError, StaleInputError
 from ..holds import every_step
-from ..layout import Layout
-from ..pose_action import IDENTITY, Pose, decode, encode, relative_to
+from ..layout import KINDS, Layout
+from ..pose_action import IDENTITY, Pose, decode, ee_poses, encode, relative_rows
 from ..settings import check, setting, settings_of
 from ..spec import PolicySpec
 from . import chunk_noise, transitions
@@ -208,12 +208,14 @@ class PolicyRunner:
         self.ee = tracker if tracker.posed and tracker.keys else None
         self.command_reference: Pose | None = None  # the pose the last command is decoded against
         self.posed = tracker.posed  # the action holds an end-effector pose (checked decodable before commanding)
-        # pose observations the policy sees relative to the newest or to the start pose (UMI's obs_pose_repr
-        # relative, *_wrt_start): converted when a history is assembled
-        self.relative_obs = self._posed_obs("relative")
-        self.start_obs = self._posed_obs("start")
-        self._start_rows: dict[str, np.ndarray] = {}  # the start pose of each start_obs key (its newest sample when
-        # the first history after a start, reset or discontinuity was assembled: UMI's episode_start_pose)
+        self.pose_obs = {o.key: o.segments for o in self.spec.observations if o.kind == "low_dim"
+                         and any(KINDS[s.kind].posed for s in o.segments)}  # the keys the end effector's pose is in
+        # key -> relative | start: seen relative to the newest or to the start pose (UMI's obs_pose_repr relative,
+        # *_wrt_start), converted when a history is assembled, the whole pose merged over pose_obs
+        self.seen_as = {k: mode for k, segments in self.pose_obs.items()
+                        if (mode := next(s.mode for s in segments if KINDS[s.kind].posed)) != "absolute"}
+        self._start_pose: Pose | None = None  # the pose when the first history after a start, reset or discontinuity
+        # was assembled (UMI's episode_start_pose)
         # the departure and jump rules on the measured end-effector position against the commanded one
         self.pose_departures = DepartureCheck(cfg.discontinuity_threshold, cfg.discontinuity_speed,
                                               position_scale(self.spec, self.dt), self.dt * self.spec.n_action_steps,
@@ -265,10 +267,6 @@ class PolicyRunner:
             self._warned.add(cause)
             self._warn(cause, msg)
 
-    def _posed_obs(self, mode: str) -> dict[str, Layout]:
-        return {o.key: o.segments for o in self.spec.observations
-                if o.kind == "low_dim" and any(s.mode == mode for s in o.segments)}
-
     # -- start / stop / reset ----------------------------------------------------------
     def start(self) -> None:
         self.running = True
@@ -277,7 +275,7 @@ class PolicyRunner:
         with self.lock:
             self.running = False
             self._drop_queue()
-            self._start_rows.clear()
+            self._start_pose = None
 
     def reset(self, broke: Discontinuity | None = None) -> None:
         """Clear history, queue and plan (~/reset); ``broke``: a discontinuity found outside the runner (a
@@ -294,7 +292,7 @@ class PolicyRunner:
             self._first_input = None
             self.departures.clear()
             self.pose_departures.clear()
-            self._start_rows.clear()
+            self._start_pose = None
             self._awaiting_chunk = True
             self.generation += 1
 
@@ -316,7 +314,7 @@ class PolicyRunner:
         self.last_t_obs = None
         self._pending_t_obs = None
         self.last_command = self._measured_hold()
-        self._start_rows.clear()
+        self._start_pose = None
         self._awaiting_chunk = True
         self.generation += 1  # a chunk being inferred from the old history is discarded
         self.metrics.discontinuity(d)
@@ -432,7 +430,10 @@ class PolicyRunner:
                 return None
             self.last_t_obs = obs.stamp
             generation = self.generation
-            starts = {k: self._start_rows.setdefault(k, obs.history[k][-1].copy()) for k in self.start_obs}
+            poses = ee_poses({k: obs.history[k] for k in self.pose_obs}, self.pose_obs) if self.seen_as else []
+            if poses and self._start_pose is None:
+                self._start_pose = poses[-1]
+            bases = {"relative": poses[-1], "start": self._start_pose} if poses else {}
             arrive = now + self.scheduler.expected_latency() + self.cfg.execution_latency
             committed = self.transition.commits(self.queue, self.spec, obs.stamp, arrive, self._plan, self.decay)
             seed = None if self.cfg.seed < 0 else self.cfg.seed + self.stats.chunks
@@ -440,8 +441,8 @@ class PolicyRunner:
                                                  (self.spec.horizon, self.spec.action.dim))
         started = time.perf_counter()
         history = dict(obs.history)
-        history.update({k: relative_to(history[k], segments) for k, segments in self.relative_obs.items()})
-        history.update({k: relative_to(history[k], segments, starts[k]) for k, segments in self.start_obs.items()})
+        history.update({k: relative_rows(history[k], self.pose_obs[k], poses, bases[mode])
+                        for k, mode in self.seen_as.items()})
         pred = self._predict(history, seed, committed, noise)
         if pred is None:
             return None

@@ -82,6 +82,34 @@ def umi_mat_to_rot6d(mat):
     return mat[..., :2, :].copy().reshape(batch_dim + (6,))
 
 
+def umi_pose_to_mat(pose):  # umi/common/pose_util.py: pose_to_mat(pose) = pos_rot_to_mat(*pose_to_pos_rot(pose))
+    from scipy.spatial.transform import Rotation
+    pos, rot = pose[..., :3], Rotation.from_rotvec(pose[..., 3:])
+    mat = np.zeros(pos.shape[:-1] + (4, 4), dtype=pos.dtype)
+    mat[..., :3, 3] = pos
+    mat[..., :3, :3] = rot.as_matrix()
+    mat[..., 3, 3] = 1
+    return mat
+
+
+def umi_mat_to_pose10d(mat):
+    return np.concatenate([mat[..., :3, 3], umi_mat_to_rot6d(mat[..., :3, :3])], axis=-1)
+
+
+def dp_convert_pose_mat_rep(pose_mat, base_pose_mat, pose_rep="abs", backward=False):
+    # diffusion_policy/common/pose_repr_util.py (UMI's copy), the abs and relative branches
+    if not backward:
+        if pose_rep == "abs":
+            return pose_mat
+        if pose_rep == "relative":
+            return np.linalg.inv(base_pose_mat) @ pose_mat
+    elif pose_rep == "abs":
+        return pose_mat
+    elif pose_rep == "relative":
+        return base_pose_mat @ pose_mat
+    raise RuntimeError(f"pose_rep {pose_rep} not written here")
+
+
 
 
 def p3d_sqrt_positive_part(x):
