@@ -316,16 +316,9 @@ class GraspExpert:
     speed = 0.3  # m/s
     yaw_speed = 1.2  # rad/s
     gain = 0.3  # twist: the share of the way left in one step (0.3 s time constant at 10 Hz)
-    # (m, rad) from the grasp pose where it closes the gripper (the task needs 0.05 m and 0.3 rad when the fingers
-    # reach the bar). Twist: as a teleoperator closes while the hand settles, the fingers' travel (0.5 s) taking the
-    # rest of the way; a delta policy reads the last centimetre only from the wrist camera (8 mm pixels) and, taught
-    # to wait for 12 mm, hovered near the grasp and drifted off (21 of its 23 failures in 100 episodes came within
-    # 1-7 cm of the grasp and left it, 17 of them never closing)
-    close_within = {False: (0.012, 0.08), True: (0.03, 0.15)}
 
     def __init__(self, arm: GraspingArm, twist: bool = False, seed: int = 0):
         self.arm, self.twist = arm, twist
-        self.close_at = self.close_within[twist]
         self.goal = np.zeros(3)
         self.carrot = np.zeros(3)
         self.closing = False
@@ -345,7 +338,7 @@ class GraspExpert:
             self.goal = self.goal if yaw is None else np.array([*s.target, yaw])
         off = self.goal - hand
         off[2] = wrap(off[2])
-        there = float(np.linalg.norm(off[:2])) < self.close_at[0] and abs(off[2]) < self.close_at[1]
+        there = float(np.linalg.norm(off[:2])) < 0.012 and abs(off[2]) < 0.08
         # close once there with the fingers open (closed fingers, after a miss, open first)
         self.closing = there and (self.closing or s.width >= self.arm.cfg.gripper_open - 1e-6)
         gripper = 1.0 if self.closing or s.grasped else -1.0
