@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import ConfigError, DpRuntimeError, StaleInputError
 from ..holds import every_step
-from ..layout import KINDS, Layout
+from ..layout import KINDS
 from ..pose_action import IDENTITY, Pose, decode, ee_poses, encode, relative_rows
 from ..settings import check, setting, settings_of
 from ..spec import PolicySpec
