@@ -293,3 +293,12 @@ def test_the_in_process_loop_drives_the_arm_through_the_nodes_interfaces(tmp_pat
     assert 70 <= len(twists) == len(grippers) <= 81  # 10 Hz over 8 s, from the first chunk on
     assert all(np.all(np.isfinite(t)) for t in twists) and all(-1 <= g <= 1 for g in grippers)
     assert max(np.abs(t[:2]).max() for t in twists) <= 0.05 / 0.1 + 1e-6  # a unit delta: 0.05 m per 0.1 s
+    # the inference time fixed on the sim clock (latency_s: the same result every run, for ranking): the first chunk
+    # arrives that long after its observation, and a second run commands the same, to the bit
+    runs = []
+    for latency in (0.05, 0.05, 0.35):
+        told.clear()
+        run_node_episodes(str(bundle), task, 1, seed=2, latency_s=latency)
+        runs.append([(t, tuple(c.twist), c.gripper) for t, c in told if c.twist is not None])
+    assert len(runs[0]) >= 70 and runs[0] == runs[1]
+    assert runs[2][0][0] - runs[0][0][0] == pytest.approx(0.3, abs=0.011)  # three ticks later (10 Hz)
