@@ -181,8 +181,8 @@ def test_umi_relative_history_in_two_keys_is_the_whole_pose_relative_to_the_newe
     keys = {k: layout.parse(obs_layout(k, n, "relative"), n, k, observation=True)
             for k, n in (("robot0_eef_pos", 3), ("robot0_eef_rot_axis_angle", 6))}
     eng = engine_for(tuple(arm_action(True)), np.zeros((8, 10)))
-    eng.spec = replace(eng.spec, observations=(eng.spec.observations[0],
-                                               *(ObsSpec(k, "low_dim", (s[-1].size,), layout=s) for k, s in keys.items())))
+    pose_specs = [ObsSpec(k, "low_dim", (s[-1].size,), layout=s) for k, s in keys.items()]
+    eng.spec = replace(eng.spec, observations=(eng.spec.observations[0], *pose_specs))
     seen = []
     predict = eng.predict
     eng.predict = lambda history, seed=None, noise=None: seen.append(history) or predict(history, seed, noise)

@@ -143,9 +143,9 @@ def run_node_episodes(bundle: str, task: SimTask, episodes: int, seed: int = 0, 
     episodes (no ~/reset: the runner finds each teleport itself; commands ignored for SETTLE_S after it, as dp-sim
     does; ``reset_episodes``: ~/reset at each episode's start instead). Inference takes its measured time on the
     sim clock, as in the DDS loop (so two runs differ: the same bundle gave 72 % and 77 % over 100 episodes), or
-    ``latency_s`` of it (the same result every run: for ranking variants). An unusable input is rejected and a bad command ignored, as the node and dp-sim do. For ranking
-    policies over many episodes: the headline figures are the real two-process run's. Returns each episode's
-    result as dp-sim reports it (and the commands it ignored, if any)."""
+    ``latency_s`` of it (the same result every run). An unusable input is rejected and a bad command ignored, as
+    the node and dp-sim do. For ranking policies over many episodes: the headline figures are the real
+    two-process run's. Returns each episode's result as dp-sim reports it (and the commands it ignored, if any)."""
     from ..control import Delivery
     from ..errors import DpRuntimeError
     from ..ros.params import load_params_file

@@ -97,17 +97,13 @@ def umi_mat_to_pose10d(mat):
 
 
 def dp_convert_pose_mat_rep(pose_mat, base_pose_mat, pose_rep="abs", backward=False):
-    # diffusion_policy/common/pose_repr_util.py (UMI's copy), the abs and relative branches
-    if not backward:
-        if pose_rep == "abs":
-            return pose_mat
-        if pose_rep == "relative":
-            return np.linalg.inv(base_pose_mat) @ pose_mat
-    elif pose_rep == "abs":
+    # diffusion_policy/common/pose_repr_util.py (UMI's copy): the forward abs and relative branches, which the
+    # observation side uses
+    if not backward and pose_rep == "abs":
         return pose_mat
-    elif pose_rep == "relative":
-        return base_pose_mat @ pose_mat
-    raise RuntimeError(f"pose_rep {pose_rep} not written here")
+    if not backward and pose_rep == "relative":
+        return np.linalg.inv(base_pose_mat) @ pose_mat
+    raise RuntimeError(f"pose_rep {pose_rep} (backward={backward}) not written here")
 
 
 
