@@ -66,6 +66,7 @@ class EncoderConfig:
     feature_dim: int | None = None
     fc_relu: bool = False  # ReLU after the feature projection (LeRobot's encoder has one)
     share: bool = False  # one encoder for all cameras
+    stages: int = 4  # ResNet stages run: 4 (ResNet-18: 1/32 of the image, a 64 px image's keypoints on 2x2), 3 (1/16), 2
 
 
 @dataclass
@@ -133,6 +134,9 @@ class PolicyConfig:
                 if min(s.crop) < 0 or h < 1 or w < 1 or top + h > frame[0] or left + w > frame[1]:
                     raise ConfigError(f"image {s.key!r} crop (top, left, height, width) {tuple(s.crop)} "
                                       f"does not fit the {'resized ' if s.resize else ''}image {frame}")
+        if self.encoder.stages not in (2, 3, 4):
+            raise ConfigError(f"encoder stages must be 2, 3 or 4 (ResNet-18's stages run; 4: all), "
+                              f"got {self.encoder.stages!r}")
         if self.obs_order and sorted(self.obs_order) != sorted(keys):
             raise ConfigError(f"obs_order {self.obs_order} must list each observation key once: {keys}")
         if not self.obs_interval_s > 0:

@@ -58,14 +58,16 @@ class ResNet18GN(nn.Module):
     """(N, 3, H, W) float -> (N, out_dim) features."""
 
     def __init__(self, base_width: int = 64, pool: str = "avg", num_kp: int = 32,
-                 feature_dim: int | None = None, in_channels: int = 3, fc_relu: bool = False):
+                 feature_dim: int | None = None, in_channels: int = 3, fc_relu: bool = False, stages: int = 4):
         super().__init__()
+        if stages not in (2, 3, 4):
+            raise ValueError(f"encoder stages must be 2, 3 or 4, got {stages!r}")
         w = base_width
         self.conv1 = nn.Conv2d(in_channels, w, 7, 2, 3, bias=False)
         self.bn1 = _gn(w)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        widths = [w, 2 * w, 4 * w, 8 * w]
+        widths = [w, 2 * w, 4 * w, 8 * w][:stages]
         inplanes = w
         for i, planes in enumerate(widths):
             stride = 1 if i == 0 else 2
@@ -81,13 +83,15 @@ class ResNet18GN(nn.Module):
         else:
             raise ValueError(f"encoder pool must be 'avg' or 'spatial_softmax', got {pool!r}")
         self.pool_kind = pool
+        self.stages = stages
         self.fc = nn.Linear(pooled, feature_dim) if feature_dim else nn.Identity()
         self.fc_relu = fc_relu
         self.out_dim = feature_dim or pooled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for i in range(self.stages):
+            x = getattr(self, f"layer{i + 1}")(x)
         x = self.avgpool(x).flatten(1) if self.pool_kind == "avg" else self.pool(x)
         x = self.fc(x)
         return torch.relu(x) if self.fc_relu else x

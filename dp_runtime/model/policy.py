@@ -92,7 +92,7 @@ class ObsEncoder(nn.Module):
 
         def make(channels: int) -> ResNet18GN:
             return ResNet18GN(e.base_width, e.pool, e.num_kp, e.feature_dim, in_channels=channels,
-                              fc_relu=e.fc_relu)
+                              fc_relu=e.fc_relu, stages=e.stages)
 
         if cfg.images and self.share:
             self.key_model_map = nn.ModuleDict({SHARED_ENCODER_KEY: make(cfg.images[0].shape[2])})

@@ -304,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     summary_file.write_text(json.dumps(summary, indent=2))
     lp = loop
     print(f"\n=== dp-demo ({task.name}: {task.doc}) ===")
-    print(f"expert success rate (demonstrations): {summary['expert_success_rate']:.0%}")
+    print(f"expert success rate (demonstrations): {_pct(summary['expert_success_rate'])}"
+          + ("" if summary["expert_success_rate"] is not None else f" (no demos_info.json beside {out / 'demos'})"))
     print(f"policy success rate (closed loop over DDS): {lp['success_rate']:.0%} of {lp['episodes']} episodes")
     print(f"command period at 10 Hz: p50 {_fmt(lp['command_period_ms_node']['p50'])} ms, "
           f"p99 {_fmt(lp['command_period_ms_node']['p99'])} ms (node clock); received p50 "
@@ -323,3 +324,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.2f}"
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{v:.0%}"
