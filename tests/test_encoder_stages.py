@@ -29,11 +29,12 @@ def test_stages_outside_resnet18_refused():
         tiny_config(encoder=EncoderConfig(base_width=8, pool="spatial_softmax", stages=5)).validate()
 
 
-def test_a_three_stage_policy_exports_and_runs_as_trained(tmp_path):
-    cfg = tiny_config(encoder=EncoderConfig(base_width=8, pool="spatial_softmax", num_kp=8, feature_dim=16, stages=3))
-    ckpt = train(cfg, reaching_dataset(cfg, 64, seed=0), tmp_path / "s3.safetensors", TrainConfig(steps=2, batch_size=16))
+def test_a_two_stage_policy_exports_and_runs_as_trained(tmp_path):
+    cfg = tiny_config(encoder=EncoderConfig(base_width=8, pool="spatial_softmax", num_kp=8, feature_dim=16, stages=2))
+    ckpt = train(cfg, reaching_dataset(cfg, 64, seed=0), tmp_path / "s2.safetensors",
+                 TrainConfig(steps=2, batch_size=16))
     policy = load_checkpoint(ckpt).policy
-    assert policy.cfg.encoder.stages == 3 and not hasattr(policy.obs_encoder.key_model_map["camera"], "layer4")
+    assert policy.cfg.encoder.stages == 2 and not hasattr(policy.obs_encoder.key_model_map["camera"], "layer3")
     export_bundle(ckpt, tmp_path / "bundle", ExportOptions(seed=0, parity_samples=2))
     engine = load_bundle(tmp_path / "bundle", backend="onnxruntime", device="cpu")
     rng = np.random.default_rng(5)

@@ -66,7 +66,7 @@ class EncoderConfig:
     feature_dim: int | None = None
     fc_relu: bool = False  # ReLU after the feature projection (LeRobot's encoder has one)
     share: bool = False  # one encoder for all cameras
-    stages: int = 4  # ResNet stages run: 4 (ResNet-18: 1/32 of the image, a 64 px image's keypoints on 2x2), 3 (1/16), 2
+    stages: int = 4  # ResNet stages run: 4 (ResNet-18: 1/32, a 64 px image's keypoints on 2x2), 3 (1/16), 2 (1/8)
 
 
 @dataclass
