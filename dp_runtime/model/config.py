@@ -58,6 +58,9 @@ class LowDimSpec:
     layout: list[dict[str, Any]] = field(default_factory=list)  # segments (layout.py); [] = joint values
 
 
+ENCODER_STAGES = (2, 3, 4)  # how many of ResNet-18's stages an encoder may run (4: all of them)
+
+
 @dataclass
 class EncoderConfig:
     base_width: int = 64
@@ -134,7 +137,7 @@ class PolicyConfig:
                 if min(s.crop) < 0 or h < 1 or w < 1 or top + h > frame[0] or left + w > frame[1]:
                     raise ConfigError(f"image {s.key!r} crop (top, left, height, width) {tuple(s.crop)} "
                                       f"does not fit the {'resized ' if s.resize else ''}image {frame}")
-        if self.encoder.stages not in (2, 3, 4):
+        if self.encoder.stages not in ENCODER_STAGES:
             raise ConfigError(f"encoder stages must be 2, 3 or 4 (ResNet-18's stages run; 4: all), "
                               f"got {self.encoder.stages!r}")
         if self.obs_order and sorted(self.obs_order) != sorted(keys):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .config import ENCODER_STAGES
+
 
 def _gn(channels: int) -> nn.GroupNorm:
     # diffusion_policy's replace_bn_with_gn: one group per 16 channels.
@@ -60,8 +62,8 @@ class ResNet18GN(nn.Module):
     def __init__(self, base_width: int = 64, pool: str = "avg", num_kp: int = 32,
                  feature_dim: int | None = None, in_channels: int = 3, fc_relu: bool = False, stages: int = 4):
         super().__init__()
-        if stages not in (2, 3, 4):
-            raise ValueError(f"encoder stages must be 2, 3 or 4, got {stages!r}")
+        if stages not in ENCODER_STAGES:
+            raise ValueError(f"encoder stages must be one of {ENCODER_STAGES}, got {stages!r}")
         w = base_width
         self.conv1 = nn.Conv2d(in_channels, w, 7, 2, 3, bias=False)
         self.bn1 = _gn(w)
